@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: make sure .venv exists and holds sparsetel[dev] as pinned.
+# Re-installs only when pyproject.toml changed since the last install.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "sparsetel: creating $venv" >&2
+    "$python" -m venv "$venv"
+fi
+stamp="$venv/.sparsetel-installed"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+    echo "sparsetel: installing sparsetel[dev] into $venv (first run takes a few minutes)" >&2
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+    "$venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2
+    touch "$stamp"
+fi
+export PATH="$venv/bin:$PATH"

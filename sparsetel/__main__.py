@@ -1,0 +1,5 @@
+import sys
+
+from sparsetel.cli import main
+
+sys.exit(main())
