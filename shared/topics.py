@@ -1,0 +1,111 @@
+"""MQTT topic names: ``sparsetel/v1/{group}/{KIND}/{edge}``, built and parsed in one place.
+
+`group` and `edge` are ids: 1 to 64 characters from ``A-Z a-z 0-9 _ . -`` (never ``.`` or
+``..``, so an id is also safe as a file name). Wildcards appear only in subscriptions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, NamedTuple
+
+from .errors import WireError
+
+__all__ = [
+    "KINDS",
+    "PREFIX",
+    "Kind",
+    "TopicParts",
+    "data_subscription",
+    "data_topic",
+    "deploy_topic",
+    "health_topic",
+    "ncmd_topic",
+    "parse_topic",
+    "shared_subscription",
+    "state_subscription",
+    "state_topic",
+    "validate_id",
+]
+
+PREFIX = "sparsetel/v1"
+Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH"]
+KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH")
+_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class TopicParts(NamedTuple):
+    """What a topic names: `kind` (one of KINDS), the device `group` and the `edge` id."""
+
+    kind: Kind
+    group: str
+    edge: str
+
+
+def validate_id(name: str) -> str:
+    """`name` when it is a valid group or edge id; ValueError otherwise."""
+    if not isinstance(name, str) or not _ID.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"not a valid id (1-64 of A-Z a-z 0-9 _ . -): {name!r}")
+    return name
+
+
+def _topic(kind: Kind, group: str, edge: str) -> str:
+    return f"{PREFIX}/{validate_id(group)}/{kind}/{validate_id(edge)}"
+
+
+def data_topic(group: str, edge: str) -> str:
+    """Where `edge` publishes its frames (QoS 1)."""
+    return _topic("DATA", group, edge)
+
+
+def state_topic(group: str, edge: str) -> str:
+    """Where `edge` publishes its retained birth, and its death as the last will."""
+    return _topic("STATE", group, edge)
+
+
+def ncmd_topic(group: str, edge: str) -> str:
+    """Where the cloud sends commands to `edge` (rebirth, deploy, rollback)."""
+    return _topic("NCMD", group, edge)
+
+
+def deploy_topic(group: str, edge: str) -> str:
+    """Where `edge` reports the progress of a model deployment."""
+    return _topic("DEPLOY", group, edge)
+
+
+def health_topic(group: str, edge: str) -> str:
+    """Where `edge` publishes heartbeats."""
+    return _topic("HEALTH", group, edge)
+
+
+def _subscription(kind: Kind, group: str) -> str:
+    if group != "+":
+        validate_id(group)
+    return f"{PREFIX}/{group}/{kind}/+"
+
+
+def data_subscription(group: str = "+") -> str:
+    """Filter for the frames of every edge of `group` (``"+"``: of every group)."""
+    return _subscription("DATA", group)
+
+
+def state_subscription(group: str = "+") -> str:
+    """Filter for the births and deaths of every edge of `group` (``"+"``: of every group)."""
+    return _subscription("STATE", group)
+
+
+def shared_subscription(topic_filter: str, share: str = "decoders") -> str:
+    """MQTT 5 shared subscription: each message goes to one subscriber of the `share` group."""
+    return f"$share/{validate_id(share)}/{topic_filter}"
+
+
+def parse_topic(topic: str) -> TopicParts:
+    """Split a concrete topic into its parts; WireError(reason="topic") when it is not ours."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[3] not in KINDS:
+        raise WireError(f"not a sparsetel topic: {topic!r}", reason="topic")
+    try:
+        group, edge = validate_id(parts[2]), validate_id(parts[4])
+    except ValueError as exc:
+        raise WireError(f"bad id in topic {topic!r}: {exc}", reason="topic") from exc
+    return TopicParts(parts[3], group, edge)
