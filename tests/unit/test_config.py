@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+
 from sparsetel.shared.config import (
     BrokerConfig,
     build,

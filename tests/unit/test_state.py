@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.state import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.topics import (
     KINDS,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.wire import (
     HEADER_SIZE,
