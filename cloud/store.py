@@ -1,0 +1,397 @@
+"""Storage of decoded measurements: SQLite for one machine, PostgreSQL for a fleet.
+
+`open_store` picks the backend from its argument: a path or ``sqlite:///path`` opens SQLite
+(WAL journal, so readers in other processes never block the writer), ``postgresql://...``
+opens PostgreSQL through psycopg 3. The schema is versioned: `MIGRATIONS` is an ordered list
+and the table ``schema_version`` records what has been applied.
+
+Duplicates are the database's business: ``frames`` has the key (edge, bd_seq, seq) and
+`Store.store_frame` writes a frame and its measurements in one transaction that does nothing
+when the key exists, so two decoders sharing one database still store each frame once.
+
+A Store is one connection. Its methods are serialised by a lock, but the service gives the
+connection to a single thread (its writer); other readers should open their own Store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
+
+# Column types that differ between the two dialects; the migrations name them in braces.
+_TYPES = {
+    "sqlite": {"bigint": "INTEGER", "real": "REAL", "bool": "INTEGER", "json": "TEXT"},
+    "postgresql": {
+        "bigint": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "json": "JSONB",
+    },
+}
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: edges, frames, measurements
+        """CREATE TABLE edges (
+            edge TEXT PRIMARY KEY, "group" TEXT NOT NULL, online {bool} NOT NULL,
+            bd_seq {bigint}, model_sha256 TEXT, birth {json}, updated_ms {bigint} NOT NULL)""",
+        """CREATE TABLE frames (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            model_ref TEXT NOT NULL, n_records INTEGER NOT NULL, n_bytes INTEGER NOT NULL,
+            historical {bool} NOT NULL, received_ms {bigint} NOT NULL,
+            CONSTRAINT frames_key UNIQUE (edge, bd_seq, seq))""",
+        """CREATE TABLE measurements (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            rec INTEGER NOT NULL, t_ms {bigint} NOT NULL, model_ref TEXT NOT NULL,
+            nnz INTEGER NOT NULL, codes TEXT NOT NULL, kpis {json} NOT NULL,
+            prediction {real}, predicted_t_ms {bigint}, audit {json},
+            PRIMARY KEY (edge, bd_seq, seq, rec))""",
+        "CREATE INDEX measurements_edge_t ON measurements (edge, t_ms)",
+    ),
+)
+
+_MEASUREMENT_COLUMNS = (
+    "edge, bd_seq, seq, rec, t_ms, model_ref, nnz, codes, kpis, prediction, predicted_t_ms, audit"
+)
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One received frame, as the ``frames`` table keeps it (model_ref: the 8 wire bytes)."""
+
+    edge: str
+    bd_seq: int
+    seq: int
+    model_ref: bytes
+    n_records: int
+    n_bytes: int
+    historical: bool
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class MeasurementRow:
+    """One decoded record of a frame: `kpis` has D values in raw units, NaN where unknown.
+
+    `audit` is the raw measurement the edge sent beside the code (FLAG_AUDIT), when it did.
+    """
+
+    rec: int
+    t_ms: int
+    nnz: int
+    codes: tuple[int, ...]
+    kpis: tuple[float, ...]
+    prediction: float | None = None
+    predicted_t_ms: int | None = None
+    audit: tuple[float, ...] | None = None
+
+
+def _json_floats(values: Sequence[float]) -> str:
+    """A JSON array of floats with null for NaN or infinity (JSON has neither)."""
+    return json.dumps([float(v) if math.isfinite(v) else None for v in values])
+
+
+def _parse_json(value: Any) -> Any:
+    """SQLite hands JSON back as text, PostgreSQL (jsonb) already parsed."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class Store:
+    """A connection to the measurement database; use `open_store` to get one."""
+
+    def __init__(self, connection: Any, dialect: str) -> None:
+        if dialect not in _TYPES:
+            raise ValueError(f"unknown store dialect {dialect!r}")
+        self.dialect = dialect
+        self._conn = connection
+        self._lock = threading.RLock()
+        self._closed = False
+        self._migrate()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        return int(self._conn.execute(self._sql(sql), tuple(params)).rowcount)
+
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.dialect == "postgresql":
+            with self._conn.cursor() as cursor:
+                cursor.executemany(self._sql(sql), rows)
+        else:
+            self._conn.executemany(sql, rows)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(self._sql(sql), tuple(params)).fetchall())
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction under the lock: committed on success, rolled back on any error."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            if self.dialect == "postgresql":
+                with self._conn.transaction():
+                    yield
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Apply the migrations this database has not seen yet, each in its own transaction."""
+        with self._transaction():
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_ms {bigint} NOT NULL)".format(
+                    **_TYPES[self.dialect]
+                )
+            )
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            with self._transaction():
+                if self.dialect == "postgresql":  # two services starting at once: one migrates
+                    self._execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+                if version <= self.schema_version():
+                    continue
+                for statement in statements:
+                    self._execute(statement.format(**_TYPES[self.dialect]))
+                self._execute(
+                    "INSERT INTO schema_version (version, applied_ms) VALUES (?, ?)",
+                    (version, int(time.time() * 1000)),
+                )
+        if self.schema_version() > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {self.schema_version()} is newer than this "
+                f"sparsetel knows ({len(MIGRATIONS)}); upgrade sparsetel"
+            )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def store_frame(self, frame: FrameRow, measurements: Sequence[MeasurementRow]) -> bool:
+        """Write `frame` and its `measurements` in one transaction.
+
+        Returns False, writing nothing, when (edge, bd_seq, seq) is already stored: the
+        database's unique constraint decides, so this holds across processes too.
+        """
+        ref = frame.model_ref.hex()
+        with self._transaction():
+            inserted = self._execute(
+                "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, "
+                "historical, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (edge, bd_seq, seq) DO NOTHING",
+                (
+                    frame.edge,
+                    frame.bd_seq,
+                    frame.seq,
+                    ref,
+                    frame.n_records,
+                    frame.n_bytes,
+                    frame.historical,
+                    frame.received_ms,
+                ),
+            )
+            if inserted == 0:
+                return False
+            rows = [
+                (
+                    frame.edge,
+                    frame.bd_seq,
+                    frame.seq,
+                    m.rec,
+                    m.t_ms,
+                    ref,
+                    m.nnz,
+                    ",".join(str(c) for c in m.codes),
+                    _json_floats(m.kpis),
+                    m.prediction
+                    if m.prediction is not None and math.isfinite(m.prediction)
+                    else None,
+                    m.predicted_t_ms,
+                    None if m.audit is None else _json_floats(m.audit),
+                )
+                for m in measurements
+            ]
+            self._execute_many(
+                f"INSERT INTO measurements ({_MEASUREMENT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return True
+
+    def set_edge_state(
+        self,
+        group: str,
+        edge: str,
+        online: bool,
+        bd_seq: int,
+        model_sha256: str | None = None,
+        birth: Mapping[str, Any] | None = None,
+        updated_ms: int | None = None,
+    ) -> bool:
+        """Record a birth (online) or a death; return False when the change was ignored.
+
+        A birth always wins. A death only applies to the session it names: one whose bd_seq
+        differs from the stored birth's is stale (an old will delivered late) and ignored.
+        A death keeps the model and birth document of the session it ends.
+        """
+        updated = int(time.time() * 1000) if updated_ms is None else updated_ms
+        with self._transaction():
+            changed = self._execute(
+                'INSERT INTO edges (edge, "group", online, bd_seq, model_sha256, birth, '
+                "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (edge) DO UPDATE SET "
+                '"group" = excluded."group", online = excluded.online, '
+                "bd_seq = excluded.bd_seq, "
+                "model_sha256 = COALESCE(excluded.model_sha256, edges.model_sha256), "
+                "birth = COALESCE(excluded.birth, edges.birth), "
+                "updated_ms = excluded.updated_ms "
+                "WHERE excluded.online OR edges.bd_seq = excluded.bd_seq",
+                (
+                    edge,
+                    group,
+                    online,
+                    bd_seq,
+                    model_sha256,
+                    None if birth is None else json.dumps(dict(birth)),
+                    updated,
+                ),
+            )
+        return changed > 0
+
+    # -- reading --------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            rows = self._query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)
+
+    def _count(self, table: str, edge: str | None) -> int:
+        where, params = ("WHERE edge = ?", (edge,)) if edge is not None else ("", ())
+        with self._lock:
+            return int(self._query(f"SELECT COUNT(*) FROM {table} {where}", params)[0][0])
+
+    def count_measurements(self, edge: str | None = None) -> int:
+        """Number of stored measurements, of one edge or of all."""
+        return self._count("measurements", edge)
+
+    def count_frames(self, edge: str | None = None) -> int:
+        """Number of stored frames, of one edge or of all."""
+        return self._count("frames", edge)
+
+    def fetch_measurements(
+        self, edge: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored measurements in the order their edge sent them (edge, bd_seq, seq, rec).
+
+        Each row is a dict of the table's columns: `codes` a list of ints, `kpis` (and
+        `audit`) a list of D floats in raw units with None where unknown, `model_ref` hex,
+        `prediction` the target predicted for `predicted_t_ms` or None.
+        """
+        params: list[Any] = [edge] if edge is not None else []
+        where = "WHERE edge = ?" if edge is not None else ""
+        tail = ""
+        if limit is not None:
+            tail, params = " LIMIT ?", [*params, int(limit)]
+        sql = (
+            f"SELECT {_MEASUREMENT_COLUMNS} FROM measurements {where} "
+            f"ORDER BY edge, bd_seq, seq, rec{tail}"
+        )
+        with self._lock:
+            rows = self._query(sql, params)
+        names = [c.strip() for c in _MEASUREMENT_COLUMNS.split(",")]
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["codes"] = [int(c) for c in item["codes"].split(",")] if item["codes"] else []
+            item["kpis"] = _parse_json(item["kpis"])
+            item["audit"] = None if item["audit"] is None else _parse_json(item["audit"])
+            out.append(item)
+        return out
+
+    def edges(self) -> list[dict[str, Any]]:
+        """Every edge seen: group, edge, online, bd_seq, model_sha256, birth, updated_ms."""
+        with self._lock:
+            rows = self._query(
+                'SELECT "group", edge, online, bd_seq, model_sha256, birth, updated_ms '
+                "FROM edges ORDER BY edge"
+            )
+        return [
+            {
+                "group": g,
+                "edge": e,
+                "online": bool(online),
+                "bd_seq": bd_seq,
+                "model_sha256": sha,
+                "birth": None if birth is None else _parse_json(birth),
+                "updated_ms": updated,
+            }
+            for g, e, online, bd_seq, sha, birth, updated in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_sqlite(path: str) -> Store:
+    if path != ":memory:":
+        path = str(Path(path).expanduser())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in Store._transaction)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return Store(conn, "sqlite")
+
+
+def _open_postgresql(url: str) -> Store:
+    import psycopg  # only the PostgreSQL backend needs it
+
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise RuntimeError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+    return Store(conn, "postgresql")
+
+
+def open_store(url_or_path: str | Path) -> Store:
+    """Open (creating and migrating when needed) the store named by `url_or_path`.
+
+    ``postgresql://`` or ``postgres://`` URLs (libpq syntax; ``?options=-csearch_path%3DX``
+    selects a schema) open PostgreSQL; ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a
+    plain path open SQLite (created with its folder when missing).
+    """
+    text = str(url_or_path)
+    if not text:
+        raise ValueError("store location is empty")
+    if text.startswith(("postgresql://", "postgres://")):
+        return _open_postgresql(text)
+    if text.startswith("sqlite:///"):
+        return _open_sqlite(text[len("sqlite:///") :])
+    if "://" in text:
+        raise ValueError(f"unsupported store URL {text!r}: use a path, sqlite:/// or postgresql://")
+    return _open_sqlite(text)

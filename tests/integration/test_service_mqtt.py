@@ -1,0 +1,203 @@
+"""The decoder service against the real Mosquitto (tests/conftest.py `broker_url`:
+mqtt://127.0.0.1:1883 or SPARSETEL_TEST_BROKER). Each test uses its own `group`, so tests and
+runs never mix. Without a broker the tests skip, except under CI=true: they fail."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sparsetel.cloud.registry import ModelRegistry
+from sparsetel.cloud.service import DecoderService, ServeConfig
+from sparsetel.cloud.store import open_store
+from sparsetel.shared.config import BrokerConfig, parse_broker_url
+from sparsetel.shared.manifest import KpiNorm, ModelManifest
+from sparsetel.shared.state import birth_payload, state_from_manifest
+from sparsetel.shared.topics import data_topic, state_topic
+from sparsetel.shared.wire import Frame, Record, encode_frame
+
+pytestmark = pytest.mark.integration
+
+L, K, W = 4, 32, 2
+
+
+class FakeCodec:
+    """A Decoder for tests: KPIs [nnz, sum of indices], prediction = sum of window counts."""
+
+    def __init__(self) -> None:
+        self.manifest = ModelManifest(
+            model_sha256="5e" * 32, L=L, K=K, kpis=("a", "b"),
+            norms=(KpiNorm("a", 0.0, 1.0), KpiNorm("b", 0.0, 1.0)),
+            target="a", horizon=1, window=W, opset=17,
+        )  # fmt: skip
+        self.window, self.horizon = W, 1
+
+    def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
+        return np.array([[len(c), sum(c)] for c in codes], dtype=np.float32)
+
+    def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.zeros((len(codes), K), np.float32)
+        for i, c in enumerate(codes):
+            np.add.at(out[i], list(c), 1.0)
+        return out
+
+    def predict(self, count_windows: np.ndarray) -> np.ndarray:
+        return count_windows.sum(axis=(1, 2))
+
+
+CODEC = FakeCodec()
+REF = CODEC.manifest.model_ref
+
+
+class Publisher:
+    """A paho client that publishes QoS 1 and waits for each PUBACK."""
+
+    def __init__(self, url: str, client_id: str | None = None, clean: bool = True) -> None:
+        _, host, port = parse_broker_url(url)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"it-pub-{uuid.uuid4().hex[:10]}",
+            clean_session=clean,
+        )
+        connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: connected.set()
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+        assert connected.wait(10), "no CONNACK from the broker"
+
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published(), f"publish to {topic} not acknowledged"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(broker_url: str) -> Iterator[Publisher]:
+    pub = Publisher(broker_url)
+    yield pub
+    pub.close()
+
+
+def _frame(seq: int, bd_seq: int = 0, n: int = 2, ref: bytes = REF) -> bytes:
+    t0 = 1_700_000_000_000 + seq * n * 1000
+    records = tuple(Record(t0 + 1000 * i, (i % K, (seq + 3) % K)) for i in range(n))
+    codes = tuple(Record(r.t_ms, tuple(sorted(r.codes))) for r in records)
+    return encode_frame(Frame(ref, bd_seq, seq, L, K, 1000, codes))
+
+
+def _service(url: str, group: str, db: Path, client_id: str | None = None) -> DecoderService:
+    cfg = ServeConfig(broker=BrokerConfig(url=url, client_id=client_id), group=group, db=str(db))
+    service = DecoderService(cfg, ModelRegistry([CODEC]))
+    service.start(timeout=15)
+    return service
+
+
+def _wait_until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _forget_session(url: str, client_id: str) -> None:
+    """Drop the broker's persistent session of `client_id` (clean connect, then leave)."""
+    Publisher(url, client_id=client_id, clean=True).close()
+
+
+def test_valid_frames_stored_exactly_once_garbage_and_duplicates_counted(
+    broker_url: str, group: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    service = _service(broker_url, group, tmp_path / "it.db")
+    edge, state = data_topic(group, "edge-a"), state_topic(group, "edge-a")
+    birth = state_from_manifest(
+        CODEC.manifest, edge="edge-a", group=group, bd_seq=0, agent_version="it",
+        runtime_version="none", timestamp_ms=int(time.time() * 1000),
+    )  # fmt: skip
+    try:
+        publisher.send(state, birth_payload(birth), retain=True)
+        for seq in range(6):
+            publisher.send(edge, _frame(seq))
+        publisher.send(edge, b"\x00 not a frame" * 4)
+        publisher.send(edge, _frame(3))  # a repeat, as after a reconnect
+        publisher.send(edge, _frame(6, ref=bytes(8)))  # nobody's model
+        publisher.send(state, b"{broken json")
+        publisher.send(data_topic(group, "edge-b"), _frame(0, n=5))
+        assert service.wait_for_records(6 * 2 + 5, timeout=30)
+        assert _wait_until(lambda: service.stats()["messages"] == 12)
+        stats = service.stats()
+    finally:
+        service.stop()
+        publisher.send(state, b"", retain=True)  # leave no retained birth behind
+    assert stats["records_stored"] == 17 and stats["frames_ok"] == 7
+    assert stats["duplicates"] == 1 and stats["births"] == 1
+    assert stats["rejects"] == {"magic": 1, "state": 1, "unknown_model": 1}
+    with open_store(tmp_path / "it.db") as store:
+        assert store.count_measurements() == 17
+        assert store.count_frames("edge-a") == 6
+        rows = store.fetch_measurements("edge-a")
+        (edge_row,) = [e for e in store.edges() if e["edge"] == "edge-a"]
+    assert [(r["seq"], r["rec"]) for r in rows] == [(s, i) for s in range(6) for i in range(2)]
+    assert rows[0]["prediction"] is None and rows[1]["prediction"] == 4.0  # window W=2 full
+    assert rows[0]["kpis"] == [2.0, 3.0]
+    assert edge_row["online"] is True and edge_row["group"] == group
+
+
+def test_service_resubscribes_after_the_broker_drops_it(
+    broker_url: str, group: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    client_id = f"it-svc-{uuid.uuid4().hex[:10]}"
+    service = _service(broker_url, group, tmp_path / "re.db", client_id=client_id)
+    try:
+        publisher.send(data_topic(group, "e"), _frame(0))
+        assert service.wait_for_records(2, timeout=15)
+        # Same client id with a clean session: the broker drops the service and forgets its
+        # subscriptions, so frames arrive again only if on_connect subscribes anew.
+        _forget_session(broker_url, client_id)
+        assert _wait_until(lambda: service.stats()["connects"] >= 2, timeout=30)
+        assert service.wait_until_subscribed(timeout=15)
+        publisher.send(data_topic(group, "e"), _frame(1))
+        assert service.wait_for_records(4, timeout=15)
+    finally:
+        service.stop()
+        _forget_session(broker_url, client_id)
+    assert service.stats()["disconnects"] >= 1
+
+
+def test_frames_sent_while_the_service_is_down_arrive_after_restart(
+    broker_url: str, group: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    client_id = f"it-svc-{uuid.uuid4().hex[:10]}"
+    db = tmp_path / "down.db"
+    try:
+        first = _service(broker_url, group, db, client_id=client_id)
+        publisher.send(data_topic(group, "e"), _frame(0))
+        assert first.wait_for_records(2, timeout=15)
+        first.stop()
+        for seq in range(5):  # seq 0 again: stored already, so a duplicate
+            publisher.send(data_topic(group, "e"), _frame(seq))
+        second = _service(broker_url, group, db, client_id=client_id)
+        try:
+            assert second.wait_for_records(8, timeout=30)
+            assert _wait_until(lambda: second.stats()["duplicates"] == 1)
+        finally:
+            second.stop()
+    finally:
+        _forget_session(broker_url, client_id)
+    with open_store(db) as store:
+        assert store.count_measurements() == 10
+        assert not any(math.isnan(v) for r in store.fetch_measurements() for v in r["kpis"])

@@ -1,0 +1,125 @@
+"""The store against a real PostgreSQL (tests/conftest.py `postgres_url`: 127.0.0.1:5432,
+database `test`, trust auth, or SPARSETEL_TEST_POSTGRES). Each test works in a schema of its
+own, dropped afterwards. Without a server the tests skip, except under CI=true: they fail."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+
+pytestmark = pytest.mark.integration
+
+psycopg = pytest.importorskip("psycopg")
+
+REF = bytes.fromhex("feedfacecafebeef")
+
+
+def _working_url(url: str) -> str:
+    """`url`, or the same server as user root when the postgres role is missing."""
+    candidates = [url]
+    if "SPARSETEL_TEST_POSTGRES" not in os.environ and "://postgres@" in url:
+        candidates.append(url.replace("://postgres@", "://root@"))
+    errors = []
+    for candidate in candidates:
+        try:
+            psycopg.connect(candidate, connect_timeout=3).close()
+            return candidate
+        except psycopg.Error as exc:
+            errors.append(f"{candidate}: {str(exc).strip()}")
+    reason = "cannot log in to PostgreSQL (" + "; ".join(errors) + ")"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections work in a fresh schema of their own, dropped afterwards."""
+    base = _working_url(postgres_url)
+    schema = f"sparsetel_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _frame(seq: int, bd_seq: int = 1, edge: str = "pg-edge") -> FrameRow:
+    return FrameRow(edge, bd_seq, seq, REF, 2, 50, True, 1_700_000_000_123)
+
+
+def _rows() -> list[MeasurementRow]:
+    return [
+        MeasurementRow(0, 1_700_000_000_000, 1, (9,), (1.25, math.nan), None, None),
+        MeasurementRow(1, 1_700_000_001_000, 2, (1, 9), (2.5, 3.0), 7.75, 1_700_000_002_000),
+    ]
+
+
+def test_postgres_store_migrates_into_its_schema(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        assert store.dialect == "postgresql"
+        assert store.schema_version() == len(MIGRATIONS)
+    with open_store(pg_url) as again:  # reopening applies nothing twice
+        assert again._query("SELECT COUNT(*) FROM schema_version")[0][0] == len(MIGRATIONS)
+
+
+def test_postgres_store_frame_stores_once_and_counts_duplicates(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        assert store.store_frame(_frame(1), _rows())
+        assert store.store_frame(_frame(1), _rows()) is False
+        assert store.store_frame(_frame(2), _rows())
+        assert store.count_frames() == 2
+        assert store.count_measurements("pg-edge") == 4
+        first, second = store.fetch_measurements("pg-edge")[:2]
+    assert first["kpis"] == [1.25, None] and first["codes"] == [9]
+    assert first["t_ms"] == 1_700_000_000_000 and first["model_ref"] == REF.hex()
+    assert second["prediction"] == 7.75 and second["predicted_t_ms"] == 1_700_000_002_000
+
+
+def test_postgres_duplicate_race_between_two_connections_stores_once(pg_url: str) -> None:
+    stores = [open_store(pg_url) for _ in range(2)]
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def write(store: Store) -> None:
+        barrier.wait(timeout=10)
+        results.append(store.store_frame(_frame(5), _rows()))
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [False, True]
+    assert stores[0].count_measurements() == 2
+    for s in stores:
+        s.close()
+
+
+def test_postgres_failed_measurements_roll_the_frame_back(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            store.store_frame(_frame(1), [*_rows(), _rows()[0]])
+        assert store.count_frames() == 0
+        assert store.store_frame(_frame(1), _rows())
+
+
+def test_postgres_edge_births_and_deaths(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        birth = {"online": True, "edge": "pg-edge", "bdSeq": 3, "L": 4}
+        assert store.set_edge_state("grp", "pg-edge", True, 3, "ef" * 32, birth, 100)
+        assert store.set_edge_state("grp", "pg-edge", False, 2, updated_ms=150) is False
+        assert store.set_edge_state("grp", "pg-edge", False, 3, updated_ms=200)
+        (edge,) = store.edges()
+    assert edge["online"] is False and edge["bd_seq"] == 3 and edge["updated_ms"] == 200
+    assert edge["birth"] == birth and edge["model_sha256"] == "ef" * 32

@@ -1,0 +1,182 @@
+"""The SQLite store: schema, one-transaction frames, duplicates decided by the database."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+
+REF = bytes.fromhex("0123456789abcdef")
+
+
+def _frame(seq: int, edge: str = "edge-1", bd_seq: int = 0, n: int = 2) -> FrameRow:
+    return FrameRow(edge, bd_seq, seq, REF, n, 40 + n, False, 1_700_000_000_000)
+
+
+def _rows(n: int = 2, t0: int = 1_000) -> list[MeasurementRow]:
+    return [
+        MeasurementRow(
+            rec=i,
+            t_ms=t0 + 1000 * i,
+            nnz=2,
+            codes=(3, 3 + i),
+            kpis=(-90.5 + i, math.nan, 12.0),
+            prediction=None if i == 0 else 5.5,
+            predicted_t_ms=None if i == 0 else t0 + 1000 * (i + 1),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = open_store(tmp_path / "t.db")
+    yield s
+    s.close()
+
+
+def test_open_store_creates_a_wal_database_at_the_latest_schema(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "x.db"
+    with open_store(f"sqlite:///{path}") as s:
+        assert s.dialect == "sqlite"
+        assert s.schema_version() == len(MIGRATIONS)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"schema_version", "edges", "frames", "measurements"} <= tables
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "measurements_edge_t" in indexes
+
+
+def test_reopening_does_not_migrate_twice(tmp_path: Path) -> None:
+    open_store(tmp_path / "x.db").close()
+    with open_store(tmp_path / "x.db") as s:
+        assert s.schema_version() == len(MIGRATIONS)
+        rows = s._query("SELECT COUNT(*) FROM schema_version")
+    assert rows[0][0] == len(MIGRATIONS)
+
+
+def test_open_store_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
+    open_store(tmp_path / "x.db").close()
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        open_store(tmp_path / "x.db")
+
+
+@pytest.mark.parametrize("bad", ["", "mysql://host/db"])
+def test_open_store_rejects_unknown_locations(bad: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(bad)
+
+
+def test_store_frame_writes_the_frame_and_its_measurements(store: Store) -> None:
+    assert store.store_frame(_frame(7), _rows(3)) is True
+    assert store.count_frames() == 1
+    assert store.count_measurements() == 3
+    rows = store.fetch_measurements()
+    assert [r["rec"] for r in rows] == [0, 1, 2]
+    first = rows[0]
+    assert (first["edge"], first["bd_seq"], first["seq"], first["t_ms"]) == ("edge-1", 0, 7, 1000)
+    assert first["model_ref"] == REF.hex()
+    assert first["codes"] == [3, 3]
+    assert first["kpis"] == [-90.5, None, 12.0]
+    assert first["prediction"] is None
+    assert rows[1]["prediction"] == 5.5 and rows[1]["predicted_t_ms"] == 3000
+
+
+def test_store_frame_returns_false_for_a_duplicate_and_writes_nothing(store: Store) -> None:
+    assert store.store_frame(_frame(1), _rows(2))
+    assert store.store_frame(_frame(1), _rows(5, t0=99)) is False
+    assert store.count_frames() == 1
+    assert store.count_measurements() == 2
+    assert store.store_frame(_frame(1, bd_seq=1), _rows(2))  # a new session is not a duplicate
+
+
+def test_duplicates_are_decided_by_the_database_not_by_one_connection(tmp_path: Path) -> None:
+    with open_store(tmp_path / "x.db") as a, open_store(tmp_path / "x.db") as b:
+        assert a.store_frame(_frame(1), _rows(2))
+        assert b.store_frame(_frame(1), _rows(2)) is False
+        assert b.count_measurements() == 2
+
+
+def test_a_failing_measurement_insert_rolls_the_frame_back(store: Store) -> None:
+    clash = [*_rows(2), _rows(1)[0]]  # rec 0 twice: primary key violation
+    with pytest.raises(sqlite3.IntegrityError):
+        store.store_frame(_frame(1), clash)
+    assert store.count_frames() == 0 and store.count_measurements() == 0
+    assert store.store_frame(_frame(1), _rows(2))
+
+
+def test_zero_code_records_and_audits_round_trip(store: Store) -> None:
+    row = MeasurementRow(0, 5, 0, (), (1.0, math.inf), audit=(1.5, math.nan))
+    store.store_frame(_frame(1, n=1), [row])
+    (got,) = store.fetch_measurements()
+    assert got["codes"] == [] and got["nnz"] == 0
+    assert got["kpis"] == [1.0, None]
+    assert got["audit"] == [1.5, None]
+
+
+def test_fetch_and_count_filter_by_edge_and_keep_sending_order(store: Store) -> None:
+    store.store_frame(_frame(2, edge="b"), _rows(2, t0=10))
+    store.store_frame(_frame(1, edge="b"), _rows(2, t0=5000))
+    store.store_frame(_frame(1, edge="a"), _rows(1))
+    assert store.count_measurements("b") == 4 and store.count_frames("b") == 2
+    assert store.count_measurements("nobody") == 0
+    assert [(r["seq"], r["rec"]) for r in store.fetch_measurements("b")] == [
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+    ]
+    assert len(store.fetch_measurements(limit=3)) == 3
+
+
+def test_birth_then_matching_death_marks_the_edge_offline(store: Store) -> None:
+    birth = {"online": True, "edge": "e1", "bdSeq": 4}
+    assert store.set_edge_state("g", "e1", True, 4, "ab" * 32, birth, updated_ms=10)
+    assert store.set_edge_state("g", "e1", False, 4, updated_ms=20)
+    (edge,) = store.edges()
+    assert edge == {
+        "group": "g",
+        "edge": "e1",
+        "online": False,
+        "bd_seq": 4,
+        "model_sha256": "ab" * 32,
+        "birth": birth,
+        "updated_ms": 20,
+    }
+
+
+def test_a_stale_death_does_not_take_a_newer_session_offline(store: Store) -> None:
+    store.set_edge_state("g", "e1", True, 5, "cd" * 32, {"bdSeq": 5}, updated_ms=10)
+    assert store.set_edge_state("g", "e1", False, 4, updated_ms=20) is False
+    (edge,) = store.edges()
+    assert edge["online"] is True and edge["bd_seq"] == 5 and edge["updated_ms"] == 10
+
+
+def test_a_death_for_an_unknown_edge_is_recorded(store: Store) -> None:
+    assert store.set_edge_state("g", "new", False, 0, updated_ms=1)
+    assert store.edges()[0]["online"] is False
+
+
+def test_store_is_usable_from_a_thread_other_than_its_creator(store: Store) -> None:
+    results: list[bool] = []
+    worker = threading.Thread(target=lambda: results.append(store.store_frame(_frame(1), _rows())))
+    worker.start()
+    worker.join(timeout=10)
+    assert results == [True]
+
+
+def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
+    s = open_store(tmp_path / "x.db")
+    s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        s.store_frame(_frame(1), _rows())
