@@ -23,12 +23,11 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.broker import start_embedded_broker
+from sparsetel.cloud.ingest import FrameIngest, ServiceStats
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.service import (
     DecoderService,
-    FrameIngest,
     ServeConfig,
-    ServiceStats,
     run_service,
     serve_config_from_flags,
 )

@@ -1,0 +1,280 @@
+"""The decoder service's worker job: one MQTT message in, one outcome out.
+
+`FrameIngest` takes each message through topic -> frame -> model (by the frame's model ref)
+-> decoded KPIs and predictions -> one store transaction, and never raises: a bad message is
+logged (rate-limited), counted by reason in `ServiceStats` and dropped; the database drops
+repeats by the key (edge, bd_seq, seq).
+
+Predictions need the last W measurements of an edge: the ingest keeps each edge's last W-1
+count rows and continues them only across consecutive frames of one session (bd_seq).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from sparsetel.shared.errors import WireError
+from sparsetel.shared.state import parse_state
+from sparsetel.shared.topics import parse_topic
+from sparsetel.shared.wire import Frame, decode_frame
+
+from .registry import Decoder, ModelRegistry
+from .store import FrameRow, MeasurementRow, Store
+
+__all__ = ["FrameIngest", "ServiceStats", "Throttle"]
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStats:
+    """Thread-safe counters; `snapshot()` is JSON-able."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._counts: Counter[str] = Counter()
+        self._rejects: Counter[str] = Counter()
+        self._gaps: Counter[str] = Counter()
+        self._started = time.monotonic()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+            if name == "records_stored":
+                self._lock.notify_all()
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self._rejects[reason] += 1
+
+    def gap(self, edge: str, missing: int) -> None:
+        with self._lock:
+            self._gaps[edge] += 1
+            self._counts["missing_frames"] += missing
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def rejects(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._rejects)
+
+    def wait_for(self, name: str, n: int, timeout: float | None) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self._counts[name] >= n, timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        names = ("messages", "frames_ok", "records_stored", "duplicates", "predictions")
+        more = ("births", "deaths", "stale_deaths", "missing_frames", "late_frames", "queue_full")
+        with self._lock:
+            out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
+            out.update({k: v for k, v in self._counts.items() if k not in out})
+            out["rejects"] = dict(sorted(self._rejects.items()))
+            out["gaps"] = dict(sorted(self._gaps.items()))
+            out["uptime_s"] = round(time.monotonic() - self._started, 3)
+        return out
+
+
+class Throttle:
+    """At most one log line per key and interval on `logger`; says how many it held back."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._next: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next.get(key, 0.0):
+            self._held[key] += 1
+            return
+        self._next[key] = now + self.interval_s
+        held, self._held[key] = self._held[key], 0
+        if held:
+            self.logger.warning(msg + " (and %d more like it)", *args, held)
+        else:
+            self.logger.warning(msg, *args)
+
+
+@dataclass
+class _Track:
+    """Per edge: the prediction history of one session and the seqs seen per session."""
+
+    bd_seq: int = -1
+    model_ref: bytes = b""
+    last_seq: int = -1
+    rows: np.ndarray | None = None  # count rows (shape: [<= W-1, K])
+    max_seq: dict[int, int] = field(default_factory=dict)  # bd_seq -> highest seq stored
+
+
+class FrameIngest:
+    """The worker's job, one message at a time, with no MQTT and no threads of its own.
+
+    `handle` returns what happened: "stored", "duplicate", "birth", "death", "stale_death",
+    "ignored", or the reason the message was rejected (a WireError reason such as
+    "truncated", or "unknown_model", "model_mismatch", "state_mismatch", "decode_error",
+    "store_error", "internal"). It never raises.
+    """
+
+    def __init__(self, registry: ModelRegistry, store: Store, stats: ServiceStats) -> None:
+        self.registry = registry
+        self.store = store
+        self.stats = stats
+        self._tracks: dict[str, _Track] = {}
+        self._throttle = Throttle(log)
+
+    def handle(self, topic: str, payload: bytes, received_ms: int | None = None) -> str:
+        now_ms = int(time.time() * 1000) if received_ms is None else received_ms
+        try:
+            parts = parse_topic(topic)
+            kind = str(parts.kind).upper()
+            if kind == "DATA":
+                return self._data(parts.edge, bytes(payload), now_ms)
+            if kind == "STATE":
+                return self._state(parts.group, parts.edge, bytes(payload), now_ms)
+            raise WireError(f"unexpected topic kind {kind}", reason="topic")
+        except WireError as exc:
+            return self._reject(exc.reason, "%s: %s", topic, exc)
+        except Exception as exc:  # a bug must not stop the service: count it and go on
+            log.debug("internal error on %s", topic, exc_info=True)
+            return self._reject("internal", "internal error on %s: %r", topic, exc)
+
+    def _reject(self, reason: str, msg: str, *args: object) -> str:
+        self.stats.reject(reason)
+        self._throttle.warning(reason, "rejected [" + reason + "] " + msg, *args)
+        return reason
+
+    def _data(self, edge: str, payload: bytes, now_ms: int) -> str:
+        frame = decode_frame(payload)
+        codec = self.registry.get(frame.model_ref)
+        if codec is None:
+            return self._reject("unknown_model", "%s: model %s", edge, frame.model_ref.hex())
+        m = codec.manifest
+        audit_ok = all(r.audit is None or len(r.audit) == m.D for r in frame.records)
+        if (frame.L, frame.K) != (m.L, m.K) or not audit_ok:
+            return self._reject(
+                "model_mismatch", "%s: frame L=%s K=%s, model %s has L=%s K=%s D=%s",
+                edge, frame.L, frame.K, frame.model_ref.hex(), m.L, m.K, m.D,
+            )  # fmt: skip
+        codes = [r.codes for r in frame.records]
+        try:
+            kpis = np.asarray(codec.decode(codes), dtype=np.float64)
+            if kpis.shape != (len(codes), m.D):
+                raise ValueError(f"decode returned shape {kpis.shape}")
+        except Exception as exc:
+            return self._reject("decode_error", "%s: %r", edge, exc)
+        predictions, track = self._predict(edge, frame, codec)
+        rows = [
+            MeasurementRow(
+                rec=i, t_ms=r.t_ms, nnz=len(r.codes), codes=r.codes,
+                kpis=tuple(kpis[i].tolist()), prediction=predictions[i],
+                predicted_t_ms=None if predictions[i] is None
+                else r.t_ms + codec.horizon * frame.period_ms,
+                audit=r.audit,
+            )
+            for i, r in enumerate(frame.records)
+        ]  # fmt: skip
+        row = FrameRow(
+            edge, frame.bd_seq, frame.seq, frame.model_ref, len(rows), len(payload),
+            frame.historical, now_ms,
+        )  # fmt: skip
+        try:
+            stored = self.store.store_frame(row, rows)
+        except Exception as exc:
+            return self._reject("store_error", "%s seq %s: %r", edge, frame.seq, exc)
+        if not stored:
+            self.stats.add("duplicates")
+            return "duplicate"
+        self._tracks[edge] = track
+        self._count_stored(edge, frame, sum(p is not None for p in predictions))
+        return "stored"
+
+    def _predict(
+        self, edge: str, frame: Frame, codec: Decoder
+    ) -> tuple[list[float | None], _Track]:
+        """Predictions for the frame's records, and the edge's track if the frame is kept."""
+        old = self._tracks.get(edge, _Track())
+        track = _Track(frame.bd_seq, frame.model_ref, frame.seq, None, old.max_seq)
+        n, w = len(frame.records), int(codec.window or 0)  # 0 or None: no predictor
+        none: list[float | None] = [None] * n
+        if w < 1:
+            return none, track
+        try:
+            counts = np.asarray(codec.counts([r.codes for r in frame.records]), np.float32)
+            follows = (old.bd_seq, old.model_ref, old.last_seq + 1) == (
+                frame.bd_seq, frame.model_ref, frame.seq,
+            )  # fmt: skip
+            prefix = old.rows if follows and old.rows is not None else counts[:0]
+            stacked = np.concatenate([prefix, counts])
+            track.rows = stacked[len(stacked) - (w - 1) :] if w > 1 else stacked[:0]
+            if len(stacked) < w:
+                return none, track
+            windows = sliding_window_view(stacked, w, axis=0).transpose(0, 2, 1)
+            values = np.asarray(codec.predict(np.ascontiguousarray(windows)), np.float64)
+        except Exception as exc:  # store the KPIs without predictions rather than lose them
+            self._throttle.warning("prediction", "prediction failed for %s: %r", edge, exc)
+            self.stats.add("prediction_errors")
+            return none, track
+        first = w - 1 - len(prefix)  # the first record whose window is complete
+        out = none[:first] + [float(v) if math.isfinite(v) else None for v in values.ravel()]
+        return out[:n], track
+
+    def _count_stored(self, edge: str, frame: Frame, n_predictions: int) -> None:
+        self.stats.add("frames_ok")
+        self.stats.add("records_stored", len(frame.records))
+        self.stats.add("predictions", n_predictions)
+        seen = self._tracks[edge].max_seq
+        top = seen.get(frame.bd_seq)
+        if top is not None and frame.seq > top + 1:
+            self.stats.gap(edge, frame.seq - top - 1)
+        elif top is not None and frame.seq < top:
+            self.stats.add("late_frames")
+        seen[frame.bd_seq] = frame.seq if top is None else max(top, frame.seq)
+        while len(seen) > 4:  # a few recent sessions are enough to place late frames
+            del seen[min(seen)]
+
+    def _state(self, group: str, edge: str, payload: bytes, now_ms: int) -> str:
+        if not payload:  # a retained birth being cleared
+            return "ignored"
+        state = parse_state(payload)
+        if (state.edge, state.group) != (edge, group):
+            return self._reject(
+                "state_mismatch", "topic %s/%s carries %s/%s", group, edge, state.group, state.edge
+            )
+        sha, birth = (
+            (state.model_sha256 or None, json.loads(payload)) if state.online else (None, None)
+        )
+        try:
+            applied = self.store.set_edge_state(
+                group, edge, state.online, state.bd_seq, sha, birth, now_ms
+            )
+        except Exception as exc:
+            return self._reject("store_error", "%s state: %r", edge, exc)
+        if not state.online:
+            self.stats.add("deaths" if applied else "stale_deaths")
+            return "death" if applied else "stale_death"
+        self.stats.add("births")
+        if not self._knows(state.model_ref):
+            self.stats.add("births_unknown_model")
+            self._throttle.warning(
+                "birth_model", "edge %s runs model %s, which this service has not loaded",
+                edge, state.model_ref,
+            )  # fmt: skip
+        return "birth"
+
+    def _knows(self, model_ref_hex: str) -> bool:
+        try:
+            return self.registry.get(bytes.fromhex(model_ref_hex)) is not None
+        except (ValueError, TypeError):
+            return False
