@@ -1,0 +1,462 @@
+"""The edge agent: measure, encode, frame, publish; from start-up checks to a clean death.
+
+`run_agent(cfg)` is what ``sparsetel edge`` runs. It fails fast, with a one-line reason,
+before touching the network: ids are checked, the encoder's sha256, self-test and KPI schema
+are verified, the source is opened, and bdSeq (``state_dir/bdseq``) is incremented and
+persisted, so every run has a new bdSeq even after a crash. Then it connects and loops:
+gather up to `batch` measurements (or `max_batch_delay_s` after the first), encode them in
+one onnxruntime call, publish one frame, seq 0, 1, 2, ... within the bdSeq. At the end of
+the source, or on SIGTERM/SIGINT, it flushes the partial batch, waits (bounded) for the
+broker's acknowledgements, publishes the death and disconnects.
+
+A reader thread iterates the source into a bounded queue, so a blocking source (stdin) never
+holds back a due frame or a stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import numpy as np
+
+from sparsetel import __version__
+from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.errors import ConfigError, SparsetelError, WireError
+from sparsetel.shared.kpi import parse_sentinels
+from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
+from sparsetel.shared.topics import validate_id
+from sparsetel.shared.wire import MAX_RECORDS, Frame, Record, encode_frame
+
+from .encoder import OnnxEncoder
+from .publisher import Publisher
+from .source import CsvReplaySource, JsonLinesSource, Measurement, MeasurementSource
+
+__all__ = ["AgentStats", "EdgeConfig", "next_bd_seq", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+BDSEQ_FILE = "bdseq"
+LOCK_FILE = "agent.lock"
+_U32 = 2**32 - 1
+_END = object()  # the reader's last item: the source is exhausted
+_POLL_S = 0.1  # how often a waiting agent looks at its stop flag
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything one edge agent needs; L, K and the KPIs come from the model, not from here.
+
+    - `group`, `edge_id`: ids in the topics ([A-Za-z0-9_.-]{1,64}).
+    - `model`: a run directory holding encoder.onnx and manifest.json.
+    - `source`: a CSV file to replay, or "-" for JSON lines on stdin.
+    - `rate_hz`: CSV replay pace; None = as fast as possible (synthetic clock).
+    - `limit`: stop after this many measurements; None = the whole source.
+    - `batch`: measurements per frame (1..4096); `max_batch_delay_s`: a frame leaves at the
+      latest this long after its first measurement.
+    - `state_dir`: where bdSeq persists; None = ``.sparsetel/<edge_id>``.
+    - `period_ms`: the nominal spacing of measurements without a rate.
+    - `broker`: where to publish (credentials from the environment, see shared.config).
+    - `kpis`: the source's KPI names, checked against the model's; None = the model's.
+    - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
+    - `loop`: replay the CSV again at its end; `connect_timeout_s`: fail when the broker
+      does not accept us in time; `ack_timeout_s`: how long to wait for acks at the end.
+    """
+
+    group: str
+    edge_id: str
+    model: Path
+    source: str
+    rate_hz: float | None = None
+    limit: int | None = None
+    batch: int = 50
+    max_batch_delay_s: float = 1.0
+    state_dir: Path | None = None
+    period_ms: int = 1000
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    kpis: tuple[str, ...] | None = None
+    sentinels: str | None = None
+    loop: bool = False
+    connect_timeout_s: float = 10.0
+    ack_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rate_hz", self.rate_hz is None or 0 < self.rate_hz <= 10_000, "in (0, 10000]"),
+            ("limit", self.limit is None or self.limit >= 0, ">= 0"),
+            ("batch", 1 <= self.batch <= MAX_RECORDS, f"in 1..{MAX_RECORDS}"),
+            ("max_batch_delay_s", 0 < self.max_batch_delay_s <= 3600, "in (0, 3600]"),
+            ("period_ms", 1 <= self.period_ms <= _U32, "in 1..2**32-1"),
+            ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
+            ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
+        ]
+        for key, ok, bound in checks:
+            if not ok:
+                raise ConfigError(f"must be {bound}, got {getattr(self, key)!r}", key=key)
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else Path(".sparsetel") / self.edge_id
+
+
+@dataclass
+class AgentStats:
+    """The agent's counters, printed as JSON by ``sparsetel edge --json``."""
+
+    measurements: int = 0
+    frames: int = 0
+    bytes_sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    cells: Counter[str] = field(default_factory=Counter)
+    bd_seq: int | None = None
+    next_seq: int = 0
+    connects: int = 0
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["rejects"] = dict(self.rejects)
+        data["cells"] = dict(self.cells)
+        return data
+
+
+def next_bd_seq(state_dir: Path) -> int:
+    """Read ``state_dir/bdseq``, add one (0 when absent) and persist it before returning.
+
+    Written to a temporary file, fsynced and renamed, so a power cut leaves the old or the
+    new value, never a torn one. A file that is not a counter raises SparsetelError rather
+    than silently restarting at 0 (the cloud would drop the repeated (bdSeq, seq) keys as
+    duplicates).
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / BDSEQ_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        bd_seq = 0
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SparsetelError(f"cannot read {path}: {exc}") from exc
+    else:
+        if not text.isdigit() or int(text) > _U32:
+            raise SparsetelError(f"{path} holds {text[:20]!r}, not a bdSeq counter")
+        bd_seq = (int(text) + 1) & _U32
+    tmp = path.with_name(BDSEQ_FILE + ".tmp")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{bd_seq}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return bd_seq
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir/agent.lock``: two agents sharing a bdSeq would collide in the cloud."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / LOCK_FILE, "w", encoding="ascii") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise SparsetelError(f"another agent is running with state dir {state_dir}") from exc
+        yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call `stop()` on SIGTERM/SIGINT while inside (main thread only); restore after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping after the current frame", signal.Signals(signum).name)
+        stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _private_stdin() -> IO[bytes]:
+    """A reader of our own on fd 0. The reader thread may still block in it at exit; were it
+    sys.stdin, the interpreter would abort at shutdown trying to take its lock."""
+    try:
+        fd = os.dup(sys.stdin.fileno())
+    except (OSError, ValueError):  # a stdin without a descriptor (embedded, under pytest)
+        stream: IO[bytes] = sys.stdin.buffer
+        return stream
+    return open(fd, "rb")
+
+
+def _open_source(
+    cfg: EdgeConfig, kpis: Sequence[str], stdin: IO[bytes] | None
+) -> MeasurementSource:
+    sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
+    if cfg.source == "-":
+        if cfg.rate_hz is not None:
+            log.warning("rate_hz is ignored for JSON lines: stdin sets the pace")
+        stream = stdin if stdin is not None else _private_stdin()
+        return JsonLinesSource(stream, kpis, sentinels, limit=cfg.limit, period_ms=cfg.period_ms)
+    return CsvReplaySource(
+        Path(cfg.source),
+        kpis,
+        sentinels,
+        rate_hz=cfg.rate_hz,
+        limit=cfg.limit,
+        loop=cfg.loop,
+        period_ms=cfg.period_ms,
+    )
+
+
+class _Agent:
+    """One run: the checked encoder and source, a bdSeq, a publisher, and the frame loop."""
+
+    def __init__(self, cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.group = validate_id(cfg.group)
+        self.edge = validate_id(cfg.edge_id)
+        self.encoder = OnnxEncoder(cfg.model)
+        self.encoder.self_test()
+        kpis = cfg.kpis if cfg.kpis is not None else self.encoder.kpis
+        self.encoder.check_schema(kpis)
+        self.source = _open_source(cfg, kpis, stdin)
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=4 * cfg.batch)
+        self.stopping = threading.Event()
+        self.source_error: str | None = None
+        self.bd_seq = 0
+        self.seq = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.source.stop()
+
+    def birth(self) -> bytes:
+        state = state_from_manifest(
+            self.encoder.manifest,
+            edge=self.edge,
+            group=self.group,
+            bd_seq=self.bd_seq,
+            agent_version=__version__,
+            runtime_version=self.encoder.runtime_version,
+            timestamp_ms=time.time_ns() // 1_000_000,
+        )
+        payload: bytes = birth_payload(state)
+        return payload
+
+    def death(self) -> bytes:
+        payload: bytes = death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
+        return payload
+
+    def run(self, publisher: Publisher) -> None:
+        reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
+        reader.start()
+        ended = False
+        while not ended:
+            batch, ended = self._gather()
+            for start in range(0, len(batch), self.cfg.batch):
+                self._send(batch[start : start + self.cfg.batch], publisher)
+
+    def _read(self) -> None:
+        """Reader thread: the source's measurements into the queue, then _END."""
+        try:
+            for measurement in self.source:
+                if not self._put(measurement):
+                    break
+        except Exception as exc:  # a source must not take the agent down without a word
+            self.source_error = f"source failed: {exc}"
+            log.exception("source failed")
+        finally:
+            self._put(_END)
+
+    def _put(self, item: object) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _gather(self) -> tuple[list[Measurement], bool]:
+        """Up to `batch` measurements, or fewer once `max_batch_delay_s` has passed since the
+        first; (batch, True) when the source ended or a stop was asked."""
+        batch: list[Measurement] = []
+        deadline = float("inf")
+        while len(batch) < self.cfg.batch:
+            if self.stopping.is_set():
+                return batch + self._drain(), True
+            wait = min(_POLL_S, deadline - time.monotonic())
+            if wait <= 0:
+                return batch, False
+            try:
+                item = self.queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return batch, True
+            assert isinstance(item, Measurement)
+            batch.append(item)
+            if len(batch) == 1:
+                deadline = time.monotonic() + self.cfg.max_batch_delay_s
+        return batch, False
+
+    def _drain(self) -> list[Measurement]:
+        """What the reader had already queued when the stop came."""
+        items: list[Measurement] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return items
+            if isinstance(item, Measurement):
+                items.append(item)
+
+    def _send(self, batch: list[Measurement], publisher: Publisher) -> None:
+        if not batch:
+            return
+        x = np.stack([m.values for m in batch])
+        try:
+            codes = self.encoder.encode_records(x)
+        except SparsetelError as exc:  # the graph broke its contract on this batch
+            self.stats.rejects["encode"] += len(batch)
+            log.error("batch of %s dropped: %s", len(batch), exc)
+            return
+        records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
+        self._publish(records, publisher)
+
+    def _publish(self, records: tuple[Record, ...], publisher: Publisher) -> None:
+        if self.seq > _U32:
+            self.stats.rejects["seq_exhausted"] += len(records)
+            self.stop()
+            return
+        enc = self.encoder
+        frame = Frame(
+            model_ref=enc.model_ref,
+            bd_seq=self.bd_seq,
+            seq=self.seq,
+            L=enc.L,
+            K=enc.K,
+            period_ms=self.source.period_ms,
+            records=records,
+        )
+        try:
+            payload = encode_frame(frame)
+        except WireError as exc:
+            if exc.reason == "too_large" and len(records) > 1:
+                half = len(records) // 2
+                self._publish(records[:half], publisher)
+                self._publish(records[half:], publisher)
+                return
+            self.stats.rejects[f"wire_{exc.reason}"] += len(records)
+            log.error("frame of %s records dropped: %s", len(records), exc)
+            return
+        self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
+        if not publisher.publish_frame(payload):
+            self.stats.rejects["queue_full"] += len(records)
+            return
+        self.stats.frames += 1
+        self.stats.measurements += len(records)
+        self.stats.bytes_sent += len(payload)
+
+
+def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
+    """Wait for acks (bounded), publish the death, disconnect; fill in the counters."""
+    cfg = agent.cfg
+    if not publisher.wait_for_acks(cfg.ack_timeout_s):
+        log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
+    publisher.close(timeout=min(cfg.ack_timeout_s, 5.0) or 1.0)
+    stats.acked = publisher.stats.acked
+    stats.failed = publisher.stats.failed
+    stats.connects = publisher.stats.connects
+    stats.next_seq = agent.seq
+    stats.rejects.update(agent.source.stats.rejects)
+    stats.cells.update(agent.source.stats.cells)
+
+
+def run_agent(
+    cfg: EdgeConfig,
+    *,
+    print_json: bool = False,
+    stats: AgentStats | None = None,
+    stdin: IO[bytes] | None = None,
+) -> int:
+    """Run one edge agent to the end of its source (or a signal); return the exit code.
+
+    0 ok; 1 runtime failure (model mismatch, broker unreachable, state dir in use); 2 bad
+    configuration. The counters go to `stats` (pass one to read them) and, with
+    `print_json`, to stdout as one JSON object. `stdin` replaces sys.stdin.buffer for "-".
+    """
+    stats = stats if stats is not None else AgentStats()
+    started = time.monotonic()
+    code = _run(cfg, stats, stdin)
+    stats.elapsed_s = round(time.monotonic() - started, 3)
+    if stats.bd_seq is not None:
+        log.info(
+            "edge %s: %s measurements in %s frames (%s bytes), %s acked, rejects %s",
+            cfg.edge_id,
+            stats.measurements,
+            stats.frames,
+            stats.bytes_sent,
+            stats.acked,
+            dict(stats.rejects),
+        )
+    if print_json:
+        print(json.dumps(stats.to_dict()), flush=True)
+    return code
+
+
+def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
+    try:
+        agent = _Agent(cfg, stats, stdin)
+    except (ValueError, ConfigError) as exc:
+        return _fail(stats, 2, exc)
+    except (SparsetelError, OSError) as exc:
+        return _fail(stats, 1, exc)
+    state_dir = cfg.resolved_state_dir
+    try:
+        with _state_lock(state_dir):
+            agent.bd_seq = stats.bd_seq = next_bd_seq(state_dir)
+            agent.birth()  # a birth the broker would carry must be valid before we connect
+            publisher = Publisher(
+                cfg.broker, group=agent.group, edge=agent.edge, birth=agent.birth, death=agent.death
+            )
+            publisher.connect(cfg.connect_timeout_s)
+            log.info("edge %s/%s online, bdSeq %s", agent.group, agent.edge, agent.bd_seq)
+            try:
+                with _stop_on_signals(agent.stop):
+                    agent.run(publisher)
+            finally:
+                _finish(agent, publisher, stats)
+    except (SparsetelError, OSError, ValueError) as exc:  # ConnectionError is an OSError
+        return _fail(stats, 1, exc)
+    if agent.source_error is not None:
+        stats.error = agent.source_error
+        return 1
+    return 0
+
+
+def _fail(stats: AgentStats, code: int, exc: BaseException) -> int:
+    stats.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    log.error("edge agent cannot run: %s", stats.error)
+    return code

@@ -1,0 +1,324 @@
+"""The edge's MQTT side: one paho-mqtt 2.x client with birth, death and acknowledged frames.
+
+Protocol (borrowed from Sparkplug B): the client's last will is the death on the edge's STATE
+topic (retained, QoS 1), so the broker announces a lost edge; on every connect it publishes
+the birth (retained, QoS 1) and subscribes to its NCMD topic, where ``rebirth`` asks for the
+birth again. Frames go to the DATA topic at QoS 1 and are counted as acknowledged when the
+broker's PUBACK arrives (`on_publish`). `close()` publishes the death itself (a clean
+disconnect does not fire the will) and disconnects.
+
+paho runs its network loop in its own thread (`loop_start`) and reconnects with backoff;
+our callbacks only record state and queue publishes: they never block and never raise. paho's
+queue lives in memory, bounded by `max_queued`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from sparsetel.shared.config import BrokerConfig, parse_broker_url
+from sparsetel.shared.topics import data_topic, ncmd_topic, state_topic
+
+__all__ = ["Publisher", "PublisherStats"]
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 60
+
+
+@dataclass
+class PublisherStats:
+    """Counters of one publisher: frames published, acknowledged and refused; sessions."""
+
+    published: int = 0
+    acked: int = 0
+    failed: int = 0
+    bytes_sent: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    births: int = 0
+    commands: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["commands"] = dict(self.commands)
+        return data
+
+
+class Publisher:
+    """Publish an edge's frames with QoS 1, its birth on every connect and its death at the end.
+
+    `birth` and `death` build the STATE payloads when they are needed (a fresh timestamp
+    each time). `max_inflight` bounds unacknowledged QoS 1 frames on the wire: None = 100
+    with MQTT 3.1.1 (paho's default of 20 throttles a fast replay), 20 with MQTT 5, where
+    the broker's Receive Maximum (Mosquitto: 20) must not be exceeded and paho cannot adapt
+    once connected. `max_queued` bounds frames waiting in memory while the broker is away
+    (0 = unbounded).
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        group: str,
+        edge: str,
+        birth: Callable[[], bytes],
+        death: Callable[[], bytes],
+        max_inflight: int | None = None,
+        max_queued: int = 10_000,
+    ) -> None:
+        if max_inflight is None:
+            max_inflight = 20 if broker.protocol == "5" else 100
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        if max_queued < 0:
+            raise ValueError(f"max_queued must be >= 0, got {max_queued}")
+        self.stats = PublisherStats()
+        self._birth, self._death = birth, death
+        self._data_topic = data_topic(group, edge)
+        self._state_topic = state_topic(group, edge)
+        self._ncmd_topic = ncmd_topic(group, edge)
+        self._max_inflight = max_inflight
+        self._max_queued = max_queued
+        self._tls, self._host, self._port = parse_broker_url(broker.url)
+        self._keepalive = broker.keepalive
+        self._cond = threading.Condition()
+        self._pending: dict[int, str] = {}  # mid -> "frame" | "state", awaiting PUBACK
+        self._early: dict[int, bool] = {}  # PUBACKs that beat publish() returning the mid
+        self._frames_pending = 0
+        self._connected = threading.Event()
+        self._answered = threading.Event()  # the first CONNACK, accepted or not
+        self._refused: str | None = None
+        self._last_error = "no answer yet"
+        self._closed = False
+        # ids never hold "/", so this client id is unique per (group, edge)
+        client_id = broker.client_id or f"sparsetel/{group}/{edge}"
+        self._client = self._build_client(broker, client_id)
+
+    def _build_client(self, broker: BrokerConfig, client_id: str) -> mqtt.Client:
+        v5 = broker.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        if log.isEnabledFor(logging.DEBUG):  # paho's own log is for debugging only
+            client.enable_logger(log.getChild("paho"))
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
+        if self._tls:
+            client.tls_set(ca_certs=None if broker.tls_ca is None else str(broker.tls_ca))
+        client.will_set(self._state_topic, self._death(), qos=QOS, retain=True)
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        client.max_inflight_messages_set(self._max_inflight)
+        client.max_queued_messages_set(0)  # bounded in publish_frame, births always pass
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Start the network loop and wait for the first CONNACK.
+
+        Raises ConnectionError (the loop stopped) when the broker refuses us or does not
+        answer within `timeout`; later losses are handled by reconnecting with backoff.
+        """
+        log.info(
+            "connecting to %s:%s%s (%s)",
+            self._host,
+            self._port,
+            " over TLS" if self._tls else "",
+            "with credentials" if self._client.username else "anonymous",
+        )
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self._client.loop_start()
+        if self._answered.wait(timeout) and self._refused is None:
+            return
+        self._client.loop_stop()
+        reason = self._refused or f"no connection after {timeout:g} s ({self._last_error})"
+        raise ConnectionError(f"broker {self._host}:{self._port}: {reason}")
+
+    def publish_frame(self, payload: bytes) -> bool:
+        """Queue one frame (QoS 1) on the DATA topic; False when the in-memory queue is full."""
+        with self._cond:
+            backlog = self._frames_pending
+        if 0 < self._max_queued <= backlog:
+            self.stats.failed += 1
+            log.warning("frame dropped: %s frames await the broker already", backlog)
+            return False
+        info = self._client.publish(self._data_topic, payload, qos=QOS)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self.stats.failed += 1
+            log.warning("frame not queued: %s", mqtt.error_string(info.rc))
+            return False
+        self.stats.published += 1
+        self.stats.bytes_sent += len(payload)
+        self._track(info.mid, "frame")
+        return True
+
+    def wait_for_acks(self, timeout: float) -> bool:
+        """Wait until every frame and birth published so far is acknowledged; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish the death (retained), wait for it up to `timeout`, disconnect cleanly."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.connected:
+            info = self._client.publish(self._state_topic, self._death(), qos=QOS, retain=True)
+            self._track(info.mid, "state")
+            try:
+                info.wait_for_publish(timeout)
+                if not info.is_published():
+                    log.warning("death not acknowledged within %g s", timeout)
+            except (ValueError, RuntimeError) as exc:
+                log.warning("death not published: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # ------------------------------------------------------------------ paho callbacks
+    # They run in paho's network thread: record, queue, return. Never block, never raise.
+
+    def _track(self, mid: int, kind: str) -> None:
+        with self._cond:
+            ok = self._early.pop(mid, None)
+            if ok is None:
+                self._pending[mid] = kind
+                self._frames_pending += kind == "frame"
+            else:
+                self._settle(kind, ok)
+                self._cond.notify_all()
+
+    def _settle(self, kind: str, ok: bool) -> None:
+        """Count one acknowledged (or refused) message; the caller holds `_cond`."""
+        if kind == "frame":
+            if ok:
+                self.stats.acked += 1
+            else:
+                self.stats.failed += 1
+
+    def _publish_birth(self, client: mqtt.Client) -> None:
+        info = client.publish(self._state_topic, self._birth(), qos=QOS, retain=True)
+        self.stats.births += 1
+        self._track(info.mid, "state")
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._refused = f"connection refused: {reason_code}"
+                log.error("broker refused the connection: %s", reason_code)
+                self._answered.set()
+                return
+            receive_max = getattr(properties, "ReceiveMaximum", None)
+            if isinstance(receive_max, int) and receive_max < self._max_inflight:
+                log.warning(
+                    "broker's Receive Maximum %s is below max_inflight %s: lower max_inflight",
+                    receive_max,
+                    self._max_inflight,
+                )
+            self.stats.connects += 1
+            client.subscribe(self._ncmd_topic, qos=QOS)
+            self._publish_birth(client)
+            self._refused = None
+            self._connected.set()
+            self._answered.set()
+            log.info("connected (session %s), birth published", self.stats.connects)
+        except Exception as exc:
+            self._refused = f"on_connect failed: {exc}"
+            self._answered.set()
+            log.exception("on_connect failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._last_error = "connection failed"
+        log.warning("cannot reach the broker %s:%s, retrying", self._host, self._port)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        self.stats.disconnects += 1
+        if not self._closed:
+            log.warning("disconnected from the broker (%s), reconnecting", reason_code)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        try:
+            ok = not reason_code.is_failure
+            if not ok:
+                log.warning("broker refused message %s: %s", mid, reason_code)
+            with self._cond:
+                kind = self._pending.pop(mid, None)
+                if kind is None:
+                    self._early[mid] = ok
+                else:
+                    self._frames_pending -= kind == "frame"
+                    self._settle(kind, ok)
+                self._cond.notify_all()
+        except Exception:
+            log.exception("on_publish failed")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            command = _command(message.payload)
+            self.stats.commands[command] += 1
+            if command == "rebirth":
+                log.info("NCMD rebirth: publishing the birth again")
+                self._publish_birth(client)
+            else:
+                log.warning("NCMD %r is not supported by this agent, ignored", command[:64])
+        except Exception:
+            log.exception("NCMD handling failed")
+
+
+def _command(payload: bytes | bytearray) -> str:
+    """An NCMD payload's command: plain text (``rebirth``) or JSON ``{"command": "rebirth"}``."""
+    text = payload.decode("utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return "invalid"
+        command = data.get("command") if isinstance(data, dict) else None
+        return command if isinstance(command, str) else "invalid"
+    return text or "empty"

@@ -1,0 +1,476 @@
+"""Measurement sources: where the edge agent's KPI vectors come from.
+
+Every source yields `Measurement`s (a time in ms and D float32 KPI values, NaN = missing) for
+a fixed tuple of KPI names, and follows one cell rule, `sparsetel.shared.kpi.parse_value`:
+missing tokens and sentinel values become NaN and are counted; a measurement with a
+non-numeric cell, the wrong number of KPIs or unreadable JSON is counted by reason in
+`stats.rejects` and skipped. A source never raises for bad input once it has started.
+
+- `CsvReplaySource` replays a KPI CSV (stdlib csv), paced at `rate_hz` or as fast as possible.
+- `JsonLinesSource` reads one JSON measurement per line (stdin in the agent).
+- `CallableSource` is the hook for a custom Python collector (a modem, an SNMP poller, ...).
+
+Timestamps: paced at a rate, the wall clock at emission (on a regular schedule, so frames stay
+regular); as fast as possible, a synthetic clock ``start + i * period_ms``. Generated times
+never go backwards, even when the wall clock does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from sparsetel.shared.errors import DataError
+from sparsetel.shared.kpi import INVALID, OK, Sentinels, column_key, match_columns, parse_value
+
+__all__ = [
+    "CallableSource",
+    "CsvReplaySource",
+    "JsonLinesSource",
+    "Measurement",
+    "MeasurementSource",
+    "SourceStats",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 65536  # a longer JSON line is dropped ("too_long")
+MAX_LAG_S = 1.0  # a paced source this far behind its schedule starts a new one
+_U64 = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One KPI vector: `t_ms` (epoch ms) and `values` (shape: [D], float32, NaN = missing)."""
+
+    t_ms: int
+    values: np.ndarray
+
+
+@dataclass
+class SourceStats:
+    """What a source read: measurements emitted, cells by status, rejects by reason."""
+
+    measurements: int = 0
+    cells: Counter[str] = field(default_factory=Counter)
+    rejects: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measurements": self.measurements,
+            "cells": dict(self.cells),
+            "rejects": dict(self.rejects),
+        }
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Clock:
+    """Times for a source: paced wall clock when `rate_hz` is set, else synthetic.
+
+    Paced: measurement i is due at ``t0 + i / rate_hz`` and stamped with the wall clock of
+    that instant, so small scheduling jitter never makes a frame irregular. A source that falls
+    more than `MAX_LAG_S` (or one period) behind, say a suspended box, re-anchors at the
+    present instead of bursting to catch up.
+    """
+
+    def __init__(
+        self, rate_hz: float | None, period_ms: int, start_ms: int | None, stop: threading.Event
+    ) -> None:
+        self.rate_hz = rate_hz
+        self.period_ms = period_ms
+        self.start_ms = start_ms
+        self._stop = stop
+        self._i = 0
+        self._t0 = 0.0
+        self._t0_ms = 0.0
+
+    def tick(self) -> int | None:
+        """The next measurement's time; None when the source was stopped while waiting."""
+        if self._stop.is_set():
+            return None
+        if self.rate_hz is None:
+            if self.start_ms is None:
+                self.start_ms = _wall_ms()
+            self._i += 1
+            return self.start_ms + (self._i - 1) * self.period_ms
+        period = 1.0 / self.rate_hz
+        now = time.monotonic()
+        if self._i == 0 or now - (self._t0 + self._i * period) > max(period, MAX_LAG_S):
+            self._t0, self._t0_ms, self._i = now, time.time() * 1000.0, 0
+        due = self._t0 + self._i * period
+        if due > now and self._stop.wait(due - now):
+            return None
+        self._i += 1
+        return round(self._t0_ms + (self._i - 1) * period * 1000.0)
+
+
+class MeasurementSource:
+    """Base of the sources: iterate it for `Measurement`s; `stop()` ends it early.
+
+    Subclasses implement `_measurements()`; the base applies `limit`, keeps generated
+    times monotonic and owns the counters in `stats`.
+    """
+
+    def __init__(
+        self,
+        kpis: Sequence[str],
+        sentinels: Sentinels | None = None,
+        *,
+        rate_hz: float | None = None,
+        limit: int | None = None,
+        period_ms: int = 1000,
+        start_ms: int | None = None,
+    ) -> None:
+        if not kpis:
+            raise ValueError("a source needs at least one KPI")
+        if rate_hz is not None and not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number or None, got {rate_hz}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if period_ms < 1:
+            raise ValueError(f"period_ms must be >= 1, got {period_ms}")
+        self.kpis = tuple(kpis)
+        self.sentinels = sentinels
+        self.rate_hz = rate_hz
+        self.limit = limit
+        self.stats = SourceStats()
+        self._stop = threading.Event()
+        self._last_ms = -1
+        nominal = period_ms if rate_hz is None else max(1, round(1000.0 / rate_hz))
+        self._clock = _Clock(rate_hz, nominal, start_ms, self._stop)
+
+    @property
+    def period_ms(self) -> int:
+        """The nominal spacing of measurements in ms (from `rate_hz` when it is set)."""
+        return self._clock.period_ms
+
+    def stop(self) -> None:
+        """End the iteration at the next measurement (interrupts a paced wait). Thread-safe."""
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[Measurement]:
+        if self.limit == 0:
+            return
+        for measurement in self._measurements():
+            if self._stop.is_set():
+                return
+            self.stats.measurements += 1
+            yield measurement
+            if self.limit is not None and self.stats.measurements >= self.limit:
+                return
+
+    def _measurements(self) -> Iterator[Measurement]:
+        raise NotImplementedError
+
+    def _next_time(self) -> int | None:
+        """The clock's next time, never before the previous one; None when stopped."""
+        t = self._clock.tick()
+        if t is None:
+            return None
+        self._last_ms = max(t, self._last_ms)
+        return self._last_ms
+
+    def _given_time(self, t: object) -> int | None:
+        """Check a time that came with the data; None (counted) when it is unusable.
+
+        The caller commits it (``self._last_ms = t``) once the whole measurement is accepted.
+        """
+        if isinstance(t, float) and t.is_integer():
+            t = int(t)
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= _U64:
+            self._reject("bad_time")
+            return None
+        if t < self._last_ms:
+            self._reject("time_order")
+            return None
+        return t
+
+    def _reject(self, reason: str) -> None:
+        self.stats.rejects[reason] += 1
+        log.debug("measurement rejected: %s", reason)
+
+    def _parse_cell(self, cell: object, name: str) -> tuple[float, str]:
+        if not (cell is None or isinstance(cell, str | int | float)):
+            return math.nan, INVALID
+        try:
+            parsed: tuple[float, str] = parse_value(cell, name, self.sentinels)
+        except (OverflowError, ValueError):  # a JSON integer too large for a float
+            return math.nan, INVALID
+        return parsed
+
+    def _parse_cells(self, cells: Sequence[object]) -> np.ndarray | None:
+        """D raw cells -> values (shape: [D], float32); None (counted) when one is invalid."""
+        if len(cells) != len(self.kpis):
+            self._reject("width")
+            return None
+        values = np.empty(len(self.kpis), dtype=np.float32)
+        statuses = []
+        for j, (cell, name) in enumerate(zip(cells, self.kpis, strict=True)):
+            values[j], status = self._parse_cell(cell, name)
+            statuses.append(status)
+        if INVALID in statuses:
+            self._reject("non_numeric")
+            return None
+        self.stats.cells.update(s for s in statuses if s != OK)
+        return values
+
+
+class CsvReplaySource(MeasurementSource):
+    """Replay a KPI CSV, one row per measurement; the columns are found by `match_columns`.
+
+    `rate_hz` None replays as fast as possible with a synthetic clock; `limit` caps the
+    measurements; `loop` starts over at the end of the file. The header is checked when
+    the source is built, so a missing column fails fast (DataError listing the columns).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        kpis: Sequence[str],
+        sentinels: Sentinels | None = None,
+        rate_hz: float | None = None,
+        limit: int | None = None,
+        loop: bool = False,
+        *,
+        period_ms: int = 1000,
+        start_ms: int | None = None,
+    ) -> None:
+        super().__init__(
+            kpis, sentinels, rate_hz=rate_hz, limit=limit, period_ms=period_ms, start_ms=start_ms
+        )
+        self.path = Path(path)
+        self.loop = loop
+        with self._open() as handle:
+            self._columns(next(csv.reader(handle), None))
+
+    def _open(self) -> TextIO:
+        try:
+            return open(self.path, newline="", encoding="utf-8-sig", errors="replace")
+        except OSError as exc:
+            raise DataError(f"cannot read {self.path}: {exc}") from exc
+
+    def _columns(self, header: list[str] | None) -> list[int]:
+        if not header:
+            raise DataError(f"{self.path} is empty: no header row")
+        columns: list[int] = match_columns(header, self.kpis)
+        return columns
+
+    def _rows(self, reader: Iterator[list[str]], width: int) -> Iterator[list[str]]:
+        """The data rows that have the header's width; others are counted and skipped."""
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                self._reject("csv")
+                continue
+            if not row:
+                continue
+            if len(row) != width:
+                self._reject("width")
+                continue
+            yield row
+
+    def _measurements(self) -> Iterator[Measurement]:
+        while True:
+            emitted = 0
+            with self._open() as handle:
+                reader = csv.reader(handle)
+                header = next(reader, None)
+                columns = self._columns(header)
+                for row in self._rows(reader, len(header or ())):
+                    values = self._parse_cells([row[c] for c in columns])
+                    if values is None:
+                        continue
+                    t = self._next_time()
+                    if t is None:
+                        return
+                    emitted += 1
+                    yield Measurement(t, values)
+            if not self.loop or emitted == 0:
+                return
+
+
+class JsonLinesSource(MeasurementSource):
+    """One JSON measurement per line, e.g. from stdin.
+
+    A line is an object ``{"kpis": {"RSRP": -90.0, ...}, "t_ms": 1700000000000}`` (t_ms
+    optional; KPI names matched exactly or by `column_key`; an absent KPI or null is missing;
+    an unknown name rejects the line) or a list of D values in the order of `kpis`. Values
+    may be numbers, numeric strings or null. Without a t_ms the time is the wall clock when
+    the line is read. `stream` yields str or bytes lines (bytes must be UTF-8).
+    """
+
+    def __init__(
+        self,
+        stream: Iterable[str] | Iterable[bytes],
+        kpis: Sequence[str],
+        sentinels: Sentinels | None = None,
+        *,
+        limit: int | None = None,
+        period_ms: int = 1000,
+    ) -> None:
+        super().__init__(kpis, sentinels, limit=limit, period_ms=period_ms)
+        self.stream = stream
+        self._index = {column_key(k): i for i, k in enumerate(self.kpis)}
+
+    def _lines(self) -> Iterator[str | bytes | None]:
+        """The stream's lines, bounded: None stands for an over-long line (dropped)."""
+        readline = getattr(self.stream, "readline", None)
+        if readline is None:
+            yield from self.stream
+            return
+        skipping = False
+        while chunk := readline(MAX_LINE_BYTES + 1):
+            complete = chunk[-1:] in ("\n", b"\n")
+            if not skipping and (complete or len(chunk) <= MAX_LINE_BYTES):
+                yield chunk
+            elif not skipping:
+                yield None
+            skipping = not complete
+
+    def _measurements(self) -> Iterator[Measurement]:
+        for line in self._lines():
+            if line is None:
+                self._reject("too_long")
+                continue
+            measurement = self._parse_line(line)
+            if measurement is not None:
+                yield measurement
+
+    def _parse_line(self, line: str | bytes) -> Measurement | None:
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                self._reject("encoding")
+                return None
+        if not line.strip():
+            return None
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            self._reject("json")
+            return None
+        if isinstance(data, dict) and isinstance(data.get("kpis"), dict):
+            given = data.get("t_ms")
+            t_ms = None if given is None else self._given_time(given)
+            if given is not None and t_ms is None:
+                return None
+            values = self._parse_object(data["kpis"])
+        elif isinstance(data, list):
+            t_ms, values = None, self._parse_cells(data)
+        else:
+            self._reject("shape")
+            return None
+        if values is None:
+            return None
+        self._last_ms = max(_wall_ms(), self._last_ms) if t_ms is None else t_ms
+        return Measurement(self._last_ms, values)
+
+    def _parse_object(self, kpis: dict[str, object]) -> np.ndarray | None:
+        cells: list[object] = [None] * len(self.kpis)
+        for name, value in kpis.items():
+            i = self._index.get(column_key(name))
+            if i is None:
+                self._reject("unknown_kpi")
+                return None
+            cells[i] = value
+        return self._parse_cells(cells)
+
+
+Collected = Sequence[float] | np.ndarray | Measurement | None
+
+
+class CallableSource(MeasurementSource):
+    """The hook for a custom Python collector.
+
+    `collect()` is called once per measurement and returns D values in the order of `kpis`
+    (a sequence or a [D] array; NaN or None = missing), a `Measurement` carrying its own
+    time, or None when there is nothing more (the source ends). With `rate_hz` the source
+    calls it on that schedule and stamps the wall clock; without, `collect` sets the pace
+    itself (block until the next measurement) and the time is the wall clock on return.
+    An exception from `collect` is logged and counted ("collector_error"); after
+    `max_errors` in a row the source ends.
+
+    Example::
+
+        source = CallableSource(lambda: modem.read_kpis(), ("RSRP", "RSRQ", "SNR"), rate_hz=1)
+    """
+
+    def __init__(
+        self,
+        collect: Callable[[], Collected],
+        kpis: Sequence[str],
+        sentinels: Sentinels | None = None,
+        *,
+        rate_hz: float | None = None,
+        limit: int | None = None,
+        period_ms: int = 1000,
+        max_errors: int = 10,
+    ) -> None:
+        super().__init__(kpis, sentinels, rate_hz=rate_hz, limit=limit, period_ms=period_ms)
+        self.collect = collect
+        self.max_errors = max_errors
+
+    def _measurements(self) -> Iterator[Measurement]:
+        errors = 0
+        while not self._stop.is_set():
+            t = self._clock.tick() if self.rate_hz is not None else None
+            if t is None and self.rate_hz is not None:
+                return
+            try:
+                got = self.collect()
+            except Exception:
+                errors += 1
+                self._reject("collector_error")
+                log.warning("collector failed (%s in a row)", errors, exc_info=True)
+                if errors >= self.max_errors:
+                    log.error("collector failed %s times in a row: source ends", errors)
+                    return
+                continue
+            errors = 0
+            if got is None:
+                return
+            measurement = self._accept(got, t)
+            if measurement is not None:
+                yield measurement
+
+    def _accept(
+        self, got: Sequence[float] | np.ndarray | Measurement, t: int | None
+    ) -> Measurement | None:
+        if isinstance(got, Measurement):
+            t_ms = self._given_time(got.t_ms)
+            if t_ms is None:
+                return None
+            got = got.values
+        else:
+            t_ms = max(t if t is not None else _wall_ms(), self._last_ms)
+        try:
+            cells = np.asarray(got, dtype=np.float64).tolist()
+        except (TypeError, ValueError):
+            self._reject("non_numeric")
+            return None
+        if not isinstance(cells, list):
+            self._reject("width")
+            return None
+        values = self._parse_cells(cells)
+        if values is None:
+            return None
+        self._last_ms = t_ms
+        return Measurement(t_ms, values)

@@ -1,0 +1,341 @@
+"""The edge agent against a real MQTT broker: frames, birth, death, bdSeq, rebirth, SIGTERM.
+
+The broker is Mosquitto at 127.0.0.1:1883 unless SPARSETEL_TEST_BROKER=mqtt://host:port says
+otherwise; when it does not answer these tests skip, or fail under CI=true (the suite's
+`broker_url` fixture). Every test uses a group of its own, so runs never see each other's
+messages, and clears its retained STATE messages afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
+from sparsetel.edge.encoder import OnnxEncoder
+from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.state import EdgeState, parse_state
+from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
+from sparsetel.shared.wire import Frame, decode_frame, encode_frame
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 10.0
+EDGE = "edge-1"
+
+
+def _model_fixture() -> ModuleType:
+    """The tiny ONNX encoder builder that the encoder's unit tests define."""
+    path = Path(__file__).resolve().parents[1] / "unit" / "test_edge_encoder.py"
+    spec = importlib.util.spec_from_file_location("_edge_model_fixture", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MODEL = _model_fixture()
+
+
+@pytest.fixture
+def broker(broker_url: str) -> BrokerConfig:
+    """The suite's real broker (tests/conftest.py skips, or fails under CI, without one)."""
+    return BrokerConfig(url=broker_url)
+
+
+class Listener:
+    """A paho subscriber that queues every message matching its topic filters."""
+
+    def __init__(self, broker: BrokerConfig, *filters: str) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
+        if filters:
+            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters])
+            self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        else:
+            self.client.on_connect = lambda c, u, f, rc, p: subscribed.set()
+        self.client.on_message = lambda c, u, message: self.messages.put(message)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(TIMEOUT), "the test subscriber got no SUBACK"
+
+    def next(self, what: str) -> mqtt.MQTTMessage:
+        try:
+            return self.messages.get(timeout=TIMEOUT)
+        except queue.Empty:
+            pytest.fail(f"no message within {TIMEOUT} s while waiting for {what}")
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(TIMEOUT)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def group(group: str, broker: BrokerConfig) -> Iterator[str]:
+    """The suite's unique group; its retained STATE is cleared after the test."""
+    name = group
+    yield name
+    cleaner = Listener(broker)
+    cleaner.publish(state_topic(name, EDGE), b"", retain=True)  # drop the retained state
+    cleaner.close()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    run: Path = MODEL.write_tiny_model(tmp_path / "run")
+    return run
+
+
+def _write_csv(path: Path, n: int) -> np.ndarray:
+    """n good rows of the tiny model's KPIs (some missing) plus one bad row; the rows."""
+    rng = np.random.default_rng(7)
+    rows = rng.integers(-20, 20, size=(n, 3)).astype(np.float32)
+    rows[::6, 2] = np.nan
+    lines = ["time,RSRP,RSRQ,SNR"]
+    for i, row in enumerate(rows):
+        lines.append(f"{i}," + ",".join("-" if np.isnan(v) else str(int(v)) for v in row))
+        if i == 3:
+            lines.append("x,12 dBm,1,2")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rows
+
+
+def _config(model_dir: Path, group: str, broker: BrokerConfig, **fields: Any) -> EdgeConfig:
+    base: dict[str, Any] = {
+        "group": group,
+        "edge_id": EDGE,
+        "model": model_dir,
+        "source": "-",
+        "state_dir": model_dir.parent / "state",
+        "broker": broker,
+        "max_batch_delay_s": 30.0,
+    }
+    base.update(fields)
+    return EdgeConfig(**base)
+
+
+def _collect(listener: Listener, n_records: int) -> tuple[list[Frame], list[EdgeState]]:
+    """Frames until `n_records` records have come, and live STATE messages until a death
+    (a retained one is left over from an earlier run)."""
+    frames: list[Frame] = []
+    states: list[EdgeState] = []
+    while sum(len(f.records) for f in frames) < n_records or not states or states[-1].online:
+        message = listener.next(f"{n_records} records and a death")
+        if message.retain:
+            continue
+        if parse_topic(message.topic).kind == "DATA":
+            frames.append(decode_frame(bytes(message.payload)))
+        elif message.payload:
+            states.append(parse_state(bytes(message.payload)))
+    return frames, states
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_agent_streams_a_csv_as_frames_between_birth_and_death(
+    broker: BrokerConfig,
+    group: str,
+    model_dir: Path,
+    tmp_path: Path,
+    protocol: Literal["3.1.1", "5"],
+) -> None:
+    rows = _write_csv(tmp_path / "kpis.csv", 23)
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    mqtt_broker = BrokerConfig(url=broker.url, protocol=protocol)
+    cfg = _config(model_dir, group, mqtt_broker, source=str(tmp_path / "kpis.csv"), batch=5)
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats) == 0
+    frames, states = _collect(listener, 23)
+    listener.close()
+
+    encoder = OnnxEncoder(model_dir)
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
+    assert [len(f.records) for f in frames] == [5, 5, 5, 5, 3]
+    assert {(f.bd_seq, f.model_ref, f.L, f.K, f.period_ms) for f in frames} == {
+        (0, encoder.model_ref, encoder.L, encoder.K, 1000)
+    }
+    records = [r for f in frames for r in f.records]
+    assert [r.codes for r in records] == encoder.encode_records(rows)
+    assert np.diff([r.t_ms for r in records]).tolist() == [1000] * 22
+
+    birth, death = states[0], states[-1]
+    assert birth.online and birth.bd_seq == 0 and birth.edge == EDGE and birth.group == group
+    assert birth.model_sha256 == encoder.model_sha256
+    assert birth.kpi_schema_hash == encoder.manifest.kpi_schema_hash
+    assert not death.online and death.bd_seq == 0
+    assert (stats.measurements, stats.frames, stats.acked, stats.bd_seq) == (23, 5, 5, 0)
+    assert stats.rejects == {"non_numeric": 1}
+    assert stats.cells == {"missing": 4}
+    assert stats.bytes_sent == sum(len(encode_frame(f)) for f in frames)
+
+    late = Listener(broker, state_topic(group, EDGE))
+    retained = late.next("the retained death")
+    late.close()
+    assert retained.retain and not parse_state(bytes(retained.payload)).online
+
+
+def test_a_second_run_has_the_next_bd_seq_and_restarts_seq(
+    broker: BrokerConfig, group: str, model_dir: Path, tmp_path: Path
+) -> None:
+    _write_csv(tmp_path / "kpis.csv", 6)
+    cfg = _config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
+    seen = []
+    for _ in range(2):
+        listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+        assert run_agent(cfg) == 0
+        seen.append(_collect(listener, 6))
+        listener.close()
+    (first_frames, first_states), (second_frames, second_states) = seen
+    assert [s.bd_seq for s in first_states] == [0, 0]
+    assert [s.bd_seq for s in second_states] == [1, 1]
+    assert [(f.bd_seq, f.seq) for f in first_frames] == [(0, 0), (0, 1)]
+    assert [(f.bd_seq, f.seq) for f in second_frames] == [(1, 0), (1, 1)]
+    assert (model_dir.parent / "state" / "bdseq").read_text().strip() == "1"
+
+
+def test_retained_birth_while_running_and_rebirth_on_command(
+    broker: BrokerConfig, group: str, model_dir: Path
+) -> None:
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    read_fd, write_fd = os.pipe()
+    stdin = os.fdopen(read_fd, "rb")
+    cfg = _config(model_dir, group, broker, batch=2)
+    codes: list[int] = []
+    agent = threading.Thread(target=lambda: codes.append(run_agent(cfg, stdin=stdin)))
+    agent.start()
+    try:
+        os.write(write_fd, b"[1, 2, 3]\n" + json.dumps({"kpis": {"RSRP": 4}}).encode() + b"\n")
+        first = [listener.next("the birth and the first frame") for _ in range(2)]
+        assert sorted(parse_topic(m.topic).kind for m in first) == ["DATA", "STATE"]
+
+        late = Listener(broker, state_topic(group, EDGE))
+        retained = late.next("the retained birth")
+        birth = parse_state(bytes(retained.payload))
+        assert retained.retain and birth.online and birth.bd_seq == 0
+        assert birth.model_sha256 == OnnxEncoder(model_dir).model_sha256
+
+        late.publish(ncmd_topic(group, EDGE), b"rebirth")
+        late.close()
+        again = parse_state(bytes(listener.next("the rebirth").payload))
+        assert again.online and again.bd_seq == 0 and again.timestamp_ms >= birth.timestamp_ms
+    finally:
+        os.close(write_fd)
+        agent.join(TIMEOUT)
+    assert not agent.is_alive() and codes == [0]
+    death = parse_state(bytes(listener.next("the death").payload))
+    listener.close()
+    assert not death.online and death.bd_seq == 0
+
+
+AGENT_MAIN = """
+import json, sys
+from pathlib import Path
+from sparsetel.edge.agent import EdgeConfig, run_agent
+from sparsetel.shared.config import BrokerConfig
+a = json.loads(sys.argv[1])
+cfg = EdgeConfig(group=a["group"], edge_id=a["edge"], model=Path(a["model"]), source="-",
+                 batch=2, max_batch_delay_s=60.0, state_dir=Path(a["state"]),
+                 broker=BrokerConfig(url=a["url"]))
+raise SystemExit(run_agent(cfg, print_json=True))
+"""
+
+
+def test_sigterm_flushes_the_partial_batch_publishes_the_death_and_exits_0(
+    broker: BrokerConfig, group: str, model_dir: Path
+) -> None:
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
+    args["state"] = str(model_dir.parent / "state")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"[1, 2, 3]\n[4, 5, 6]\n[7, 8, 9]\n")
+        proc.stdin.flush()
+        kinds = [parse_topic(listener.next("birth and frame 0").topic).kind for _ in range(2)]
+        assert sorted(kinds) == ["DATA", "STATE"]
+        proc.send_signal(signal.SIGTERM)  # stdin stays open: the reader is blocked in it
+        proc.wait(timeout=TIMEOUT * 2)
+    finally:
+        proc.kill()
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    frame = decode_frame(bytes(listener.next("the flushed partial batch").payload))
+    death = parse_state(bytes(listener.next("the death").payload))
+    listener.close()
+    assert (frame.seq, len(frame.records)) == (1, 1)
+    assert not death.online
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    assert (stats["measurements"], stats["frames"], stats["acked"]) == (3, 2, 2)
+
+
+def test_the_broker_publishes_the_death_when_the_agent_dies_abruptly(
+    broker: BrokerConfig, group: str, model_dir: Path
+) -> None:
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
+    args["state"] = str(model_dir.parent / "state")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)], stdin=subprocess.PIPE
+    )
+    try:
+        birth = parse_state(bytes(listener.next("the birth").payload))
+        proc.kill()  # no clean disconnect: the broker must send the last will
+        proc.wait(timeout=TIMEOUT)
+        will = parse_state(bytes(listener.next("the last will").payload))
+    finally:
+        proc.kill()
+        proc.communicate()
+    listener.close()
+    assert birth.online and not will.online and will.bd_seq == birth.bd_seq == 0
+
+
+def test_agent_fails_fast_when_the_broker_does_not_answer(model_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        cfg = _config(
+            model_dir, "g", BrokerConfig(url=f"mqtt://127.0.0.1:{port}"), connect_timeout_s=1.5
+        )
+        stats = AgentStats()
+        assert run_agent(cfg, stats=stats) == 1
+    assert stats.error is not None and f"127.0.0.1:{port}" in stats.error
+    assert stats.frames == 0
+
+
+def test_agent_fails_fast_on_a_model_that_does_not_fit_the_source(model_dir: Path) -> None:
+    cfg = _config(model_dir, "g", BrokerConfig(), kpis=("RSRP", "RSRQ", "CQI"))
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats) == 1
+    assert stats.error is not None and "CQI" in stats.error
+    assert not (model_dir.parent / "state" / "bdseq").exists(), "no bdSeq spent on a bad start"
+
+
+def test_agent_rejects_a_bad_edge_id_as_a_config_error(model_dir: Path) -> None:
+    stats = AgentStats()
+    assert run_agent(_config(model_dir, "g", BrokerConfig(), edge_id="a/b"), stats=stats) == 2
+    assert stats.error is not None and "a/b" in stats.error

@@ -1,0 +1,233 @@
+"""The edge's ONNX encoder: contract checks, sha256, self-test and schema, on a tiny graph.
+
+`write_tiny_model` builds a small valid encoder with onnx.helper (the dev venv has onnx; the
+edge code itself only uses onnxruntime) together with its manifest; `reference_codes` is the
+same function in numpy, so the tests compare onnxruntime against an independent answer. The
+integration test of the agent reuses both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from sparsetel.edge.encoder import OnnxEncoder
+from sparsetel.shared.errors import ModelMismatchError
+from sparsetel.shared.manifest import (
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    KpiNorm,
+    ModelManifest,
+    file_sha256,
+)
+
+KPIS = ("RSRP", "RSRQ", "SNR")
+L, K = 4, 16
+# h = nan_to_num(x) @ W + B; slot l is on when h_l > 0.5, its code is floor(|h_l|) mod K.
+# Small exact weights keep float32 arithmetic identical in numpy and onnxruntime.
+W = np.array([[1.0, 0.0, -1.0, 0.5], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, -1.0]], np.float32)
+B = np.array([0.0, 3.0, 0.0, 2.0], np.float32)
+PROBES = ((1.0, 2.0, 3.0), (-5.0, -7.0, 40.0), (float("nan"), 0.0, 0.0), (0.0, -3.0, 9.0))
+
+
+def reference_codes(x: np.ndarray) -> list[tuple[int, ...]]:
+    """What the tiny encoder must give for `x` (shape: [N, 3]), computed in numpy."""
+    h = np.nan_to_num(np.asarray(x, np.float32), nan=0.0) @ W + B
+    out = []
+    for row in h:
+        on = row > 0.5
+        out.append(tuple(sorted(int(v) for v in np.mod(np.floor(np.abs(row[on])), K))))
+    return out
+
+
+def _graph(broken: str | None) -> onnx.GraphProto:
+    x = helper.make_tensor_value_info("kpis", TensorProto.FLOAT, ["N", len(KPIS)])
+    codes_name = "codes" if broken != "names" else "indices"
+    outputs = [
+        helper.make_tensor_value_info(codes_name, TensorProto.INT64, ["N", L]),
+        helper.make_tensor_value_info("nnz", TensorProto.INT64, ["N"]),
+    ]
+    inits = [
+        helper.make_tensor("W", TensorProto.FLOAT, list(W.shape), W.flatten().tolist()),
+        helper.make_tensor("B", TensorProto.FLOAT, [L], B.tolist()),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("thr", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("Kf", TensorProto.FLOAT, [], [float(K)]),
+        helper.make_tensor("kL", TensorProto.INT64, [1], [L]),
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+    ]
+    sorted_name = "masked" if broken == "unsorted" else "sorted"
+    nodes = [
+        helper.make_node("IsNaN", ["kpis"], ["isnan"]),
+        helper.make_node("Where", ["isnan", "zero", "kpis"], ["xz"]),
+        helper.make_node("MatMul", ["xz", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["h"]),
+        helper.make_node("Greater", ["h", "thr"], ["on"]),
+        helper.make_node("Abs", ["h"], ["absh"]),
+        helper.make_node("Floor", ["absh"], ["floorh"]),
+        helper.make_node("Mod", ["floorh", "Kf"], ["code"], fmod=1),
+        helper.make_node("Where", ["on", "code", "Kf"], ["masked"]),
+        helper.make_node("TopK", ["masked", "kL"], ["sorted", "order"], largest=0, sorted=1),
+        helper.make_node("Cast", [sorted_name], [codes_name], to=TensorProto.INT64),
+        helper.make_node("Cast", ["on"], ["on64"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["on64", "axis1"], ["nnz"], keepdims=0),
+    ]
+    return helper.make_graph(nodes, "tiny_encoder", [x], outputs, inits)
+
+
+def write_tiny_model(
+    run_dir: Path,
+    *,
+    broken: str | None = None,
+    probe_codes: Sequence[tuple[int, ...]] | None = None,
+    probes: Sequence[tuple[float, ...]] = PROBES,
+) -> Path:
+    """Write encoder.onnx + manifest.json for the tiny encoder into `run_dir`; return it.
+
+    `broken` ("unsorted", "names") writes a graph that breaks the contract on purpose.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(_graph(broken), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, run_dir / ENCODER_FILE)
+    if probe_codes is None:
+        probe_codes = reference_codes(np.array(probes, np.float32)) if probes else []
+    manifest = ModelManifest(
+        model_sha256=file_sha256(run_dir / ENCODER_FILE),
+        L=L,
+        K=K,
+        kpis=KPIS,
+        norms=tuple(KpiNorm(name=k, mean=0.0, std=1.0) for k in KPIS),
+        target="SNR",
+        horizon=0,
+        window=1,
+        opset=17,
+        probe_inputs=tuple(tuple(p) for p in probes),
+        probe_codes=tuple(tuple(c) for c in probe_codes),
+    )
+    manifest.save(run_dir / MANIFEST_FILE)
+    return run_dir
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return write_tiny_model(tmp_path / "run")
+
+
+def test_encode_matches_numpy_reference_including_missing_kpis(model_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(-20, 20, size=(64, 3)).astype(np.float32)
+    x[::7, 1] = np.nan
+    codes, nnz = OnnxEncoder(model_dir).encode(x)
+    assert codes.shape == (64, L) and codes.dtype == np.int64
+    assert nnz.shape == (64,) and nnz.dtype == np.int64
+    expected = reference_codes(x)
+    for i, want in enumerate(expected):
+        assert tuple(codes[i, : nnz[i]]) == want
+        assert np.all(codes[i, nnz[i] :] == K)
+    assert {len(c) for c in expected} != {L}, "the sample should exercise variable nnz"
+
+
+def test_encode_records_cuts_each_row_at_its_nnz(model_dir: Path) -> None:
+    x = np.array(PROBES, np.float32)
+    records = OnnxEncoder(model_dir).encode_records(x)
+    assert records == reference_codes(x)
+    assert all(isinstance(c, int) for r in records for c in r)
+
+
+def test_encode_rejects_a_batch_of_the_wrong_width(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"shape \[N, 3\]"):
+        OnnxEncoder(model_dir).encode(np.zeros((2, 4), np.float32))
+
+
+def test_encode_of_an_empty_batch_gives_empty_arrays(model_dir: Path) -> None:
+    codes, nnz = OnnxEncoder(model_dir).encode(np.zeros((0, 3), np.float32))
+    assert codes.shape == (0, L) and nnz.shape == (0,)
+
+
+def test_session_runs_single_threaded_on_cpu(model_dir: Path) -> None:
+    encoder = OnnxEncoder(model_dir)
+    options = encoder._session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert encoder._session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_load_rejects_an_encoder_whose_sha256_differs_naming_both(model_dir: Path) -> None:
+    expected = ModelManifest.load(model_dir / MANIFEST_FILE).model_sha256
+    with open(model_dir / ENCODER_FILE, "ab") as handle:
+        handle.write(b"\x00")
+    actual = file_sha256(model_dir / ENCODER_FILE)
+    with pytest.raises(ModelMismatchError) as info:
+        OnnxEncoder(model_dir)
+    assert expected in str(info.value) and actual in str(info.value)
+
+
+def test_load_rejects_a_missing_encoder_file(model_dir: Path) -> None:
+    (model_dir / ENCODER_FILE).unlink()
+    with pytest.raises(ModelMismatchError, match="cannot read encoder"):
+        OnnxEncoder(model_dir)
+
+
+def test_load_rejects_a_graph_with_other_output_names(tmp_path: Path) -> None:
+    with pytest.raises(ModelMismatchError, match="must take 'kpis'"):
+        OnnxEncoder(write_tiny_model(tmp_path, broken="names"))
+
+
+def test_encode_rejects_a_graph_that_gives_unsorted_codes(tmp_path: Path) -> None:
+    encoder = OnnxEncoder(write_tiny_model(tmp_path, broken="unsorted", probes=()))
+    x = np.array([[1.0, 2.0, 3.0]] * 4, np.float32)  # codes 1, 5, 4, 0: not ascending
+    with pytest.raises(ModelMismatchError, match="not ascending"):
+        encoder.encode(x)
+
+
+def test_self_test_passes_on_the_probes_the_manifest_carries(model_dir: Path) -> None:
+    assert OnnxEncoder(model_dir).self_test() == len(PROBES)
+
+
+def test_self_test_fails_when_a_probe_code_differs(tmp_path: Path) -> None:
+    wrong = reference_codes(np.array(PROBES, np.float32))
+    wrong[2] = (*wrong[2], K - 1)
+    encoder = OnnxEncoder(write_tiny_model(tmp_path, probe_codes=wrong))
+    with pytest.raises(ModelMismatchError, match="probe 2"):
+        encoder.self_test()
+
+
+def test_self_test_fails_without_probes(tmp_path: Path) -> None:
+    encoder = OnnxEncoder(write_tiny_model(tmp_path, probes=()))
+    with pytest.raises(ModelMismatchError, match="no probe_inputs"):
+        encoder.self_test()
+
+
+def test_self_test_fails_when_probe_counts_disagree(tmp_path: Path) -> None:
+    run = write_tiny_model(tmp_path)
+    data = json.loads((run / MANIFEST_FILE).read_text())
+    data["probe_codes"] = data["probe_codes"][:-1]
+    (run / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelMismatchError, match="4 probe_inputs but 3"):
+        OnnxEncoder(run).self_test()
+
+
+def test_check_schema_accepts_the_manifest_kpis(model_dir: Path) -> None:
+    OnnxEncoder(model_dir).check_schema(list(KPIS))
+
+
+@pytest.mark.parametrize(
+    ("kpis", "message"),
+    [
+        (("RSRQ", "RSRP", "SNR"), "another order"),
+        (("RSRP", "RSRQ"), r"missing \['SNR'\]"),
+        (("RSRP", "RSRQ", "SNR", "CQI"), r"not in the model \['CQI'\]"),
+    ],
+)
+def test_check_schema_rejects_other_kpis(
+    model_dir: Path, kpis: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(ModelMismatchError, match=message):
+        OnnxEncoder(model_dir).check_schema(kpis)

@@ -1,0 +1,244 @@
+"""Edge measurement sources: CSV replay, JSON lines, the collector hook; bad input is counted."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sparsetel.edge.source import (
+    MAX_LINE_BYTES,
+    CallableSource,
+    CsvReplaySource,
+    JsonLinesSource,
+    Measurement,
+)
+from sparsetel.shared.errors import DataError
+from sparsetel.shared.kpi import parse_sentinels
+
+KPIS = ("RSRP", "RSRQ", "DL bitrate")
+CSV_TEXT = (
+    "\ufeffTimestamp, rsrp ,RSRQ,DL_bitrate\n"
+    "t0,-90,-10,1500\n"
+    "t1,-,-11,1600\n"  # missing
+    "t2,-91,2147483647,1700\n"  # sentinel
+    "t3,-92,12 dB,1800\n"  # non-numeric: rejected
+    "t4,-93,-12\n"  # short row: rejected
+    "\n"
+    "t5,-94,-13,1900\n"
+)
+
+
+def _csv(tmp_path: Path, text: str = CSV_TEXT) -> Path:
+    path = tmp_path / "kpis.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_replay_parses_rows_counts_missing_and_sentinels(tmp_path: Path) -> None:
+    source = CsvReplaySource(_csv(tmp_path), KPIS, start_ms=5000)
+    got = list(source)
+    values = np.stack([m.values for m in got])
+    expected = [[-90, -10, 1500], [np.nan, -11, 1600], [-91, np.nan, 1700], [-94, -13, 1900]]
+    np.testing.assert_array_equal(values, np.array(expected, np.float32))
+    assert values.dtype == np.float32
+    assert source.stats.measurements == 4
+    assert source.stats.cells == {"missing": 1, "sentinel": 1}
+    assert source.stats.rejects == {"non_numeric": 1, "width": 1}
+
+
+def test_csv_replay_as_fast_as_possible_uses_a_regular_synthetic_clock(tmp_path: Path) -> None:
+    source = CsvReplaySource(_csv(tmp_path), KPIS, period_ms=250, start_ms=10_000)
+    assert [m.t_ms for m in source] == [10_000, 10_250, 10_500, 10_750]
+    assert source.period_ms == 250
+
+
+def test_csv_replay_applies_per_column_sentinels(tmp_path: Path) -> None:
+    sentinels = parse_sentinels("RSRP=-90")
+    got = list(CsvReplaySource(_csv(tmp_path), KPIS, sentinels=sentinels))
+    assert math.isnan(got[0].values[0]) and got[1].values[1] == -11
+
+
+def test_csv_replay_stops_at_the_limit(tmp_path: Path) -> None:
+    assert len(list(CsvReplaySource(_csv(tmp_path), KPIS, limit=2))) == 2
+    assert list(CsvReplaySource(_csv(tmp_path), KPIS, limit=0)) == []
+
+
+def test_csv_replay_loops_over_the_file_until_the_limit(tmp_path: Path) -> None:
+    source = CsvReplaySource(_csv(tmp_path), KPIS, loop=True, limit=10, start_ms=0)
+    got = list(source)
+    assert len(got) == 10
+    assert got[4].values[0] == -90 and got[9].values[2] == 1600
+    assert [m.t_ms for m in got] == [i * 1000 for i in range(10)]
+
+
+def test_csv_replay_loop_ends_on_a_file_without_a_good_row(tmp_path: Path) -> None:
+    source = CsvReplaySource(_csv(tmp_path, "RSRP,RSRQ,DL bitrate\nx,y,z\n"), KPIS, loop=True)
+    assert list(source) == []
+    assert source.stats.rejects == {"non_numeric": 1}
+
+
+def test_csv_replay_fails_fast_on_a_missing_column_listing_the_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"'CQI' is not among the columns.*'RSRQ'"):
+        CsvReplaySource(_csv(tmp_path), ("RSRP", "CQI"))
+
+
+def test_csv_replay_fails_fast_on_an_empty_or_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no header"):
+        CsvReplaySource(_csv(tmp_path, ""), KPIS)
+    with pytest.raises(DataError, match="cannot read"):
+        CsvReplaySource(tmp_path / "absent.csv", KPIS)
+
+
+def test_csv_replay_counts_undecodable_bytes_as_non_numeric(tmp_path: Path) -> None:
+    path = tmp_path / "kpis.csv"
+    path.write_bytes(b"RSRP,RSRQ,DL bitrate\n-90,\xff\xfe,1\n-91,-9,2\n")
+    source = CsvReplaySource(path, KPIS)
+    assert len(list(source)) == 1
+    assert source.stats.rejects == {"non_numeric": 1}
+
+
+def test_source_rejects_bad_arguments(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    with pytest.raises(ValueError, match="rate_hz"):
+        CsvReplaySource(path, KPIS, rate_hz=0)
+    with pytest.raises(ValueError, match="limit"):
+        CsvReplaySource(path, KPIS, limit=-1)
+    with pytest.raises(ValueError, match="at least one KPI"):
+        CsvReplaySource(path, ())
+
+
+def test_csv_replay_at_a_rate_paces_and_stamps_the_wall_clock(tmp_path: Path) -> None:
+    before_ms = time.time() * 1000
+    started = time.monotonic()
+    source = CsvReplaySource(_csv(tmp_path), KPIS, rate_hz=100.0)
+    times = [m.t_ms for m in source]
+    elapsed = time.monotonic() - started
+    assert elapsed >= 3 / 100.0 * 0.9, "4 measurements at 100 Hz span 3 periods"
+    assert source.period_ms == 10
+    assert np.diff(times).tolist() == [10, 10, 10]
+    assert before_ms - 5 <= times[0] <= time.time() * 1000
+
+
+def test_stop_interrupts_a_paced_wait(tmp_path: Path) -> None:
+    source = CsvReplaySource(_csv(tmp_path), KPIS, rate_hz=0.2)  # 5 s between measurements
+    iterator = iter(source)
+    assert next(iterator).values[0] == -90
+    timer = threading.Timer(0.05, source.stop)
+    started = time.monotonic()
+    timer.start()
+    assert list(iterator) == []
+    assert time.monotonic() - started < 2.0
+
+
+def _json_source(lines: list[str]) -> JsonLinesSource:
+    return JsonLinesSource(io.StringIO("".join(line + "\n" for line in lines)), KPIS)
+
+
+def test_json_lines_accepts_objects_and_lists() -> None:
+    source = _json_source(
+        [
+            json.dumps({"kpis": {"RSRP": -90.0, "rsrq": -10, "DL_bitrate": 1e3}, "t_ms": 7}),
+            json.dumps([-91, "-11", None]),
+            json.dumps({"kpis": {"RSRP": "-", "DL bitrate": 2147483647}, "t_ms": 2.0**53}),
+        ]
+    )
+    got = list(source)
+    np.testing.assert_array_equal(
+        np.stack([m.values for m in got]),
+        np.array([[-90, -10, 1000], [-91, -11, np.nan], [np.nan, np.nan, np.nan]], np.float32),
+    )
+    assert got[0].t_ms == 7 and got[2].t_ms == 2**53
+    assert abs(got[1].t_ms - time.time() * 1000) < 5000, "no t_ms: the wall clock"
+    assert source.stats.cells == {"missing": 3, "sentinel": 1}
+
+
+def test_json_lines_without_t_ms_stamps_the_wall_clock_when_read() -> None:
+    before = time.time() * 1000
+    times = [m.t_ms for m in _json_source(["[1, 2, 3]"] * 3)]
+    assert before - 5 <= times[0] <= times[1] <= times[2] <= time.time() * 1000
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "json"),
+        ('"a string"', "shape"),
+        ('{"values": [1, 2, 3]}', "shape"),
+        ("[1, 2]", "width"),
+        ("[1, 2, 3, 4]", "width"),
+        ('[1, "12 dBm", 3]', "non_numeric"),
+        ("[1, true, 3]", "non_numeric"),
+        ("[1, [2], 3]", "non_numeric"),
+        ("[1, 1e999, 3]", "non_numeric"),
+        ("[1, " + "9" * 400 + ", 3]", "non_numeric"),
+        ('{"kpis": {"RSPR": -90}}', "unknown_kpi"),
+        ('{"kpis": {"RSRP": -90}, "t_ms": -1}', "bad_time"),
+        ('{"kpis": {"RSRP": -90}, "t_ms": "now"}', "bad_time"),
+        ('{"kpis": {"RSRP": -90}, "t_ms": 1.5}', "bad_time"),
+    ],
+)
+def test_json_lines_counts_and_skips_a_bad_line(line: str, reason: str) -> None:
+    source = _json_source([line, "[1, 2, 3]"])
+    got = list(source)
+    assert len(got) == 1 and got[0].values.tolist() == [1, 2, 3]
+    assert source.stats.rejects == {reason: 1}
+
+
+def test_json_lines_rejects_a_time_that_goes_backwards() -> None:
+    lines = [json.dumps({"kpis": {"RSRP": v}, "t_ms": t}) for v, t in ((1, 100), (2, 50), (3, 100))]
+    source = _json_source(lines)
+    assert [m.t_ms for m in source] == [100, 100]
+    assert source.stats.rejects == {"time_order": 1}
+
+
+def test_json_lines_from_bytes_rejects_bad_utf8_and_overlong_lines() -> None:
+    stream = io.BytesIO(
+        b"[1, 2, 3]\n"
+        b"[\xff, 2, 3]\n" + b"[" + b" " * (MAX_LINE_BYTES + 10) + b"1, 2, 3]\n" + b"[4, 5, 6]"
+    )
+    source = JsonLinesSource(stream, KPIS)
+    assert [m.values.tolist() for m in source] == [[1, 2, 3], [4, 5, 6]]
+    assert source.stats.rejects == {"encoding": 1, "too_long": 1}
+
+
+def test_callable_source_collects_until_none_and_survives_collector_errors() -> None:
+    script: list[object] = [
+        [1.0, 2.0, 3.0],
+        RuntimeError("modem busy"),
+        np.array([4.0, np.nan, 6.0]),
+        [1.0, 2.0],
+        Measurement(t_ms=10**15, values=np.array([7.0, 8.0, 9.0], np.float32)),
+        None,
+        [0.0, 0.0, 0.0],
+    ]
+
+    def collect() -> Any:
+        item = script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    source = CallableSource(collect, KPIS)
+    got = list(source)
+    assert [m.values.tolist()[0] for m in got] == [1.0, 4.0, 7.0]
+    assert got[2].t_ms == 10**15 and got[0].t_ms <= got[1].t_ms <= got[2].t_ms
+    assert source.stats.rejects == {"collector_error": 1, "width": 1}
+    assert source.stats.cells == {"missing": 1}
+    assert len(script) == 1, "the source ends at the first None"
+
+
+def test_callable_source_ends_after_max_errors_in_a_row() -> None:
+    def collect() -> list[float]:
+        raise OSError("no modem")
+
+    source = CallableSource(collect, KPIS, max_errors=3)
+    assert list(source) == []
+    assert source.stats.rejects == {"collector_error": 3}
