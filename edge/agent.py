@@ -10,107 +10,48 @@ the source, or on SIGTERM/SIGINT, it flushes the partial batch, waits (bounded) 
 broker's acknowledgements, publishes the death and disconnects.
 
 A reader thread iterates the source into a bounded queue, so a blocking source (stdin) never
-holds back a due frame or a stop.
+holds back a due frame or a stop. The settings are in `edge.config`, bdSeq and the state-dir
+lock in `edge.state`, the sources in `edge.source` and `edge.replay`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 import numpy as np
 
 from sparsetel import __version__
-from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError, SparsetelError, WireError
 from sparsetel.shared.kpi import parse_sentinels
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.topics import validate_id
-from sparsetel.shared.wire import MAX_RECORDS, Frame, Record, encode_frame
+from sparsetel.shared.wire import Frame, Record, encode_frame
 
+from .config import EdgeConfig
 from .encoder import OnnxEncoder
 from .publisher import Publisher
-from .source import CsvReplaySource, JsonLinesSource, Measurement, MeasurementSource
+from .replay import open_source
+from .source import Measurement
+from .state import lock_state_dir, next_bd_seq
 
-__all__ = ["AgentStats", "EdgeConfig", "next_bd_seq", "run_agent"]
+__all__ = ["AgentStats", "EdgeConfig", "run_agent"]
 
 log = logging.getLogger(__name__)
 
-BDSEQ_FILE = "bdseq"
-LOCK_FILE = "agent.lock"
 _U32 = 2**32 - 1
 _END = object()  # the reader's last item: the source is exhausted
 _POLL_S = 0.1  # how often a waiting agent looks at its stop flag
-
-
-@dataclass(frozen=True)
-class EdgeConfig:
-    """Everything one edge agent needs; L, K and the KPIs come from the model, not from here.
-
-    - `group`, `edge_id`: ids in the topics ([A-Za-z0-9_.-]{1,64}).
-    - `model`: a run directory holding encoder.onnx and manifest.json.
-    - `source`: a CSV file to replay, or "-" for JSON lines on stdin.
-    - `rate_hz`: CSV replay pace; None = as fast as possible (synthetic clock).
-    - `limit`: stop after this many measurements; None = the whole source.
-    - `batch`: measurements per frame (1..4096); `max_batch_delay_s`: a frame leaves at the
-      latest this long after its first measurement.
-    - `state_dir`: where bdSeq persists; None = ``.sparsetel/<edge_id>``.
-    - `period_ms`: the nominal spacing of measurements without a rate.
-    - `broker`: where to publish (credentials from the environment, see shared.config).
-    - `kpis`: the source's KPI names, checked against the model's; None = the model's.
-    - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
-    - `loop`: replay the CSV again at its end; `connect_timeout_s`: fail when the broker
-      does not accept us in time; `ack_timeout_s`: how long to wait for acks at the end.
-    """
-
-    group: str
-    edge_id: str
-    model: Path
-    source: str
-    rate_hz: float | None = None
-    limit: int | None = None
-    batch: int = 50
-    max_batch_delay_s: float = 1.0
-    state_dir: Path | None = None
-    period_ms: int = 1000
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
-    kpis: tuple[str, ...] | None = None
-    sentinels: str | None = None
-    loop: bool = False
-    connect_timeout_s: float = 10.0
-    ack_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("rate_hz", self.rate_hz is None or 0 < self.rate_hz <= 10_000, "in (0, 10000]"),
-            ("limit", self.limit is None or self.limit >= 0, ">= 0"),
-            ("batch", 1 <= self.batch <= MAX_RECORDS, f"in 1..{MAX_RECORDS}"),
-            ("max_batch_delay_s", 0 < self.max_batch_delay_s <= 3600, "in (0, 3600]"),
-            ("period_ms", 1 <= self.period_ms <= _U32, "in 1..2**32-1"),
-            ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
-            ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
-        ]
-        for key, ok, bound in checks:
-            if not ok:
-                raise ConfigError(f"must be {bound}, got {getattr(self, key)!r}", key=key)
-
-    @property
-    def resolved_state_dir(self) -> Path:
-        return self.state_dir if self.state_dir is not None else Path(".sparsetel") / self.edge_id
 
 
 @dataclass
@@ -137,47 +78,6 @@ class AgentStats:
         return data
 
 
-def next_bd_seq(state_dir: Path) -> int:
-    """Read ``state_dir/bdseq``, add one (0 when absent) and persist it before returning.
-
-    Written to a temporary file, fsynced and renamed, so a power cut leaves the old or the
-    new value, never a torn one. A file that is not a counter raises SparsetelError rather
-    than silently restarting at 0 (the cloud would drop the repeated (bdSeq, seq) keys as
-    duplicates).
-    """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / BDSEQ_FILE
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        bd_seq = 0
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SparsetelError(f"cannot read {path}: {exc}") from exc
-    else:
-        if not text.isdigit() or int(text) > _U32:
-            raise SparsetelError(f"{path} holds {text[:20]!r}, not a bdSeq counter")
-        bd_seq = (int(text) + 1) & _U32
-    tmp = path.with_name(BDSEQ_FILE + ".tmp")
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{bd_seq}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return bd_seq
-
-
-@contextlib.contextmanager
-def _state_lock(state_dir: Path) -> Iterator[None]:
-    """Hold ``state_dir/agent.lock``: two agents sharing a bdSeq would collide in the cloud."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / LOCK_FILE, "w", encoding="ascii") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise SparsetelError(f"another agent is running with state dir {state_dir}") from exc
-        yield
-
-
 @contextlib.contextmanager
 def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """Call `stop()` on SIGTERM/SIGINT while inside (main thread only); restore after."""
@@ -197,37 +97,6 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _private_stdin() -> IO[bytes]:
-    """A reader of our own on fd 0. The reader thread may still block in it at exit; were it
-    sys.stdin, the interpreter would abort at shutdown trying to take its lock."""
-    try:
-        fd = os.dup(sys.stdin.fileno())
-    except (OSError, ValueError):  # a stdin without a descriptor (embedded, under pytest)
-        stream: IO[bytes] = sys.stdin.buffer
-        return stream
-    return open(fd, "rb")
-
-
-def _open_source(
-    cfg: EdgeConfig, kpis: Sequence[str], stdin: IO[bytes] | None
-) -> MeasurementSource:
-    sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
-    if cfg.source == "-":
-        if cfg.rate_hz is not None:
-            log.warning("rate_hz is ignored for JSON lines: stdin sets the pace")
-        stream = stdin if stdin is not None else _private_stdin()
-        return JsonLinesSource(stream, kpis, sentinels, limit=cfg.limit, period_ms=cfg.period_ms)
-    return CsvReplaySource(
-        Path(cfg.source),
-        kpis,
-        sentinels,
-        rate_hz=cfg.rate_hz,
-        limit=cfg.limit,
-        loop=cfg.loop,
-        period_ms=cfg.period_ms,
-    )
-
-
 class _Agent:
     """One run: the checked encoder and source, a bdSeq, a publisher, and the frame loop."""
 
@@ -240,7 +109,17 @@ class _Agent:
         self.encoder.self_test()
         kpis = cfg.kpis if cfg.kpis is not None else self.encoder.kpis
         self.encoder.check_schema(kpis)
-        self.source = _open_source(cfg, kpis, stdin)
+        sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
+        self.source = open_source(
+            cfg.source,
+            kpis,
+            sentinels,
+            rate_hz=cfg.rate_hz,
+            limit=cfg.limit,
+            loop=cfg.loop,
+            period_ms=cfg.period_ms,
+            stdin=stdin,
+        )
         self.queue: queue.Queue[object] = queue.Queue(maxsize=4 * cfg.batch)
         self.stopping = threading.Event()
         self.source_error: str | None = None
@@ -261,12 +140,10 @@ class _Agent:
             runtime_version=self.encoder.runtime_version,
             timestamp_ms=time.time_ns() // 1_000_000,
         )
-        payload: bytes = birth_payload(state)
-        return payload
+        return birth_payload(state)
 
     def death(self) -> bytes:
-        payload: bytes = death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
-        return payload
+        return death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
 
     def run(self, publisher: Publisher) -> None:
         reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
@@ -435,7 +312,7 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
         return _fail(stats, 1, exc)
     state_dir = cfg.resolved_state_dir
     try:
-        with _state_lock(state_dir):
+        with lock_state_dir(state_dir):
             agent.bd_seq = stats.bd_seq = next_bd_seq(state_dir)
             agent.birth()  # a birth the broker would carry must be valid before we connect
             publisher = Publisher(

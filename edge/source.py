@@ -1,4 +1,4 @@
-"""Measurement sources: where the edge agent's KPI vectors come from.
+"""Measurement sources: where the edge agent's KPI vectors come from; the base and the hook.
 
 Every source yields `Measurement`s (a time in ms and D float32 KPI values, NaN = missing) for
 a fixed tuple of KPI names, and follows one cell rule, `sparsetel.shared.kpi.parse_value`:
@@ -6,9 +6,10 @@ missing tokens and sentinel values become NaN and are counted; a measurement wit
 non-numeric cell, the wrong number of KPIs or unreadable JSON is counted by reason in
 `stats.rejects` and skipped. A source never raises for bad input once it has started.
 
-- `CsvReplaySource` replays a KPI CSV (stdlib csv), paced at `rate_hz` or as fast as possible.
-- `JsonLinesSource` reads one JSON measurement per line (stdin in the agent).
+- `MeasurementSource` is the base: limit, stop, clock and counters.
 - `CallableSource` is the hook for a custom Python collector (a modem, an SNMP poller, ...).
+- `sparsetel.edge.replay` holds the file and stream sources: `CsvReplaySource` replays a KPI
+  CSV, `JsonLinesSource` reads one JSON measurement per line (stdin in the agent).
 
 Timestamps: paced at a rate, the wall clock at emission (on a regular schedule, so frames stay
 regular); as fast as possible, a synthetic clock ``start + i * period_ms``. Generated times
@@ -17,27 +18,21 @@ never go backwards, even when the wall clock does.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from sparsetel.shared.errors import DataError
-from sparsetel.shared.kpi import INVALID, OK, Sentinels, column_key, match_columns, parse_value
+from sparsetel.shared.kpi import INVALID, OK, Sentinels, parse_value
 
 __all__ = [
     "CallableSource",
-    "CsvReplaySource",
-    "JsonLinesSource",
     "Measurement",
     "MeasurementSource",
     "SourceStats",
@@ -45,7 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 65536  # a longer JSON line is dropped ("too_long")
 MAX_LAG_S = 1.0  # a paced source this far behind its schedule starts a new one
 _U64 = 2**64 - 1
 
@@ -184,6 +178,10 @@ class MeasurementSource:
         self._last_ms = max(t, self._last_ms)
         return self._last_ms
 
+    def _wall_time(self) -> int:
+        """The wall clock in ms, never before the previous time (for data without times)."""
+        return max(_wall_ms(), self._last_ms)
+
     def _given_time(self, t: object) -> int | None:
         """Check a time that came with the data; None (counted) when it is unusable.
 
@@ -206,11 +204,7 @@ class MeasurementSource:
     def _parse_cell(self, cell: object, name: str) -> tuple[float, str]:
         if not (cell is None or isinstance(cell, str | int | float)):
             return math.nan, INVALID
-        try:
-            parsed: tuple[float, str] = parse_value(cell, name, self.sentinels)
-        except (OverflowError, ValueError):  # a JSON integer too large for a float
-            return math.nan, INVALID
-        return parsed
+        return parse_value(cell, name, self.sentinels)
 
     def _parse_cells(self, cells: Sequence[object]) -> np.ndarray | None:
         """D raw cells -> values (shape: [D], float32); None (counted) when one is invalid."""
@@ -227,171 +221,6 @@ class MeasurementSource:
             return None
         self.stats.cells.update(s for s in statuses if s != OK)
         return values
-
-
-class CsvReplaySource(MeasurementSource):
-    """Replay a KPI CSV, one row per measurement; the columns are found by `match_columns`.
-
-    `rate_hz` None replays as fast as possible with a synthetic clock; `limit` caps the
-    measurements; `loop` starts over at the end of the file. The header is checked when
-    the source is built, so a missing column fails fast (DataError listing the columns).
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        kpis: Sequence[str],
-        sentinels: Sentinels | None = None,
-        rate_hz: float | None = None,
-        limit: int | None = None,
-        loop: bool = False,
-        *,
-        period_ms: int = 1000,
-        start_ms: int | None = None,
-    ) -> None:
-        super().__init__(
-            kpis, sentinels, rate_hz=rate_hz, limit=limit, period_ms=period_ms, start_ms=start_ms
-        )
-        self.path = Path(path)
-        self.loop = loop
-        with self._open() as handle:
-            self._columns(next(csv.reader(handle), None))
-
-    def _open(self) -> TextIO:
-        try:
-            return open(self.path, newline="", encoding="utf-8-sig", errors="replace")
-        except OSError as exc:
-            raise DataError(f"cannot read {self.path}: {exc}") from exc
-
-    def _columns(self, header: list[str] | None) -> list[int]:
-        if not header:
-            raise DataError(f"{self.path} is empty: no header row")
-        columns: list[int] = match_columns(header, self.kpis)
-        return columns
-
-    def _rows(self, reader: Iterator[list[str]], width: int) -> Iterator[list[str]]:
-        """The data rows that have the header's width; others are counted and skipped."""
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                self._reject("csv")
-                continue
-            if not row:
-                continue
-            if len(row) != width:
-                self._reject("width")
-                continue
-            yield row
-
-    def _measurements(self) -> Iterator[Measurement]:
-        while True:
-            emitted = 0
-            with self._open() as handle:
-                reader = csv.reader(handle)
-                header = next(reader, None)
-                columns = self._columns(header)
-                for row in self._rows(reader, len(header or ())):
-                    values = self._parse_cells([row[c] for c in columns])
-                    if values is None:
-                        continue
-                    t = self._next_time()
-                    if t is None:
-                        return
-                    emitted += 1
-                    yield Measurement(t, values)
-            if not self.loop or emitted == 0:
-                return
-
-
-class JsonLinesSource(MeasurementSource):
-    """One JSON measurement per line, e.g. from stdin.
-
-    A line is an object ``{"kpis": {"RSRP": -90.0, ...}, "t_ms": 1700000000000}`` (t_ms
-    optional; KPI names matched exactly or by `column_key`; an absent KPI or null is missing;
-    an unknown name rejects the line) or a list of D values in the order of `kpis`. Values
-    may be numbers, numeric strings or null. Without a t_ms the time is the wall clock when
-    the line is read. `stream` yields str or bytes lines (bytes must be UTF-8).
-    """
-
-    def __init__(
-        self,
-        stream: Iterable[str] | Iterable[bytes],
-        kpis: Sequence[str],
-        sentinels: Sentinels | None = None,
-        *,
-        limit: int | None = None,
-        period_ms: int = 1000,
-    ) -> None:
-        super().__init__(kpis, sentinels, limit=limit, period_ms=period_ms)
-        self.stream = stream
-        self._index = {column_key(k): i for i, k in enumerate(self.kpis)}
-
-    def _lines(self) -> Iterator[str | bytes | None]:
-        """The stream's lines, bounded: None stands for an over-long line (dropped)."""
-        readline = getattr(self.stream, "readline", None)
-        if readline is None:
-            yield from self.stream
-            return
-        skipping = False
-        while chunk := readline(MAX_LINE_BYTES + 1):
-            complete = chunk[-1:] in ("\n", b"\n")
-            if not skipping and (complete or len(chunk) <= MAX_LINE_BYTES):
-                yield chunk
-            elif not skipping:
-                yield None
-            skipping = not complete
-
-    def _measurements(self) -> Iterator[Measurement]:
-        for line in self._lines():
-            if line is None:
-                self._reject("too_long")
-                continue
-            measurement = self._parse_line(line)
-            if measurement is not None:
-                yield measurement
-
-    def _parse_line(self, line: str | bytes) -> Measurement | None:
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                self._reject("encoding")
-                return None
-        if not line.strip():
-            return None
-        try:
-            data = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            self._reject("json")
-            return None
-        if isinstance(data, dict) and isinstance(data.get("kpis"), dict):
-            given = data.get("t_ms")
-            t_ms = None if given is None else self._given_time(given)
-            if given is not None and t_ms is None:
-                return None
-            values = self._parse_object(data["kpis"])
-        elif isinstance(data, list):
-            t_ms, values = None, self._parse_cells(data)
-        else:
-            self._reject("shape")
-            return None
-        if values is None:
-            return None
-        self._last_ms = max(_wall_ms(), self._last_ms) if t_ms is None else t_ms
-        return Measurement(self._last_ms, values)
-
-    def _parse_object(self, kpis: dict[str, object]) -> np.ndarray | None:
-        cells: list[object] = [None] * len(self.kpis)
-        for name, value in kpis.items():
-            i = self._index.get(column_key(name))
-            if i is None:
-                self._reject("unknown_kpi")
-                return None
-            cells[i] = value
-        return self._parse_cells(cells)
 
 
 Collected = Sequence[float] | np.ndarray | Measurement | None
@@ -460,7 +289,7 @@ class CallableSource(MeasurementSource):
                 return None
             got = got.values
         else:
-            t_ms = max(t if t is not None else _wall_ms(), self._last_ms)
+            t_ms = max(t, self._last_ms) if t is not None else self._wall_time()
         try:
             cells = np.asarray(got, dtype=np.float64).tolist()
         except (TypeError, ValueError):

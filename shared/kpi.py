@@ -186,7 +186,10 @@ def parse_value(
     if isinstance(text, bool):
         return math.nan, INVALID
     if isinstance(text, int | float):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:  # a JSON integer beyond the float range, e.g. 10**400
+            return math.nan, INVALID
         if math.isnan(value):
             return math.nan, MISSING
     else:

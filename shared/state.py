@@ -118,7 +118,7 @@ def death_payload(edge: str, group: str, bd_seq: int, timestamp_ms: int) -> byte
     return _dumps(data)
 
 
-def parse_state(payload: bytes) -> EdgeState:
+def parse_state(payload: bytes | bytearray | memoryview) -> EdgeState:
     """A birth or death read back; WireError(reason="state") on bad JSON or fields.
 
     Keys this version does not know are ignored, so newer edges can add some.

@@ -227,7 +227,7 @@ def _pack_audit(records: Sequence[Record]) -> bytes:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_frame(data: bytes) -> Frame:
+def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     """Parse one frame strictly; WireError(reason=tag) on anything the format does not allow."""
     data = bytes(data)
     end = len(data)

@@ -8,7 +8,6 @@ messages, and clears its retained STATE messages afterwards.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import queue
@@ -20,7 +19,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -34,24 +32,12 @@ from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.state import EdgeState, parse_state
 from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
 from sparsetel.shared.wire import Frame, decode_frame, encode_frame
+from tests.tinymodel import write_tiny_model
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 10.0
 EDGE = "edge-1"
-
-
-def _model_fixture() -> ModuleType:
-    """The tiny ONNX encoder builder that the encoder's unit tests define."""
-    path = Path(__file__).resolve().parents[1] / "unit" / "test_edge_encoder.py"
-    spec = importlib.util.spec_from_file_location("_edge_model_fixture", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MODEL = _model_fixture()
 
 
 @pytest.fixture
@@ -103,8 +89,7 @@ def group(group: str, broker: BrokerConfig) -> Iterator[str]:
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    run: Path = MODEL.write_tiny_model(tmp_path / "run")
-    return run
+    return write_tiny_model(tmp_path / "run")
 
 
 def _write_csv(path: Path, n: int) -> np.ndarray:

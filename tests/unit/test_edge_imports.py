@@ -13,7 +13,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "pandas")
-KNOWN_EDGE_MODULES = {"agent", "encoder", "publisher", "source"}
+KNOWN_EDGE_MODULES = {"agent", "config", "encoder", "publisher", "replay", "source", "state"}
 
 # Imports every module of sparsetel.edge (found by pkgutil, so new ones are covered too) and
 # any extra modules given, then reports which edge modules it found and what heavy packages

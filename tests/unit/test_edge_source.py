@@ -13,13 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.edge.source import (
-    MAX_LINE_BYTES,
-    CallableSource,
-    CsvReplaySource,
-    JsonLinesSource,
-    Measurement,
-)
+from sparsetel.edge.replay import MAX_LINE_BYTES, CsvReplaySource, JsonLinesSource
+from sparsetel.edge.source import CallableSource, Measurement
 from sparsetel.shared.errors import DataError
 from sparsetel.shared.kpi import parse_sentinels
 

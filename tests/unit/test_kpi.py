@@ -108,6 +108,12 @@ def test_parse_value_returns_the_number_of_a_json_number() -> None:
     assert parse_value(-92, "RSRP") == (-92.0, "ok")
 
 
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_parse_value_calls_a_json_integer_beyond_the_float_range_invalid(value: int) -> None:
+    parsed, status = parse_value(value, "RSRP")
+    assert status == "invalid" and math.isnan(parsed)
+
+
 def test_per_column_sentinel_applies_to_its_column_only() -> None:
     sentinels = parse_sentinels("RSRP=-200")
     assert parse_value("-200", "RSRP", sentinels)[1] == "sentinel"

@@ -30,6 +30,11 @@ def test_birth_round_trips() -> None:
     assert parse_state(birth_payload(BIRTH)) == BIRTH
 
 
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_parse_state_accepts_any_byte_buffer_like_a_paho_payload(buffer: type) -> None:
+    assert parse_state(buffer(birth_payload(BIRTH))) == BIRTH
+
+
 def test_birth_payload_is_compact_json_with_every_field() -> None:
     data = json.loads(birth_payload(BIRTH))
     assert list(data) == [f.name for f in dataclasses.fields(EdgeState)]

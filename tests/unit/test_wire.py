@@ -100,6 +100,12 @@ def test_decode_golden_bytes_gives_the_frame(name: str) -> None:
     assert canon(decode_frame(GOLDEN[name])) == canon(GOLDEN_FRAMES[name])
 
 
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_decode_accepts_any_byte_buffer_like_a_paho_payload(buffer: type) -> None:
+    data = GOLDEN["audit"]
+    assert canon(decode_frame(buffer(data))) == canon(decode_frame(data))
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_spec_document_shows_the_golden_bytes(name: str) -> None:
     text = DOC.read_text(encoding="utf-8")

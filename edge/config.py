@@ -1,0 +1,75 @@
+"""The edge agent's settings: one frozen dataclass, every field described and bounded.
+
+`EdgeConfig` is what ``sparsetel edge`` loads (defaults < TOML file < environment < flags,
+through `sparsetel.shared.config.load_config`) and hands to `sparsetel.edge.agent.run_agent`.
+The model's L, K and KPI schema are not settings: the agent reads them from the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.errors import ConfigError
+from sparsetel.shared.wire import MAX_RECORDS
+
+__all__ = ["EdgeConfig"]
+
+_U32 = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything one edge agent needs; L, K and the KPIs come from the model, not from here.
+
+    - `group`, `edge_id`: ids in the topics ([A-Za-z0-9_.-]{1,64}).
+    - `model`: a run directory holding encoder.onnx and manifest.json.
+    - `source`: a CSV file to replay, or "-" for JSON lines on stdin.
+    - `rate_hz`: CSV replay pace; None = as fast as possible (synthetic clock).
+    - `limit`: stop after this many measurements; None = the whole source.
+    - `batch`: measurements per frame (1..4096); `max_batch_delay_s`: a frame leaves at the
+      latest this long after its first measurement.
+    - `state_dir`: where bdSeq persists; None = ``.sparsetel/<edge_id>``.
+    - `period_ms`: the nominal spacing of measurements without a rate.
+    - `broker`: where to publish (credentials from the environment, see shared.config).
+    - `kpis`: the source's KPI names, checked against the model's; None = the model's.
+    - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
+    - `loop`: replay the CSV again at its end; `connect_timeout_s`: fail when the broker
+      does not accept us in time; `ack_timeout_s`: how long to wait for acks at the end.
+    """
+
+    group: str
+    edge_id: str
+    model: Path
+    source: str
+    rate_hz: float | None = None
+    limit: int | None = None
+    batch: int = 50
+    max_batch_delay_s: float = 1.0
+    state_dir: Path | None = None
+    period_ms: int = 1000
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    kpis: tuple[str, ...] | None = None
+    sentinels: str | None = None
+    loop: bool = False
+    connect_timeout_s: float = 10.0
+    ack_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rate_hz", self.rate_hz is None or 0 < self.rate_hz <= 10_000, "in (0, 10000]"),
+            ("limit", self.limit is None or self.limit >= 0, ">= 0"),
+            ("batch", 1 <= self.batch <= MAX_RECORDS, f"in 1..{MAX_RECORDS}"),
+            ("max_batch_delay_s", 0 < self.max_batch_delay_s <= 3600, "in (0, 3600]"),
+            ("period_ms", 1 <= self.period_ms <= _U32, "in 1..2**32-1"),
+            ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
+            ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
+        ]
+        for key, ok, bound in checks:
+            if not ok:
+                raise ConfigError(f"must be {bound}, got {getattr(self, key)!r}", key=key)
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else Path(".sparsetel") / self.edge_id

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every check CI runs: lint, types, then the whole test suite (unit and integration).
+# Starts Mosquitto and PostgreSQL on loopback when they are not answering.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+cd "$root"
+
+answers() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+if [ -z "${SPARSETEL_TEST_BROKER:-}" ] && ! answers 1883; then
+    echo "test.sh: Mosquitto is not answering on 127.0.0.1:1883, starting it" >&2
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf || echo "test.sh: could not start mosquitto" >&2
+    for _ in $(seq 50); do answers 1883 && break; sleep 0.1; done
+fi
+if [ -z "${SPARSETEL_TEST_POSTGRES:-}" ] && ! answers 5432; then
+    echo "test.sh: PostgreSQL is not answering on 127.0.0.1:5432, starting it" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start \
+        || echo "test.sh: could not start PostgreSQL" >&2
+    for _ in $(seq 50); do answers 5432 && break; sleep 0.1; done
+fi
+
+echo "== ruff" >&2
+ruff check .
+ruff format --check .
+echo "== mypy (shared, edge)" >&2
+"$root/scripts/typecheck.sh"
+echo "== pytest" >&2
+pytest -q -p no:cacheprovider "$@"
