@@ -1,1 +1,1 @@
-"""The cloud: data loading, the SDLGM codec and its training, export, evaluation, decoding service."""
+"""The cloud: data loading, the SDLGM codec, training, export, evaluation, decoder service."""
