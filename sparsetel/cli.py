@@ -1,0 +1,277 @@
+"""The `sparsetel` command line: one entry point, a subcommand per job.
+
+Nothing heavy is imported at module import time: `sparsetel edge` must run on a box with
+only `sparsetel[edge]` installed (no torch, no pandas), so each subcommand imports what it
+needs when it runs. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sparsetel import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("sparsetel")
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=required,
+        help="a KPI CSV file or a folder of CSVs (one file = one session)",
+    )
+    parser.add_argument(
+        "--kpis", help="comma-separated KPI column names (spaces inside names allowed)"
+    )
+    parser.add_argument("--target", help="the KPI column to predict")
+    parser.add_argument(
+        "--horizon", type=int, help="predict the target this many measurements ahead"
+    )
+    parser.add_argument(
+        "--sentinels",
+        help="values that mean 'missing', comma-separated, optionally per column "
+        "(e.g. '2147483647,RSRP=-200'); default: the int32 extremes",
+    )
+
+
+def _add_broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        default=None,
+        help=f"broker URL mqtt://host:port or mqtts://host:port (default {DEFAULT_BROKER}); "
+        "username and password come from SPARSETEL_MQTT_USERNAME / SPARSETEL_MQTT_PASSWORD",
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsetel", description="Sparse discrete codes for network KPI telemetry."
+    )
+    parser.add_argument("--version", action="version", version=f"sparsetel {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an SDLGM codec and KPI predictor on KPI CSVs")
+    _add_data_args(p)
+    p.add_argument("--L", type=int, default=4, help="at most L codes per measurement")
+    p.add_argument("--K", type=int, default=128, help="codebook size")
+    p.add_argument("--window", type=int, default=8, help="predictor window W (measurements)")
+    p.add_argument("--steps", type=int, help="training steps (default: the model's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a small, fast model (demo, tests)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to create")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    p = sub.add_parser("export", help="export a run's encoder to ONNX with its manifest")
+    p.add_argument("run", type=Path, help="run directory made by `sparsetel train`")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    p = sub.add_parser("evaluate", help="evaluate a run on sessions it never saw")
+    p.add_argument("--model", type=Path, required=True, help="run directory")
+    _add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("simulate", help="write simulated 5G KPI sessions as CSV files")
+    p.add_argument("--out", type=Path, required=True, help="folder to write CSVs into")
+    p.add_argument("--sessions", type=int, default=6)
+    p.add_argument("--rows", type=int, default=1800, help="measurements per session (1 Hz)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("edge", help="run an edge agent: measure, encode, publish")
+    p.add_argument("--model", type=Path, help="folder with encoder.onnx and manifest.json")
+    p.add_argument("--source", help="CSV file to replay, or '-' for JSON lines on stdin")
+    p.add_argument("--group", help="fleet group id")
+    p.add_argument("--edge-id", help="this edge's id")
+    p.add_argument(
+        "--rate", type=float, help="measurements per second (default: as fast as possible)"
+    )
+    p.add_argument("--limit", type=int, help="stop after this many measurements")
+    p.add_argument("--batch", type=int, help="measurements per frame (default 50)")
+    p.add_argument("--state-dir", type=Path, help="where bdSeq persists (default .sparsetel/EDGE)")
+    p.add_argument("--kpis", help="KPI columns of the source (default: the model's)")
+    p.add_argument("--sentinels", help="values that mean 'missing' (see train)")
+    _add_broker_args(p)
+    p.add_argument("--json", action="store_true", help="print the agent's counters as JSON")
+
+    p = sub.add_parser("serve", help="run the cloud decoder service: decode, predict, store")
+    p.add_argument("--model", type=Path, action="append", help="run directory (repeatable)")
+    p.add_argument("--group", help="fleet group to serve (default: all)")
+    p.add_argument("--db", help="SQLite path or postgresql:// URL (default sparsetel.db)")
+    p.add_argument("--stop-after", type=int, help="exit once this many measurements are stored")
+    p.add_argument("--idle-timeout", type=float, help="exit after this many idle seconds")
+    _add_broker_args(p)
+    p.add_argument("--json", action="store_true", help="print the service's counters as JSON")
+
+    p = sub.add_parser("broker", help="run an embedded MQTT broker (for demos)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+
+    p = sub.add_parser("demo", help="the whole pipeline on one machine, with a report")
+    p.add_argument("--broker", help="use this broker instead of finding or starting one")
+    p.add_argument("--workdir", type=Path, help="where to write data, model and database")
+    p.add_argument("--measurements", type=int, default=3000, help="measurements in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.train import TrainOptions, train_run
+
+    options = TrainOptions.from_cli(args)
+    run = train_run(options)
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    if args.json:
+        _print_json({"run": str(run), **summary})
+    else:
+        print(f"trained {run}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.export import export_run
+
+    manifest = export_run(args.run)
+    if args.json:
+        print(manifest.to_json())
+    else:
+        print(f"exported {args.run / 'encoder.onnx'} (sha256 {manifest.model_sha256[:16]}...)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.model,
+        args.data,
+        kpis=args.kpis,
+        target=args.target,
+        horizon=args.horizon,
+        sentinels=args.sentinels,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        for key, value in result.items():
+            if not isinstance(value, dict | list):
+                print(f"{key:>30}  {value}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.simulator import write_sessions
+
+    paths = write_sessions(args.out, n_sessions=args.sessions, rows=args.rows, seed=args.seed)
+    print(f"wrote {len(paths)} sessions to {args.out}")
+    return 0
+
+
+def _flag_overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """Config overrides from the flags the user gave: {dotted config key: value}."""
+    out: dict[str, Any] = {}
+    for flag, key in names.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _cmd_edge(args: argparse.Namespace) -> int:
+    from sparsetel.edge.agent import EdgeConfig, run_agent
+    from sparsetel.shared.config import load_config
+    from sparsetel.shared.kpi import parse_kpi_list
+
+    overrides = _flag_overrides(
+        args,
+        {
+            "model": "model",
+            "source": "source",
+            "group": "group",
+            "edge_id": "edge_id",
+            "rate": "rate_hz",
+            "limit": "limit",
+            "batch": "batch",
+            "state_dir": "state_dir",
+            "sentinels": "sentinels",
+            "broker": "broker.url",
+        },
+    )
+    if args.kpis:
+        overrides["kpis"] = list(parse_kpi_list(args.kpis))
+    cfg = load_config(EdgeConfig, args.config, "SPARSETEL_", overrides)
+    return run_agent(cfg, print_json=args.json)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.service import run_service, serve_config_from_flags
+
+    return run_service(serve_config_from_flags(args), print_json=args.json)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.broker import run_broker
+
+    return run_broker(args.host, args.port)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _cmd_train,
+    "export": _cmd_export,
+    "evaluate": _cmd_evaluate,
+    "simulate": _cmd_simulate,
+    "edge": _cmd_edge,
+    "serve": _cmd_serve,
+    "broker": _cmd_broker,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; return its exit code (0 ok, 1 runtime failure, 2 usage/config)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
+        return exc.code if isinstance(exc.code, int) else 2
+    # our own INFO lines tell an operator what happens; other libraries speak up on warnings
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from sparsetel.shared.errors import ConfigError, SparsetelError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ValueError) as exc:
+        print(f"sparsetel {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SparsetelError as exc:
+        print(f"sparsetel {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
