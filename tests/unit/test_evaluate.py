@@ -13,31 +13,15 @@ import pytest
 
 from sparsetel.cloud.evaluate import evaluate_run
 from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.train import TrainOptions, train_run
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.wire import record_bits
+from tests.quickrun import KPIS, quick_run
 
-KPIS = ("RSRP", "RSRQ", "SNR", "CQI", "RSSI", "DL_bitrate", "UL_bitrate", "Speed", "Load")
-TARGET = "DL_bitrate"
 KEYS = (
     "rows", "L", "K", "nmse", "snr_db", "mean_nonzeros", "max_nonzeros", "bits_per_measurement",
     "wire_bytes_per_measurement", "target_mae", "target_r2", "raw_target_r2",
     "persistence_target_r2", "sessions", "split", "nmse_per_kpi", "codewords_used_share", "seed",
 )  # fmt: skip
-
-
-def quick_run(factory: pytest.TempPathFactory) -> Path:
-    """A small trained run on simulated sessions, trained once per test session."""
-    base = factory.getbasetemp() / "sparsetel-quick"
-    run = base / "run"
-    if not (run / "checkpoint.pt").exists():
-        write_sessions(base / "data", n_sessions=6, rows=400, seed=0)
-        options = TrainOptions(
-            data=base / "data", kpis=KPIS, target=TARGET, out=run, L=4, K=32, quick=True,
-            steps=150, finetune_steps=40, eval_every=50, seed=0, progress=False,
-        )  # fmt: skip
-        train_run(options)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -22,23 +22,7 @@ from sparsetel.cloud.normaliser import fit_normaliser, make_windows
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.cloud.train import TrainOptions, train_run
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
-
-KPIS = ("RSRP", "RSRQ", "SNR", "CQI", "RSSI", "DL_bitrate", "UL_bitrate", "Speed", "Load")
-TARGET = "DL_bitrate"
-
-
-def quick_run(factory: pytest.TempPathFactory) -> Path:
-    """A small trained run on simulated sessions, trained once per test session."""
-    base = factory.getbasetemp() / "sparsetel-quick"
-    run = base / "run"
-    if not (run / "checkpoint.pt").exists():
-        write_sessions(base / "data", n_sessions=6, rows=400, seed=0)
-        options = TrainOptions(
-            data=base / "data", kpis=KPIS, target=TARGET, out=run, L=4, K=32, quick=True,
-            steps=150, finetune_steps=40, eval_every=50, seed=0, progress=False,
-        )  # fmt: skip
-        train_run(options)
-    return run
+from tests.quickrun import KPIS, TARGET, quick_run
 
 
 @pytest.fixture(scope="module")
