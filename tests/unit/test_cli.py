@@ -1,0 +1,79 @@
+"""The `sparsetel` command line: exit codes and errors a user sees, without a broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsetel.cli import main
+
+
+def test_version_and_help_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert "sparsetel" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+
+
+def test_usage_error_exits_two() -> None:
+    assert main(["train", "--data", "x.csv"]) == 2  # --out missing
+    assert main(["no-such-command"]) == 2
+
+
+def test_train_without_kpis_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "--kpis" in capsys.readouterr().err
+
+
+def test_train_on_a_missing_folder_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(tmp_path / "absent"), "--kpis", "a,b", "--target", "a"]
+    assert main([*args, "--out", str(tmp_path / "r")]) in (1, 2)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparsetel train:") and "absent" in err
+
+
+def test_edge_config_errors_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('group = "g"\nedge_id = "e"\nmodel = "m"\nsource = "s"\nbatch = "many"\n')
+    assert main(["edge", "--config", str(config)]) == 2
+    assert "batch" in capsys.readouterr().err
+
+
+def test_edge_refuses_a_password_given_as_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        'group = "g"\nedge_id = "e"\nmodel = "m"\nsource = "s"\n'
+        '[broker]\nusername = "u"\npassword = "hunter2"\n'
+    )
+    assert main(["edge", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "SPARSETEL_MQTT_PASSWORD" in err and "hunter2" not in err
+
+
+def test_edge_with_a_model_folder_that_is_not_there_exits_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["edge", "--model", str(tmp_path / "nope"), "--source", str(tmp_path / "x.csv")]
+    assert main([*args, "--group", "g", "--edge-id", "e", "--state-dir", str(tmp_path)]) == 1
+
+
+def test_the_edge_command_never_imports_torch_or_pandas(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from sparsetel.cli import main\n"
+        f"main(['edge', '--model', {str(tmp_path)!r}, '--source', 'x', '--group', 'g',"
+        f" '--edge-id', 'e', '--state-dir', {str(tmp_path)!r}])\n"
+        "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
