@@ -51,6 +51,11 @@ class _Broker:
     embedded: EmbeddedBroker | None = None
 
 
+def _progress(message: str) -> None:
+    """Progress goes to stderr, so stdout carries only the report (JSON with --json)."""
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
 def _find_broker(url: str | None) -> _Broker:
     if url:
         return _Broker(url, "given")
@@ -82,7 +87,7 @@ def _prepare(workdir: Path, measurements: int, seed: int) -> tuple[Path, list[Pa
         seed=seed,
         quick=True,
     )
-    print("demo: training a small SDLGM codec on simulated KPIs ...", flush=True)
+    _progress("training a small SDLGM codec on simulated KPIs ...")
     train_run(options)
     export_run(run)
     split = json.loads((run / "split.json").read_text())
@@ -278,10 +283,10 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.monotonic()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sparsetel-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"demo: working in {workdir}", flush=True)
+    _progress(f"working in {workdir}")
     run, sources = _prepare(workdir, args.measurements, args.seed)
     broker = _find_broker(args.broker)
-    print(f"demo: broker {broker.url} ({broker.kind})", flush=True)
+    _progress(f"broker {broker.url} ({broker.kind})")
     try:
         streamed = _stream(run, broker.url, sources, args.measurements // N_EDGES, workdir)
     finally:
