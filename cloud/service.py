@@ -13,15 +13,11 @@ import argparse
 import json
 import logging
 import queue
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -31,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from sparsetel.shared.config import BrokerConfig, load_config, parse_broker_url
 from sparsetel.shared.errors import ConfigError, SparsetelError
+from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.topics import data_subscription, state_subscription, validate_id
 
 from .ingest import FrameIngest, ServiceStats, Throttle
@@ -323,25 +320,6 @@ def serve_config_from_flags(args: argparse.Namespace) -> ServeConfig:
     return cfg
 
 
-@contextmanager
-def _signals_call(callback: Callable[[], None]) -> Iterator[None]:
-    """Inside, SIGINT and SIGTERM call `callback` (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: stopping", signum)
-        callback()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_service(cfg: ServeConfig, print_json: bool = True) -> int:
     """`sparsetel serve`: run until SIGINT/SIGTERM, `stop_after_records` or the idle timeout;
     then print the stats on stdout, as one JSON object when `print_json` (nothing else goes to
@@ -349,7 +327,7 @@ def run_service(cfg: ServeConfig, print_json: bool = True) -> int:
     timeout came before `stop_after_records` were stored."""
     try:
         service = DecoderService(cfg)
-        with _signals_call(service.request_stop):
+        with stop_on_signals(service.request_stop):
             service.start()
             try:
                 while not service.wait(0.5):

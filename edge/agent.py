@@ -16,17 +16,13 @@ lock in `edge.state`, the sources in `edge.source` and `edge.replay`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
-import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import IO, Any
 
 import numpy as np
@@ -34,6 +30,7 @@ import numpy as np
 from sparsetel import __version__
 from sparsetel.shared.errors import ConfigError, SparsetelError, WireError
 from sparsetel.shared.kpi import parse_sentinels
+from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.topics import validate_id
 from sparsetel.shared.wire import Frame, Record, encode_frame
@@ -76,25 +73,6 @@ class AgentStats:
         data["rejects"] = dict(self.rejects)
         data["cells"] = dict(self.cells)
         return data
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call `stop()` on SIGTERM/SIGINT while inside (main thread only); restore after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping after the current frame", signal.Signals(signum).name)
-        stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class _Agent:
@@ -321,7 +299,7 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
             publisher.connect(cfg.connect_timeout_s)
             log.info("edge %s/%s online, bdSeq %s", agent.group, agent.edge, agent.bd_seq)
             try:
-                with _stop_on_signals(agent.stop):
+                with stop_on_signals(agent.stop):
                     agent.run(publisher)
             finally:
                 _finish(agent, publisher, stats)
