@@ -230,9 +230,7 @@ class _Agent:
         if not publisher.publish_frame(payload):
             self.stats.rejects["queue_full"] += len(records)
             return
-        self.stats.frames += 1
         self.stats.measurements += len(records)
-        self.stats.bytes_sent += len(payload)
 
 
 def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
@@ -241,6 +239,8 @@ def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     if not publisher.wait_for_acks(cfg.ack_timeout_s):
         log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
     publisher.close(timeout=min(cfg.ack_timeout_s, 5.0) or 1.0)
+    stats.frames = publisher.stats.published
+    stats.bytes_sent = publisher.stats.bytes_sent
     stats.acked = publisher.stats.acked
     stats.failed = publisher.stats.failed
     stats.connects = publisher.stats.connects
