@@ -7,14 +7,16 @@ The model's L, K and KPI schema are not settings: the agent reads them from the 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.config import BrokerConfig, load_config
 from sparsetel.shared.errors import ConfigError
+from sparsetel.shared.kpi import parse_kpi_list
 from sparsetel.shared.wire import MAX_RECORDS
 
-__all__ = ["EdgeConfig"]
+__all__ = ["EdgeConfig", "edge_config_from_flags"]
 
 _U32 = 2**32 - 1
 
@@ -73,3 +75,31 @@ class EdgeConfig:
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir if self.state_dir is not None else Path(".sparsetel") / self.edge_id
+
+
+def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
+    """The EdgeConfig of ``sparsetel edge``: defaults < ``--config`` TOML < environment
+    (broker credentials) < flags (None: not given). ConfigError names the offending key."""
+
+    def flag(name: str) -> str | None:
+        value = getattr(args, name, None)
+        return str(value) if isinstance(value, Path) else value
+
+    kpis = getattr(args, "kpis", None)
+    overrides = {
+        "model": flag("model"),
+        "source": flag("source"),
+        "group": flag("group"),
+        "edge_id": flag("edge_id"),
+        "rate_hz": flag("rate"),
+        "limit": flag("limit"),
+        "batch": flag("batch"),
+        "state_dir": flag("state_dir"),
+        "sentinels": flag("sentinels"),
+        "kpis": list(parse_kpi_list(kpis)) if kpis else None,
+        "broker": {"url": flag("broker")},
+    }
+    cfg: EdgeConfig = load_config(
+        EdgeConfig, getattr(args, "config", None), "SPARSETEL_", overrides
+    )
+    return cfg

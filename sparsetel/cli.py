@@ -183,40 +183,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flag_overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
-    """Config overrides from the flags the user gave: {dotted config key: value}."""
-    out: dict[str, Any] = {}
-    for flag, key in names.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            out[key] = str(value) if isinstance(value, Path) else value
-    return out
-
-
 def _cmd_edge(args: argparse.Namespace) -> int:
-    from sparsetel.edge.agent import EdgeConfig, run_agent
-    from sparsetel.shared.config import load_config
-    from sparsetel.shared.kpi import parse_kpi_list
+    from sparsetel.edge.agent import run_agent
+    from sparsetel.edge.config import edge_config_from_flags
 
-    overrides = _flag_overrides(
-        args,
-        {
-            "model": "model",
-            "source": "source",
-            "group": "group",
-            "edge_id": "edge_id",
-            "rate": "rate_hz",
-            "limit": "limit",
-            "batch": "batch",
-            "state_dir": "state_dir",
-            "sentinels": "sentinels",
-            "broker": "broker.url",
-        },
-    )
-    if args.kpis:
-        overrides["kpis"] = list(parse_kpi_list(args.kpis))
-    cfg = load_config(EdgeConfig, args.config, "SPARSETEL_", overrides)
-    return run_agent(cfg, print_json=args.json)
+    return run_agent(edge_config_from_flags(args), print_json=args.json)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
