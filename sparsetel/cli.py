@@ -83,6 +83,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("benchmark", help="compare every codec on the same split and seeds")
+    _add_data_args(p)
+    p.add_argument("--L", default="1,2,4,8", help="comma-separated caps on nonzeros to compare")
+    p.add_argument("--K", type=int, default=128, help="codebook / dictionary size")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to average over")
+    p.add_argument("--window", type=int, default=8, help="predictor window W (measurements)")
+    p.add_argument("--methods", help="comma-separated method families to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="small, fast models (demo, tests)")
+    p.add_argument("--out", type=Path, required=True, help="folder for results and plots")
+    p.add_argument("--json", action="store_true", help="print the result rows as a JSON list")
+
     p = sub.add_parser("simulate", help="write simulated 5G KPI sessions as CSV files")
     p.add_argument("--out", type=Path, required=True, help="folder to write CSVs into")
     p.add_argument("--sessions", type=int, default=6)
@@ -175,6 +186,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.bench.runner import BenchOptions, run_benchmark
+
+    options = BenchOptions.from_cli(args)
+    rows = run_benchmark(options)
+    if args.json:
+        _print_json(rows)
+    else:
+        keys = ("bits_per_measurement", "wire_bytes_per_measurement", "nmse", "target_r2")
+        for row in rows:
+            values = (f"{k} {row[k]:.4g}" if row.get(k) is not None else f"{k} -" for k in keys)
+            print(f"{row['method']} {row['setting']}: " + ", ".join(values))
+        print(f"wrote {options.out / 'results.md'}")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from sparsetel.cloud.simulator import write_sessions
 
@@ -212,6 +239,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _cmd_train,
     "export": _cmd_export,
     "evaluate": _cmd_evaluate,
+    "benchmark": _cmd_benchmark,
     "simulate": _cmd_simulate,
     "edge": _cmd_edge,
     "serve": _cmd_serve,

@@ -1,0 +1,373 @@
+"""The benchmark's report: rows aggregated over seeds, results.json, results.md and plots.
+
+- `aggregate_rows`: one row per (method family, setting) -- every numeric key averaged over
+  the seeds, with its sample standard deviation as ``KEY_std`` and ``seeds`` the count.
+- `budget_table`: the operational rate-distortion curve -- for each bit budget, each lossy
+  family's best nmse among its settings with ``bits_per_measurement <= budget``, and the winner.
+- `bits_for_snr`: bits a lossy family needs to reach an SNR, interpolated in log nmse against
+  bits along its lower envelope (the settings no cheaper setting beats), or None.
+- `write_report`: DIR/results.json, DIR/results.md, DIR/rd.png, DIR/r2_vs_L.png, DIR/r2_vs_bits.png.
+Non-finite numbers (a lossless codec's SNR) are written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .runner import BenchResult
+
+__all__ = [
+    "BUDGETS",
+    "aggregate_rows",
+    "bits_for_snr",
+    "budget_table",
+    "r2_table",
+    "render_markdown",
+    "summarise_references",
+    "write_report",
+]
+
+BUDGETS = (8, 16, 24, 32, 48, 64)  # bits per measurement
+SNR_GOAL_DB = 30.0
+REFERENCE_L = 4
+_R2_FLOOR = -1.0  # R² plots show nothing below
+_HEAD = ("method", "setting", "L", "lossy")
+_SKIP = {"seed", *_HEAD}  # keys not averaged over seeds
+_WIRE = "method|payload bits|frame B/meas|wire B/meas (MQTT)|× smaller than JSON"
+_FRAMING = "frames of 50 at 1 Hz, one MQTT QoS 1 PUBLISH each"
+_SCORES = ("nmse", "snr_db", "target_r2", "target_mae")
+_MAIN = "method|setting|L|lossy|bits/meas|wire B/meas|nmse|SNR dB|target R²|target MAE|seeds"
+_MAIN += "|fit s|code s"
+Row = dict[str, Any]
+
+
+def _finite(v: Any) -> Any:
+    """`v`, or None when it is a non-finite float (JSON has no inf or NaN)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std; 0 for one value) of `values`; NaN for no values."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore"):
+        return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def aggregate_rows(records: Sequence[Row]) -> list[Row]:
+    """Per-seed records -> one JSON-ready row per (method, setting), in first-seen order."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    rows = []
+    for group in groups.values():
+        row: Row = {k: group[0][k] for k in _HEAD}
+        row["seeds"] = len(group)
+        stds = {}
+        numeric = (k for r in group for k, v in r.items() if _is_number(v) and k not in _SKIP)
+        for key in dict.fromkeys(numeric):
+            vals = [r[key] for r in group if _is_number(r.get(key))]
+            row[key], stds[f"{key}_std"] = _spread(vals)
+        rows.append({k: _finite(v) for k, v in {**row, **stds}.items()})
+    return rows
+
+
+def summarise_references(per_seed: Sequence[dict[str, float | None]]) -> dict[str, Any]:
+    """Mean and ``_std`` over seeds of each reference score (None stays None)."""
+    out: dict[str, Any] = {"seeds": len(per_seed)}
+    for key in per_seed[0] if per_seed else ():
+        vals = [d[key] for d in per_seed if d.get(key) is not None]
+        mean, std = _spread(vals)  # type: ignore[arg-type]
+        out[key], out[f"{key}_std"] = _finite(mean), _finite(std)
+    return out
+
+
+def _lossy_families(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        if r["lossy"] and r.get("nmse") is not None and r.get("bits_per_measurement") is not None:
+            out.setdefault(r["method"], []).append(r)
+    return out
+
+
+def budget_table(rows: Sequence[Row], budgets: Sequence[int] = BUDGETS) -> list[Row]:
+    """Per budget: ``{"budget", "best": {family: nmse or None}, "winner": family or None}``."""
+    families = _lossy_families(rows)
+    table = []
+    for budget in budgets:
+        best: dict[str, float | None] = {}
+        for family, rs in families.items():
+            fits = [r["nmse"] for r in rs if r["bits_per_measurement"] <= budget]
+            best[family] = min(fits) if fits else None
+        scored = {f: v for f, v in best.items() if v is not None}
+        winner = min(scored, key=lambda f: scored[f]) if scored else None
+        table.append({"budget": budget, "best": best, "winner": winner})
+    return table
+
+
+def _frontier(
+    points: Iterable[tuple[float, float]], lower: bool, per_x: bool = False
+) -> list[tuple[float, float]]:
+    """(x, y) by increasing x that beat every point of smaller x (`lower` y is better or
+    not); with `per_x`, simply the best y at each x."""
+
+    def better(a: float, b: float) -> bool:
+        return a < b if lower else a > b
+
+    best: dict[float, float] = {}
+    for x, y in points:
+        if x not in best or better(y, best[x]):
+            best[x] = y
+    out: list[tuple[float, float]] = []
+    for x, y in sorted(best.items()):
+        if per_x or not out or better(y, out[-1][1]):
+            out.append((x, y))
+    return out
+
+
+def bits_for_snr(rows: Sequence[Row], snr_db: float = SNR_GOAL_DB) -> float | None:
+    """Bits per measurement one lossy family's `rows` need to reach `snr_db`, or None."""
+    goal = math.log10(10 ** (-snr_db / 10))
+    prev: tuple[float, float] | None = None
+    frontier = _frontier([(r["bits_per_measurement"], r["nmse"]) for r in rows], lower=True)
+    for bits, nmse in frontier:
+        level = math.log10(max(nmse, 1e-12))
+        if level <= goal:
+            if prev is None:
+                return float(bits)
+            share = (goal - prev[1]) / (level - prev[1])
+            return float(prev[0] + share * (bits - prev[0]))
+        prev = (bits, level)
+    return None
+
+
+def _reference_L(rows: Sequence[Row]) -> int | None:
+    Ls = sorted({r["L"] for r in rows if r["L"] is not None})
+    return REFERENCE_L if REFERENCE_L in Ls else (Ls[len(Ls) // 2] if Ls else None)
+
+
+def _r2_entry(family: str, row: Row | None) -> Row:
+    keys = ("setting", "bits_per_measurement", "target_r2", "target_r2_std")
+    return {"method": family, **{k: row.get(k) if row else None for k in keys}}
+
+
+def r2_table(rows: Sequence[Row]) -> tuple[int | None, float | None, list[Row]]:
+    """(reference L, its sdlgm bits, entries): target R² at the reference L for every family
+    with an L, and for the others their best setting with bits <= sdlgm's bits at that L (the
+    largest bits of any family at that L without sdlgm; any bits when no family has an L)."""
+    ref = _reference_L(rows)
+    at_L = [r for r in rows if r["L"] is not None and r["L"] == ref]
+    sdlgm = [r for r in at_L if r["method"] == "sdlgm"]
+    pool = sdlgm or at_L
+    ref_bits = max((r["bits_per_measurement"] for r in pool), default=None)
+    entries = [_r2_entry(r["method"], r) for r in at_L]
+    with_L = {r["method"] for r in rows if r["L"] is not None}
+    for family in dict.fromkeys(r["method"] for r in rows if r["method"] not in with_L):
+        fits = [
+            r
+            for r in rows
+            if r["method"] == family
+            and (ref_bits is None or r["bits_per_measurement"] <= ref_bits)
+            and r.get("target_r2") is not None
+        ]
+        entries.append(_r2_entry(family, max(fits, key=lambda r: r["target_r2"], default=None)))
+    return ref, ref_bits, entries
+
+
+def _num(v: Any, spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _pm(row: Row, key: str, spec: str = ".3g") -> str:
+    mean, std = row.get(key), row.get(f"{key}_std")
+    return _num(mean, spec) if std is None or mean is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def _main_cells(r: Row) -> list[str]:
+    cells = [r["method"], r["setting"], _num(r["L"]), "yes" if r["lossy"] else "no"]
+    cells += [_num(r.get(k), ".2f") for k in ("bits_per_measurement", "wire_bytes_per_measurement")]
+    cells += [_pm(r, k, ".1f" if k == "snr_db" else ".3g") for k in _SCORES]
+    seconds = [_num(r.get(k), ".1f") for k in ("fit_seconds", "code_seconds")]
+    return [*cells, str(r["seeds"]), *seconds]
+
+
+def _wire_table(rows: Sequence[Row], refs: dict[str, Any]) -> list[str]:
+    json_wire = refs.get("json_wire_bytes_per_measurement")
+    json_bytes = _num(refs.get("json_bytes_per_measurement"), ".1f")
+    lines = [["JSON per measurement (reference)", "—", json_bytes, _num(json_wire, ".1f"), "1"]]
+    for r in sorted(rows, key=lambda r: r.get("wire_bytes_per_measurement") or math.inf):
+        wire = r.get("wire_bytes_per_measurement")
+        cells = [f"{r['method']} {r['setting']}", _num(r.get("bits_per_measurement"), ".1f")]
+        cells += [_num(r.get("frame_bytes_per_measurement"), ".2f"), _num(wire, ".2f")]
+        lines.append([*cells, _num(json_wire / wire if json_wire and wire else None, ".0f")])
+    return _table(_WIRE.split("|"), lines)
+
+
+def _budget_lines(rows: Sequence[Row]) -> list[str]:
+    table = budget_table(rows)
+    families = list(_lossy_families(rows))
+    lines = [
+        (str(t["budget"]), *(_num(t["best"][f]) for f in families), t["winner"] or "—")
+        for t in table
+    ]
+    out = _table(("bits ≤", *families, "winner"), lines)
+    goal = [
+        (f, _num(bits_for_snr(rs), ".1f") if bits_for_snr(rs) is not None else "not reached")
+        for f, rs in _lossy_families(rows).items()
+    ]
+    return [
+        *out,
+        "",
+        f"Bits per measurement to reach {SNR_GOAL_DB:g} dB SNR:",
+        "",
+        *_table(("method", "bits"), goal),
+    ]
+
+
+def _r2_lines(rows: Sequence[Row], refs: dict[str, Any]) -> list[str]:
+    ref_L, ref_bits, entries = r2_table(rows)
+    lines = [
+        [
+            e["method"],
+            e["setting"] or "—",
+            _num(e["bits_per_measurement"], ".1f"),
+            _pm(e, "target_r2"),
+        ]
+        for e in entries
+    ]
+    title = f"at L={ref_L} (others: best setting with bits ≤ {_num(ref_bits, '.1f')})"
+    if ref_L is None:
+        title = "(no method has an L: best setting of each family)"
+    return [
+        f"## Target R² {title}",
+        "",
+        *_table(("method", "setting", "bits", "target R²"), lines),
+        "",
+        f"Ceiling (the predictor on raw KPIs): R² {_pm(refs, 'raw_target_r2')}; "
+        f"persistence floor: R² {_num(refs.get('persistence_target_r2'))}.",
+    ]
+
+
+def render_markdown(result: BenchResult) -> str:
+    """results.md: the settings table, matched budgets, target accuracy, bytes on the wire."""
+    rows, refs, o, timing = result.rows, result.references, result.options, result.timing
+    intro = (
+        f"Data `{o.data}`, KPIs {', '.join(o.kpis)}; target {o.target} at h={o.horizon}, "
+        f"window {o.window}; K={o.K}; seeds {list(o.seeds)}; mean ± std over seeds. "
+        f"Run time {timing['total_seconds']:.0f} s; {timing['test_rows']} test rows."
+    )
+    sections = [
+        ["# sparsetel benchmark", "", intro],
+        ["## Every setting", "", *_table(_MAIN.split("|"), map(_main_cells, rows))],
+        ["## Matched budgets (best nmse with bits/meas ≤ budget)", "", *_budget_lines(rows)],
+        _r2_lines(rows, refs),
+        [f"## Bytes on the wire per measurement ({_FRAMING})", "", *_wire_table(rows, refs)],
+    ]
+    if result.missing:
+        sections.append([f"Not run (module absent): {', '.join(result.missing)}."])
+    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """One plot of `y` against `x` over the rows `keep` selects: every setting a marker with
+    its seed spread; a family's line joins its frontier (the settings no cheaper one beats;
+    `lower` y is better or not) or, with `per_x`, its best setting at each x."""
+
+    name: str
+    x: str
+    y: str
+    keep: Callable[[Row], bool]
+    lower: bool = False
+    per_x: bool = False
+    log_y: bool = False
+
+
+_PANELS = (
+    _Panel("rd.png", "bits_per_measurement", "nmse", lambda r: r["lossy"], lower=True, log_y=True),
+    _Panel("r2_vs_L.png", "L", "target_r2", lambda r: r["L"] is not None, per_x=True),
+    _Panel("r2_vs_bits.png", "bits_per_measurement", "target_r2", lambda r: True),
+)
+_REFERENCE_LINES = (
+    ("raw_target_r2", "--", "raw KPIs (ceiling)"),
+    ("persistence_target_r2", ":", "persistence (floor)"),
+)
+
+
+def _plot(path: Path, rows: Sequence[Row], panel: _Panel, refs: dict[str, Any]) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    x, y = panel.x, panel.y
+    for i, family in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        pts = [
+            (r[x], r[y], r.get(f"{y}_std") or 0.0)
+            for r in rows
+            if r["method"] == family
+            and panel.keep(r)
+            and r.get(x) is not None
+            and r.get(y) is not None
+            and (not panel.log_y or r[y] > 0)
+        ]
+        if pts:
+            xs, ys, es = zip(*pts, strict=True)
+            ax.errorbar(xs, ys, yerr=es, fmt="o", color=f"C{i % 10}", alpha=0.6, capsize=3)
+            line = _frontier(zip(xs, ys, strict=True), panel.lower, panel.per_x)
+            ax.plot(*zip(*line, strict=True), color=f"C{i % 10}", label=family)
+    if panel.y == "target_r2":
+        for key, style, label in _REFERENCE_LINES:
+            if refs.get(key) is not None:
+                ax.axhline(refs[key], color="gray", linestyle=style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    if panel.y == "target_r2":  # one codec's R² of -1e6 must not flatten every other line
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, _R2_FLOOR), min(hi, 1.05))
+    if panel.log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(result: BenchResult, out: str | Path) -> list[Path]:
+    """Write results.json, results.md and the three plots into `out`; return their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "options": result.options.to_dict(),
+        "timing": result.timing,
+        "split": result.split,
+        "missing": result.missing,
+        "references": result.references,
+        "rows": result.rows,
+        "records": [{k: _finite(v) for k, v in r.items()} for r in result.records],
+    }
+    paths = [out / "results.json", out / "results.md", *(out / p.name for p in _PANELS)]
+    paths[0].write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(render_markdown(result), encoding="utf-8")
+    for panel in _PANELS:
+        _plot(out / panel.name, result.rows, panel, result.references)
+    return paths
