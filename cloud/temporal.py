@@ -20,9 +20,10 @@ against the decoder's previous reconstruction (the prediction ``p``), not alone:
   Lagrangian; gates close when a codeword's gain is not worth its bits, so a steady
   measurement costs only its zero count.
 
-Training is per measurement, fully batched: the context is the true previous measurement
-plus the noise that reconstruction leaves (uniform, of the target distortion), and key
-measurements are mixed in at their share in the stream (1 in FRAME). Coding (`code_frames`)
+Training is per measurement, fully batched: the context is the decoder's state after coding
+the HISTORY measurements before it closed loop with the current model (so it carries the
+error the codec really leaves), and key measurements are mixed in at their share in the
+stream (1 in FRAME). Coding (`code_frames`)
 is exact and closed loop, many frames in parallel.
 """
 
@@ -41,6 +42,9 @@ from torch.nn import functional as F
 __all__ = ["Codes", "TemporalConfig", "TemporalSDLGM", "code_frames", "train_temporal"]
 
 log = logging.getLogger(__name__)
+
+SHRINK = 0.35  # scale of slot l's initial words relative to slot l - 1
+HISTORY = 4  # measurements coded closed loop before each training measurement
 
 
 @dataclass(frozen=True)
@@ -79,16 +83,15 @@ class TemporalConfig:
 
 
 class TemporalSDLGM(nn.Module):
-    """Codebook C (shape: [K, D]), code priors per kind of measurement (key, context) and
-    gate priors per slot, the amortised corrections, and the sequential slot encoder."""
+    """One codebook of K words per slot (shape: [L, K, D]; slot l refines what slots < l
+    left, as residual VQ), code priors per kind of measurement (key, context) and slot, gate
+    priors, the amortised corrections, and the sequential slot encoder."""
 
     def __init__(self, cfg: TemporalConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.codebook = nn.Parameter(torch.randn(cfg.K, cfg.D) * 0.1)
-        # Code logits per kind of measurement [key, context] and previous code in this measurement
-        # (row K: none yet): one fixed table per previous code, so joint moves cost less.
-        self.code_prior = nn.Parameter(torch.zeros(2, cfg.K + 1, cfg.K))
+        self.codebook = nn.Parameter(torch.randn(cfg.L, cfg.K, cfg.D) * 0.1)
+        self.code_prior = nn.Parameter(torch.zeros(2, cfg.L, cfg.K))  # [key, context] logits
         self.gate_prior = nn.Parameter(torch.zeros(2, cfg.L))  # logit of P(s_l = 1)
         self.correction = nn.Sequential(
             nn.Linear(3 * cfg.D + 1 + cfg.L, cfg.hidden),
@@ -98,59 +101,48 @@ class TemporalSDLGM(nn.Module):
         nn.init.zeros_(self.correction[2].weight)
         nn.init.zeros_(self.correction[2].bias)
 
-    def log_prior(self, key: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """log p(c | kind, previous code): key ([B]), prev (int64 [B], K = none) -> [B, K]."""
-        return F.log_softmax(self.code_prior[(1 - key).long(), prev], dim=-1)
-
     def slot_logits(
-        self,
-        r: torch.Tensor,
-        p: torch.Tensor,
-        mask: torch.Tensor,
-        key: torch.Tensor,
-        slot: int,
-        prev: torch.Tensor,
+        self, r: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residual r, prediction p, mask (shape: [B, D]), key ([B], 1 = key measurement),
-        previous code (int64 [B]) -> code logits alpha ([B, K]) and the gate's "on" logit."""
+        """Residual r, prediction p, mask (shape: [B, D]), key ([B], 1 = key measurement)
+        -> code logits alpha ([B, K]) and the gate's "on" logit ([B]) of slot `slot`."""
         cfg = self.cfg
-        w = mask
-        dist = ((r.unsqueeze(1) - self.codebook.unsqueeze(0)) ** 2 * w.unsqueeze(1)).sum(-1)
-        gain = ((r**2) * w).sum(-1, keepdim=True) - dist  # [B, K]
+        words = self.codebook[slot]
+        dist = ((r.unsqueeze(1) - words.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
+        gain = ((r**2) * mask).sum(-1, keepdim=True) - dist  # [B, K]
         kind = (1 - key).long()  # 0 key, 1 context
-        log_prior = self.log_prior(key, prev)
+        log_prior = F.log_softmax(self.code_prior[kind, slot], dim=-1)
         slot_hot = F.one_hot(torch.full_like(kind, slot), cfg.L).float()
-        feats = torch.cat([r * w, p, w, key.unsqueeze(-1), slot_hot], dim=-1)
-        corr = self.correction(feats)
+        corr = self.correction(torch.cat([r * mask, p, mask, key.unsqueeze(-1), slot_hot], -1))
         alpha = gain / (2 * cfg.sigma2) + log_prior + corr[:, :-1]
         # A gate is worth opening when the code's expected log-likelihood gain beats its rate.
         q = F.softmax(alpha, dim=-1)
         value = (q * (gain / (2 * cfg.sigma2) + log_prior)).sum(-1)
-        gate = value + self.gate_prior[kind, slot] + corr[:, -1]
-        return alpha, gate
+        return alpha, value + self.gate_prior[kind, slot] + corr[:, -1]
 
     def encode(
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inference: x, p, mask ([B, D]), key ([B]) -> codes (int64, [B, L]) and gates
-        (bool, [B, L]); slot l codes what slots < l left."""
+        (bool, [B, L]). Gates close for good: the open slots are a prefix, so a measurement
+        sends its count of codes and then the codes of slots 0 .. count - 1."""
         r = (x - p) * mask
-        K = self.cfg.K
-        prev = torch.full(key.shape, K, dtype=torch.long)
+        alive = torch.ones(key.shape, dtype=torch.bool)
         codes, gates = [], []
         for slot in range(self.cfg.L):
-            alpha, gate = self.slot_logits(r, p, mask, key, slot, prev)
+            alpha, gate = self.slot_logits(r, p, mask, key, slot)
             c = alpha.argmax(-1)
-            s = gate > 0 if self.cfg.gates else torch.ones_like(gate, dtype=torch.bool)
-            r = r - s.unsqueeze(-1) * self.codebook[c] * mask
-            prev = torch.where(s, c, prev)
+            if self.cfg.gates:
+                alive = alive & (gate > 0)
+            r = r - alive.unsqueeze(-1) * self.codebook[slot, c] * mask
             codes.append(c)
-            gates.append(s)
+            gates.append(alive)
         return torch.stack(codes, 1), torch.stack(gates, 1)
 
     def decode(self, p: torch.Tensor, codes: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """p ([B, D]), codes ([B, L]), gates ([B, L]) -> x̂ = p + sum of the open codewords."""
-        return p + (self.codebook[codes] * gates.unsqueeze(-1)).sum(1)
+        slots = torch.arange(self.cfg.L).expand_as(codes)
+        return p + (self.codebook[slots, codes] * gates.unsqueeze(-1)).sum(1)
 
     def loss(
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, tau: float
@@ -158,26 +150,27 @@ class TemporalSDLGM(nn.Module):
         """Negative ELBO per measurement (nats) with Gumbel-Softmax samples of codes and
         gates; also the mean distortion and rate for the log."""
         cfg = self.cfg
+        hard = cfg.estimator == "st"
         r = (x - p) * mask
         kind = (1 - key).long()
         rate = torch.zeros(x.shape[0])
-        prev = torch.full(key.shape, cfg.K, dtype=torch.long)
+        alive = torch.ones(x.shape[0])
         for slot in range(cfg.L):
-            alpha, gate = self.slot_logits(r, p, mask, key, slot, prev)
-            c = _sample(alpha, tau, hard=cfg.estimator == "st")
+            alpha, gate = self.slot_logits(r, p, mask, key, slot)
+            c = _sample(alpha, tau, hard)
+            q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
             if cfg.gates:
-                g2 = torch.stack([torch.zeros_like(gate), gate], -1)
-                s = _sample(g2, tau, hard=cfg.estimator == "st")[:, 1]
-                q_on = torch.sigmoid(gate)
-                rate = rate + _bernoulli_kl(q_on, torch.sigmoid(self.gate_prior[kind, slot]))
+                prior_on = torch.sigmoid(self.gate_prior[kind, slot])
+                rate = rate + alive * _bernoulli_kl(q_on, prior_on)
+                on = _sample(torch.stack([torch.zeros_like(gate), gate], -1), tau, hard)[:, 1]
             else:
-                s, q_on = torch.ones(x.shape[0]), torch.ones(x.shape[0])
+                on = torch.ones_like(gate)
             q_c = F.softmax(alpha, -1)
-            log_prior = self.log_prior(key, prev)
+            log_prior = F.log_softmax(self.code_prior[kind, slot], -1)
             kl_c = (q_c * (torch.log(q_c + 1e-12) - log_prior)).sum(-1)
-            rate = rate + q_on * kl_c
-            r = r - s.unsqueeze(-1) * (c @ self.codebook) * mask
-            prev = torch.where(s.detach() > 0.5, c.detach().argmax(-1), prev)
+            rate = rate + alive * q_on * kl_c
+            alive = alive * on
+            r = r - alive.unsqueeze(-1) * (c @ self.codebook[slot]) * mask
         distortion = (r**2).sum(-1)
         loss = distortion / (2 * cfg.sigma2) + rate
         return loss.mean(), {
@@ -203,72 +196,93 @@ def _bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.
 
 @dataclass(frozen=True)
 class Pairs:
-    """Training measurements with their true predecessor (float32): x, prev, mask ([N, D])."""
+    """Training measurements (float32): x, mask ([N, D]) and the HISTORY measurements before
+    each in its session, oldest first, with their masks (hist, hist_mask: [N, HISTORY, D])."""
 
     x: torch.Tensor
-    prev: torch.Tensor
     mask: torch.Tensor
+    hist: torch.Tensor
+    hist_mask: torch.Tensor
+
+    @property
+    def prev(self) -> torch.Tensor:
+        return self.hist[:, -1]
 
 
 def make_pairs(xs: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> Pairs:
-    """Consecutive measurements of each session (x: [T, D] normalised, 0 where missing)."""
-    x = np.concatenate([a[1:] for a in xs if len(a) > 1])
-    prev = np.concatenate([a[:-1] for a in xs if len(a) > 1])
-    m = np.concatenate([b[1:] for b in masks if len(b) > 1])
-    return Pairs(
-        torch.from_numpy(x).float(), torch.from_numpy(prev).float(), torch.from_numpy(m).float()
-    )
+    """Every measurement of each session (x: [T, D] normalised, 0 where missing) that has
+    HISTORY predecessors, with them."""
+    H = HISTORY
+    keep = [(a, b) for a, b in zip(xs, masks, strict=True) if len(a) > H]
+    if not keep:
+        raise ValueError(f"no training session has more than {H} measurements")
+
+    def stack(arrays: Sequence[np.ndarray], lag: int) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([a[H - lag : len(a) - lag] for a in arrays]))
+
+    x = stack([a for a, _ in keep], 0).float()
+    m = stack([b for _, b in keep], 0).float()
+    hist = torch.stack([stack([a for a, _ in keep], lag) for lag in range(H, 0, -1)], 1)
+    hmask = torch.stack([stack([b for _, b in keep], lag) for lag in range(H, 0, -1)], 1)
+    return Pairs(x, m, hist.float(), hmask.float())
 
 
-def _batch(pairs: Pairs, cfg: TemporalConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+@torch.no_grad()
+def _context(model: TemporalSDLGM, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's state after coding the history closed loop from its exact start: the
+    prediction with the error the codec really leaves ([B, D])."""
+    state = hist[:, 0]
+    zeros = torch.zeros(len(hist))
+    for j in range(1, hist.shape[1]):
+        codes, gates = model.encode(hist[:, j], state, hist_mask[:, j], zeros)
+        state = model.decode(state, codes, gates)
+    return state
+
+
+def _batch(model: TemporalSDLGM, pairs: Pairs, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    cfg = model.cfg
     idx = torch.randint(len(pairs.x), (cfg.batch,), generator=gen)
-    x, prev, mask = pairs.x[idx], pairs.prev[idx], pairs.mask[idx]
+    x, mask = pairs.x[idx], pairs.mask[idx]
     key = (torch.rand(cfg.batch, generator=gen) < 1.0 / cfg.frame).float()
     if not cfg.context:
         key = torch.ones(cfg.batch)
-    # The decoder's previous reconstruction misses the truth by about the target distortion.
-    half = math.sqrt(3 * cfg.sigma2)
-    noise = (torch.rand(prev.shape, generator=gen) * 2 - 1) * half
-    p = (prev + noise) * (1 - key).unsqueeze(-1)
+    p = _context(model, pairs.hist[idx], pairs.hist_mask[idx]) * (1 - key).unsqueeze(-1)
     return x, p, mask, key
 
 
 def _init_codebook(model: TemporalSDLGM, pairs: Pairs, gen: torch.Generator) -> None:
-    """Start from one-KPI atoms: each KPI moved up or down by magnitudes in a geometric
-    series covering the residuals' range (the words a scalar quantiser would use), the rest
-    from real residuals; training then bends them into joint moves where KPIs co-vary."""
-    K, D = model.cfg.K, model.cfg.D
-    per = K // (2 * D)
-    words = []
-    if per >= 1:
-        mags = torch.linspace(3.0 / per, 3.0, per)
-        for j in range(D):
-            for sign in (1.0, -1.0):
-                w = torch.zeros(per, D)
-                w[:, j] = sign * mags
-                words.append(w)
-    rest = K - 2 * D * per
-    if rest:
-        idx = torch.randint(len(pairs.x), (rest,), generator=gen)
-        words.append((pairs.x[idx] - pairs.prev[idx]) * pairs.mask[idx])
+    """Slot l starts from real residuals shrunk by ``SHRINK**l`` (each slot refines the one
+    before); slot 0 also gets whole measurements for the key measurements."""
+    L, K = model.cfg.L, model.cfg.K
     with torch.no_grad():
-        model.codebook.copy_(torch.cat(words))
+        for slot in range(L):
+            idx = torch.randint(len(pairs.x), (K,), generator=gen)
+            words = (pairs.x[idx] - pairs.prev[idx]) * pairs.mask[idx]
+            if slot == 0:
+                keys = torch.rand(K, generator=gen) < 0.25
+                words[keys] = (pairs.x[idx] * pairs.mask[idx])[keys]
+            model.codebook[slot] = words * SHRINK**slot
 
 
 def _revive(
     model: TemporalSDLGM, counts: torch.Tensor, r: torch.Tensor, gen: torch.Generator
 ) -> int:
     """Dead codewords (unused since the last check) restart at residuals the model coded
-    worst (the codebook reset of VQ training); returns how many were revived."""
-    dead = torch.nonzero(counts == 0).squeeze(-1)
-    if len(dead) == 0:
-        return 0
-    worst = torch.argsort((r**2).sum(-1), descending=True)[: max(len(dead), 1) * 4]
-    pick = worst[torch.randint(len(worst), (len(dead),), generator=gen)]
+    worst, shrunk to their slot's scale (the codebook reset of VQ training); returns how many
+    were revived."""
+    worst = torch.argsort((r**2).sum(-1), descending=True)[: max(len(r) // 8, 1)]
+    revived = 0
     with torch.no_grad():
-        model.codebook[dead] = r[pick]
-        model.code_prior[..., dead] = model.code_prior.mean(-1, keepdim=True).detach()
-    return len(dead)
+        for slot in range(model.cfg.L):
+            dead = torch.nonzero(counts[slot] == 0).squeeze(-1)
+            if len(dead) == 0:
+                continue
+            pick = worst[torch.randint(len(worst), (len(dead),), generator=gen)]
+            model.codebook[slot, dead] = r[pick] * SHRINK**slot
+            mean = model.code_prior[:, slot].mean(-1, keepdim=True)
+            model.code_prior[:, slot, dead] = mean
+            revived += len(dead)
+    return revived
 
 
 @torch.no_grad()
@@ -280,9 +294,10 @@ def _count_usage(
     mask: torch.Tensor,
     key: torch.Tensor,
 ) -> None:
-    """Add how often each codeword is used on a batch to `counts` ([K])."""
+    """Add how often each codeword of each slot is used on a batch to `counts` ([L, K])."""
     codes, gates = model.encode(x, p, mask, key)
-    counts += torch.bincount(codes[gates], minlength=model.cfg.K).float()
+    for slot in range(model.cfg.L):
+        counts[slot] += torch.bincount(codes[gates[:, slot], slot], minlength=model.cfg.K)
 
 
 def train_temporal(
@@ -295,10 +310,10 @@ def train_temporal(
     model = TemporalSDLGM(cfg)
     _init_codebook(model, pairs, gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    counts = torch.zeros(cfg.K)
+    counts = torch.zeros(cfg.L, cfg.K)
     for step in range(cfg.steps):
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
-        x, p, mask, key = _batch(pairs, cfg, gen)
+        x, p, mask, key = _batch(model, pairs, gen)
         loss, info = model.loss(x, p, mask, key, tau)
         opt.zero_grad()
         loss.backward()

@@ -13,9 +13,10 @@ L sets the operating point too: the decoder variance aims at ``15 + 5 log2 L`` d
 
 The payload of a frame is entropy coded with tables fixed at training time (from the codes
 of the training stream, add-one smoothed): per measurement its count of open codes (a table
-for key measurements, one for the rest), then its codeword indices (likewise two tables), in
-one range coder (`constriction`); the frame costs every flushed 32-bit word. Without gates the
-count is not sent (always L). The reconstruction is decoded from those words.
+for key measurements, one for the rest; the open slots are a prefix), then the codeword index
+of each open slot (one table per kind and slot), in one range coder (`constriction`); the
+frame costs every flushed 32-bit word. Without gates the count is not sent (always L). The
+reconstruction is decoded from those words.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class SDLGMCodec:
         self._cfg.update(FAMILIES[family])
         self.model: TemporalSDLGM | None = None
         self._count_tables: list[SymbolTable] = []
-        self._index_tables: list[SymbolTable] = []
+        self._index_tables: list[list[SymbolTable]] = []
         self._used: np.ndarray = np.zeros(0, dtype=bool)
         self._nnz: list[np.ndarray] = []
 
@@ -76,20 +77,22 @@ class SDLGMCodec:
         step = max(len(pieces) // TABLE_SAMPLE, 1)
         coded = code_frames(self.model, pieces[::step])
         self._fit_tables(coded)
-        self._used = np.zeros(cfg.K, dtype=bool)
+        self._used = np.zeros((cfg.L, cfg.K), dtype=bool)
         self._nnz = []
 
     def _fit_tables(self, coded: Sequence[Codes]) -> None:
         cfg = self._model().cfg
-        counts = [np.zeros(cfg.L + 1), np.zeros(cfg.L + 1)]
-        indices = [np.zeros(cfg.K), np.zeros(cfg.K)]
+        counts = np.zeros((2, cfg.L + 1))
+        indices = np.zeros((2, cfg.L, cfg.K))
         for c in coded:
             nnz = c.gates.sum(1)
             for kind, rows in enumerate((c.key, ~c.key)):
                 counts[kind] += np.bincount(nnz[rows], minlength=cfg.L + 1)
-                indices[kind] += np.bincount(c.codes[rows][c.gates[rows]], minlength=cfg.K)
+                for slot in range(cfg.L):
+                    used = c.codes[rows, slot][c.gates[rows, slot]]
+                    indices[kind, slot] += np.bincount(used, minlength=cfg.K)
         self._count_tables = [SymbolTable.from_counts(n) for n in counts]
-        self._index_tables = [SymbolTable.from_counts(n) for n in indices]
+        self._index_tables = [[SymbolTable.from_counts(n) for n in kind] for kind in indices]
 
     def _model(self) -> TemporalSDLGM:
         if self.model is None:
@@ -108,22 +111,22 @@ class SDLGMCodec:
         model = self._model()
         nnz = codes.gates.sum(1)
         kinds = np.where(codes.key, 0, 1)
-        sent = [np.sort(c[g]) for c, g in zip(codes.codes, codes.gates, strict=True)]
         encoder = constriction.stream.queue.RangeEncoder()
         if model.cfg.gates:
             for n, kind in zip(nnz, kinds, strict=True):
                 encoder.encode(int(n), self._count_tables[kind].model)
-        for idx, kind in zip(sent, kinds, strict=True):
-            if idx.size:
-                encoder.encode(idx.astype(np.int32), self._index_tables[kind].model)
+        for c, n, kind in zip(codes.codes, nnz, kinds, strict=True):
+            for slot in range(n):
+                encoder.encode(int(c[slot]), self._index_tables[kind][slot].model)
         words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
         arrived = self._receive(words, kinds)
-        self._used[np.concatenate(arrived)] = True
+        for idx in arrived:
+            self._used[np.arange(len(idx)), idx] = True
         self._nnz.append(nnz)
         return Coded(recon=self._reconstruct(arrived, codes.key), bits=32 * int(words.size))
 
     def _receive(self, words: np.ndarray, kinds: np.ndarray) -> list[np.ndarray]:
-        """The decoder's side: counts first, then each measurement's indices."""
+        """The decoder's side: each measurement's count, then its open slots' indices."""
         cfg = self._model().cfg
         decoder = constriction.stream.queue.RangeDecoder(words)
         if cfg.gates:
@@ -131,19 +134,17 @@ class SDLGMCodec:
         else:
             counts = [cfg.L] * len(kinds)
         return [
-            np.asarray(decoder.decode(self._index_tables[k].model, n), dtype=np.int64)
-            if n
-            else np.zeros(0, dtype=np.int64)
+            np.array([decoder.decode(self._index_tables[k][s].model) for s in range(n)], np.int64)
             for n, k in zip(counts, kinds, strict=True)
         ]
 
     def _reconstruct(self, arrived: Sequence[np.ndarray], key: np.ndarray) -> np.ndarray:
-        """x̂_t = x̂_{t-1} (0 at a key measurement) + the codewords that arrived."""
-        book = self._model().codebook.detach().double().numpy()
-        out = np.zeros((len(arrived), book.shape[1]))
-        prev = np.zeros(book.shape[1])
+        """x̂_t = x̂_{t-1} (0 at a key measurement) + the codewords of the open slots."""
+        book = self._model().codebook.detach().double().numpy()  # [L, K, D]
+        out = np.zeros((len(arrived), book.shape[2]))
+        prev = np.zeros(book.shape[2])
         for t, idx in enumerate(arrived):
-            prev = (0.0 if key[t] else prev) + book[idx].sum(0)
+            prev = (0.0 if key[t] else prev) + book[np.arange(len(idx)), idx].sum(0)
             out[t] = prev
         return out
 
@@ -152,6 +153,7 @@ class SDLGMCodec:
         return {
             "mean_nonzeros": float(nnz.mean()),
             "max_nonzeros": float(nnz.max()),
+            # Over all L * K codewords (one book of K per slot).
             "codewords_unused_share": float(1.0 - self._used.mean()),
         }
 
