@@ -9,22 +9,28 @@ against the decoder's previous reconstruction (the prediction ``p``), not alone:
 - the residual ``r = x_t - p_t`` is coded as a bag of at most L codewords from a codebook of
   K: slot l picks ``c_l`` and a gate ``s_l``, and ``x̂_t = p_t + sum_l s_l C[c_l]`` (the
   paper's ``z = sum_l s_l c_l`` read by a linear decoder on top of the prediction);
-- the encoder's logits are the model's own posterior, ``alpha_lk = (||r_l||² - ||r_l -
-  C_k||²) / 2σ² + log p(k)``, with ``r_l`` the residual left after slots < l, plus a small
-  learned MLP correction (the paper's amortised encoder, zero at start); the gate logit
-  weighs the best codeword's likelihood gain against its rate, plus a learned correction;
-- the loss is the negative ELBO with learned priors: the masked Gaussian NLL of the
-  reconstruction with fixed variance σ² (the operating point: σ² = the target distortion)
-  + KL(q(c) || p(c)) + KL(q(s) || Bernoulli(π)). With a learned prior the KL terms are the
-  code's rate in nats, so training minimises rate + distortion / 2σ², the rate-distortion
-  Lagrangian; gates close when a codeword's gain is not worth its bits, so a steady
-  measurement costs only its zero count.
+- the codebook is a lattice of one-KPI moves (KPI j up or down by 1, 2, ... steps) holding
+  the levels the training residuals use (`lattice_words`); the step is set by the fidelity
+  aimed at, ``step² / 12 = σ²``;
+- inference is the model's exact posterior, slot by slot: ``alpha_lk = (||r_l||² - ||r_l -
+  C_k||²) / 2σ² + log p(k)`` with ``r_l`` the residual left after slots < l, and the gate
+  opens when the best word's likelihood gain beats its rate under the learned priors (and the
+  word brings x̂ closer to x, so the closed loop cannot drift);
+- training maximises the ELBO with Gumbel-Softmax samples of codes and gates: the masked
+  Gaussian NLL with fixed variance σ² + KL(q(c) || p(c)) + KL(q(s) || Bernoulli(π)), over
+  the priors p(c) (per kind of measurement: key or context) and π (per slot). With learned
+  priors the KL terms are the code's rate in nats, so this is the rate-distortion
+  Lagrangian: frequent moves get cheap, gates close where a word is not worth its bits, and
+  a steady measurement costs only its empty code.
 
-Training is per measurement, fully batched: the context is the decoder's state after coding
+Training measurements are batched: each one's context is the decoder's state after coding
 the HISTORY measurements before it closed loop with the current model (so it carries the
-error the codec really leaves), and key measurements are mixed in at their share in the
-stream (1 in FRAME). Coding (`code_frames`)
-is exact and closed loop, many frames in parallel.
+error the codec really leaves), and key measurements are mixed in at their share of the
+stream (1 in FRAME). Coding (`code_frames`) is exact and closed loop, many frames at once.
+
+Learning the codebook and an amortised encoder by gradient as well was tried and made the
+codec worse on uccmisl (more bits and lower SNR after training than before it), so the
+codebook stays on the data's lattice; see docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -32,50 +38,58 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Codes", "TemporalConfig", "TemporalSDLGM", "code_frames", "train_temporal"]
+__all__ = [
+    "Codes",
+    "TemporalConfig",
+    "TemporalSDLGM",
+    "code_frames",
+    "lattice_step",
+    "lattice_words",
+    "train_temporal",
+]
 
 log = logging.getLogger(__name__)
 
-SHRINK = 0.35  # scale of slot l's initial words relative to slot l - 1
 HISTORY = 4  # measurements coded closed loop before each training measurement
+MIN_USES = 0.01  # share of a KPI's training moves beyond which its lattice stops
 
 
 @dataclass(frozen=True)
 class TemporalConfig:
     """Hyperparameters, saved with the weights. `snr_db` sets σ² = 10^(-snr_db/10) (data
-    normalised to unit variance): the decoder's variance, i.e. the distortion aimed at.
+    normalised to unit variance): the decoder's variance, i.e. the distortion aimed at. K is
+    the lattice's size, set by `train_temporal` from the data (0 before).
     `estimator`: "st" (straight-through Gumbel-Softmax) or "relaxed" (soft samples in
     training). `gates` False is the paper's baseline: always L codes. `context` False codes
     every measurement as a key measurement (no temporal context)."""
 
     D: int
     L: int = 4
-    K: int = 128
+    K: int = 0
     snr_db: float = 30.0
-    hidden: int = 64
     tau_start: float = 1.0
     tau_end: float = 0.2
     estimator: str = "st"
     gates: bool = True
     context: bool = True
     frame: int = 50
-    steps: int = 1500
-    batch: int = 1024
-    lr: float = 3e-3
+    steps: int = 300
+    batch: int = 512
+    lr: float = 1e-2
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.estimator not in ("st", "relaxed"):
             raise ValueError(f"estimator must be 'st' or 'relaxed', got {self.estimator!r}")
-        if not (self.D >= 1 and self.L >= 1 and self.K >= 2 and self.steps >= 1):
-            raise ValueError(f"D, L, K and steps must be positive (K >= 2): {self}")
+        if not (self.D >= 1 and self.L >= 1 and self.K >= 0 and self.steps >= 0):
+            raise ValueError(f"D and L must be positive, K and steps not negative: {self}")
 
     @property
     def sigma2(self) -> float:
@@ -83,66 +97,69 @@ class TemporalConfig:
 
 
 class TemporalSDLGM(nn.Module):
-    """One codebook of K words per slot (shape: [L, K, D]; slot l refines what slots < l
-    left, as residual VQ), code priors per kind of measurement (key, context) and slot, gate
-    priors, the amortised corrections, and the sequential slot encoder."""
+    """Codebook C (shape: [K, D], fixed), code priors per kind of measurement (key,
+    context) and gate priors per slot (learned), and the sequential slot encoder."""
 
-    def __init__(self, cfg: TemporalConfig) -> None:
+    def __init__(self, cfg: TemporalConfig, codebook: torch.Tensor) -> None:
         super().__init__()
+        if codebook.shape != (cfg.K, cfg.D):
+            raise ValueError(f"codebook must be [{cfg.K}, {cfg.D}], got {list(codebook.shape)}")
         self.cfg = cfg
-        self.codebook = nn.Parameter(torch.randn(cfg.L, cfg.K, cfg.D) * 0.1)
-        self.code_prior = nn.Parameter(torch.zeros(2, cfg.L, cfg.K))  # [key, context] logits
+        self.register_buffer("codebook", codebook.float())
+        self.code_prior = nn.Parameter(torch.zeros(2, cfg.K))  # [key, context] logits
         self.gate_prior = nn.Parameter(torch.zeros(2, cfg.L))  # logit of P(s_l = 1)
-        self.correction = nn.Sequential(
-            nn.Linear(3 * cfg.D + 1 + cfg.L, cfg.hidden),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden, cfg.K + 1),
-        )
-        nn.init.zeros_(self.correction[2].weight)
-        nn.init.zeros_(self.correction[2].bias)
+
+    def pruned(self, keep: np.ndarray) -> TemporalSDLGM:
+        """The model with only the words `keep` (int64 indices), priors carried over: dead
+        words go, and the moves they coded fall to the words that stay."""
+        cfg = replace(self.cfg, K=len(keep))
+        model = TemporalSDLGM(cfg, self.codebook[torch.from_numpy(keep)].clone())
+        with torch.no_grad():
+            model.code_prior.copy_(self.code_prior[:, torch.from_numpy(keep)])
+            model.gate_prior.copy_(self.gate_prior)
+        return model
 
     def slot_logits(
-        self, r: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residual r, prediction p, mask (shape: [B, D]), key ([B], 1 = key measurement)
-        -> code logits alpha ([B, K]) and the gate's "on" logit ([B]) of slot `slot`."""
+        self, r: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residual r, mask (shape: [B, D]), key ([B], 1 = key measurement) -> code logits
+        alpha ([B, K]), the gate's "on" logit ([B]) and each word's gain ([B, K])."""
         cfg = self.cfg
-        words = self.codebook[slot]
-        dist = ((r.unsqueeze(1) - words.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
-        gain = ((r**2) * mask).sum(-1, keepdim=True) - dist  # [B, K]
+        book = self.codebook
+        dist = ((r.unsqueeze(1) - book.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
+        gain = ((r**2) * mask).sum(-1, keepdim=True) - dist
         kind = (1 - key).long()  # 0 key, 1 context
-        log_prior = F.log_softmax(self.code_prior[kind, slot], dim=-1)
-        slot_hot = F.one_hot(torch.full_like(kind, slot), cfg.L).float()
-        corr = self.correction(torch.cat([r * mask, p, mask, key.unsqueeze(-1), slot_hot], -1))
-        alpha = gain / (2 * cfg.sigma2) + log_prior + corr[:, :-1]
+        log_prior = F.log_softmax(self.code_prior[kind], dim=-1)
+        alpha = gain / (2 * cfg.sigma2) + log_prior
         # A gate is worth opening when the code's expected log-likelihood gain beats its rate.
-        q = F.softmax(alpha, dim=-1)
-        value = (q * (gain / (2 * cfg.sigma2) + log_prior)).sum(-1)
-        return alpha, value + self.gate_prior[kind, slot] + corr[:, -1]
+        value = (F.softmax(alpha, dim=-1) * alpha).sum(-1)
+        return alpha, value + self.gate_prior[kind, slot], gain
 
     def encode(
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inference: x, p, mask ([B, D]), key ([B]) -> codes (int64, [B, L]) and gates
-        (bool, [B, L]). Gates close for good: the open slots are a prefix, so a measurement
-        sends its count of codes and then the codes of slots 0 .. count - 1."""
+        (bool, [B, L]); slot l codes what slots < l left. Gates close for good: the open
+        slots are a prefix, and the code is the multiset of their words."""
         r = (x - p) * mask
         alive = torch.ones(key.shape, dtype=torch.bool)
         codes, gates = [], []
         for slot in range(self.cfg.L):
-            alpha, gate = self.slot_logits(r, p, mask, key, slot)
+            alpha, gate, gain = self.slot_logits(r, mask, key, slot)
             c = alpha.argmax(-1)
             if self.cfg.gates:
-                alive = alive & (gate > 0)
-            r = r - alive.unsqueeze(-1) * self.codebook[slot, c] * mask
+                # A word that would not bring x̂ closer to x is never sent: the error of a
+                # measurement only shrinks slot by slot, so the closed loop cannot drift.
+                helps = gain.gather(1, c.unsqueeze(1)).squeeze(1) > 0
+                alive = alive & (gate > 0) & helps
+            r = r - alive.unsqueeze(-1) * self.codebook[c] * mask
             codes.append(c)
             gates.append(alive)
         return torch.stack(codes, 1), torch.stack(gates, 1)
 
     def decode(self, p: torch.Tensor, codes: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """p ([B, D]), codes ([B, L]), gates ([B, L]) -> x̂ = p + sum of the open codewords."""
-        slots = torch.arange(self.cfg.L).expand_as(codes)
-        return p + (self.codebook[slots, codes] * gates.unsqueeze(-1)).sum(1)
+        return p + (self.codebook[codes] * gates.unsqueeze(-1)).sum(1)
 
     def loss(
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, tau: float
@@ -155,22 +172,21 @@ class TemporalSDLGM(nn.Module):
         kind = (1 - key).long()
         rate = torch.zeros(x.shape[0])
         alive = torch.ones(x.shape[0])
+        log_prior = F.log_softmax(self.code_prior[kind], -1)
         for slot in range(cfg.L):
-            alpha, gate = self.slot_logits(r, p, mask, key, slot)
+            alpha, gate, _ = self.slot_logits(r, mask, key, slot)
             c = _sample(alpha, tau, hard)
             q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
+            on = torch.ones_like(gate)
             if cfg.gates:
                 prior_on = torch.sigmoid(self.gate_prior[kind, slot])
                 rate = rate + alive * _bernoulli_kl(q_on, prior_on)
                 on = _sample(torch.stack([torch.zeros_like(gate), gate], -1), tau, hard)[:, 1]
-            else:
-                on = torch.ones_like(gate)
             q_c = F.softmax(alpha, -1)
-            log_prior = F.log_softmax(self.code_prior[kind, slot], -1)
             kl_c = (q_c * (torch.log(q_c + 1e-12) - log_prior)).sum(-1)
             rate = rate + alive * q_on * kl_c
             alive = alive * on
-            r = r - alive.unsqueeze(-1) * (c @ self.codebook[slot]) * mask
+            r = r - alive.unsqueeze(-1) * (c @ self.codebook) * mask
         distortion = (r**2).sum(-1)
         loss = distortion / (2 * cfg.sigma2) + rate
         return loss.mean(), {
@@ -250,67 +266,44 @@ def _batch(model: TemporalSDLGM, pairs: Pairs, gen: torch.Generator) -> tuple[to
     return x, p, mask, key
 
 
-def _init_codebook(model: TemporalSDLGM, pairs: Pairs, gen: torch.Generator) -> None:
-    """Slot l starts from real residuals shrunk by ``SHRINK**l`` (each slot refines the one
-    before); slot 0 also gets whole measurements for the key measurements."""
-    L, K = model.cfg.L, model.cfg.K
-    with torch.no_grad():
-        for slot in range(L):
-            idx = torch.randint(len(pairs.x), (K,), generator=gen)
-            words = (pairs.x[idx] - pairs.prev[idx]) * pairs.mask[idx]
-            if slot == 0:
-                keys = torch.rand(K, generator=gen) < 0.25
-                words[keys] = (pairs.x[idx] * pairs.mask[idx])[keys]
-            model.codebook[slot] = words * SHRINK**slot
+def lattice_step(snr_db: float) -> float:
+    """The lattice step whose uniform quantisation error (step² / 12 per KPI) is the
+    distortion aimed at."""
+    return math.sqrt(12.0 * 10.0 ** (-snr_db / 10.0))
 
 
-def _revive(
-    model: TemporalSDLGM, counts: torch.Tensor, r: torch.Tensor, gen: torch.Generator
-) -> int:
-    """Dead codewords (unused since the last check) restart at residuals the model coded
-    worst, shrunk to their slot's scale (the codebook reset of VQ training); returns how many
-    were revived."""
-    worst = torch.argsort((r**2).sum(-1), descending=True)[: max(len(r) // 8, 1)]
-    revived = 0
-    with torch.no_grad():
-        for slot in range(model.cfg.L):
-            dead = torch.nonzero(counts[slot] == 0).squeeze(-1)
-            if len(dead) == 0:
-                continue
-            pick = worst[torch.randint(len(worst), (len(dead),), generator=gen)]
-            model.codebook[slot, dead] = r[pick] * SHRINK**slot
-            mean = model.code_prior[:, slot].mean(-1, keepdim=True)
-            model.code_prior[:, slot, dead] = mean
-            revived += len(dead)
-    return revived
-
-
-@torch.no_grad()
-def _count_usage(
-    model: TemporalSDLGM,
-    counts: torch.Tensor,
-    x: torch.Tensor,
-    p: torch.Tensor,
-    mask: torch.Tensor,
-    key: torch.Tensor,
-) -> None:
-    """Add how often each codeword of each slot is used on a batch to `counts` ([L, K])."""
-    codes, gates = model.encode(x, p, mask, key)
-    for slot in range(model.cfg.L):
-        counts[slot] += torch.bincount(codes[gates[:, slot], slot], minlength=model.cfg.K)
+def lattice_words(pairs: Pairs, step: float) -> torch.Tensor:
+    """One-KPI moves (shape: [K, D]): for each KPI and sign, ``±step, ±2 step, ...`` up to
+    the largest level that at least a MIN_USES share of that KPI's nonzero training moves
+    reach (at least one level), KPI by KPI, up before down. A move beyond the top level takes
+    more than one word; levels nobody uses are not in the book."""
+    r = ((pairs.x - pairs.prev) * pairs.mask).numpy()
+    words = []
+    for j in range(r.shape[1]):
+        q = np.rint(r[:, j] / step)
+        q = q[q != 0]
+        for sign in (1.0, -1.0):
+            mag = np.sort(q[np.sign(q) == sign] * sign)
+            top = int(mag[int(len(mag) * (1 - MIN_USES))]) if len(mag) else 1
+            for level in range(1, max(top, 1) + 1):
+                w = np.zeros(r.shape[1], dtype=np.float32)
+                w[j] = sign * level * step
+                words.append(w)
+    return torch.from_numpy(np.stack(words))
 
 
 def train_temporal(
     cfg: TemporalConfig, xs: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 ) -> TemporalSDLGM:
-    """Fit the codec on training sessions (normalised, 0 where missing)."""
+    """Fit the codec on training sessions (normalised, 0 where missing): the lattice from
+    the data, then the priors by the ELBO. The returned model's cfg carries the lattice's K."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = make_pairs(xs, masks)
-    model = TemporalSDLGM(cfg)
-    _init_codebook(model, pairs, gen)
+    words = lattice_words(pairs, lattice_step(cfg.snr_db))
+    cfg = replace(cfg, K=len(words))
+    model = TemporalSDLGM(cfg, words)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    counts = torch.zeros(cfg.L, cfg.K)
     for step in range(cfg.steps):
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
         x, p, mask, key = _batch(model, pairs, gen)
@@ -318,13 +311,7 @@ def train_temporal(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step < cfg.steps * 0.8 and step % 50 == 49:
-            _count_usage(model, counts, x, p, mask, key)
-            if step % 200 == 199:
-                revived = _revive(model, counts, (x - p) * mask, gen)
-                counts.zero_()
-                log.debug("step %d: revived %d dead codewords", step, revived)
-        if step % 250 == 0 or step == cfg.steps - 1:
+        if step % 100 == 0 or step == cfg.steps - 1:
             log.debug(
                 "step %d tau %.2f loss %.2f mse %.5f rate %.2f bits",
                 step,

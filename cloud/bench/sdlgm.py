@@ -9,14 +9,17 @@ Families, each at every L of the sweep:
   per-measurement SDLGM of `cloud.model` does).
 
 L sets the operating point too: the decoder variance aims at ``15 + 5 log2 L`` dB (15, 20,
-25, 30 dB for L = 1, 2, 4, 8), since more codes only pay where finer fidelity is asked for.
+25, 30 dB for L = 1, 2, 4, 8), since more codes only pay where finer fidelity is asked for;
+"sdlgm" is also run at the largest L for every target in RD_SWEEP, its rate-distortion curve.
 
 The payload of a frame is entropy coded with tables fixed at training time (from the codes
-of the training stream, add-one smoothed): per measurement its count of open codes (a table
-for key measurements, one for the rest; the open slots are a prefix), then the codeword index
-of each open slot (one table per kind and slot), in one range coder (`constriction`); the
-frame costs every flushed 32-bit word. Without gates the count is not sent (always L). The
-reconstruction is decoded from those words.
+of the training stream, add-one smoothed), all in one range coder (`constriction`); the frame
+costs every flushed 32-bit word. A measurement's words, sorted by the KPI they move, are sent
+as a sequence: the next KPI given the previous one in this measurement (or "none yet"), with
+a stop symbol (left out once L words are sent), then which of that KPI's words; separate
+tables for key measurements and the rest. Which KPIs move together is what the sequence
+tables learn, so a joint move costs less than its parts sent alone. The reconstruction is
+decoded from those words.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from collections.abc import Sequence
 
 import constriction
 import numpy as np
-import torch
 
 from ..temporal import Codes, TemporalConfig, TemporalSDLGM, code_frames, train_temporal
 from .entropy import SymbolTable
@@ -40,7 +42,9 @@ FAMILIES = {
     "sdlgm-relaxed": {"estimator": "relaxed"},
     "sdlgm-memoryless": {"context": False},
 }
-TABLE_SAMPLE = 300  # training frames whose codes fit the entropy tables
+TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
+MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
+RD_SWEEP = (15.0, 20.0, 25.0, 30.0, 35.0)  # dB aimed at along the curve at the largest L
 
 
 def target_snr_db(L: int) -> float:
@@ -54,45 +58,67 @@ class SDLGMCodec:
     lossy = True
     seeded = True
 
-    def __init__(self, family: str, L: int, K: int, steps: int, batch: int) -> None:
+    def __init__(
+        self, family: str, L: int, steps: int, batch: int, snr_db: float | None = None
+    ) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown SDLGM family {family!r}; one of {sorted(FAMILIES)}")
         self.family = family
         self.L = L
-        self.setting = f"L={L}, K={K}, {target_snr_db(L):.0f} dB"
-        self._cfg = dict(L=L, K=K, steps=steps, batch=batch, snr_db=target_snr_db(L))
+        snr = target_snr_db(L) if snr_db is None else snr_db
+        self.setting = f"L={L}, {snr:g} dB lattice"
+        self._cfg = dict(L=L, steps=steps, batch=batch, snr_db=snr)
         self._cfg.update(FAMILIES[family])
         self.model: TemporalSDLGM | None = None
-        self._count_tables: list[SymbolTable] = []
-        self._index_tables: list[list[SymbolTable]] = []
+        self._kpi_tables: list[list[SymbolTable]] = []  # [kind][previous KPI or D]
+        self._word_tables: list[list[SymbolTable]] = []  # [kind][KPI]
+        self._group = np.zeros(0, dtype=np.int64)  # the KPI each word moves
+        self._local = np.zeros(0, dtype=np.int64)  # its index among that KPI's words
+        self._words: list[np.ndarray] = []  # per KPI, its words
         self._used: np.ndarray = np.zeros(0, dtype=bool)
         self._nnz: list[np.ndarray] = []
 
     def fit(self, train: TrainData, seed: int) -> None:
         cfg = TemporalConfig(D=train.D, frame=FRAME, seed=seed, **self._cfg)  # type: ignore[arg-type]
-        self.model = train_temporal(cfg, train.x, train.mask)
+        model = train_temporal(cfg, train.x, train.mask)
         pieces = [
             (x[c], m[c]) for x, m in zip(train.x, train.mask, strict=True) for c in frames(len(x))
         ]
-        step = max(len(pieces) // TABLE_SAMPLE, 1)
-        coded = code_frames(self.model, pieces[::step])
-        self._fit_tables(coded)
-        self._used = np.zeros((cfg.L, cfg.K), dtype=bool)
+        sample = pieces[:: max(len(pieces) // TABLE_SAMPLE, 1)]
+        # Dead words (used fewer than MIN_WORD_USES times on the training sample) are pruned
+        # before the tables are fitted, as VQ training resets dead codes.
+        uses = np.zeros(model.cfg.K)
+        for c in code_frames(model, sample):
+            uses += np.bincount(c.codes[c.gates], minlength=model.cfg.K)
+        self.model = model.pruned(np.flatnonzero(uses >= MIN_WORD_USES))
+        self._fit_tables(code_frames(self.model, sample))
+        self._used = np.zeros(self.model.cfg.K, dtype=bool)
         self._nnz = []
 
     def _fit_tables(self, coded: Sequence[Codes]) -> None:
-        cfg = self._model().cfg
-        counts = np.zeros((2, cfg.L + 1))
-        indices = np.zeros((2, cfg.L, cfg.K))
+        model = self._model()
+        D, K = model.cfg.D, model.cfg.K
+        self._group = model.codebook.abs().argmax(1).numpy().astype(np.int64)
+        self._words = [np.flatnonzero(self._group == j) for j in range(D)]
+        self._local = np.zeros(K, dtype=np.int64)
+        for ids in self._words:
+            self._local[ids] = np.arange(len(ids))
+        kpi = np.zeros((2, D + 1, D + 1))
+        word = [[np.zeros(max(len(ids), 1)) for ids in self._words] for _ in range(2)]
         for c in coded:
-            nnz = c.gates.sum(1)
-            for kind, rows in enumerate((c.key, ~c.key)):
-                counts[kind] += np.bincount(nnz[rows], minlength=cfg.L + 1)
-                for slot in range(cfg.L):
-                    used = c.codes[rows, slot][c.gates[rows, slot]]
-                    indices[kind, slot] += np.bincount(used, minlength=cfg.K)
-        self._count_tables = [SymbolTable.from_counts(n) for n in counts]
-        self._index_tables = [[SymbolTable.from_counts(n) for n in kind] for kind in indices]
+            for t, kind in enumerate(np.where(c.key, 0, 1)):
+                prev = D
+                for w in self._sorted(c.codes[t][c.gates[t]]):
+                    g = self._group[w]
+                    kpi[kind, prev, g] += 1
+                    word[kind][g][self._local[w]] += 1
+                    prev = g
+                kpi[kind, prev, D] += 1
+        self._kpi_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in kpi]
+        self._word_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in word]
+
+    def _sorted(self, words: np.ndarray) -> np.ndarray:
+        return words[np.lexsort((words, self._group[words]))]
 
     def _model(self) -> TemporalSDLGM:
         if self.model is None:
@@ -108,43 +134,49 @@ class SDLGMCodec:
 
     def _send(self, codes: Codes) -> Coded:
         """Entropy code one frame's codes, decode them back, reconstruct from what arrived."""
-        model = self._model()
-        nnz = codes.gates.sum(1)
+        cfg = self._model().cfg
         kinds = np.where(codes.key, 0, 1)
         encoder = constriction.stream.queue.RangeEncoder()
-        if model.cfg.gates:
-            for n, kind in zip(nnz, kinds, strict=True):
-                encoder.encode(int(n), self._count_tables[kind].model)
-        for c, n, kind in zip(codes.codes, nnz, kinds, strict=True):
-            for slot in range(n):
-                encoder.encode(int(c[slot]), self._index_tables[kind][slot].model)
+        for c, g, kind in zip(codes.codes, codes.gates, kinds, strict=True):
+            prev, words = cfg.D, self._sorted(c[g])
+            for w in words:
+                encoder.encode(int(self._group[w]), self._kpi_tables[kind][prev].model)
+                encoder.encode(int(self._local[w]), self._word_tables[kind][self._group[w]].model)
+                prev = self._group[w]
+            if len(words) < cfg.L:
+                encoder.encode(cfg.D, self._kpi_tables[kind][prev].model)
         words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
         arrived = self._receive(words, kinds)
         for idx in arrived:
-            self._used[np.arange(len(idx)), idx] = True
-        self._nnz.append(nnz)
+            self._used[idx] = True
+        self._nnz.append(np.array([len(a) for a in arrived]))
         return Coded(recon=self._reconstruct(arrived, codes.key), bits=32 * int(words.size))
 
     def _receive(self, words: np.ndarray, kinds: np.ndarray) -> list[np.ndarray]:
-        """The decoder's side: each measurement's count, then its open slots' indices."""
+        """The decoder's side: per measurement, KPI then word, until stop or L words."""
         cfg = self._model().cfg
         decoder = constriction.stream.queue.RangeDecoder(words)
-        if cfg.gates:
-            counts = [int(decoder.decode(self._count_tables[k].model)) for k in kinds]
-        else:
-            counts = [cfg.L] * len(kinds)
-        return [
-            np.array([decoder.decode(self._index_tables[k][s].model) for s in range(n)], np.int64)
-            for n, k in zip(counts, kinds, strict=True)
-        ]
+        out = []
+        for kind in kinds:
+            got: list[int] = []
+            prev = cfg.D
+            while len(got) < cfg.L:
+                g = int(decoder.decode(self._kpi_tables[kind][prev].model))
+                if g == cfg.D:
+                    break
+                local = int(decoder.decode(self._word_tables[kind][g].model))
+                got.append(int(self._words[g][local]))
+                prev = g
+            out.append(np.array(got, dtype=np.int64))
+        return out
 
     def _reconstruct(self, arrived: Sequence[np.ndarray], key: np.ndarray) -> np.ndarray:
-        """x̂_t = x̂_{t-1} (0 at a key measurement) + the codewords of the open slots."""
-        book = self._model().codebook.detach().double().numpy()  # [L, K, D]
-        out = np.zeros((len(arrived), book.shape[2]))
-        prev = np.zeros(book.shape[2])
+        """x̂_t = x̂_{t-1} (0 at a key measurement) + the codewords that arrived."""
+        book = self._model().codebook.double().numpy()
+        out = np.zeros((len(arrived), book.shape[1]))
+        prev = np.zeros(book.shape[1])
         for t, idx in enumerate(arrived):
-            prev = (0.0 if key[t] else prev) + book[np.arange(len(idx)), idx].sum(0)
+            prev = (0.0 if key[t] else prev) + book[idx].sum(0)
             out[t] = prev
         return out
 
@@ -153,13 +185,18 @@ class SDLGMCodec:
         return {
             "mean_nonzeros": float(nnz.mean()),
             "max_nonzeros": float(nnz.max()),
-            # Over all L * K codewords (one book of K per slot).
             "codewords_unused_share": float(1.0 - self._used.mean()),
+            "K": float(self._model().cfg.K),
         }
 
 
 def sdlgm_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[SDLGMCodec]:
-    """Every family at every L; `quick` trains briefly (tests)."""
-    steps, batch = (40, 256) if quick else (400, 512)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    return [SDLGMCodec(f, L, K, steps, batch) for f in FAMILIES for L in Ls]
+    """Every family at every L, and "sdlgm" also along its rate-distortion curve at the
+    largest L (targets RD_SWEEP dB); `quick` trains briefly (tests). K is not used: the
+    codebook is the lattice the training data needs at each fidelity (its size is in
+    stats())."""
+    steps, batch = (30, 256) if quick else (150, 512)
+    methods = [SDLGMCodec(f, L, steps, batch) for f in FAMILIES for L in Ls]
+    top = max(Ls)
+    sweep = [s for s in RD_SWEEP if s != target_snr_db(top)] if not quick else []
+    return methods + [SDLGMCodec("sdlgm", top, steps, batch, snr_db=s) for s in sweep]

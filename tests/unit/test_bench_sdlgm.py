@@ -39,7 +39,7 @@ def train_data(seed: int = 0) -> TrainData:
 
 
 def small_config(**kw: object) -> TemporalConfig:
-    base: dict[str, object] = {"D": D, "L": 3, "K": 32, "steps": 150, "batch": 256, "snr_db": 25}
+    base: dict[str, object] = {"D": D, "L": 3, "steps": 60, "batch": 256, "snr_db": 25}
     base.update(kw)
     return TemporalConfig(**base)  # type: ignore[arg-type]
 
@@ -96,6 +96,7 @@ def test_training_is_deterministic_in_the_seed() -> None:
     a = train_temporal(cfg, data.x, data.mask)
     b = train_temporal(cfg, data.x, data.mask)
     assert torch.equal(a.codebook, b.codebook)
+    assert torch.equal(a.code_prior, b.code_prior)
 
 
 def test_the_ablations_differ_as_named() -> None:
@@ -103,13 +104,14 @@ def test_the_ablations_differ_as_named() -> None:
     assert target_snr_db(1) == 15.0 and target_snr_db(8) == 30.0
     methods = sdlgm_methods((1, 2), K=16, quick=True)
     assert {m.family for m in methods} == set(FAMILIES)
+    assert len(sdlgm_methods((1, 2), K=16)) == len(FAMILIES) * 2 + 4  # the curve at L = 2
     assert all(m.lossy and m.seeded for m in methods)
 
 
 @pytest.fixture(scope="module")
 def fitted() -> SDLGMCodec:
     torch.set_num_threads(1)
-    codec = SDLGMCodec("sdlgm", L=2, K=32, steps=120, batch=256)
+    codec = SDLGMCodec("sdlgm", L=2, steps=60, batch=256)
     codec.fit(train_data(), seed=0)
     return codec
 
@@ -149,6 +151,6 @@ def test_stats_report_sparsity_and_dead_codewords(fitted: SDLGMCodec) -> None:
 
 def test_coding_before_fit_is_a_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="fit before coding"):
-        SDLGMCodec("sdlgm", L=1, K=8, steps=1, batch=8).code_frame(
+        SDLGMCodec("sdlgm", L=1, steps=1, batch=8).code_frame(
             np.zeros((2, D)), np.ones((2, D), bool)
         )
