@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 from sklearn.decomposition import MiniBatchDictionaryLearning, sparse_encode
-from torch import nn
 
 from .method import Coded, Method, TrainData, UniformQuantiser
+from .sae import SAEOptions, train_sae
 
 __all__ = [
     "FitCache",
@@ -40,7 +39,6 @@ __all__ = [
 
 QUANT_ROWS = 20_000  # training rows whose coefficients fit the quantiser ranges
 MIN_ATOM_COUNT = 16  # fewer training coefficients than this: the atom uses the pooled range
-DECAY_SHARE = 0.3  # the SAE's learning rate falls linearly to 0 over this last share of steps
 SAE_STEPS, SAE_STEPS_QUICK = 3_000, 300
 OMP_ROWS, OMP_ROWS_QUICK = 20_000, 2_000
 
@@ -218,118 +216,6 @@ class _SparseCodec:
         raise NotImplementedError
 
 
-class _SAE(nn.Module):
-    """TopK autoencoder: `b_pre` (shape: [D]), `W_enc` (shape: [K, D]), `b_enc` (shape: [K]),
-    `W_dec` (shape: [D, K]) with unit-norm columns; W_enc starts as W_dec transposed."""
-
-    def __init__(self, b_pre: torch.Tensor, K: int, gen: torch.Generator) -> None:
-        super().__init__()
-        w = torch.randn(len(b_pre), K, generator=gen)
-        w /= w.norm(dim=0)
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.T.clone())
-        self.b_enc = nn.Parameter(torch.zeros(K))
-        self.b_pre = nn.Parameter(b_pre.clone())
-
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows (shape: [n, D]) -> ReLU latents before TopK (shape: [n, K])."""
-        return torch.relu((x - self.b_pre) @ self.W_enc.T + self.b_enc)
-
-    def decode(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Sparse latents (vals, idx: [n, k]) -> W_dec z (shape: [n, D]), without b_pre."""
-        dense = torch.zeros(len(vals), self.W_dec.shape[1]).scatter(1, idx, vals)
-        return dense @ self.W_dec.T
-
-    @torch.no_grad()
-    def renormalise_(self) -> None:
-        """Unit-norm decoder columns, and no gradient along them (the norm is fixed)."""
-        if self.W_dec.grad is not None:
-            along = (self.W_dec.grad * self.W_dec).sum(dim=0)
-            self.W_dec.grad -= along * self.W_dec
-        self.W_dec /= self.W_dec.norm(dim=0)
-
-
-@dataclass(frozen=True)
-class _SAEOptions:
-    L: int
-    K: int
-    steps: int
-    batch: int
-    lr: float
-    aux_coef: float
-    aux_k: int
-    dead_steps: int
-
-
-def _aux_loss(
-    sae: _SAE,
-    latents: torch.Tensor,
-    resid: torch.Tensor,
-    m: torch.Tensor,
-    dead: torch.Tensor,
-    aux_k: int,
-) -> torch.Tensor:
-    """AuxK: the top `aux_k` dead latents reconstruct the main residual (resid, m: [n, D]),
-    normalised by the residual's own energy."""
-    k = min(aux_k, int(dead.sum()))
-    vals, idx = latents.masked_fill(~dead, 0.0).topk(k, dim=1)
-    err = (sae.decode(vals, idx) - resid) * m
-    return (err**2).sum() / (resid**2).sum().clamp_min(1e-12)
-
-
-def _sae_loss(
-    sae: _SAE,
-    x: torch.Tensor,
-    m: torch.Tensor,
-    since_fired: torch.Tensor,
-    opt: _SAEOptions,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch (x, m: [batch, D]): the masked reconstruction loss, plus AuxK/32 once some
-    latents have not fired for `dead_steps`; and the steps since each latent fired ([K])."""
-    latents = sae.latents(x)
-    vals, idx = latents.topk(opt.L, dim=1)
-    resid = (x - sae.decode(vals, idx) - sae.b_pre) * m
-    loss = scale * (resid**2).sum() / m.sum().clamp_min(1.0)
-    fired = torch.zeros(opt.K, dtype=torch.bool).index_fill(0, idx[vals > 0], True)
-    since_fired = torch.where(fired, 0, since_fired + 1)
-    dead = since_fired > opt.dead_steps
-    if opt.aux_coef > 0 and bool(dead.any()):
-        loss = loss + opt.aux_coef * _aux_loss(sae, latents, resid.detach(), m, dead, opt.aux_k)
-    return loss, since_fired
-
-
-def _train_sae(x: np.ndarray, mask: np.ndarray, opt: _SAEOptions, seed: int) -> _Atoms:
-    """Adam on `_sae_loss` over random batches of rows (x, mask: [N, D]), the learning rate
-    decaying to 0 over the last steps; the decoder kept unit norm throughout."""
-    gen = torch.Generator().manual_seed(seed)
-    X, M = torch.from_numpy(x).float(), torch.from_numpy(mask).float()
-    observed = np.where(mask, x, np.nan)
-    sae = _SAE(torch.from_numpy(np.nan_to_num(np.nanmedian(observed, axis=0))).float(), opt.K, gen)
-    scale = 1.0 / max(float(np.nanvar(observed, axis=0).mean()), 1e-12)
-    adam = torch.optim.Adam(sae.parameters(), lr=opt.lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        adam, lambda step: min(1.0, (opt.steps - step) / (DECAY_SHARE * opt.steps))
-    )
-    since_fired = torch.zeros(opt.K, dtype=torch.long)
-    for _ in range(opt.steps):
-        rows = torch.randint(len(X), (opt.batch,), generator=gen)
-        loss, since_fired = _sae_loss(sae, X[rows], M[rows], since_fired, opt, scale)
-        adam.zero_grad()
-        loss.backward()
-        sae.renormalise_()
-        adam.step()
-        decay.step()
-        sae.renormalise_()
-    atoms = sae.W_dec.detach().double().numpy().T  # unit norm in float64 too
-    return _Atoms(
-        offset=sae.b_pre.detach().double().numpy(),
-        atoms=atoms / np.linalg.norm(atoms, axis=1, keepdims=True),
-        enc_weight=sae.W_enc.detach().double().numpy(),
-        enc_bias=sae.b_enc.detach().double().numpy(),
-    )
-
-
 class TopKSAE(_SparseCodec):
     """TopK sparse autoencoder (Gao et al. 2024): z = TopK_L(ReLU(W_enc (x - b_pre) + b_enc)),
     x̂ = W_dec ẑ + b_pre with ẑ the quantised z. `aux_coef=0` turns AuxK off; `aux_k` defaults
@@ -367,9 +253,10 @@ class TopKSAE(_SparseCodec):
     def _learn(self, x: np.ndarray, mask: np.ndarray, seed: int) -> _Atoms:
         steps, batch, lr, aux_coef, aux_k, dead_steps = self._options
         aux_k = aux_k if aux_k is not None else max(1, x.shape[1] // 2)
-        options = _SAEOptions(self.L, self.K, steps, batch, lr, aux_coef, aux_k, dead_steps)
+        options = SAEOptions(self.L, self.K, steps, batch, lr, aux_coef, aux_k, dead_steps)
         keep = mask.any(axis=1)
-        return _train_sae(x[keep], mask[keep], options, seed)
+        w = train_sae(x[keep], mask[keep], options, seed)
+        return _Atoms(w.offset, w.atoms, w.enc_weight, w.enc_bias)
 
     def _sparse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         model = self._fitted_atoms()
