@@ -3,15 +3,17 @@
 Telemetry at 1 Hz barely changes between measurements, so the codec codes each measurement
 against the decoder's previous reconstruction (the prediction ``p``), not alone:
 
-- prediction ``p_t = x̂_{t-1}``; the first measurement of a frame is a key measurement with
-  ``p = 0`` (the training mean), so every frame decodes on its own and a lost frame costs
-  only itself (video codecs' key frames);
+- prediction ``p_t = x̂_{t-1}``; the first measurement of a frame is a key measurement,
+  coded without context: its first word is the nearest of KEY_WORDS whole-measurement words
+  (k-means centroids of the training measurements) and it has L - 1 words left, so every
+  frame decodes on its own and a lost frame costs only itself (video codecs' key frames);
 - the residual ``r = x_t - p_t`` is coded as a bag of at most L codewords from a codebook of
   K: slot l picks ``c_l`` and a gate ``s_l``, and ``x̂_t = p_t + sum_l s_l C[c_l]`` (the
   paper's ``z = sum_l s_l c_l`` read by a linear decoder on top of the prediction);
 - the codebook is a lattice of one-KPI moves (KPI j up or down by 1, 2, ... steps) holding
-  the levels the training residuals use (`lattice_words`); the step is set by the fidelity
-  aimed at, ``step² / 12 = σ²``;
+  the levels the training residuals use (`lattice_words`); the step follows the fidelity
+  aimed at, ``STEP_SCALE * sqrt(12 σ²)`` (a lattice finer than σ² alone asks for, with the
+  gates' dead zone, gave more SNR per bit on the validation sessions);
 - inference is the model's exact posterior, slot by slot: ``alpha_lk = (||r_l||² - ||r_l -
   C_k||²) / 2σ² + log p(k)`` with ``r_l`` the residual left after slots < l, and the gate
   opens when the best word's likelihood gain beats its rate under the learned priors (and the
@@ -57,7 +59,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+STEP_SCALE = 0.6  # lattice step relative to the σ² it serves; chosen on validation sessions
 HISTORY = 4  # measurements coded closed loop before each training measurement
+KEY_WORDS = 256  # whole-measurement words a key measurement starts from
+KMEANS_ROWS = 50_000  # training measurements the key words are fitted on
 MIN_USES = 0.01  # share of a KPI's training moves beyond which its lattice stops
 
 
@@ -97,15 +102,20 @@ class TemporalConfig:
 
 
 class TemporalSDLGM(nn.Module):
-    """Codebook C (shape: [K, D], fixed), code priors per kind of measurement (key,
-    context) and gate priors per slot (learned), and the sequential slot encoder."""
+    """Codebook C (shape: [K, D]) and key words (shape: [KEY_WORDS, D]), both fixed; code
+    priors per kind of measurement (key, context) and gate priors per slot (learned); the
+    sequential slot encoder."""
 
-    def __init__(self, cfg: TemporalConfig, codebook: torch.Tensor) -> None:
+    def __init__(self, cfg: TemporalConfig, codebook: torch.Tensor, keys: torch.Tensor) -> None:
         super().__init__()
-        if codebook.shape != (cfg.K, cfg.D):
-            raise ValueError(f"codebook must be [{cfg.K}, {cfg.D}], got {list(codebook.shape)}")
+        if codebook.shape != (cfg.K, cfg.D) or keys.ndim != 2 or keys.shape[1] != cfg.D:
+            raise ValueError(
+                f"codebook must be [{cfg.K}, {cfg.D}] and key words [*, {cfg.D}], got "
+                f"{list(codebook.shape)} and {list(keys.shape)}"
+            )
         self.cfg = cfg
         self.register_buffer("codebook", codebook.float())
+        self.register_buffer("keys", keys.float())
         self.code_prior = nn.Parameter(torch.zeros(2, cfg.K))  # [key, context] logits
         self.gate_prior = nn.Parameter(torch.zeros(2, cfg.L))  # logit of P(s_l = 1)
 
@@ -113,11 +123,16 @@ class TemporalSDLGM(nn.Module):
         """The model with only the words `keep` (int64 indices), priors carried over: dead
         words go, and the moves they coded fall to the words that stay."""
         cfg = replace(self.cfg, K=len(keep))
-        model = TemporalSDLGM(cfg, self.codebook[torch.from_numpy(keep)].clone())
+        model = TemporalSDLGM(cfg, self.codebook[torch.from_numpy(keep)].clone(), self.keys)
         with torch.no_grad():
             model.code_prior.copy_(self.code_prior[:, torch.from_numpy(keep)])
             model.gate_prior.copy_(self.gate_prior)
         return model
+
+    def key_word(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The nearest key word (int64, [B]) to each measurement (x, mask: [B, D])."""
+        dist = ((x.unsqueeze(1) - self.keys.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
+        return dist.argmin(-1)
 
     def slot_logits(
         self, r: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
@@ -139,14 +154,17 @@ class TemporalSDLGM(nn.Module):
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inference: x, p, mask ([B, D]), key ([B]) -> codes (int64, [B, L]) and gates
-        (bool, [B, L]); slot l codes what slots < l left. Gates close for good: the open
+        (bool, [B, L]); slot l codes what slots < l left; p of a key measurement is its key
+        word, and it opens at most L - 1 gates. Gates close for good: the open
         slots are a prefix, and the code is the multiset of their words."""
         r = (x - p) * mask
         alive = torch.ones(key.shape, dtype=torch.bool)
+        limit = self.cfg.L - key  # a key measurement's key word is one of its L
         codes, gates = [], []
         for slot in range(self.cfg.L):
             alpha, gate, gain = self.slot_logits(r, mask, key, slot)
             c = alpha.argmax(-1)
+            alive = alive & (slot < limit)
             if self.cfg.gates:
                 # A word that would not bring x̂ closer to x is never sent: the error of a
                 # measurement only shrinks slot by slot, so the closed loop cannot drift.
@@ -174,6 +192,7 @@ class TemporalSDLGM(nn.Module):
         alive = torch.ones(x.shape[0])
         log_prior = F.log_softmax(self.code_prior[kind], -1)
         for slot in range(cfg.L):
+            alive = alive * (slot < cfg.L - key).float()
             alpha, gate, _ = self.slot_logits(r, mask, key, slot)
             c = _sample(alpha, tau, hard)
             q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
@@ -262,14 +281,15 @@ def _batch(model: TemporalSDLGM, pairs: Pairs, gen: torch.Generator) -> tuple[to
     key = (torch.rand(cfg.batch, generator=gen) < 1.0 / cfg.frame).float()
     if not cfg.context:
         key = torch.ones(cfg.batch)
-    p = _context(model, pairs.hist[idx], pairs.hist_mask[idx]) * (1 - key).unsqueeze(-1)
+    p = _context(model, pairs.hist[idx], pairs.hist_mask[idx])
+    p = torch.where(key.bool().unsqueeze(-1), model.keys[model.key_word(x, mask)], p)
     return x, p, mask, key
 
 
 def lattice_step(snr_db: float) -> float:
-    """The lattice step whose uniform quantisation error (step² / 12 per KPI) is the
-    distortion aimed at."""
-    return math.sqrt(12.0 * 10.0 ** (-snr_db / 10.0))
+    """STEP_SCALE times the step whose uniform quantisation error (step² / 12 per KPI) is
+    the distortion aimed at."""
+    return STEP_SCALE * math.sqrt(12.0 * 10.0 ** (-snr_db / 10.0))
 
 
 def lattice_words(pairs: Pairs, step: float) -> torch.Tensor:
@@ -292,6 +312,18 @@ def lattice_words(pairs: Pairs, step: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(words))
 
 
+def key_words(pairs: Pairs, seed: int) -> torch.Tensor:
+    """KEY_WORDS whole-measurement words (shape: [KEY_WORDS, D]): k-means centroids of the
+    fully observed training measurements (scikit-learn), fewer when there are few rows."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    full = pairs.x[pairs.mask.bool().all(-1)].numpy()
+    rows = full if len(full) else pairs.x.numpy()
+    k = max(1, min(KEY_WORDS, len(rows)))
+    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=2048, max_iter=20)
+    return torch.from_numpy(km.fit(rows[:KMEANS_ROWS]).cluster_centers_).float()
+
+
 def train_temporal(
     cfg: TemporalConfig, xs: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 ) -> TemporalSDLGM:
@@ -302,7 +334,7 @@ def train_temporal(
     pairs = make_pairs(xs, masks)
     words = lattice_words(pairs, lattice_step(cfg.snr_db))
     cfg = replace(cfg, K=len(words))
-    model = TemporalSDLGM(cfg, words)
+    model = TemporalSDLGM(cfg, words, key_words(pairs, cfg.seed))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for step in range(cfg.steps):
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
@@ -326,11 +358,13 @@ def train_temporal(
 @dataclass(frozen=True)
 class Codes:
     """A coded stream: per measurement the codes (int64, [N, L]), gates (bool, [N, L]),
-    whether it is a key measurement (bool, [N]) and the reconstruction (float64, [N, D])."""
+    whether it is a key measurement (bool, [N]), its key word (int64, [N], -1 where not a
+    key measurement) and the reconstruction (float64, [N, D])."""
 
     codes: np.ndarray
     gates: np.ndarray
     key: np.ndarray
+    key_word: np.ndarray
     recon: np.ndarray
 
 
@@ -350,21 +384,24 @@ def code_frames(
         X[i, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.float32))
         M[i, : len(x)] = torch.from_numpy(np.asarray(m, dtype=np.float32))
     prev = torch.zeros(B, cfg.D)
-    codes, gates, recon = [], [], []
+    codes, gates, keys, recon = [], [], [], []
     for t in range(n_max):
-        key = torch.full((B,), 1.0 if (t == 0 or not cfg.context) else 0.0)
-        p = prev * (1 - key).unsqueeze(-1)
+        is_key = t == 0 or not cfg.context
+        key = torch.full((B,), 1.0 if is_key else 0.0)
+        kw = model.key_word(X[:, t], M[:, t]) if is_key else torch.full((B,), -1)
+        p = model.keys[kw] if is_key else prev
         c, s = model.encode(X[:, t], p, M[:, t], key)
         x_hat = model.decode(p, c, s)
         codes.append(c)
         gates.append(s)
+        keys.append(kw)
         recon.append(x_hat)
         prev = x_hat
-    C, S, R = torch.stack(codes, 1), torch.stack(gates, 1), torch.stack(recon, 1)
+    C, S, W = torch.stack(codes, 1), torch.stack(gates, 1), torch.stack(keys, 1)
+    R = torch.stack(recon, 1)
     out = []
     for i, (x, _) in enumerate(frames):
         n = len(x)
-        key = np.zeros(n, dtype=bool)
-        key[0 if cfg.context else slice(None)] = True
-        out.append(Codes(C[i, :n].numpy(), S[i, :n].numpy(), key, R[i, :n].double().numpy()))
+        w = W[i, :n].numpy()
+        out.append(Codes(C[i, :n].numpy(), S[i, :n].numpy(), w >= 0, w, R[i, :n].double().numpy()))
     return out

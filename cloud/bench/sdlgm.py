@@ -70,6 +70,7 @@ class SDLGMCodec:
         self._cfg = dict(L=L, steps=steps, batch=batch, snr_db=snr)
         self._cfg.update(FAMILIES[family])
         self.model: TemporalSDLGM | None = None
+        self._key_table: SymbolTable | None = None  # the key word of a key measurement
         self._kpi_tables: list[list[SymbolTable]] = []  # [kind][previous KPI or D]
         self._word_tables: list[list[SymbolTable]] = []  # [kind][KPI]
         self._group = np.zeros(0, dtype=np.int64)  # the KPI each word moves
@@ -90,7 +91,9 @@ class SDLGMCodec:
         uses = np.zeros(model.cfg.K)
         for c in code_frames(model, sample):
             uses += np.bincount(c.codes[c.gates], minlength=model.cfg.K)
-        self.model = model.pruned(np.flatnonzero(uses >= MIN_WORD_USES))
+        keep = np.flatnonzero(uses >= MIN_WORD_USES)
+        # A codec that never opens a gate (memoryless at L = 1: key words only) keeps one.
+        self.model = model.pruned(keep if len(keep) else np.array([int(uses.argmax())]))
         self._fit_tables(code_frames(self.model, sample))
         self._used = np.zeros(self.model.cfg.K, dtype=bool)
         self._nnz = []
@@ -104,7 +107,7 @@ class SDLGMCodec:
         for ids in self._words:
             self._local[ids] = np.arange(len(ids))
         kpi = np.zeros((2, D + 1, D + 1))
-        word = [[np.zeros(max(len(ids), 1)) for ids in self._words] for _ in range(2)]
+        word = [[np.zeros(max(len(ids), 2)) for ids in self._words] for _ in range(2)]
         for c in coded:
             for t, kind in enumerate(np.where(c.key, 0, 1)):
                 prev = D
@@ -115,6 +118,8 @@ class SDLGMCodec:
                     prev = g
                 kpi[kind, prev, D] += 1
         self._kpi_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in kpi]
+        used = np.concatenate([c.key_word[c.key] for c in coded])
+        self._key_table = SymbolTable.fit(used, len(model.keys))
         self._word_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in word]
 
     def _sorted(self, words: np.ndarray) -> np.ndarray:
@@ -137,46 +142,60 @@ class SDLGMCodec:
         cfg = self._model().cfg
         kinds = np.where(codes.key, 0, 1)
         encoder = constriction.stream.queue.RangeEncoder()
-        for c, g, kind in zip(codes.codes, codes.gates, kinds, strict=True):
+        for c, g, kind, kw in zip(codes.codes, codes.gates, kinds, codes.key_word, strict=True):
+            if kw >= 0:
+                encoder.encode(int(kw), self._tables()[0].model)
             prev, words = cfg.D, self._sorted(c[g])
             for w in words:
                 encoder.encode(int(self._group[w]), self._kpi_tables[kind][prev].model)
                 encoder.encode(int(self._local[w]), self._word_tables[kind][self._group[w]].model)
                 prev = self._group[w]
-            if len(words) < cfg.L:
+            if len(words) < cfg.L - (kw >= 0):
                 encoder.encode(cfg.D, self._kpi_tables[kind][prev].model)
         words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
-        arrived = self._receive(words, kinds)
+        key_words, arrived = self._receive(words, codes.key)
         for idx in arrived:
             self._used[idx] = True
-        self._nnz.append(np.array([len(a) for a in arrived]))
-        return Coded(recon=self._reconstruct(arrived, codes.key), bits=32 * int(words.size))
+        self._nnz.append(np.array([len(a) for a in arrived]) + codes.key)
+        recon = self._reconstruct(key_words, arrived)
+        return Coded(recon=recon, bits=32 * int(words.size))
 
-    def _receive(self, words: np.ndarray, kinds: np.ndarray) -> list[np.ndarray]:
-        """The decoder's side: per measurement, KPI then word, until stop or L words."""
+    def _tables(self) -> tuple[SymbolTable, list[list[SymbolTable]], list[list[SymbolTable]]]:
+        if self._key_table is None:
+            raise RuntimeError(f"{self.family} {self.setting}: fit before coding")
+        return self._key_table, self._kpi_tables, self._word_tables
+
+    def _receive(self, words: np.ndarray, key: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+        """The decoder's side: per measurement its key word (key measurements), then KPI and
+        word until stop or its cap of words. Returns key words (-1: none) and words."""
         cfg = self._model().cfg
+        key_table, kpi_tables, word_tables = self._tables()
         decoder = constriction.stream.queue.RangeDecoder(words)
-        out = []
-        for kind in kinds:
+        key_words, out = [], []
+        for is_key in key:
+            kw = int(decoder.decode(key_table.model)) if is_key else -1
+            kind, cap = (0, cfg.L - 1) if is_key else (1, cfg.L)
             got: list[int] = []
             prev = cfg.D
-            while len(got) < cfg.L:
-                g = int(decoder.decode(self._kpi_tables[kind][prev].model))
+            while len(got) < cap:
+                g = int(decoder.decode(kpi_tables[kind][prev].model))
                 if g == cfg.D:
                     break
-                local = int(decoder.decode(self._word_tables[kind][g].model))
+                local = int(decoder.decode(word_tables[kind][g].model))
                 got.append(int(self._words[g][local]))
                 prev = g
+            key_words.append(kw)
             out.append(np.array(got, dtype=np.int64))
-        return out
+        return key_words, out
 
-    def _reconstruct(self, arrived: Sequence[np.ndarray], key: np.ndarray) -> np.ndarray:
-        """x̂_t = x̂_{t-1} (0 at a key measurement) + the codewords that arrived."""
-        book = self._model().codebook.double().numpy()
+    def _reconstruct(self, key_words: Sequence[int], arrived: Sequence[np.ndarray]) -> np.ndarray:
+        """x̂_t = (its key word at a key measurement, else x̂_{t-1}) + the words that arrived."""
+        model = self._model()
+        book, keys = model.codebook.double().numpy(), model.keys.double().numpy()
         out = np.zeros((len(arrived), book.shape[1]))
         prev = np.zeros(book.shape[1])
-        for t, idx in enumerate(arrived):
-            prev = (0.0 if key[t] else prev) + book[idx].sum(0)
+        for t, (kw, idx) in enumerate(zip(key_words, arrived, strict=True)):
+            prev = (keys[kw] if kw >= 0 else prev) + book[idx].sum(0)
             out[t] = prev
         return out
 

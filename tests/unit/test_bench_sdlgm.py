@@ -62,6 +62,16 @@ def test_codes_never_open_more_than_L_gates(trained: TemporalSDLGM) -> None:
     for c in coded:
         assert c.gates.shape == (FRAME, trained.cfg.L)
         assert c.gates.sum(1).max() <= trained.cfg.L
+        # The key word is one of a key measurement's L nonzeros.
+        assert c.gates[0].sum() <= trained.cfg.L - 1
+
+
+def test_only_the_first_measurement_of_a_frame_has_a_key_word(trained: TemporalSDLGM) -> None:
+    x = steady_sessions(9, sessions=1)[0][:FRAME]
+    c = code_frames(trained, [(x, np.ones_like(x, dtype=bool))])[0]
+    assert c.key_word[0] >= 0 and (c.key_word[1:] == -1).all()
+    nearest = ((trained.keys.numpy() - x[0]) ** 2).sum(1).argmin()
+    assert c.key_word[0] == nearest
 
 
 def test_gates_close_on_measurements_that_repeat(trained: TemporalSDLGM) -> None:
@@ -146,6 +156,7 @@ def test_stats_report_sparsity_and_dead_codewords(fitted: SDLGMCodec) -> None:
     fitted.code_frames([(x[c], np.ones_like(x[c], dtype=bool)) for c in frames(len(x))])
     stats = fitted.stats()
     assert 0 <= stats["mean_nonzeros"] <= stats["max_nonzeros"] <= 2
+    assert stats["max_nonzeros"] >= 1  # key measurements count their key word
     assert 0.0 <= stats["codewords_unused_share"] < 1.0
 
 
@@ -154,3 +165,12 @@ def test_coding_before_fit_is_a_runtime_error() -> None:
         SDLGMCodec("sdlgm", L=1, steps=1, batch=8).code_frame(
             np.zeros((2, D)), np.ones((2, D), bool)
         )
+
+
+def test_memoryless_L1_codes_with_key_words_alone() -> None:
+    codec = SDLGMCodec("sdlgm-memoryless", L=1, steps=5, batch=64)
+    codec.fit(train_data(), seed=0)
+    x = steady_sessions(10, sessions=1)[0][:FRAME]
+    coded = codec.code_frame(x, np.ones_like(x, dtype=bool))
+    assert coded.recon.shape == x.shape
+    assert codec.stats()["max_nonzeros"] == 1
