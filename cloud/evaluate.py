@@ -39,7 +39,7 @@ from .export import encode_onnx, export_run
 from .model import Checkpoint
 from .normaliser import Windows, make_windows
 
-__all__ = ["WIRE_BATCH", "WIRE_PERIOD_MS", "evaluate_run"]
+__all__ = ["WIRE_BATCH", "WIRE_PERIOD_MS", "evaluate_run", "target_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _sessions(
     return test.sessions, "test"
 
 
-def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     """(MAE, R²) of `pred` against `y` (both shape: [M])."""
     err = pred - y
     sst = float(np.sum((y - y.mean()) ** 2))
@@ -117,7 +117,7 @@ def _target_metrics(codec: CloudCodec, ckpt: Checkpoint, w: Windows, counts: np.
         ("raw_", np.concatenate(raw)),
         ("persistence_", persistence),
     ):
-        mae, r2 = _scores(y, p)
+        mae, r2 = target_scores(y, p)
         out[f"{name}target_mae"], out[f"{name}target_r2"] = mae, r2
     return out
 

@@ -28,6 +28,7 @@ import torch
 
 from sparsetel.shared.errors import DataError
 
+from ..evaluate import target_scores
 from ..model import ModelConfig, RawPredictor
 from ..normaliser import TargetScaler, Windows, make_windows
 from .dataset import BenchData
@@ -38,7 +39,6 @@ __all__ = [
     "persistence_scores",
     "reference_scores",
     "score_stream",
-    "target_scores",
     "test_windows",
 ]
 
@@ -81,14 +81,6 @@ class KpiPredictor:
                 scaled = self.net(*(torch.from_numpy(a[rows]) for a in inputs))
             out.append(scaled.double().numpy())
         return self.scaler.inverse(np.concatenate(out) if out else np.zeros(0))
-
-
-def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """(MAE, R²) of `pred` against `y` (both shape: [M]), as `cloud.evaluate` computes them."""
-    err = pred - y
-    sst = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(err**2)) / sst if sst > 0 else float("nan")
-    return float(np.mean(np.abs(err))), r2
 
 
 def _windows(data: BenchData, part: int, window: int, horizon: int) -> Windows:
