@@ -39,6 +39,7 @@ __all__ = [
     "Predictor",
     "RawPredictor",
     "TrainTerms",
+    "bernoulli_kl",
 ]
 
 _MIN_SCALE = 0.02  # floor of the learned per-KPI likelihood scale (normalised units)
@@ -230,7 +231,7 @@ class SDLGM(nn.Module):
         # KL(q(s, c) || p(s) p(c | s)) with p(c | s = 0) = q(c | s = 0). Closing a gate thus
         # saves that slot's rate, which lets the number of codes adapt to each measurement.
         kl_code = ((q_c * log_q).sum(-1) + math.log(self.cfg.K)) * q_on
-        kl_gate = _bernoulli_kl(q_on, torch.sigmoid(self.pi_logit))
+        kl_gate = bernoulli_kl(q_on, torch.sigmoid(self.pi_logit))
         mean, nowcast = self.decode(counts)
         return TrainTerms(
             counts=counts,
@@ -273,7 +274,7 @@ def _usage_kl(q_c: torch.Tensor) -> torch.Tensor:
     return (mean * mean.log()).sum(-1).sum() + q_c.shape[1] * math.log(q_c.shape[-1])
 
 
-def _bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     q = q.clamp(eps, 1 - eps)
     p = p.clamp(eps, 1 - eps)
     return q * (q.log() - p.log()) + (1 - q) * ((1 - q).log() - (1 - p).log())

@@ -47,6 +47,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .model import bernoulli_kl
+
 __all__ = [
     "Codes",
     "TemporalConfig",
@@ -199,7 +201,7 @@ class TemporalSDLGM(nn.Module):
             on = torch.ones_like(gate)
             if cfg.gates:
                 prior_on = torch.sigmoid(self.gate_prior[kind, slot])
-                rate = rate + alive * _bernoulli_kl(q_on, prior_on)
+                rate = rate + alive * bernoulli_kl(q_on, prior_on)
                 on = _sample(torch.stack([torch.zeros_like(gate), gate], -1), tau, hard)[:, 1]
             q_c = F.softmax(alpha, -1)
             kl_c = (q_c * (torch.log(q_c + 1e-12) - log_prior)).sum(-1)
@@ -222,11 +224,6 @@ def _sample(logits: torch.Tensor, tau: float, hard: bool) -> torch.Tensor:
         return soft
     hot = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
     return hot + soft - soft.detach()
-
-
-def _bernoulli_kl(q: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    q, p = q.clamp(eps, 1 - eps), p.clamp(eps, 1 - eps)
-    return q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))
 
 
 @dataclass(frozen=True)
