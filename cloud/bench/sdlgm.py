@@ -140,18 +140,19 @@ class SDLGMCodec:
     def _send(self, codes: Codes) -> Coded:
         """Entropy code one frame's codes, decode them back, reconstruct from what arrived."""
         cfg = self._model().cfg
+        key_table, kpi_tables, word_tables = self._tables()
         kinds = np.where(codes.key, 0, 1)
         encoder = constriction.stream.queue.RangeEncoder()
         for c, g, kind, kw in zip(codes.codes, codes.gates, kinds, codes.key_word, strict=True):
             if kw >= 0:
-                encoder.encode(int(kw), self._tables()[0].model)
+                encoder.encode(int(kw), key_table.model)
             prev, words = cfg.D, self._sorted(c[g])
             for w in words:
-                encoder.encode(int(self._group[w]), self._kpi_tables[kind][prev].model)
-                encoder.encode(int(self._local[w]), self._word_tables[kind][self._group[w]].model)
+                encoder.encode(int(self._group[w]), kpi_tables[kind][prev].model)
+                encoder.encode(int(self._local[w]), word_tables[kind][self._group[w]].model)
                 prev = self._group[w]
             if len(words) < cfg.L - (kw >= 0):
-                encoder.encode(cfg.D, self._kpi_tables[kind][prev].model)
+                encoder.encode(cfg.D, kpi_tables[kind][prev].model)
         words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
         key_words, arrived = self._receive(words, codes.key)
         for idx in arrived:
