@@ -48,12 +48,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from .model import bernoulli_kl
+from .normaliser import CLIP
 
 __all__ = [
     "Codes",
+    "Grid",
     "TemporalConfig",
     "TemporalSDLGM",
     "code_frames",
+    "find_grid",
     "lattice_step",
     "lattice_words",
     "train_temporal",
@@ -66,6 +69,7 @@ HISTORY = 4  # measurements coded closed loop before each training measurement
 KEY_WORDS = 256  # whole-measurement words a key measurement starts from
 KMEANS_ROWS = 50_000  # training measurements the key words are fitted on
 MIN_USES = 0.01  # share of a KPI's training moves beyond which its lattice stops
+FINE_LEVELS = 64  # lattice levels of a KPI kept one by one; beyond, two scales (`_levels`)
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,11 @@ class TemporalConfig:
     """Hyperparameters, saved with the weights. `snr_db` sets σ² = 10^(-snr_db/10) (data
     normalised to unit variance): the decoder's variance, i.e. the distortion aimed at. K is
     the lattice's size, set by `train_temporal` from the data (0 before).
-    `estimator`: "st" (straight-through Gumbel-Softmax) or "relaxed" (soft samples in
-    training). `gates` False is the paper's baseline: always L codes. `context` False codes
+    `span`: normalised values lie in [-span, span] (the normaliser clips there), and so does
+    every reconstruction. `weights` (one per KPI, default all 1) scale each KPI's precision: KPI j's decoder
+    variance is σ² / weights[j], so a KPI that matters more (the target the cloud predicts)
+    gets its words first when L is short. `estimator`: "st" (straight-through
+    Gumbel-Softmax) or "relaxed" (soft samples in training). `gates` False is the paper's baseline: always L codes. `context` False codes
     every measurement as a key measurement (no temporal context)."""
 
     D: int
@@ -87,6 +94,8 @@ class TemporalConfig:
     gates: bool = True
     context: bool = True
     frame: int = 50
+    weights: tuple[float, ...] = ()
+    span: float = CLIP
     steps: int = 300
     batch: int = 512
     lr: float = 1e-2
@@ -97,6 +106,8 @@ class TemporalConfig:
             raise ValueError(f"estimator must be 'st' or 'relaxed', got {self.estimator!r}")
         if not (self.D >= 1 and self.L >= 1 and self.K >= 0 and self.steps >= 0):
             raise ValueError(f"D and L must be positive, K and steps not negative: {self}")
+        if self.weights and (len(self.weights) != self.D or min(self.weights) <= 0):
+            raise ValueError(f"weights must be {self.D} positive numbers, got {self.weights}")
 
     @property
     def sigma2(self) -> float:
@@ -116,8 +127,15 @@ class TemporalSDLGM(nn.Module):
                 f"{list(codebook.shape)} and {list(keys.shape)}"
             )
         self.cfg = cfg
+        group = codebook.abs().argmax(1) if cfg.K else torch.zeros(0, dtype=torch.long)
+        value = codebook.gather(1, group.unsqueeze(1)).squeeze(1)
+        if not torch.equal(codebook, F.one_hot(group, cfg.D).to(codebook.dtype) * value[:, None]):
+            raise ValueError("every codeword must move a single KPI (a lattice word)")
         self.register_buffer("codebook", codebook.float())
+        self.register_buffer("group", group)  # the KPI each word moves
+        self.register_buffer("value", value.float())  # and by how much
         self.register_buffer("keys", keys.float())
+        self.register_buffer("weight", torch.tensor(cfg.weights or (1.0,) * cfg.D))
         self.code_prior = nn.Parameter(torch.zeros(2, cfg.K))  # [key, context] logits
         self.gate_prior = nn.Parameter(torch.zeros(2, cfg.L))  # logit of P(s_l = 1)
 
@@ -136,15 +154,24 @@ class TemporalSDLGM(nn.Module):
         dist = ((x.unsqueeze(1) - self.keys.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
         return dist.argmin(-1)
 
+    def clamp(self, u: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of a prediction plus words (u, any shape): within ±span."""
+        return u.clamp(-self.cfg.span, self.cfg.span)
+
     def slot_logits(
-        self, r: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
+        self, x: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, key: torch.Tensor, slot: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Residual r, mask (shape: [B, D]), key ([B], 1 = key measurement) -> code logits
-        alpha ([B, K]), the gate's "on" logit ([B]) and each word's gain ([B, K])."""
+        """Measurement x, prediction plus the words so far u (unclamped), mask ([B, D]), key
+        ([B], 1 = key measurement) -> code logits alpha ([B, K]), the gate's "on" logit
+        ([B]) and each word's gain ([B, K])."""
         cfg = self.cfg
-        book = self.codebook
-        dist = ((r.unsqueeze(1) - book.unsqueeze(0)) ** 2 * mask.unsqueeze(1)).sum(-1)
-        gain = ((r**2) * mask).sum(-1, keepdim=True) - dist
+        # ||x - x̂||² - ||x - x̂'||² where the word moves KPI j from x̂_j to clamp(u_j + v),
+        # KPI j observed (times its weight): one word moves one KPI, so this costs [B, K],
+        # not [B, K, D]. Without the clamp it is 2 r_j v - v².
+        v, g = self.value, self.group
+        xg, ug = x[:, g], u[:, g]
+        gain = (xg - self.clamp(ug)) ** 2 - (xg - self.clamp(ug + v)) ** 2
+        gain = self.weight[g] * mask[:, g] * gain
         kind = (1 - key).long()  # 0 key, 1 context
         log_prior = F.log_softmax(self.code_prior[kind], dim=-1)
         alpha = gain / (2 * cfg.sigma2) + log_prior
@@ -159,26 +186,36 @@ class TemporalSDLGM(nn.Module):
         (bool, [B, L]); slot l codes what slots < l left; p of a key measurement is its key
         word, and it opens at most L - 1 gates. Gates close for good: the open
         slots are a prefix, and the code is the multiset of their words."""
-        r = (x - p) * mask
-        alive = torch.ones(key.shape, dtype=torch.bool)
-        limit = self.cfg.L - key  # a key measurement's key word is one of its L
-        codes, gates = [], []
-        for slot in range(self.cfg.L):
-            alpha, gate, gain = self.slot_logits(r, mask, key, slot)
+        u = p.clone()
+        B, L = key.shape[0], self.cfg.L
+        alive = torch.ones(B, dtype=torch.bool)
+        limit = L - key  # a key measurement's key word is one of its L
+        codes = torch.zeros(B, L, dtype=torch.long)
+        gates = torch.zeros(B, L, dtype=torch.bool)
+        for slot in range(L):
+            # Only measurements whose gates are all open so far are coded further.
+            rows = torch.nonzero(alive & (slot < limit)).squeeze(1)
+            if rows.numel() == 0:
+                break
+            alpha, gate, gain = self.slot_logits(x[rows], u[rows], mask[rows], key[rows], slot)
             c = alpha.argmax(-1)
-            alive = alive & (slot < limit)
+            on = torch.ones_like(c, dtype=torch.bool)
             if self.cfg.gates:
                 # A word that would not bring x̂ closer to x is never sent: the error of a
                 # measurement only shrinks slot by slot, so the closed loop cannot drift.
                 helps = gain.gather(1, c.unsqueeze(1)).squeeze(1) > 0
-                alive = alive & (gate > 0) & helps
-            r = r - alive.unsqueeze(-1) * self.codebook[c] * mask
-            codes.append(c)
-            gates.append(alive)
-        return torch.stack(codes, 1), torch.stack(gates, 1)
+                on = (gate > 0) & helps
+            sent = rows[on]
+            u[sent] += self.codebook[c[on]] * mask[sent]
+            codes[rows, slot] = c
+            gates[sent, slot] = True
+            alive[rows[~on]] = False
+        return codes, gates
 
     def decode(self, p: torch.Tensor, codes: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """p ([B, D]), codes ([B, L]), gates ([B, L]) -> x̂ = p + sum of the open codewords."""
+        """p ([B, D]), codes ([B, L]), gates ([B, L]) -> the decoder's state u = p + sum of
+        the open codewords; its reconstruction is ``clamp(u)``. The state stays unclamped, on
+        the lattice, so a KPI that touched ±span moves back onto its grid."""
         return p + (self.codebook[codes] * gates.unsqueeze(-1)).sum(1)
 
     def loss(
@@ -188,14 +225,14 @@ class TemporalSDLGM(nn.Module):
         gates; also the mean distortion and rate for the log."""
         cfg = self.cfg
         hard = cfg.estimator == "st"
-        r = (x - p) * mask
+        u = p
         kind = (1 - key).long()
         rate = torch.zeros(x.shape[0])
         alive = torch.ones(x.shape[0])
         log_prior = F.log_softmax(self.code_prior[kind], -1)
         for slot in range(cfg.L):
             alive = alive * (slot < cfg.L - key).float()
-            alpha, gate, _ = self.slot_logits(r, mask, key, slot)
+            alpha, gate, _ = self.slot_logits(x, u, mask, key, slot)
             c = _sample(alpha, tau, hard)
             q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
             on = torch.ones_like(gate)
@@ -207,11 +244,12 @@ class TemporalSDLGM(nn.Module):
             kl_c = (q_c * (torch.log(q_c + 1e-12) - log_prior)).sum(-1)
             rate = rate + alive * q_on * kl_c
             alive = alive * on
-            r = r - alive.unsqueeze(-1) * (c @ self.codebook) * mask
-        distortion = (r**2).sum(-1)
+            u = u + alive.unsqueeze(-1) * (c @ self.codebook) * mask
+        r = (x - self.clamp(u)) * mask
+        distortion = (r**2 * self.weight).sum(-1)
         loss = distortion / (2 * cfg.sigma2) + rate
         return loss.mean(), {
-            "mse": float(distortion.detach().mean()) / cfg.D,
+            "mse": float((r**2).detach().sum(-1).mean()) / cfg.D,
             "rate_bits": float(rate.detach().mean()) / math.log(2),
         }
 
@@ -289,36 +327,93 @@ def lattice_step(snr_db: float) -> float:
     return STEP_SCALE * math.sqrt(12.0 * 10.0 ** (-snr_db / 10.0))
 
 
-def lattice_words(pairs: Pairs, step: float) -> torch.Tensor:
-    """One-KPI moves (shape: [K, D]): for each KPI and sign, ``±step, ±2 step, ...`` up to
-    the largest level that at least a MIN_USES share of that KPI's nonzero training moves
-    reach (at least one level), KPI by KPI, up before down. A move beyond the top level takes
-    more than one word; levels nobody uses are not in the book."""
+@dataclass(frozen=True)
+class Grid:
+    """Where each KPI's normalised values lie: on ``origin + n * step`` (shape: [D] each;
+    step 0 where the KPI has no such grid). Counters and KPIs reported in whole units (dBm,
+    CQI, km/h) are on one after a linear normalisation; log-scaled ones are not."""
+
+    step: np.ndarray
+    origin: np.ndarray
+
+    def aligned(self, step: float) -> np.ndarray:
+        """Per-KPI lattice steps (shape: [D]): the nearest whole number of grid steps (at
+        least one) where a KPI has a grid, so a move lands on a value the KPI can take and
+        the finest lattice is exact; `step` elsewhere."""
+        n = np.maximum(np.rint(step / np.where(self.step > 0, self.step, 1.0)), 1.0)
+        return np.where(self.step > 0, n * self.step, step)
+
+    def snap(self, x: np.ndarray) -> np.ndarray:
+        """Rows (shape: [N, D]) moved to the nearest grid value of each KPI that has one."""
+        g = np.where(self.step > 0, self.step, 1.0)
+        on = self.origin + np.rint((x - self.origin) / g) * g
+        return np.where(self.step > 0, on, x)
+
+
+GRID_SHARE = 0.99  # share of a KPI's observed values that must lie on its grid
+GRID_TOL = 1e-3  # how far from a grid point (in grid steps) a value may lie
+
+
+def find_grid(x: np.ndarray, mask: np.ndarray) -> Grid:
+    """The grid of each KPI in normalised training rows (x, mask: [N, D]): the typical gap
+    between its distinct values, through its median value, kept when at least GRID_SHARE of
+    its observed values lie on it (values clipped by the normaliser may not)."""
+    D = x.shape[1]
+    step, origin = np.zeros(D), np.zeros(D)
+    for j in range(D):
+        v = x[mask[:, j].astype(bool), j]
+        u = np.unique(v)
+        if len(u) < 2:
+            continue
+        g, o = float(np.median(np.diff(u))), float(np.median(v))
+        n = (v - o) / g
+        if g > 0 and np.mean(np.abs(n - np.rint(n)) < GRID_TOL) >= GRID_SHARE:
+            step[j], origin[j] = g, o
+    return Grid(step, origin)
+
+
+def lattice_words(pairs: Pairs, steps: np.ndarray) -> torch.Tensor:
+    """One-KPI moves (shape: [K, D]): for each KPI j and sign, ``±steps[j], ±2 steps[j],
+    ...`` up to the largest level that at least a MIN_USES share of that KPI's nonzero
+    training moves reach (at least one level; two scales when that is many, see `_levels`),
+    KPI by KPI, up before down. A move beyond the top level takes more than one word."""
     r = ((pairs.x - pairs.prev) * pairs.mask).numpy()
     words = []
     for j in range(r.shape[1]):
-        q = np.rint(r[:, j] / step)
+        q = np.rint(r[:, j] / steps[j])
         q = q[q != 0]
         for sign in (1.0, -1.0):
             mag = np.sort(q[np.sign(q) == sign] * sign)
-            top = int(mag[int(len(mag) * (1 - MIN_USES))]) if len(mag) else 1
-            for level in range(1, max(top, 1) + 1):
+            top = max(int(mag[int(len(mag) * (1 - MIN_USES))]) if len(mag) else 1, 1)
+            for level in _levels(top):
                 w = np.zeros(r.shape[1], dtype=np.float32)
-                w[j] = sign * level * step
+                w[j] = sign * level * steps[j]
                 words.append(w)
     return torch.from_numpy(np.stack(words))
 
 
-def key_words(pairs: Pairs, seed: int) -> torch.Tensor:
+def _levels(top: int) -> list[int]:
+    """The lattice levels up to `top`: every one up to FINE_LEVELS; beyond, two scales -- 1 to
+    F and the multiples of F, F ≈ sqrt(top) -- so a fine lattice over a wide range keeps
+    about 2 sqrt(top) words and a move takes at most two (a coarse one and a fine one)."""
+    if top <= FINE_LEVELS:
+        return list(range(1, top + 1))
+    f = max(FINE_LEVELS, math.isqrt(top - 1) + 1)
+    return list(range(1, f)) + list(range(f, f * (-(-top // f)) + 1, f))
+
+
+def key_words(pairs: Pairs, grid: Grid, seed: int) -> torch.Tensor:
     """KEY_WORDS whole-measurement words (shape: [KEY_WORDS, D]): k-means centroids of the
-    fully observed training measurements (scikit-learn), fewer when there are few rows."""
+    fully observed training measurements (scikit-learn), fewer when there are few rows, each
+    moved onto the KPIs' grid so the lattice moves that follow can land on exact values."""
     from sklearn.cluster import MiniBatchKMeans
 
     full = pairs.x[pairs.mask.bool().all(-1)].numpy()
     rows = full if len(full) else pairs.x.numpy()
     k = max(1, min(KEY_WORDS, len(rows)))
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=2048, max_iter=20)
-    return torch.from_numpy(km.fit(rows[:KMEANS_ROWS]).cluster_centers_).float()
+    centres = km.fit(rows[:KMEANS_ROWS]).cluster_centers_
+    return torch.from_numpy(grid.snap(centres)).float()
 
 
 def train_temporal(
@@ -329,9 +424,10 @@ def train_temporal(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     pairs = make_pairs(xs, masks)
-    words = lattice_words(pairs, lattice_step(cfg.snr_db))
+    grid = find_grid(pairs.x.double().numpy(), pairs.mask.numpy())
+    words = lattice_words(pairs, grid.aligned(lattice_step(cfg.snr_db)))
     cfg = replace(cfg, K=len(words))
-    model = TemporalSDLGM(cfg, words, key_words(pairs, cfg.seed))
+    model = TemporalSDLGM(cfg, words, key_words(pairs, grid, cfg.seed))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for step in range(cfg.steps):
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
@@ -388,12 +484,12 @@ def code_frames(
         kw = model.key_word(X[:, t], M[:, t]) if is_key else torch.full((B,), -1)
         p = model.keys[kw] if is_key else prev
         c, s = model.encode(X[:, t], p, M[:, t], key)
-        x_hat = model.decode(p, c, s)
+        state = model.decode(p, c, s)
         codes.append(c)
         gates.append(s)
         keys.append(kw)
-        recon.append(x_hat)
-        prev = x_hat
+        recon.append(model.clamp(state))
+        prev = state
     C, S, W = torch.stack(codes, 1), torch.stack(gates, 1), torch.stack(keys, 1)
     R = torch.stack(recon, 1)
     out = []

@@ -83,7 +83,7 @@ def _normalised(norm: Normaliser, raw: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.where(mask, z, 0.0), mask
 
 
-def _train_data(ds: Dataset, norm: Normaliser) -> TrainData:
+def _train_data(ds: Dataset, norm: Normaliser, target: str) -> TrainData:
     pairs = [_normalised(norm, s.kpis) for s in ds.sessions]
     return TrainData(
         names=ds.kpis,
@@ -91,6 +91,7 @@ def _train_data(ds: Dataset, norm: Normaliser) -> TrainData:
         mask=tuple(m for _, m in pairs),
         to_raw=norm.inverse,
         from_raw=norm.transform,
+        target=target if target in ds.kpis else None,
     )
 
 
@@ -122,7 +123,7 @@ def load_bench_data(
         target=target,
         normaliser=norm,
         scaler=scaler,
-        train=_train_data(train, norm),
+        train=_train_data(train, norm, target),
         parts=parts,
         test=_test_sessions(test, norm),
     )

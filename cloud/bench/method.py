@@ -30,13 +30,15 @@ class TrainData:
     """The training sessions, normalised: one ``x`` (float64, [T_i, D]) and ``mask``
     (bool, [T_i, D]) per session, in time order; `names` are the D KPI names. `to_raw` maps
     normalised rows back to raw units (NaN where a caller passes NaN) and `from_raw` forward:
-    lossless codecs code raw values, as an edge without the model would send them."""
+    lossless codecs code raw values, as an edge without the model would send them. `target`
+    names the KPI the cloud predicts when it is one of `names` (a codec may favour it)."""
 
     names: tuple[str, ...]
     x: tuple[np.ndarray, ...]
     mask: tuple[np.ndarray, ...]
     to_raw: Callable[[np.ndarray], np.ndarray]
     from_raw: Callable[[np.ndarray], np.ndarray]
+    target: str | None = None
 
     @property
     def D(self) -> int:

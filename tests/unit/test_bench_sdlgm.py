@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from sparsetel.cloud.bench.method import FRAME, TrainData, frames
-from sparsetel.cloud.bench.sdlgm import FAMILIES, SDLGMCodec, sdlgm_methods, target_snr_db
+from sparsetel.cloud.bench.sdlgm import (
+    FAMILIES,
+    RD_L,
+    RD_SWEEP,
+    SDLGMCodec,
+    sdlgm_methods,
+    target_snr_db,
+)
 from sparsetel.cloud.temporal import TemporalConfig, TemporalSDLGM, code_frames, train_temporal
 
 D = 4
@@ -111,10 +118,13 @@ def test_training_is_deterministic_in_the_seed() -> None:
 
 def test_the_ablations_differ_as_named() -> None:
     assert FAMILIES["sdlgm-nogates"] == {"gates": False}
-    assert target_snr_db(1) == 15.0 and target_snr_db(8) == 30.0
+    assert target_snr_db(1) == 15.0 and target_snr_db(8) == 37.5
     methods = sdlgm_methods((1, 2), K=16, quick=True)
     assert {m.family for m in methods} == set(FAMILIES)
-    assert len(sdlgm_methods((1, 2), K=16)) == len(FAMILIES) * 2 + 4  # the curve at L = 2
+    full = sdlgm_methods((1, 2), K=16)
+    curve = full[len(FAMILIES) * 2 :]  # the high-rate curve, at RD_L
+    assert [m.setting for m in curve] == [f"L={RD_L}, {s:g} dB lattice" for s in RD_SWEEP]
+    assert all(m.family == "sdlgm" and m.L == RD_L for m in curve)
     assert all(m.lossy and m.seeded for m in methods)
 
 
