@@ -13,9 +13,15 @@ against the decoder's previous reconstruction (the prediction ``p``), not alone:
 - the codebook is a lattice of one-KPI moves (KPI j up or down by 1, 2, ... steps) holding
   the levels the training residuals use (`lattice_words`); the step follows the fidelity
   aimed at, ``STEP_SCALE * sqrt(12 σ²)`` (a lattice finer than σ² alone asks for, with the
-  gates' dead zone, gave more SNR per bit on the validation sessions);
+  gates' dead zone, gave more SNR per bit on the validation sessions), rounded to whole
+  steps of the KPI's own grid where its values have one (`find_grid`: dBm, CQI, km/h are
+  whole units), so at fine steps those KPIs decode exactly; a fine lattice over a wide range
+  has two scales (`_levels`), so its size grows as the square root of the range;
+- the reconstruction is clamped to the normaliser's span (values beyond it arrive clipped),
+  while the decoder's state stays on the lattice;
 - inference is the model's exact posterior, slot by slot: ``alpha_lk = (||r_l||² - ||r_l -
-  C_k||²) / 2σ² + log p(k)`` with ``r_l`` the residual left after slots < l, and the gate
+  C_k||²) / 2σ² + log p(k)`` with ``r_l`` the residual left after slots < l (each KPI's
+  squared error weighted, see `TemporalConfig.weights`), and the gate
   opens when the best word's likelihood gain beats its rate under the learned priors (and the
   word brings x̂ closer to x, so the closed loop cannot drift);
 - training maximises the ELBO with Gumbel-Softmax samples of codes and gates: the masked
@@ -77,12 +83,17 @@ class TemporalConfig:
     """Hyperparameters, saved with the weights. `snr_db` sets σ² = 10^(-snr_db/10) (data
     normalised to unit variance): the decoder's variance, i.e. the distortion aimed at. K is
     the lattice's size, set by `train_temporal` from the data (0 before).
-    `span`: normalised values lie in [-span, span] (the normaliser clips there), and so does
-    every reconstruction. `weights` (one per KPI, default all 1) scale each KPI's precision: KPI j's decoder
-    variance is σ² / weights[j], so a KPI that matters more (the target the cloud predicts)
-    gets its words first when L is short. `estimator`: "st" (straight-through
-    Gumbel-Softmax) or "relaxed" (soft samples in training). `gates` False is the paper's baseline: always L codes. `context` False codes
-    every measurement as a key measurement (no temporal context)."""
+
+    - `span`: normalised values lie in [-span, span] (the normaliser clips there), and so
+      does every reconstruction.
+    - `weights` (one per KPI, default all 1) scale each KPI's precision: KPI j's decoder
+      variance is σ² / weights[j], so a KPI that matters more (the target the cloud
+      predicts) gets its words first when L is short.
+    - `estimator`: "st" (straight-through Gumbel-Softmax) or "relaxed" (soft samples in
+      training).
+    - `gates` False is the paper's baseline: always L codes.
+    - `context` False codes every measurement as a key measurement (no temporal context).
+    """
 
     D: int
     L: int = 4

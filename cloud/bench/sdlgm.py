@@ -51,7 +51,7 @@ TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
 MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
 TARGET_WEIGHT = 4.0  # precision of the target KPI relative to the others (6 dB)
 RD_L = 16  # cap of the rate-distortion sweep: a key word and a word or two per KPI
-RD_SWEEP = (30.0, 45.0, 60.0, 75.0, 90.0)  # dB aimed at along the curve at RD_L
+RD_SWEEP = (20.0, 25.0, 30.0, 45.0, 60.0, 90.0)  # dB aimed at along the curve at RD_L
 
 
 def target_snr_db(L: int) -> float:

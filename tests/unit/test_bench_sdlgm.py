@@ -6,6 +6,8 @@ steps by a multiple of its unit, so most measurements repeat the previous one.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from sparsetel.cloud.bench.sdlgm import (
     FAMILIES,
     RD_L,
     RD_SWEEP,
+    TARGET_WEIGHT,
     SDLGMCodec,
     sdlgm_methods,
     target_snr_db,
@@ -184,3 +187,12 @@ def test_memoryless_L1_codes_with_key_words_alone() -> None:
     coded = codec.code_frame(x, np.ones_like(x, dtype=bool))
     assert coded.recon.shape == x.shape
     assert codec.stats()["max_nonzeros"] == 1
+
+
+def test_the_target_kpi_gets_the_heavier_weight() -> None:
+    data = replace(train_data(), target="kpi 2")
+    codec = SDLGMCodec("sdlgm", L=1, steps=1, batch=8)
+    codec.fit(data, seed=0)
+    assert codec._model().weight.tolist() == [1.0, 1.0, TARGET_WEIGHT, 1.0]
+    codec.fit(train_data(), seed=0)  # no target among the KPIs: all alike
+    assert codec._model().weight.tolist() == [1.0] * D
