@@ -9,6 +9,11 @@ one onnxruntime call, publish one frame, seq 0, 1, 2, ... within the bdSeq. At t
 the source, or on SIGTERM/SIGINT, it flushes the partial batch, waits (bounded) for the
 broker's acknowledgements, publishes the death and disconnects.
 
+Every frame goes to the on-disk spool (``state_dir/spool.db``, `edge.spool`) before it is
+published and leaves it when the broker acknowledges it. Frames an earlier run left there
+(broker away, agent killed) are published first, in order, flagged historical, under their
+own bdSeq and seq, so the cloud stores each once.
+
 A reader thread iterates the source into a bounded queue, so a blocking source (stdin) never
 holds back a due frame or a stop. The settings are in `edge.config`, bdSeq and the state-dir
 lock in `edge.state`, the sources in `edge.source` and `edge.replay`.
@@ -40,6 +45,7 @@ from .encoder import OnnxEncoder
 from .publisher import Publisher
 from .replay import open_source
 from .source import Measurement
+from .spool import Spool, SpoolError, SpoolLimits, as_historical
 from .state import lock_state_dir, next_bd_seq
 
 __all__ = ["AgentStats", "EdgeConfig", "run_agent"]
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 _U32 = 2**32 - 1
 _END = object()  # the reader's last item: the source is exhausted
 _POLL_S = 0.1  # how often a waiting agent looks at its stop flag
+SPOOL_FILE = "spool.db"
 
 
 @dataclass
@@ -65,6 +72,9 @@ class AgentStats:
     bd_seq: int | None = None
     next_seq: int = 0
     connects: int = 0
+    replayed: int = 0
+    spool_depth: int = 0
+    spool_dropped: int = 0
     elapsed_s: float = 0.0
     error: str | None = None
 
@@ -103,6 +113,7 @@ class _Agent:
         self.source_error: str | None = None
         self.bd_seq = 0
         self.seq = 0
+        self.spool: Spool | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -122,6 +133,19 @@ class _Agent:
 
     def death(self) -> bytes:
         return death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
+
+    def replay(self, spool: Spool, publisher: Publisher) -> None:
+        """Publish what earlier runs left in the spool, oldest first, flagged historical."""
+        after = 0
+        while not self.stopping.is_set():
+            chunk = spool.pending(after=after, limit=self.cfg.batch)
+            if not chunk:
+                return
+            for old in chunk:
+                publisher.publish_frame(as_historical(old.payload), tag=old.id)
+                self.stats.replayed += 1
+            after = chunk[-1].id
+        log.info("replayed %s spooled frames, flagged historical", self.stats.replayed)
 
     def run(self, publisher: Publisher) -> None:
         reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
@@ -227,9 +251,20 @@ class _Agent:
             log.error("frame of %s records dropped: %s", len(records), exc)
             return
         self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
-        if not publisher.publish_frame(payload):
-            self.stats.rejects["queue_full"] += len(records)
-            return
+        tag = None
+        if self.spool is not None:
+            try:
+                tag = self.spool.put(frame.bd_seq, frame.seq, payload)
+            except SpoolError as exc:
+                self.stats.rejects["spool"] += len(records)
+                log.error("frame of %s records dropped: %s", len(records), exc)
+                return
+        if not publisher.publish_frame(payload, tag=tag):
+            if tag is None:
+                self.stats.rejects["queue_full"] += len(records)
+                return
+            # Safe in the spool: the next run publishes it, flagged historical.
+            self.stats.rejects["queue_full_spooled"] += len(records)
         self.stats.measurements += len(records)
 
 
@@ -247,6 +282,9 @@ def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     stats.next_seq = agent.seq
     stats.rejects.update(agent.source.stats.rejects)
     stats.cells.update(agent.source.stats.cells)
+    if agent.spool is not None:
+        stats.spool_depth = agent.spool.depth
+        stats.spool_dropped = agent.spool.stats.dropped_full + agent.spool.stats.dropped_age
 
 
 def run_agent(
@@ -293,16 +331,27 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
         with lock_state_dir(state_dir):
             agent.bd_seq = stats.bd_seq = next_bd_seq(state_dir)
             agent.birth()  # a birth the broker would carry must be valid before we connect
-            publisher = Publisher(
-                cfg.broker, group=agent.group, edge=agent.edge, birth=agent.birth, death=agent.death
-            )
-            publisher.connect(cfg.connect_timeout_s)
-            log.info("edge %s/%s online, bdSeq %s", agent.group, agent.edge, agent.bd_seq)
+            limits = SpoolLimits(cfg.spool_max_bytes, cfg.spool_max_age_s)
+            spool = agent.spool = Spool(state_dir / SPOOL_FILE, limits)
             try:
-                with stop_on_signals(agent.stop):
-                    agent.run(publisher)
+                publisher = Publisher(
+                    cfg.broker,
+                    group=agent.group,
+                    edge=agent.edge,
+                    birth=agent.birth,
+                    death=agent.death,
+                    on_frame_acked=lambda tag: spool.ack([tag]),
+                )
+                publisher.connect(cfg.connect_timeout_s)
+                log.info("edge %s/%s online, bdSeq %s", agent.group, agent.edge, agent.bd_seq)
+                try:
+                    with stop_on_signals(agent.stop):
+                        agent.replay(spool, publisher)
+                        agent.run(publisher)
+                finally:
+                    _finish(agent, publisher, stats)
             finally:
-                _finish(agent, publisher, stats)
+                spool.close()
     except (SparsetelError, OSError, ValueError) as exc:  # ConnectionError is an OSError
         return _fail(stats, 1, exc)
     if agent.source_error is not None:

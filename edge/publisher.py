@@ -66,7 +66,8 @@ class Publisher:
     with MQTT 3.1.1 (paho's default of 20 throttles a fast replay), 20 with MQTT 5, where
     the broker's Receive Maximum (Mosquitto: 20) must not be exceeded and paho cannot adapt
     once connected. `max_queued` bounds frames waiting in memory while the broker is away
-    (0 = unbounded).
+    (0 = unbounded). `on_frame_acked(tag)` is called, from paho's network thread, when the
+    broker acknowledges a frame published with a `tag` (the spool's id of the frame).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Publisher:
         death: Callable[[], bytes],
         max_inflight: int | None = None,
         max_queued: int = 10_000,
+        on_frame_acked: Callable[[int], object] | None = None,
     ) -> None:
         if max_inflight is None:
             max_inflight = 20 if broker.protocol == "5" else 100
@@ -96,7 +98,8 @@ class Publisher:
         self._tls, self._host, self._port = parse_broker_url(broker.url)
         self._keepalive = broker.keepalive
         self._cond = threading.Condition()
-        self._pending: dict[int, str] = {}  # mid -> "frame" | "state", awaiting PUBACK
+        self._pending: dict[int, tuple[str, int | None]] = {}  # mid -> (kind, tag): no PUBACK yet
+        self._on_frame_acked = on_frame_acked
         self._early: dict[int, bool] = {}  # PUBACKs that beat publish() returning the mid
         self._frames_pending = 0
         self._connected = threading.Event()
@@ -158,8 +161,9 @@ class Publisher:
         reason = self._refused or f"no connection after {timeout:g} s ({self._last_error})"
         raise ConnectionError(f"broker {self._host}:{self._port}: {reason}")
 
-    def publish_frame(self, payload: bytes) -> bool:
-        """Queue one frame (QoS 1) on the DATA topic; False when the in-memory queue is full."""
+    def publish_frame(self, payload: bytes, tag: int | None = None) -> bool:
+        """Queue one frame (QoS 1) on the DATA topic; False when the in-memory queue is full.
+        `tag` comes back through `on_frame_acked` once the broker has the frame."""
         with self._cond:
             backlog = self._frames_pending
         if 0 < self._max_queued <= backlog:
@@ -173,7 +177,7 @@ class Publisher:
             return False
         self.stats.published += 1
         self.stats.bytes_sent += len(payload)
-        self._track(info.mid, "frame")
+        self._track(info.mid, "frame", tag)
         return True
 
     def wait_for_acks(self, timeout: float) -> bool:
@@ -202,15 +206,16 @@ class Publisher:
     # ------------------------------------------------------------------ paho callbacks
     # They run in paho's network thread: record, queue, return. Never block, never raise.
 
-    def _track(self, mid: int, kind: str) -> None:
+    def _track(self, mid: int, kind: str, tag: int | None = None) -> None:
         with self._cond:
             ok = self._early.pop(mid, None)
             if ok is None:
-                self._pending[mid] = kind
+                self._pending[mid] = (kind, tag)
                 self._frames_pending += kind == "frame"
-            else:
-                self._settle(kind, ok)
-                self._cond.notify_all()
+                return
+            self._settle(kind, ok)
+            self._cond.notify_all()
+        self._acked(kind, ok, tag)
 
     def _settle(self, kind: str, ok: bool) -> None:
         """Count one acknowledged (or refused) message; the caller holds `_cond`."""
@@ -219,6 +224,11 @@ class Publisher:
                 self.stats.acked += 1
             else:
                 self.stats.failed += 1
+
+    def _acked(self, kind: str, ok: bool, tag: int | None) -> None:
+        """Tell the owner a tagged frame is safe with the broker (outside `_cond`)."""
+        if kind == "frame" and ok and tag is not None and self._on_frame_acked is not None:
+            self._on_frame_acked(tag)
 
     def _publish_birth(self, client: mqtt.Client) -> None:
         info = client.publish(self._state_topic, self._birth(), qos=QOS, retain=True)
@@ -288,13 +298,15 @@ class Publisher:
             if not ok:
                 log.warning("broker refused message %s: %s", mid, reason_code)
             with self._cond:
-                kind = self._pending.pop(mid, None)
-                if kind is None:
+                entry = self._pending.pop(mid, None)
+                if entry is None:
                     self._early[mid] = ok
                 else:
-                    self._frames_pending -= kind == "frame"
-                    self._settle(kind, ok)
+                    self._frames_pending -= entry[0] == "frame"
+                    self._settle(entry[0], ok)
                 self._cond.notify_all()
+            if entry is not None:
+                self._acked(entry[0], ok, entry[1])
         except Exception:
             log.exception("on_publish failed")
 

@@ -110,7 +110,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, help="stop after this many measurements")
     p.add_argument("--batch", type=int, help="measurements per frame (default 50)")
-    p.add_argument("--state-dir", type=Path, help="where bdSeq persists (default .sparsetel/EDGE)")
+    p.add_argument(
+        "--state-dir", type=Path, help="where bdSeq and the spool persist (default .sparsetel/EDGE)"
+    )
+    p.add_argument(
+        "--spool-max-bytes", type=int, help="frames kept on disk until acked (default 256 MiB)"
+    )
+    p.add_argument(
+        "--spool-max-age", type=float, help="seconds a frame may wait for its ack (default 7 days)"
+    )
     p.add_argument("--kpis", help="KPI columns of the source (default: the model's)")
     p.add_argument("--sentinels", help="values that mean 'missing' (see train)")
     _add_broker_args(p)

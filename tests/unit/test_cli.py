@@ -77,3 +77,13 @@ def test_the_edge_command_never_imports_torch_or_pandas(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_spool_bound_that_is_not_positive_names_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["edge", "--model", "m", "--source", "s", "--group", "g", "--edge-id", "e"]
+    assert main([*args, "--spool-max-bytes", "0"]) == 2
+    assert "spool_max_bytes" in capsys.readouterr().err
+    assert main([*args, "--spool-max-age", "-5"]) == 2
+    assert "spool_max_age_s" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""The edge's store-and-forward spool: encoded frames on disk until the broker has them.
+
+Every frame is written to the spool (SQLite in WAL mode, one row per frame) before it is
+published, and leaves it only when the broker's PUBACK for it arrives (`ack`). Whatever
+is still there when the agent starts again -- the broker was away, the network cut, the
+process killed with SIGKILL -- is what `pending` returns, oldest first, to be published
+again flagged historical (`as_historical`).
+
+A committed `put` survives the process dying at any point: in WAL mode with
+``synchronous=NORMAL`` SQLite loses nothing to a crash of the process (a power cut may lose
+the last few frames, never corrupt the file). The spool is bounded by bytes and by age
+(`SpoolLimits`); when either is exceeded it drops the oldest frames first, counts them and
+logs what it dropped (bdSeq/seq range), so an operator sees the gap the cloud will report.
+
+The spool is safe to use from several threads (paho's network thread acknowledges while
+the agent's thread stores): one connection, guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sparsetel.shared.errors import SparsetelError
+from sparsetel.shared.wire import decode_frame, encode_frame
+
+__all__ = ["Spool", "SpoolError", "SpoolLimits", "SpoolStats", "Spooled", "as_historical"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bd_seq INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+)
+"""
+
+
+class SpoolError(SparsetelError):
+    """The spool cannot take a frame or cannot be opened."""
+
+
+@dataclass(frozen=True)
+class SpoolLimits:
+    """`max_bytes`: payload bytes kept at most; `max_age_s`: a frame older than this goes."""
+
+    max_bytes: int = 256 * 1024 * 1024
+    max_age_s: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or not self.max_age_s > 0:
+            raise ValueError(f"spool limits must be positive, got {self}")
+
+
+@dataclass
+class SpoolStats:
+    """Frames stored and acknowledged; frames (and payload bytes) dropped, by reason."""
+
+    stored: int = 0
+    acked: int = 0
+    dropped_full: int = 0
+    dropped_age: int = 0
+    dropped_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """One spooled frame: its row id (the order frames were stored in) and what it holds."""
+
+    id: int
+    bd_seq: int
+    seq: int
+    created_ms: int
+    payload: bytes
+
+
+class Spool:
+    """Frames on disk at `path` until acknowledged; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        limits: SpoolLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.limits = limits or SpoolLimits()
+        self.stats = SpoolStats()
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA)
+            row = self._db.execute("SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM frames")
+            self._count, total = row.fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(f"cannot open the spool {path}: {exc}") from exc
+        if mode.lower() != "wal":
+            raise SpoolError(f"{path}: SQLite refused WAL mode ({mode})")
+        self._bytes = int(total)
+        if self._count:
+            log.info("spool %s holds %s unacknowledged frames from before", path, self._count)
+
+    @property
+    def depth(self) -> int:
+        """Frames waiting for their acknowledgement."""
+        return int(self._count)
+
+    @property
+    def size_bytes(self) -> int:
+        """Their payload bytes."""
+        return self._bytes
+
+    def put(self, bd_seq: int, seq: int, payload: bytes) -> int:
+        """Store one frame (committed when this returns) and return its id; then drop the
+        oldest frames beyond the limits. SpoolError for a frame larger than the whole spool."""
+        if len(payload) > self.limits.max_bytes:
+            raise SpoolError(
+                f"frame bdSeq {bd_seq} seq {seq} is {len(payload)} bytes, more than the "
+                f"spool's max_bytes {self.limits.max_bytes}"
+            )
+        now_ms = int(self._clock() * 1000)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO frames (bd_seq, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
+                (bd_seq, seq, now_ms, payload),
+            )
+            self._count += 1
+            self._bytes += len(payload)
+            self.stats.stored += 1
+            self._expire(now_ms)
+            self._trim()
+            return int(cur.lastrowid or 0)
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Forget acknowledged frames; returns how many were still here (an id already gone,
+        acknowledged twice or dropped, is ignored)."""
+        wanted = [(int(i),) for i in ids]
+        if not wanted:
+            return 0
+        with self._lock:
+            gone = 0
+            self._db.execute("BEGIN")
+            for (i,) in wanted:
+                row = self._db.execute(
+                    "DELETE FROM frames WHERE id = ? RETURNING LENGTH(payload)", (i,)
+                ).fetchone()
+                if row is not None:
+                    gone += 1
+                    self._bytes -= int(row[0])
+            self._db.execute("COMMIT")
+            self._count -= gone
+            self.stats.acked += gone
+            return gone
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[Spooled]:
+        """Unacknowledged frames with id > `after`, oldest first (at most `limit`)."""
+        sql = "SELECT id, bd_seq, seq, created_ms, payload FROM frames WHERE id > ? ORDER BY id"
+        args: tuple[int, ...] = (after,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (after, limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [Spooled(int(a), int(b), int(c), int(d), bytes(e)) for a, b, c, d, e in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _expire(self, now_ms: int) -> None:
+        cutoff = now_ms - int(self.limits.max_age_s * 1000)
+        rows = self._db.execute(
+            "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames WHERE created_ms < ? ORDER BY id",
+            (cutoff,),
+        ).fetchall()
+        if rows:
+            self._drop(rows, f"older than {self.limits.max_age_s:g} s")
+            self.stats.dropped_age += len(rows)
+
+    def _trim(self) -> None:
+        excess = self._bytes - self.limits.max_bytes
+        if excess <= 0:
+            return
+        rows, freed = [], 0
+        oldest = "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames ORDER BY id"
+        for row in self._db.execute(oldest):
+            rows.append(row)
+            freed += int(row[3])
+            if freed >= excess:
+                break
+        self._drop(rows, f"spool full (max_bytes {self.limits.max_bytes})")
+        self.stats.dropped_full += len(rows)
+
+    def _drop(self, rows: list[tuple[int, int, int, int]], why: str) -> None:
+        """Delete `rows` (id, bd_seq, seq, bytes), oldest first, and say so loudly."""
+        self._db.execute("BEGIN")
+        self._db.executemany("DELETE FROM frames WHERE id = ?", [(r[0],) for r in rows])
+        self._db.execute("COMMIT")
+        size = sum(int(r[3]) for r in rows)
+        self._count -= len(rows)
+        self._bytes -= size
+        self.stats.dropped_bytes += size
+        first, last = rows[0], rows[-1]
+        log.warning(
+            "spool %s: dropped %d unacknowledged frames (%d bytes), %s: bdSeq %d seq %d to "
+            "bdSeq %d seq %d",
+            self.path,
+            len(rows),
+            size,
+            why,
+            first[1],
+            first[2],
+            last[1],
+            last[2],
+        )
+
+
+def as_historical(payload: bytes) -> bytes:
+    """The same frame flagged historical: replayed from the spool, not live."""
+    frame = decode_frame(payload)
+    return payload if frame.historical else encode_frame(replace(frame, historical=True))

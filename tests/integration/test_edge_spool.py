@@ -1,0 +1,172 @@
+"""Store-and-forward against real Mosquitto: frames stay on disk until the broker has them,
+and what a run leaves behind (broker gone, agent SIGKILLed) is replayed by the next run,
+flagged historical, in order, under its own bdSeq and seq."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsetel.edge.agent import SPOOL_FILE, AgentStats, run_agent
+from sparsetel.edge.encoder import OnnxEncoder
+from sparsetel.edge.spool import Spool
+from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.topics import data_topic, state_topic
+from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
+from tests.integration.test_edge_agent import (
+    AGENT_MAIN,
+    EDGE,
+    TIMEOUT,
+    Listener,
+    _collect,
+    _config,
+    _write_csv,
+    broker,
+    group,
+    model_dir,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["broker", "group", "model_dir"]  # fixtures, used by name
+
+
+def test_frames_left_in_the_spool_go_first_flagged_historical(
+    broker: BrokerConfig, group: str, model_dir: Path, tmp_path: Path
+) -> None:
+    encoder = OnnxEncoder(model_dir)
+    state = model_dir.parent / "state"
+    old = Spool(state / SPOOL_FILE)
+    for seq in range(3):  # what a run with bdSeq 41 could not deliver
+        recs = tuple(Record(1000 * (2 * seq + i), (1, 2)) for i in range(2))
+        frame = Frame(encoder.model_ref, 41, seq, encoder.L, encoder.K, 1000, recs)
+        old.put(41, seq, encode_frame(frame))
+    old.close()
+    _write_csv(tmp_path / "kpis.csv", 6)
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    cfg = _config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats) == 0
+    frames, _ = _collect(listener, 6 + 6)
+    listener.close()
+
+    assert [(f.bd_seq, f.seq, f.historical) for f in frames] == [
+        (41, 0, True),
+        (41, 1, True),
+        (41, 2, True),
+        (0, 0, False),
+        (0, 1, False),
+    ]
+    assert (stats.replayed, stats.spool_depth, stats.acked) == (3, 0, 5)
+    assert Spool(state / SPOOL_FILE).depth == 0  # every frame acknowledged, none left
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnBroker:
+    """A Mosquitto of the test's own on a free port, to stop and start at will."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = _free_port()
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"mosquitto did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+            self.proc = None
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    if shutil.which("mosquitto") is None:
+        pytest.fail("mosquitto is not installed; the test script installs it")
+    b = OwnBroker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
+    own_broker: OwnBroker, model_dir: Path
+) -> None:
+    broker = BrokerConfig(url=own_broker.url)
+    group = "spool"
+    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
+    args["state"] = str(model_dir.parent / "state")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    listener = Listener(broker, data_topic(group, EDGE))
+    spool = model_dir.parent / "state" / SPOOL_FILE
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"[1, 2, 3]\n[4, 5, 6]\n")  # frame 0, delivered
+        proc.stdin.flush()
+        first = decode_frame(bytes(listener.next("frame 0").payload))
+        listener.close()
+        own_broker.stop()  # the broker goes away: frames 1..4 cannot be acknowledged
+        proc.stdin.write(b"".join(f"[{i}, {i}, {i}]\n".encode() for i in range(8)))
+        proc.stdin.flush()
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and Spool(spool).depth < 4:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: nothing is flushed, nothing said
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (first.bd_seq, first.seq) == (0, 0)
+    assert Spool(spool).depth == 4
+
+    own_broker.start()
+    listener = Listener(broker, data_topic(group, EDGE))
+    cfg = _config(model_dir, group, broker, source="-", batch=2)
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats, stdin=io.BytesIO(b"")) == 0
+    frames = [decode_frame(bytes(listener.next(f"replayed frame {i}").payload)) for i in range(4)]
+    listener.close()
+    assert [(f.bd_seq, f.seq, f.historical) for f in frames] == [
+        (0, 1, True),
+        (0, 2, True),
+        (0, 3, True),
+        (0, 4, True),
+    ]
+    rows = np.array([[i, i, i] for i in range(8)], dtype=np.float32)
+    codes = [r.codes for f in frames for r in f.records]
+    assert codes == OnnxEncoder(model_dir).encode_records(rows)  # every measurement, once
+    assert stats.replayed == 4 and stats.bd_seq == 1 and Spool(spool).depth == 0

@@ -1,0 +1,143 @@
+"""The edge's on-disk spool (`sparsetel.edge.spool`): order, acknowledgement, limits,
+historical replay, threads, and frames that survive a SIGKILL."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sparsetel.edge.spool import Spool, SpoolError, SpoolLimits, as_historical
+from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
+
+
+def frame(seq: int, bd_seq: int = 3, records: int = 5) -> bytes:
+    recs = tuple(Record(1000 * (seq * records + i), (i % 4, 9)) for i in range(records))
+    return encode_frame(Frame(b"12345678", bd_seq, seq, 4, 128, 1000, recs))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_frames_come_back_in_order_until_acknowledged(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    ids = [spool.put(3, seq, frame(seq)) for seq in range(5)]
+    assert ids == sorted(ids) and spool.depth == 5
+    assert spool.size_bytes == sum(len(frame(s)) for s in range(5))
+    assert spool.ack([ids[1], ids[3]]) == 2
+    assert spool.ack([ids[1], 999_999]) == 0  # twice, or never here: ignored
+    waiting = spool.pending()
+    assert [f.seq for f in waiting] == [0, 2, 4]
+    assert waiting[0].payload == frame(0) and waiting[0].bd_seq == 3
+    assert [f.seq for f in spool.pending(after=ids[0], limit=1)] == [2]
+    assert spool.depth == 3 and spool.stats.stored == 5 and spool.stats.acked == 2
+
+
+def test_the_spool_is_in_wal_mode_and_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "spool.db"
+    spool = Spool(path)
+    ids = [spool.put(7, seq, frame(seq, bd_seq=7)) for seq in range(3)]
+    spool.ack(ids[:1])
+    spool.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = Spool(path)
+    assert [(f.bd_seq, f.seq) for f in again.pending()] == [(7, 1), (7, 2)]
+    assert again.depth == 2 and again.size_bytes == len(frame(1, 7)) + len(frame(2, 7))
+    assert again.put(8, 0, frame(0, bd_seq=8)) > ids[-1]  # ids keep growing
+
+
+def test_a_full_spool_drops_the_oldest_frames_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = len(frame(0))
+    spool = Spool(tmp_path / "spool.db", SpoolLimits(max_bytes=3 * size))
+    with caplog.at_level(logging.WARNING, logger="sparsetel.edge.spool"):
+        for seq in range(5):
+            spool.put(3, seq, frame(seq))
+    assert [f.seq for f in spool.pending()] == [2, 3, 4]
+    assert spool.size_bytes <= 3 * size
+    assert spool.stats.dropped_full == 2 and spool.stats.dropped_bytes == 2 * size
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("spool full" in m and "bdSeq 3 seq 0" in m for m in messages)
+
+
+def test_frames_older_than_max_age_are_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    spool = Spool(tmp_path / "spool.db", SpoolLimits(max_age_s=60), clock=clock)
+    spool.put(3, 0, frame(0))
+    clock.now += 30
+    spool.put(3, 1, frame(1))
+    clock.now += 45  # frame 0 is 75 s old now, frame 1 45 s
+    spool.put(3, 2, frame(2))
+    assert [f.seq for f in spool.pending()] == [1, 2]
+    assert spool.stats.dropped_age == 1 and spool.stats.dropped_full == 0
+
+
+def test_bad_limits_and_oversized_frames_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        SpoolLimits(max_bytes=0)
+    spool = Spool(tmp_path / "spool.db", SpoolLimits(max_bytes=10))
+    with pytest.raises(SpoolError, match="more than the spool's max_bytes"):
+        spool.put(3, 0, frame(0))
+    assert spool.depth == 0
+
+
+def test_a_spool_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(SpoolError, match="cannot open the spool"):
+        Spool(path)
+
+
+def test_historical_flag_changes_nothing_else() -> None:
+    live = frame(4)
+    old = as_historical(live)
+    a, b = decode_frame(live), decode_frame(old)
+    assert not a.historical and b.historical
+    assert (a.bd_seq, a.seq, a.records, a.model_ref) == (b.bd_seq, b.seq, b.records, b.model_ref)
+    assert as_historical(old) == old
+
+
+def test_acknowledgements_from_another_thread(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    ids = [spool.put(3, seq, frame(seq)) for seq in range(200)]
+    acker = threading.Thread(target=lambda: [spool.ack([i]) for i in ids[::2]])
+    acker.start()
+    more = [spool.put(3, seq, frame(seq)) for seq in range(200, 300)]
+    acker.join()
+    assert spool.depth == 100 + 100
+    assert [f.id for f in spool.pending()] == ids[1::2] + more
+
+
+def test_stored_frames_survive_a_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    script = f"""
+import os, signal
+from pathlib import Path
+from sparsetel.edge.spool import Spool
+from sparsetel.shared.wire import Frame, Record, encode_frame
+spool = Spool(Path({str(path)!r}))
+for seq in range(50):
+    recs = tuple(Record(1000 * i, (1, 2)) for i in range(5))
+    spool.put(5, seq, encode_frame(Frame(b"12345678", 5, seq, 4, 128, 1000, recs)))
+    if seq == 9:
+        spool.ack([1, 2, 3])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], check=False, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    spool = Spool(path)
+    assert [f.seq for f in spool.pending()] == list(range(3, 50))
+    assert spool.depth == 47
