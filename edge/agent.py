@@ -14,6 +14,10 @@ published and leaves it when the broker acknowledges it. Frames an earlier run l
 (broker away, agent killed) are published first, in order, flagged historical, under their
 own bdSeq and seq, so the cloud stores each once.
 
+A heartbeat thread publishes the agent's health on HEALTH every `health_interval_s` (JSON:
+uptime, model, measurements, frames sent and acknowledged, rejects, spool depth and drops,
+encode latency per measurement since the last heartbeat).
+
 A reader thread iterates the source into a bounded queue, so a blocking source (stdin) never
 holds back a due frame or a stop. The settings are in `edge.config`, bdSeq and the state-dir
 lock in `edge.state`, the sources in `edge.source` and `edge.replay`.
@@ -114,6 +118,11 @@ class _Agent:
         self.bd_seq = 0
         self.seq = 0
         self.spool: Spool | None = None
+        self.started = time.monotonic()
+        self._encode_s = 0.0  # encode time and measurements since the last heartbeat
+        self._encoded = 0
+        self._encode_max_ms = 0.0
+        self._window = threading.Lock()  # guards those three
 
     def stop(self) -> None:
         self.stopping.set()
@@ -147,7 +156,49 @@ class _Agent:
             after = chunk[-1].id
         log.info("replayed %s spooled frames, flagged historical", self.stats.replayed)
 
+    def health(self, publisher: Publisher) -> bytes:
+        """The heartbeat's JSON; resets the encode-latency window."""
+        with self._window:
+            per = self._encode_s * 1000 / self._encoded if self._encoded else None
+            worst = self._encode_max_ms
+            self._encode_s, self._encoded, self._encode_max_ms = 0.0, 0, 0.0
+        spool = self.spool
+        body = {
+            "edge": self.edge,
+            "group": self.group,
+            "bd_seq": self.bd_seq,
+            "timestamp_ms": time.time_ns() // 1_000_000,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "model_sha256": self.encoder.model_sha256,
+            "measurements": self.stats.measurements,
+            "next_seq": self.seq,
+            "frames_sent": publisher.stats.published,
+            "frames_acked": publisher.stats.acked,
+            "replayed": self.stats.replayed,
+            "rejects": dict(self.stats.rejects + self.source.stats.rejects),
+            "spool_depth": spool.depth if spool else 0,
+            "spool_bytes": spool.size_bytes if spool else 0,
+            "spool_dropped": spool.stats.dropped_full + spool.stats.dropped_age if spool else 0,
+            "encode_ms_per_measurement": per,
+            "encode_batch_ms_max": worst,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _beat(self, publisher: Publisher) -> None:
+        """Heartbeat thread: one now, then every `health_interval_s` until the stop."""
+        while True:
+            try:
+                publisher.publish_health(self.health(publisher))
+            except Exception:  # a heartbeat must never take the agent down
+                log.exception("heartbeat failed")
+            if self.stopping.wait(self.cfg.health_interval_s):
+                return
+
     def run(self, publisher: Publisher) -> None:
+        beat = threading.Thread(
+            target=self._beat, args=(publisher,), name="sparsetel-health", daemon=True
+        )
+        beat.start()
         reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
         reader.start()
         ended = False
@@ -215,8 +266,14 @@ class _Agent:
         if not batch:
             return
         x = np.stack([m.values for m in batch])
+        started = time.perf_counter()
         try:
             codes = self.encoder.encode_records(x)
+            took = time.perf_counter() - started
+            with self._window:
+                self._encode_s += took
+                self._encoded += len(batch)
+                self._encode_max_ms = max(self._encode_max_ms, took * 1000)
         except SparsetelError as exc:  # the graph broke its contract on this batch
             self.stats.rejects["encode"] += len(batch)
             log.error("batch of %s dropped: %s", len(batch), exc)

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.topics import data_topic, ncmd_topic, state_topic
+from sparsetel.shared.topics import data_topic, health_topic, ncmd_topic, state_topic
 
 __all__ = ["Publisher", "PublisherStats"]
 
@@ -93,6 +93,7 @@ class Publisher:
         self._data_topic = data_topic(group, edge)
         self._state_topic = state_topic(group, edge)
         self._ncmd_topic = ncmd_topic(group, edge)
+        self._health_topic = health_topic(group, edge)
         self._max_inflight = max_inflight
         self._max_queued = max_queued
         self._tls, self._host, self._port = parse_broker_url(broker.url)
@@ -179,6 +180,14 @@ class Publisher:
         self.stats.bytes_sent += len(payload)
         self._track(info.mid, "frame", tag)
         return True
+
+    def publish_health(self, payload: bytes) -> bool:
+        """Publish one heartbeat on the HEALTH topic (QoS 0: the next one follows soon);
+        False when it could not leave, e.g. while the broker is away."""
+        if not self.connected:
+            return False
+        info = self._client.publish(self._health_topic, payload, qos=0)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def wait_for_acks(self, timeout: float) -> bool:
         """Wait until every frame and birth published so far is acknowledged; False on timeout."""

@@ -113,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, help="where bdSeq and the spool persist (default .sparsetel/EDGE)"
     )
+    p.add_argument("--health-interval", type=float, help="seconds between heartbeats (default 30)")
     p.add_argument(
         "--spool-max-bytes", type=int, help="frames kept on disk until acked (default 256 MiB)"
     )

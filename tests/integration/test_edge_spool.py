@@ -1,11 +1,12 @@
 """Store-and-forward against real Mosquitto: frames stay on disk until the broker has them,
 and what a run leaves behind (broker gone, agent SIGKILLed) is replayed by the next run,
-flagged historical, in order, under its own bdSeq and seq."""
+flagged historical, in order, under its own bdSeq and seq. And the agent's heartbeats."""
 
 from __future__ import annotations
 
 import io
 import json
+import queue
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from sparsetel.edge.agent import SPOOL_FILE, AgentStats, run_agent
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.edge.spool import Spool
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.topics import data_topic, state_topic
+from sparsetel.shared.topics import data_topic, health_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
 from tests.integration.test_edge_agent import (
     AGENT_MAIN,
@@ -170,3 +171,41 @@ def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
     codes = [r.codes for f in frames for r in f.records]
     assert codes == OnnxEncoder(model_dir).encode_records(rows)  # every measurement, once
     assert stats.replayed == 4 and stats.bd_seq == 1 and Spool(spool).depth == 0
+
+
+def test_heartbeats_on_health_carry_the_agents_vital_signs(
+    broker: BrokerConfig, group: str, model_dir: Path, tmp_path: Path
+) -> None:
+    _write_csv(tmp_path / "kpis.csv", 30)
+    listener = Listener(broker, health_topic(group, EDGE))
+    cfg = _config(
+        model_dir,
+        group,
+        broker,
+        source=str(tmp_path / "kpis.csv"),
+        batch=5,
+        rate_hz=20.0,
+        max_batch_delay_s=1.0,
+        health_interval_s=0.2,
+    )
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats) == 0
+    beats = []
+    while True:
+        try:
+            beats.append(json.loads(listener.messages.get(timeout=1.0).payload))
+        except queue.Empty:
+            break
+    listener.close()
+    assert len(beats) >= 3  # 30 rows at 20 Hz: about 1.5 s, a beat every 0.2 s
+    first, last = beats[0], beats[-1]
+    assert (first["edge"], first["group"], first["bd_seq"]) == (EDGE, group, 0)
+    assert first["model_sha256"] == OnnxEncoder(model_dir).model_sha256
+    uptimes = [b["uptime_s"] for b in beats]
+    assert uptimes == sorted(uptimes) and uptimes[0] >= 0
+    assert [b["measurements"] for b in beats] == sorted(b["measurements"] for b in beats)
+    assert last["measurements"] > 0 and last["frames_sent"] >= 1
+    assert last["spool_depth"] >= 0 and last["spool_dropped"] == 0
+    assert last["rejects"] == {"non_numeric": 1}  # the CSV's one bad row
+    timed = [b["encode_ms_per_measurement"] for b in beats if b["encode_ms_per_measurement"]]
+    assert timed and all(0 < t < 1000 for t in timed)

@@ -79,7 +79,7 @@ def test_the_edge_command_never_imports_torch_or_pandas(tmp_path: Path) -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_spool_bound_that_is_not_positive_names_its_key(
+def test_a_spool_or_health_bound_that_is_not_positive_names_its_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["edge", "--model", "m", "--source", "s", "--group", "g", "--edge-id", "e"]
@@ -87,3 +87,5 @@ def test_a_spool_bound_that_is_not_positive_names_its_key(
     assert "spool_max_bytes" in capsys.readouterr().err
     assert main([*args, "--spool-max-age", "-5"]) == 2
     assert "spool_max_age_s" in capsys.readouterr().err
+    assert main([*args, "--health-interval", "0"]) == 2
+    assert "health_interval_s" in capsys.readouterr().err
