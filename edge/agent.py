@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -77,6 +77,8 @@ class AgentStats:
     next_seq: int = 0
     connects: int = 0
     replayed: int = 0
+    deferred: int = 0
+    resent: int = 0
     spool_depth: int = 0
     spool_dropped: int = 0
     elapsed_s: float = 0.0
@@ -118,6 +120,7 @@ class _Agent:
         self.bd_seq = 0
         self.seq = 0
         self.spool: Spool | None = None
+        self.deferred: deque[int] = deque()  # spool ids the in-memory queue had no room for
         self.started = time.monotonic()
         self._encode_s = 0.0  # encode time and measurements since the last heartbeat
         self._encoded = 0
@@ -194,6 +197,16 @@ class _Agent:
             if self.stopping.wait(self.cfg.health_interval_s):
                 return
 
+    def resend(self, publisher: Publisher) -> None:
+        """Publish deferred frames from the spool, oldest first, flagged historical, while
+        the in-memory queue has room (a frame the spool has since dropped is skipped)."""
+        while self.deferred and self.spool is not None and publisher.has_room():
+            tag = self.deferred.popleft()
+            found = self.spool.pending(after=tag - 1, limit=1)
+            if found and found[0].id == tag:
+                publisher.publish_frame(as_historical(found[0].payload), tag=tag)
+                self.stats.resent += 1
+
     def run(self, publisher: Publisher) -> None:
         beat = threading.Thread(
             target=self._beat, args=(publisher,), name="sparsetel-health", daemon=True
@@ -206,6 +219,7 @@ class _Agent:
             batch, ended = self._gather()
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
+            self.resend(publisher)
 
     def _read(self) -> None:
         """Reader thread: the source's measurements into the queue, then _END."""
@@ -232,7 +246,8 @@ class _Agent:
         """Up to `batch` measurements, or fewer once `max_batch_delay_s` has passed since the
         first; (batch, True) when the source ended or a stop was asked."""
         batch: list[Measurement] = []
-        deadline = float("inf")
+        # Deferred frames are resent between batches: come back even when nothing arrives.
+        deadline = time.monotonic() + self.cfg.max_batch_delay_s if self.deferred else float("inf")
         while len(batch) < self.cfg.batch:
             if self.stopping.is_set():
                 return batch + self._drain(), True
@@ -320,14 +335,16 @@ class _Agent:
             if tag is None:
                 self.stats.rejects["queue_full"] += len(records)
                 return
-            # Safe in the spool: the next run publishes it, flagged historical.
-            self.stats.rejects["queue_full_spooled"] += len(records)
+            # Safe in the spool: resent once the queue drains, or by the next run.
+            self.deferred.append(tag)
+            self.stats.deferred += 1
         self.stats.measurements += len(records)
 
 
 def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     """Wait for acks (bounded), publish the death, disconnect; fill in the counters."""
     cfg = agent.cfg
+    agent.resend(publisher)
     if not publisher.wait_for_acks(cfg.ack_timeout_s):
         log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
     publisher.close(timeout=min(cfg.ack_timeout_s, 5.0) or 1.0)
@@ -397,6 +414,7 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
                     edge=agent.edge,
                     birth=agent.birth,
                     death=agent.death,
+                    max_queued=cfg.max_queued_frames,
                     on_frame_acked=lambda tag: spool.ack([tag]),
                 )
                 publisher.connect(cfg.connect_timeout_s)

@@ -39,6 +39,8 @@ class EdgeConfig:
     - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
     - `loop`: replay the CSV again at its end; `connect_timeout_s`: fail when the broker
       does not accept us in time; `ack_timeout_s`: how long to wait for acks at the end.
+    - `max_queued_frames`: frames held in memory for the broker; beyond, they wait in the
+      spool and are resent once the queue has drained to half.
     - `health_interval_s`: how often a heartbeat goes to the HEALTH topic.
     - `spool_max_bytes`, `spool_max_age_s`: bounds of the on-disk spool
       (``state_dir/spool.db``) that holds every frame until the broker acknowledges it;
@@ -61,6 +63,7 @@ class EdgeConfig:
     loop: bool = False
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
+    max_queued_frames: int = 10_000
     health_interval_s: float = 30.0
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age_s: float = 7 * 24 * 3600.0
@@ -74,6 +77,7 @@ class EdgeConfig:
             ("period_ms", 1 <= self.period_ms <= _U32, "in 1..2**32-1"),
             ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
             ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
+            ("max_queued_frames", self.max_queued_frames >= 1, ">= 1"),
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
             ("spool_max_bytes", self.spool_max_bytes >= 1, ">= 1"),
             ("spool_max_age_s", self.spool_max_age_s > 0, "> 0"),

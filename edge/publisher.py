@@ -181,6 +181,11 @@ class Publisher:
         self._track(info.mid, "frame", tag)
         return True
 
+    def has_room(self) -> bool:
+        """Whether the in-memory queue is at most half full (room to resend older frames)."""
+        with self._cond:
+            return self._max_queued == 0 or 2 * self._frames_pending < self._max_queued
+
     def publish_health(self, payload: bytes) -> bool:
         """Publish one heartbeat on the HEALTH topic (QoS 0: the next one follows soon);
         False when it could not leave, e.g. while the broker is away."""

@@ -209,3 +209,62 @@ def test_heartbeats_on_health_carry_the_agents_vital_signs(
     assert last["rejects"] == {"non_numeric": 1}  # the CSV's one bad row
     timed = [b["encode_ms_per_measurement"] for b in beats if b["encode_ms_per_measurement"]]
     assert timed and all(0 < t < 1000 for t in timed)
+
+
+AGENT_SMALL_QUEUE = """
+import json, sys
+from pathlib import Path
+from sparsetel.edge.agent import EdgeConfig, run_agent
+from sparsetel.shared.config import BrokerConfig
+a = json.loads(sys.argv[1])
+cfg = EdgeConfig(group=a["group"], edge_id=a["edge"], model=Path(a["model"]), source="-",
+                 batch=2, max_batch_delay_s=0.3, state_dir=Path(a["state"]),
+                 broker=BrokerConfig(url=a["url"]), max_queued_frames=2)
+raise SystemExit(run_agent(cfg, print_json=True))
+"""
+
+
+def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
+    own_broker: OwnBroker, model_dir: Path
+) -> None:
+    broker = BrokerConfig(url=own_broker.url)
+    group = "resend"
+    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
+    args["state"] = str(model_dir.parent / "state")
+    listener = Listener(broker, data_topic(group, EDGE))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT_SMALL_QUEUE, json.dumps(args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    rows = [[i, i, i] for i in range(14)]
+    lines = [json.dumps(r).encode() + b"\n" for r in rows]
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(lines[:2]))  # frame 0, delivered
+        proc.stdin.flush()
+        frames = [decode_frame(bytes(listener.next("frame 0").payload))]
+        listener.close()
+        own_broker.stop()
+        proc.stdin.write(b"".join(lines[2:]))  # frames 1..6: 2 fit in memory, 4 wait on disk
+        proc.stdin.flush()
+        time.sleep(1.0)
+        own_broker.start()
+        listener = Listener(broker, data_topic(group, EDGE))
+        while {f.seq for f in frames} != set(range(7)):
+            frames.append(decode_frame(bytes(listener.next("the frames after the outage").payload)))
+        listener.close()
+        proc.stdin.close()  # the source ends: the agent finishes
+        proc.wait(timeout=TIMEOUT * 2)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        proc.kill()
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0, stats
+    by_seq = {f.seq: f for f in frames}
+    assert [by_seq[s].historical for s in range(7)] == [False] * 3 + [True] * 4
+    codes = [r.codes for s in range(7) for r in by_seq[s].records]
+    assert codes == OnnxEncoder(model_dir).encode_records(np.array(rows, dtype=np.float32))
+    assert (stats["deferred"], stats["resent"], stats["spool_depth"]) == (4, 4, 0)
