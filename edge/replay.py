@@ -2,8 +2,9 @@
 
 Both follow the base's rules in `sparsetel.edge.source` (one cell rule, bad input counted in
 `stats.rejects` and skipped, times that never go backwards). `open_source` turns the agent's
-``source`` setting into one of them: ``"-"`` reads JSON lines from stdin, anything else is a
-CSV file to replay.
+``source`` setting into one of them: ``"-"`` reads JSON lines from stdin,
+``"py:MODULE:FUNCTION"`` calls a custom collector (`sparsetel.edge.source.CallableSource`),
+anything else is a CSV file to replay.
 
 - `CsvReplaySource` replays a KPI CSV (stdlib csv), paced at `rate_hz` or as fast as possible.
 - `JsonLinesSource` reads one JSON measurement per line (stdin in the agent).
@@ -12,20 +13,21 @@ CSV file to replay.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Any, TextIO, cast
 
 import numpy as np
 
-from sparsetel.shared.errors import DataError
+from sparsetel.shared.errors import ConfigError, DataError
 from sparsetel.shared.kpi import Sentinels, column_key, match_columns
 
-from .source import Measurement, MeasurementSource
+from .source import CallableSource, Measurement, MeasurementSource
 
 __all__ = ["MAX_LINE_BYTES", "CsvReplaySource", "JsonLinesSource", "open_source"]
 
@@ -45,10 +47,15 @@ def open_source(
     period_ms: int = 1000,
     stdin: IO[bytes] | None = None,
 ) -> MeasurementSource:
-    """The source `spec` names: "-" for JSON lines on `stdin` (default: fd 0), else a CSV path.
+    """The source `spec` names: "-" for JSON lines on `stdin` (default: fd 0),
+    "py:MODULE:FUNCTION" for a custom collector (`collector`), else a CSV path.
 
-    `rate_hz` and `loop` apply to CSV replay only (stdin sets its own pace).
+    `rate_hz` applies to CSV replay and collectors (stdin sets its own pace); `loop` to CSV.
     """
+    if spec.startswith("py:"):
+        return CallableSource(
+            collector(spec), kpis, sentinels, rate_hz=rate_hz, limit=limit, period_ms=period_ms
+        )
     if spec == "-":
         if rate_hz is not None:
             log.warning("rate_hz is ignored for JSON lines: stdin sets the pace")
@@ -57,6 +64,27 @@ def open_source(
     return CsvReplaySource(
         Path(spec), kpis, sentinels, rate_hz=rate_hz, limit=limit, loop=loop, period_ms=period_ms
     )
+
+
+def collector(spec: str) -> Callable[[], Any]:
+    """The collect function "py:MODULE:FUNCTION" names: MODULE imported (from the installed
+    packages or the working directory), FUNCTION a callable taking no argument that returns
+    one measurement per call (see `CallableSource`). ConfigError when it cannot be had."""
+    parts = spec.split(":")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ConfigError(f"a collector is py:MODULE:FUNCTION, got {spec!r}", key="source")
+    _, module_name, attr = parts
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` has it
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module failed while importing
+        message = f"cannot import collector module {module_name!r}: {exc}"
+        raise ConfigError(message, key="source") from exc
+    fn: object = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{module_name}.{attr} is not a callable collector", key="source")
+    return cast(Callable[[], Any], fn)
 
 
 def _private_stdin() -> IO[bytes]:

@@ -324,3 +324,29 @@ def test_agent_rejects_a_bad_edge_id_as_a_config_error(model_dir: Path) -> None:
     stats = AgentStats()
     assert run_agent(_config(model_dir, "g", BrokerConfig(), edge_id="a/b"), stats=stats) == 2
     assert stats.error is not None and "a/b" in stats.error
+
+
+def test_agent_streams_from_a_custom_python_collector(
+    broker: BrokerConfig,
+    group: str,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "site_probe.py").write_text(
+        "rows = iter([[-90, -11, 5], [-91, -12, 4], [-92, -12, 3], [-93, -13, 2]])\n"
+        "def collect():\n"
+        "    return next(rows, None)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    cfg = _config(model_dir, group, broker, source="py:site_probe:collect", batch=2)
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats) == 0
+    frames, _ = _collect(listener, 4)
+    listener.close()
+    rows = np.array([[-90, -11, 5], [-91, -12, 4], [-92, -12, 3], [-93, -13, 2]], np.float32)
+    assert [r.codes for f in frames for r in f.records] == OnnxEncoder(model_dir).encode_records(
+        rows
+    )
+    assert stats.measurements == 4

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.edge.replay import MAX_LINE_BYTES, CsvReplaySource, JsonLinesSource
+from sparsetel.edge.replay import MAX_LINE_BYTES, CsvReplaySource, JsonLinesSource, open_source
 from sparsetel.edge.source import CallableSource, Measurement
-from sparsetel.shared.errors import DataError
+from sparsetel.shared.errors import ConfigError, DataError
 from sparsetel.shared.kpi import parse_sentinels
 
 KPIS = ("RSRP", "RSRQ", "DL bitrate")
@@ -237,3 +237,32 @@ def test_callable_source_ends_after_max_errors_in_a_row() -> None:
     source = CallableSource(collect, KPIS, max_errors=3)
     assert list(source) == []
     assert source.stats.rejects == {"collector_error": 3}
+
+
+def test_a_py_source_spec_opens_the_named_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_modem.py").write_text(
+        "readings = iter([[1, 2, 3], [4, 'x', 6], [7, 8, 9]])\n"
+        "def read():\n"
+        "    return next(readings, None)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = open_source("py:my_modem:read", KPIS)
+    assert isinstance(source, CallableSource)
+    got = list(source)
+    assert [m.values.tolist() for m in got] == [[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]]
+    assert source.stats.rejects == {"non_numeric": 1}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("py:only_module", "py:MODULE:FUNCTION"),
+        ("py:no_such_collector_module:read", "cannot import collector module"),
+        ("py:math:pi", "not a callable collector"),
+    ],
+)
+def test_a_bad_collector_spec_is_a_config_error(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        open_source(spec, KPIS)
