@@ -11,12 +11,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.edge.agent import SPOOL_FILE, AgentStats, run_agent
 from sparsetel.edge.encoder import OnnxEncoder
@@ -83,7 +86,11 @@ class OwnBroker:
     def __init__(self, tmp: Path) -> None:
         self.port = _free_port()
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        # Persistence: a subscriber's session and its queued messages outlive a restart.
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {tmp}/\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,8 +110,9 @@ class OwnBroker:
         pytest.fail(f"mosquitto did not listen on {self.port}")
 
     def stop(self) -> None:
+        """SIGTERM: Mosquitto saves its sessions and goes; the clients see it vanish."""
         if self.proc is not None:
-            self.proc.kill()
+            self.proc.terminate()
             self.proc.wait(timeout=TIMEOUT)
             self.proc = None
 
@@ -231,7 +239,25 @@ def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
     group = "resend"
     args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
     args["state"] = str(model_dir.parent / "state")
-    listener = Listener(broker, data_topic(group, EDGE))
+    # A persistent session: what the agent publishes after the restart waits for this
+    # subscriber, whichever of the two reconnects first.
+    received: queue.Queue[bytes] = queue.Queue()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="resend-sub", clean_session=False)
+    subscribed = threading.Event()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(data_topic(group, EDGE), qos=1)
+    sub.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    sub.on_message = lambda c, u, m: received.put(bytes(m.payload))
+    sub.reconnect_delay_set(min_delay=1, max_delay=1)
+    sub.connect("127.0.0.1", own_broker.port)
+    sub.loop_start()
+    assert subscribed.wait(TIMEOUT)
+
+    def next_frame(what: str) -> Frame:
+        try:
+            return decode_frame(received.get(timeout=TIMEOUT * 2))
+        except queue.Empty:
+            pytest.fail(f"no frame within {TIMEOUT * 2} s while waiting for {what}")
+
     proc = subprocess.Popen(
         [sys.executable, "-c", AGENT_SMALL_QUEUE, json.dumps(args)],
         stdin=subprocess.PIPE,
@@ -244,23 +270,21 @@ def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
         assert proc.stdin is not None
         proc.stdin.write(b"".join(lines[:2]))  # frame 0, delivered
         proc.stdin.flush()
-        frames = [decode_frame(bytes(listener.next("frame 0").payload))]
-        listener.close()
+        frames = [next_frame("frame 0")]
         own_broker.stop()
         proc.stdin.write(b"".join(lines[2:]))  # frames 1..6: 2 fit in memory, 4 wait on disk
         proc.stdin.flush()
         time.sleep(1.0)
         own_broker.start()
-        listener = Listener(broker, data_topic(group, EDGE))
         while {f.seq for f in frames} != set(range(7)):
-            frames.append(decode_frame(bytes(listener.next("the frames after the outage").payload)))
-        listener.close()
+            frames.append(next_frame("the frames after the outage"))
         proc.stdin.close()  # the source ends: the agent finishes
         proc.wait(timeout=TIMEOUT * 2)
         assert proc.stdout is not None
         out = proc.stdout.read()
     finally:
         proc.kill()
+        sub.loop_stop()
     stats = json.loads(out.decode().strip().splitlines()[-1])
     assert proc.returncode == 0, stats
     by_seq = {f.seq: f for f in frames}
