@@ -202,9 +202,9 @@ class _Agent:
         the in-memory queue has room (a frame the spool has since dropped is skipped)."""
         while self.deferred and self.spool is not None and publisher.has_room():
             tag = self.deferred.popleft()
-            found = self.spool.pending(after=tag - 1, limit=1)
-            if found and found[0].id == tag:
-                publisher.publish_frame(as_historical(found[0].payload), tag=tag)
+            frame = self.spool.get(tag)
+            if frame is not None:
+                publisher.publish_frame(as_historical(frame.payload), tag=tag)
                 self.stats.resent += 1
 
     def run(self, publisher: Publisher) -> None:
@@ -220,6 +220,8 @@ class _Agent:
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
             self.resend(publisher)
+        self.stopping.set()  # the source is done: the heartbeat thread ends too
+        beat.join(timeout=5.0)
 
     def _read(self) -> None:
         """Reader thread: the source's measurements into the queue, then _END."""

@@ -175,6 +175,11 @@ class Spool:
             rows = self._db.execute(sql, args).fetchall()
         return [Spooled(int(a), int(b), int(c), int(d), bytes(e)) for a, b, c, d, e in rows]
 
+    def get(self, frame_id: int) -> Spooled | None:
+        """The frame stored under `frame_id`, or None once it is acknowledged or dropped."""
+        found = self.pending(after=frame_id - 1, limit=1)
+        return found[0] if found and found[0].id == frame_id else None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -10,8 +10,8 @@ Families, each at every L of the sweep:
 
 L sets the operating point too: the decoder variance aims at ``15 + 7.5 log2 L`` dB (15,
 22.5, 30, 37.5 dB for L = 1, 2, 4, 8), since more codes only pay where finer fidelity is
-asked for. "sdlgm" also runs the high-rate end of its rate-distortion curve (RD_SWEEP, 45 to
-90 dB) at L = RD_L = 16 (or the largest L asked for, if more): near-lossless coding needs a
+asked for. "sdlgm" also runs its rate-distortion curve (RD_SWEEP, 20 to 90 dB) at
+L = RD_L = 16 (or the largest L asked for, if more): near-lossless coding needs a
 word for nearly every KPI of a key measurement, and two for a wide move.
 
 The target KPI the cloud predicts (`TrainData.target`) gets TARGET_WEIGHT times the others'
@@ -109,7 +109,7 @@ class SDLGMCodec:
     def _fit_tables(self, coded: Sequence[Codes]) -> None:
         model = self._model()
         D, K = model.cfg.D, model.cfg.K
-        self._group = model.codebook.abs().argmax(1).numpy().astype(np.int64)
+        self._group = model.group.numpy().astype(np.int64)
         self._words = [np.flatnonzero(self._group == j) for j in range(D)]
         self._local = np.zeros(K, dtype=np.int64)
         for ids in self._words:

@@ -41,6 +41,9 @@ def test_frames_come_back_in_order_until_acknowledged(tmp_path: Path) -> None:
     assert [f.seq for f in waiting] == [0, 2, 4]
     assert waiting[0].payload == frame(0) and waiting[0].bd_seq == 3
     assert [f.seq for f in spool.pending(after=ids[0], limit=1)] == [2]
+    got = spool.get(ids[2])
+    assert got is not None and (got.id, got.seq, got.payload) == (ids[2], 2, frame(2))
+    assert spool.get(ids[1]) is None  # acknowledged
     assert spool.depth == 3 and spool.stats.stored == 5 and spool.stats.acked == 2
 
 
