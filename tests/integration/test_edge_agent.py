@@ -245,17 +245,24 @@ raise SystemExit(run_agent(cfg, print_json=True))
 """
 
 
+def spawn_agent(
+    script: str, model_dir: Path, group: str, url: str, **pipes: Any
+) -> subprocess.Popen[bytes]:
+    """`script` (AGENT_MAIN or a variant taking the same JSON) as an agent process of its
+    own, reading JSON lines from a pipe; `pipes` for its stdout and stderr."""
+    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": url}
+    args["state"] = str(model_dir.parent / "state")
+    return subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(args)], stdin=subprocess.PIPE, **pipes
+    )
+
+
 def test_sigterm_flushes_the_partial_batch_publishes_the_death_and_exits_0(
     broker: BrokerConfig, group: str, model_dir: Path
 ) -> None:
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
-    args["state"] = str(model_dir.parent / "state")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    proc = spawn_agent(
+        AGENT_MAIN, model_dir, group, broker.url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert proc.stdin is not None
@@ -282,11 +289,7 @@ def test_the_broker_publishes_the_death_when_the_agent_dies_abruptly(
     broker: BrokerConfig, group: str, model_dir: Path
 ) -> None:
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
-    args["state"] = str(model_dir.parent / "state")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)], stdin=subprocess.PIPE
-    )
+    proc = spawn_agent(AGENT_MAIN, model_dir, group, broker.url)
     try:
         birth = parse_state(bytes(listener.next("the birth").payload))
         proc.kill()  # no clean disconnect: the broker must send the last will

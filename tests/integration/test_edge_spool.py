@@ -10,7 +10,6 @@ import queue
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from tests.integration.test_edge_agent import (
     broker,
     group,
     model_dir,
+    spawn_agent,
 )
 
 pytestmark = pytest.mark.integration
@@ -132,14 +132,8 @@ def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
 ) -> None:
     broker = BrokerConfig(url=own_broker.url)
     group = "spool"
-    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
-    args["state"] = str(model_dir.parent / "state")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AGENT_MAIN, json.dumps(args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    quiet = subprocess.DEVNULL
+    proc = spawn_agent(AGENT_MAIN, model_dir, group, broker.url, stdout=quiet, stderr=quiet)
     listener = Listener(broker, data_topic(group, EDGE))
     spool = model_dir.parent / "state" / SPOOL_FILE
     try:
@@ -237,8 +231,6 @@ def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
 ) -> None:
     broker = BrokerConfig(url=own_broker.url)
     group = "resend"
-    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": broker.url}
-    args["state"] = str(model_dir.parent / "state")
     # A persistent session: what the agent publishes after the restart waits for this
     # subscriber, whichever of the two reconnects first.
     received: queue.Queue[bytes] = queue.Queue()
@@ -258,9 +250,11 @@ def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
         except queue.Empty:
             pytest.fail(f"no frame within {TIMEOUT * 2} s while waiting for {what}")
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AGENT_SMALL_QUEUE, json.dumps(args)],
-        stdin=subprocess.PIPE,
+    proc = spawn_agent(
+        AGENT_SMALL_QUEUE,
+        model_dir,
+        group,
+        broker.url,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
