@@ -3,7 +3,9 @@
 `run_agent(cfg)` is what ``sparsetel edge`` runs. It fails fast, with a one-line reason,
 before touching the network: ids are checked, the encoder's sha256, self-test and KPI schema
 are verified, the source is opened, and bdSeq (``state_dir/bdseq``) is incremented and
-persisted, so every run has a new bdSeq even after a crash. Then it connects and loops:
+persisted, so every run has a new bdSeq even after a crash. Then it connects (a broker that
+does not answer within `connect_timeout_s` is retried in the background while the agent
+measures into its spool; one that refuses it is fatal) and loops:
 gather up to `batch` measurements (or `max_batch_delay_s` after the first), encode them in
 one onnxruntime call, publish one frame, seq 0, 1, 2, ... within the bdSeq. At the end of
 the source, or on SIGTERM/SIGINT, it flushes the partial batch, waits (bounded) for the
@@ -154,8 +156,11 @@ class _Agent:
             if not chunk:
                 return
             for old in chunk:
-                publisher.publish_frame(as_historical(old.payload), tag=old.id)
-                self.stats.replayed += 1
+                if publisher.publish_frame(as_historical(old.payload), tag=old.id):
+                    self.stats.replayed += 1
+                else:  # the memory queue is full (a long outage): resent once it drains
+                    self.deferred.append(old.id)
+                    self.stats.deferred += 1
             after = chunk[-1].id
         log.info("replayed %s spooled frames, flagged historical", self.stats.replayed)
 
@@ -372,9 +377,11 @@ def run_agent(
 ) -> int:
     """Run one edge agent to the end of its source (or a signal); return the exit code.
 
-    0 ok; 1 runtime failure (model mismatch, broker unreachable, state dir in use); 2 bad
-    configuration. The counters go to `stats` (pass one to read them) and, with
-    `print_json`, to stdout as one JSON object. `stdin` replaces sys.stdin.buffer for "-".
+    0 ok; 1 runtime failure (model mismatch, broker refusing us, state dir in use); 2 bad
+    configuration. A broker that does not answer is not a failure: the agent measures into
+    its spool and delivers once the broker is back (or the next run does). The counters go
+    to `stats` (pass one to read them) and, with `print_json`, to stdout as one JSON object.
+    `stdin` replaces sys.stdin.buffer for "-".
     """
     stats = stats if stats is not None else AgentStats()
     started = time.monotonic()
@@ -419,8 +426,14 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
                     max_queued=cfg.max_queued_frames,
                     on_frame_acked=lambda tag: spool.ack([tag]),
                 )
-                publisher.connect(cfg.connect_timeout_s)
-                log.info("edge %s/%s online, bdSeq %s", agent.group, agent.edge, agent.bd_seq)
+                online = publisher.connect(cfg.connect_timeout_s)
+                log.info(
+                    "edge %s/%s %s, bdSeq %s",
+                    agent.group,
+                    agent.edge,
+                    "online" if online else "measuring offline into the spool",
+                    agent.bd_seq,
+                )
                 try:
                     with stop_on_signals(agent.stop):
                         agent.replay(spool, publisher)

@@ -37,8 +37,9 @@ class EdgeConfig:
     - `broker`: where to publish (credentials from the environment, see shared.config).
     - `kpis`: the source's KPI names, checked against the model's; None = the model's.
     - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
-    - `loop`: replay the CSV again at its end; `connect_timeout_s`: fail when the broker
-      does not accept us in time; `ack_timeout_s`: how long to wait for acks at the end.
+    - `loop`: replay the CSV again at its end; `connect_timeout_s`: how long to wait for
+      the broker before measuring offline into the spool (it keeps retrying);
+      `ack_timeout_s`: how long to wait for acks at the end.
     - `max_queued_frames`: frames held in memory for the broker; beyond, they wait in the
       spool and are resent once the queue has drained to half.
     - `health_interval_s`: how often a heartbeat goes to the HEALTH topic.
@@ -110,6 +111,7 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "batch": flag("batch"),
         "state_dir": flag("state_dir"),
         "health_interval_s": flag("health_interval"),
+        "connect_timeout_s": flag("connect_timeout"),
         "spool_max_bytes": flag("spool_max_bytes"),
         "spool_max_age_s": flag("spool_max_age"),
         "sentinels": flag("sentinels"),

@@ -7,15 +7,17 @@ birth again. Frames go to the DATA topic at QoS 1 and are counted as acknowledge
 broker's PUBACK arrives (`on_publish`). `close()` publishes the death itself (a clean
 disconnect does not fire the will) and disconnects.
 
-paho runs its network loop in its own thread (`loop_start`) and reconnects with backoff;
-our callbacks only record state and queue publishes: they never block and never raise. paho's
-queue lives in memory, bounded by `max_queued`.
+paho runs its network loop in its own thread (`loop_start`) and reconnects; each wait is drawn
+by `Backoff` (exponential, with jitter, so a fleet cut off together does not come back in
+lockstep). Our callbacks only record state and queue publishes: they never block and never
+raise. paho's queue lives in memory, bounded by `max_queued`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -30,13 +32,41 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.topics import data_topic, health_topic, ncmd_topic, state_topic
 
-__all__ = ["Publisher", "PublisherStats"]
+__all__ = ["Backoff", "Publisher", "PublisherStats"]
 
 log = logging.getLogger(__name__)
 
 QOS = 1
-RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 60
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 60.0
+
+
+class Backoff:
+    """Reconnect waits: the n-th is drawn uniformly from [c/2, c], c = min(cap_s, base_s * 2**n)
+    ("equal jitter"): it grows like plain exponential backoff, and thousands of edges that
+    lost the broker together spread their reconnects over half of each window."""
+
+    def __init__(
+        self,
+        base_s: float = RECONNECT_MIN_S,
+        cap_s: float = RECONNECT_MAX_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < base_s <= cap_s:
+            raise ValueError(f"need 0 < base_s <= cap_s, got {base_s} and {cap_s}")
+        self.base_s, self.cap_s = base_s, cap_s
+        self._rng = rng if rng is not None else random.Random()
+        self._attempt = 0
+
+    def next(self) -> float:
+        """The wait before the next attempt, in seconds."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self._attempt, 62))
+        self._attempt += 1
+        return ceiling * (0.5 + 0.5 * self._rng.random())
+
+    def reset(self) -> None:
+        """Connected: the next loss starts again from `base_s`."""
+        self._attempt = 0
 
 
 @dataclass
@@ -108,6 +138,7 @@ class Publisher:
         self._refused: str | None = None
         self._last_error = "no answer yet"
         self._closed = False
+        self._backoff = Backoff()
         # ids never hold "/", so this client id is unique per (group, edge)
         client_id = broker.client_id or f"sparsetel/{group}/{edge}"
         self._client = self._build_client(broker, client_id)
@@ -127,7 +158,7 @@ class Publisher:
         if self._tls:
             client.tls_set(ca_certs=None if broker.tls_ca is None else str(broker.tls_ca))
         client.will_set(self._state_topic, self._death(), qos=QOS, retain=True)
-        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        self._draw_reconnect_wait(client)
         client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(0)  # bounded in publish_frame, births always pass
         client.on_connect = self._on_connect
@@ -141,11 +172,20 @@ class Publisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def connect(self, timeout: float = 10.0) -> None:
-        """Start the network loop and wait for the first CONNACK.
+    def _draw_reconnect_wait(self, client: mqtt.Client) -> None:
+        """Give paho the next jittered wait: it sleeps min_delay before its next attempt, as
+        its doubling restarts from min_delay after every reconnect_delay_set. (paho 2.2.0
+        annotates the delays as int but computes with them as float seconds.)"""
+        wait = self._backoff.next()
+        client.reconnect_delay_set(min_delay=wait, max_delay=wait)  # type: ignore[arg-type]
 
-        Raises ConnectionError (the loop stopped) when the broker refuses us or does not
-        answer within `timeout`; later losses are handled by reconnecting with backoff.
+    def connect(self, timeout: float = 10.0) -> bool:
+        """Start the network loop and wait up to `timeout` for the first CONNACK.
+
+        True once connected. False when the broker did not answer in time: the loop keeps
+        trying with backoff, and what is published meanwhile waits for it (an edge that boots
+        without its uplink still measures). Raises ConnectionError (the loop stopped) when
+        the broker refuses us (credentials, authorisation): retrying cannot fix that.
         """
         log.info(
             "connecting to %s:%s%s (%s)",
@@ -156,11 +196,19 @@ class Publisher:
         )
         self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
         self._client.loop_start()
-        if self._answered.wait(timeout) and self._refused is None:
-            return
+        if not self._answered.wait(timeout):
+            log.warning(
+                "broker %s:%s not reachable after %g s (%s): going on offline, retrying",
+                self._host,
+                self._port,
+                timeout,
+                self._last_error,
+            )
+            return False
+        if self._refused is None:
+            return True
         self._client.loop_stop()
-        reason = self._refused or f"no connection after {timeout:g} s ({self._last_error})"
-        raise ConnectionError(f"broker {self._host}:{self._port}: {reason}")
+        raise ConnectionError(f"broker {self._host}:{self._port}: {self._refused}")
 
     def publish_frame(self, payload: bytes, tag: int | None = None) -> bool:
         """Queue one frame (QoS 1) on the DATA topic; False when the in-memory queue is full.
@@ -271,6 +319,7 @@ class Publisher:
                     self._max_inflight,
                 )
             self.stats.connects += 1
+            self._backoff.reset()
             client.subscribe(self._ncmd_topic, qos=QOS)
             self._publish_birth(client)
             self._refused = None
@@ -284,6 +333,7 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._last_error = "connection failed"
+        self._draw_reconnect_wait(client)
         log.warning("cannot reach the broker %s:%s, retrying", self._host, self._port)
 
     def _on_disconnect(
@@ -297,6 +347,7 @@ class Publisher:
         self._connected.clear()
         self.stats.disconnects += 1
         if not self._closed:
+            self._draw_reconnect_wait(client)
             log.warning("disconnected from the broker (%s), reconnecting", reason_code)
 
     def _on_publish(

@@ -115,6 +115,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--health-interval", type=float, help="seconds between heartbeats (default 30)")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        help="seconds to wait for the broker before measuring offline (default 10)",
+    )
+    p.add_argument(
         "--spool-max-bytes", type=int, help="frames kept on disk until acked (default 256 MiB)"
     )
     p.add_argument(

@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.state import EdgeState, parse_state
 from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
 from sparsetel.shared.wire import Frame, decode_frame, encode_frame
+from tests.mosquitto import OwnBroker
 from tests.tinymodel import write_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -302,16 +302,44 @@ def test_the_broker_publishes_the_death_when_the_agent_dies_abruptly(
     assert birth.online and not will.online and will.bd_seq == birth.bd_seq == 0
 
 
-def test_agent_fails_fast_when_the_broker_does_not_answer(model_dir: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, not listening: connections are refused
-        cfg = _config(
-            model_dir, "g", BrokerConfig(url=f"mqtt://127.0.0.1:{port}"), connect_timeout_s=1.5
-        )
+def test_an_agent_booting_without_its_broker_measures_offline_and_delivers_later(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    broker = OwnBroker(tmp_path)  # its port stays closed for the first second
+    _write_csv(tmp_path / "kpis.csv", 30)
+    cfg = _config(
+        model_dir,
+        "g",
+        BrokerConfig(url=broker.url),
+        source=str(tmp_path / "kpis.csv"),
+        rate_hz=10.0,
+        batch=5,
+        connect_timeout_s=0.3,
+    )
+    stats = AgentStats()
+    late = threading.Timer(1.0, broker.start)
+    late.start()
+    try:
+        assert run_agent(cfg, stats=stats) == 0
+    finally:
+        late.join()
+        broker.stop()
+    assert stats.error is None and stats.connects == 1
+    assert (stats.measurements, stats.frames, stats.acked) == (30, 6, 6)
+    assert stats.spool_depth == 0  # everything measured offline reached the broker
+
+
+def test_an_agent_the_broker_refuses_exits_1_naming_the_refusal(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    broker = OwnBroker(tmp_path, anonymous=False)
+    broker.start()
+    try:
         stats = AgentStats()
-        assert run_agent(cfg, stats=stats) == 1
-    assert stats.error is not None and f"127.0.0.1:{port}" in stats.error
+        assert run_agent(_config(model_dir, "g", BrokerConfig(url=broker.url)), stats=stats) == 1
+    finally:
+        broker.stop()
+    assert stats.error is not None and "refused" in stats.error and str(broker.port) in stats.error
     assert stats.frames == 0
 
 

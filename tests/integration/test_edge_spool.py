@@ -7,12 +7,9 @@ from __future__ import annotations
 import io
 import json
 import queue
-import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +36,10 @@ from tests.integration.test_edge_agent import (
     model_dir,
     spawn_agent,
 )
+from tests.mosquitto import OwnBroker, own_broker
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker", "group", "model_dir"]  # fixtures, used by name
+__all__ = ["broker", "group", "model_dir", "own_broker"]  # fixtures, used by name
 
 
 def test_frames_left_in_the_spool_go_first_flagged_historical(
@@ -72,59 +70,6 @@ def test_frames_left_in_the_spool_go_first_flagged_historical(
     ]
     assert (stats.replayed, stats.spool_depth, stats.acked) == (3, 0, 5)
     assert Spool(state / SPOOL_FILE).depth == 0  # every frame acknowledged, none left
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OwnBroker:
-    """A Mosquitto of the test's own on a free port, to stop and start at will."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
-        self.conf = tmp / "mosquitto.conf"
-        # Persistence: a subscriber's session and its queued messages outlive a restart.
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {tmp}/\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"mosquitto did not listen on {self.port}")
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its sessions and goes; the clients see it vanish."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=TIMEOUT)
-            self.proc = None
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    if shutil.which("mosquitto") is None:
-        pytest.fail("mosquitto is not installed; the test script installs it")
-    b = OwnBroker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(

@@ -89,3 +89,5 @@ def test_a_spool_or_health_bound_that_is_not_positive_names_its_key(
     assert "spool_max_age_s" in capsys.readouterr().err
     assert main([*args, "--health-interval", "0"]) == 2
     assert "health_interval_s" in capsys.readouterr().err
+    assert main([*args, "--connect-timeout", "0"]) == 2
+    assert "connect_timeout_s" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""A Mosquitto of a test's own, on a free port, to stop, start and lock down at will.
+
+The suite's shared broker (127.0.0.1:1883) must never be restarted; tests that take the broker
+away, or need a configuration of their own (no anonymous clients, ACLs), start one of these.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+__all__ = ["OwnBroker", "free_port", "own_broker"]
+
+START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnBroker:
+    """Mosquitto on a free loopback port with persistence in `tmp`, its log in
+    ``tmp/mosquitto.log``; `extra` lines are appended to its configuration."""
+
+    def __init__(self, tmp: Path, extra: str = "", anonymous: bool = True) -> None:
+        self.port = free_port()
+        self.conf = tmp / "mosquitto.conf"
+        self.log = tmp / "mosquitto.log"
+        # Persistence: a subscriber's session and its queued messages outlive a restart.
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"allow_anonymous {'true' if anonymous else 'false'}\n"
+            f"persistence true\npersistence_location {tmp}/\n{extra}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"mosquitto did not listen on {self.port}: see {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto saves its sessions and goes; the clients see it vanish."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=START_TIMEOUT_S)
+            self.proc = None
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    if shutil.which("mosquitto") is None:
+        pytest.fail("mosquitto is not installed; the test script installs it")
+    b = OwnBroker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
