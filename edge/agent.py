@@ -20,6 +20,11 @@ A heartbeat thread publishes the agent's health on HEALTH every `health_interval
 uptime, model, measurements, frames sent and acknowledged, rejects, spool depth and drops,
 encode latency per measurement since the last heartbeat).
 
+Model updates (`edge.updater`): NCMD ``deploy`` and ``rollback`` go to an updater thread that
+fetches and checks a signed bundle and stages the encoder; the frame loop switches to it
+between two frames, publishes a fresh birth, and falls back to the previous encoder,
+re-encoding the batch, if the new one fails within its first `probation_frames` frames.
+
 A reader thread iterates the source into a bounded queue, so a blocking source (stdin) never
 holds back a due frame or a stop. The settings are in `edge.config`, bdSeq and the state-dir
 lock in `edge.state`, the sources in `edge.source` and `edge.replay`.
@@ -34,12 +39,13 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from sparsetel import __version__
-from sparsetel.shared.errors import ConfigError, SparsetelError, WireError
+from sparsetel.shared.errors import ConfigError, ModelMismatchError, SparsetelError, WireError
 from sparsetel.shared.kpi import parse_sentinels
 from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
@@ -53,6 +59,7 @@ from .replay import open_source
 from .source import Measurement
 from .spool import Spool, SpoolError, SpoolLimits, as_historical
 from .state import lock_state_dir, next_bd_seq
+from .updater import ActiveModels, ModelStore, Staged, Updater, load_trust_key
 
 __all__ = ["AgentStats", "EdgeConfig", "run_agent"]
 
@@ -83,6 +90,9 @@ class AgentStats:
     resent: int = 0
     spool_depth: int = 0
     spool_dropped: int = 0
+    switches: int = 0
+    rollbacks: int = 0
+    model_sha256: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
 
@@ -101,10 +111,19 @@ class _Agent:
         self.stats = stats
         self.group = validate_id(cfg.group)
         self.edge = validate_id(cfg.edge_id)
-        self.encoder = OnnxEncoder(cfg.model)
+        self.trust_key = load_trust_key(cfg.trust_key) if cfg.trust_key is not None else None
+        self.base = Path(cfg.model).resolve()
+        self.store = ModelStore(cfg.resolved_state_dir)
+        self.encoder, self.previous = self._load_models()
         self.encoder.self_test()
         kpis = cfg.kpis if cfg.kpis is not None else self.encoder.kpis
         self.encoder.check_schema(kpis)
+        self.kpis = tuple(kpis)
+        self.updater: Updater | None = None
+        self.staged: Staged | None = None  # set by the updater thread, taken by the frame loop
+        self._staging = threading.Lock()
+        self.probation = 0  # frames the newest model must encode before it is trusted
+        self.probation_deployment = ""
         sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
         self.source = open_source(
             cfg.source,
@@ -132,6 +151,84 @@ class _Agent:
     def stop(self) -> None:
         self.stopping.set()
         self.source.stop()
+
+    def _load_models(self) -> tuple[OnnxEncoder, OnnxEncoder | None]:
+        """The encoder to start with, and the one before it: the model last switched to when
+        it was deployed over this same ``--model``; else ``--model`` itself."""
+        active = self.store.read_active()
+        if active is None or active.base != str(self.base):
+            if active is not None:
+                log.info("started with another --model: deployed models are set aside")
+            return OnnxEncoder(self.base), None
+        try:
+            encoder = OnnxEncoder(active.current)
+            encoder.self_test()
+        except ModelMismatchError as exc:
+            log.error(
+                "deployed model %s is unusable (%s): starting on --model", active.current, exc
+            )
+            return OnnxEncoder(self.base), None
+        previous = None
+        if active.previous is not None:
+            try:
+                previous = OnnxEncoder(active.previous)
+            except ModelMismatchError as exc:
+                log.warning("previous model %s is unusable, no rollback: %s", active.previous, exc)
+        log.info("running deployed model %s", encoder.model_sha256[:16])
+        return encoder, previous
+
+    def submit(self, command: dict[str, Any]) -> None:
+        """paho's thread: a deploy or rollback command for the updater."""
+        if self.updater is not None:
+            self.updater.submit(command)
+
+    def stage(self, staged: Staged) -> None:
+        """Updater thread: have the frame loop switch to `staged.encoder` between frames."""
+        with self._staging:
+            self.staged = staged
+
+    def _switch(self, publisher: Publisher) -> None:
+        """Frame loop, between frames: run the staged encoder, announce it, report it."""
+        if self.staged is None:
+            return
+        with self._staging:
+            staged, self.staged = self.staged, None
+        if staged is None:
+            return
+        previous, self.encoder = self.encoder, staged.encoder
+        self.previous = previous
+        deploying = staged.kind == "deploy"
+        self.probation = self.cfg.probation_frames if deploying else 0
+        self.probation_deployment = staged.deployment
+        self.stats.switches += deploying
+        self.stats.rollbacks += not deploying
+        publisher.rebirth()
+        log.info("switched to model %s (%s)", self.encoder.model_sha256[:16], staged.kind)
+        if self.updater is not None:
+            self.updater.switched(staged, previous, self.base)
+
+    def _fall_back(self, exc: SparsetelError, publisher: Publisher) -> bool:
+        """The newest model failed on probation: go back to the previous one (True), or
+        False when there is nothing to go back to."""
+        if self.probation <= 0 or self.previous is None:
+            return False
+        failed, self.encoder, self.previous = self.encoder, self.previous, None
+        self.probation = 0
+        self.stats.rollbacks += 1
+        log.error("model %s failed on probation, rolled back: %s", failed.model_sha256[:16], exc)
+        publisher.rebirth()
+        if self.updater is not None:
+            self.updater.store.write_active(
+                ActiveModels(str(self.base), str(self.encoder.model_dir), None)
+            )
+            self.updater.report(
+                self.probation_deployment,
+                "rolled_back",
+                self.encoder.model_sha256,
+                f"the new model failed: {exc}",
+                previous=failed.model_sha256,
+            )
+        return True
 
     def birth(self) -> bytes:
         state = state_from_manifest(
@@ -219,9 +316,16 @@ class _Agent:
         beat.start()
         reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
         reader.start()
+        if self.updater is not None:
+            threading.Thread(
+                target=self.updater.run,
+                args=(self.stopping,),
+                name="sparsetel-deploy",
+                daemon=True,
+            ).start()
         ended = False
         while not ended:
-            batch, ended = self._gather()
+            batch, ended = self._gather(publisher)
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
             self.resend(publisher)
@@ -249,13 +353,15 @@ class _Agent:
                 continue
         return False
 
-    def _gather(self) -> tuple[list[Measurement], bool]:
+    def _gather(self, publisher: Publisher) -> tuple[list[Measurement], bool]:
         """Up to `batch` measurements, or fewer once `max_batch_delay_s` has passed since the
-        first; (batch, True) when the source ended or a stop was asked."""
+        first; (batch, True) when the source ended or a stop was asked. A staged model is
+        switched to meanwhile (no frame is being encoded)."""
         batch: list[Measurement] = []
         # Deferred frames are resent between batches: come back even when nothing arrives.
         deadline = time.monotonic() + self.cfg.max_batch_delay_s if self.deferred else float("inf")
         while len(batch) < self.cfg.batch:
+            self._switch(publisher)
             if self.stopping.is_set():
                 return batch + self._drain(), True
             wait = min(_POLL_S, deadline - time.monotonic())
@@ -288,20 +394,30 @@ class _Agent:
         if not batch:
             return
         x = np.stack([m.values for m in batch])
-        started = time.perf_counter()
         try:
-            codes = self.encoder.encode_records(x)
-            took = time.perf_counter() - started
-            with self._window:
-                self._encode_s += took
-                self._encoded += len(batch)
-                self._encode_max_ms = max(self._encode_max_ms, took * 1000)
+            codes = self._encode(x)
         except SparsetelError as exc:  # the graph broke its contract on this batch
-            self.stats.rejects["encode"] += len(batch)
-            log.error("batch of %s dropped: %s", len(batch), exc)
-            return
+            try:
+                if not self._fall_back(exc, publisher):
+                    raise
+                codes = self._encode(x)  # the same batch, with the previous model
+            except SparsetelError as final:
+                self.stats.rejects["encode"] += len(batch)
+                log.error("batch of %s dropped: %s", len(batch), final)
+                return
+        self.probation = max(0, self.probation - 1)
         records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
         self._publish(records, publisher)
+
+    def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:
+        started = time.perf_counter()
+        codes = self.encoder.encode_records(x)
+        took = time.perf_counter() - started
+        with self._window:
+            self._encode_s += took
+            self._encoded += len(x)
+            self._encode_max_ms = max(self._encode_max_ms, took * 1000)
+        return codes
 
     def _publish(self, records: tuple[Record, ...], publisher: Publisher) -> None:
         if self.seq > _U32:
@@ -351,6 +467,8 @@ class _Agent:
 def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     """Wait for acks (bounded), publish the death, disconnect; fill in the counters."""
     cfg = agent.cfg
+    if agent.staged is not None and agent.updater is not None:
+        agent.updater.report(agent.staged.deployment, "rejected", None, "the agent stopped first")
     agent.resend(publisher)
     if not publisher.wait_for_acks(cfg.ack_timeout_s):
         log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
@@ -361,6 +479,7 @@ def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     stats.failed = publisher.stats.failed
     stats.connects = publisher.stats.connects
     stats.next_seq = agent.seq
+    stats.model_sha256 = agent.encoder.model_sha256
     stats.rejects.update(agent.source.stats.rejects)
     stats.cells.update(agent.source.stats.cells)
     if agent.spool is not None:
@@ -425,6 +544,19 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
                     death=agent.death,
                     max_queued=cfg.max_queued_frames,
                     on_frame_acked=lambda tag: spool.ack([tag]),
+                    on_command=agent.submit,
+                )
+                agent.updater = Updater(
+                    group=agent.group,
+                    edge=agent.edge,
+                    kpis=agent.kpis,
+                    store=agent.store,
+                    trust_key=agent.trust_key,
+                    link=publisher,
+                    current=lambda: agent.encoder,
+                    previous=lambda: agent.previous,
+                    stage=agent.stage,
+                    fetch_timeout_s=cfg.fetch_timeout_s,
                 )
                 online = publisher.connect(cfg.connect_timeout_s)
                 log.info(

@@ -43,6 +43,10 @@ class EdgeConfig:
     - `max_queued_frames`: frames held in memory for the broker; beyond, they wait in the
       spool and are resent once the queue has drained to half.
     - `health_interval_s`: how often a heartbeat goes to the HEALTH topic.
+    - `trust_key`: the Ed25519 public key (PEM, from ``sparsetel keygen``) that model
+      deployments must be signed with; None = the agent refuses every deployment.
+    - `fetch_timeout_s`: how long to wait for a deployed model's bundle;
+      `probation_frames`: a new model that fails within this many frames is rolled back.
     - `spool_max_bytes`, `spool_max_age_s`: bounds of the on-disk spool
       (``state_dir/spool.db``) that holds every frame until the broker acknowledges it;
       beyond them the oldest frames are dropped, loudly.
@@ -66,6 +70,9 @@ class EdgeConfig:
     ack_timeout_s: float = 10.0
     max_queued_frames: int = 10_000
     health_interval_s: float = 30.0
+    trust_key: Path | None = None
+    fetch_timeout_s: float = 30.0
+    probation_frames: int = 10
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age_s: float = 7 * 24 * 3600.0
 
@@ -80,6 +87,8 @@ class EdgeConfig:
             ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
             ("max_queued_frames", self.max_queued_frames >= 1, ">= 1"),
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
+            ("fetch_timeout_s", 0 < self.fetch_timeout_s <= 3600, "in (0, 3600]"),
+            ("probation_frames", self.probation_frames >= 0, ">= 0"),
             ("spool_max_bytes", self.spool_max_bytes >= 1, ">= 1"),
             ("spool_max_age_s", self.spool_max_age_s > 0, "> 0"),
         ]
@@ -112,6 +121,7 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "state_dir": flag("state_dir"),
         "health_interval_s": flag("health_interval"),
         "connect_timeout_s": flag("connect_timeout"),
+        "trust_key": flag("trust_key"),
         "spool_max_bytes": flag("spool_max_bytes"),
         "spool_max_age_s": flag("spool_max_age"),
         "sentinels": flag("sentinels"),

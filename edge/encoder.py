@@ -51,6 +51,7 @@ class OnnxEncoder:
 
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
+        self.model_dir = model_dir.resolve()
         self.manifest = ModelManifest.load(model_dir / MANIFEST_FILE)
         # What the rest of the edge needs, read once from the manifest (never from config).
         self.L: int = self.manifest.L  # at most L codes per measurement

@@ -1,22 +1,24 @@
 """The edge's MQTT side: one paho-mqtt 2.x client with birth, death and acknowledged frames.
 
-Protocol (borrowed from Sparkplug B): the client's last will is the death on the edge's STATE
-topic (retained, QoS 1), so the broker announces a lost edge; on every connect it publishes
-the birth (retained, QoS 1) and subscribes to its NCMD topic, where ``rebirth`` asks for the
-birth again. Frames go to the DATA topic at QoS 1 and are counted as acknowledged when the
-broker's PUBACK arrives (`on_publish`). `close()` publishes the death itself (a clean
+Protocol (borrowed from Sparkplug B): the client's last will is the death on the edge's
+STATE topic (retained, QoS 1), so the broker announces a lost edge; on every connect it
+publishes the birth (retained, QoS 1) and subscribes to its NCMD topic, where ``rebirth``
+asks for the birth again and ``deploy`` / ``rollback`` go to the agent's updater
+(`on_command`), which fetches model bundles through `fetch` and reports on DEPLOY through
+`publish_report`. Frames go to the DATA topic at QoS 1 and are counted as acknowledged when
+the broker's PUBACK arrives (`on_publish`). `close()` publishes the death itself (a clean
 disconnect does not fire the will) and disconnects.
 
-paho runs its network loop in its own thread (`loop_start`) and reconnects; each wait is drawn
-by `Backoff` (exponential, with jitter, so a fleet cut off together does not come back in
-lockstep). Our callbacks only record state and queue publishes: they never block and never
-raise. paho's queue lives in memory, bounded by `max_queued`.
+paho runs its network loop in its own thread (`loop_start`) and reconnects; each wait is
+drawn by `Backoff` (exponential, with jitter, so a fleet cut off together does not come back
+in lockstep). Our callbacks only record state and queue publishes: they never block and
+never raise. paho's queue lives in memory, bounded by `max_queued`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import queue
 import random
 import threading
 from collections import Counter
@@ -30,7 +32,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.topics import data_topic, health_topic, ncmd_topic, state_topic
+from sparsetel.shared.deployment import parse_command
+from sparsetel.shared.topics import (
+    data_topic,
+    deploy_topic,
+    health_topic,
+    ncmd_topic,
+    state_topic,
+)
 
 __all__ = ["Backoff", "Publisher", "PublisherStats"]
 
@@ -98,6 +107,8 @@ class Publisher:
     once connected. `max_queued` bounds frames waiting in memory while the broker is away
     (0 = unbounded). `on_frame_acked(tag)` is called, from paho's network thread, when the
     broker acknowledges a frame published with a `tag` (the spool's id of the frame).
+    `on_command(command)` gets every NCMD command but ``rebirth`` (a dict, see
+    `sparsetel.shared.deployment.parse_command`), also from paho's thread: it must not block.
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class Publisher:
         max_inflight: int | None = None,
         max_queued: int = 10_000,
         on_frame_acked: Callable[[int], object] | None = None,
+        on_command: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         if max_inflight is None:
             max_inflight = 20 if broker.protocol == "5" else 100
@@ -124,6 +136,9 @@ class Publisher:
         self._state_topic = state_topic(group, edge)
         self._ncmd_topic = ncmd_topic(group, edge)
         self._health_topic = health_topic(group, edge)
+        self._deploy_topic = deploy_topic(group, edge)
+        self._on_command = on_command
+        self._fetches: dict[str, queue.Queue[bytes]] = {}  # topic -> what arrived on it
         self._max_inflight = max_inflight
         self._max_queued = max_queued
         self._tls, self._host, self._port = parse_broker_url(broker.url)
@@ -242,6 +257,36 @@ class Publisher:
         info = self._client.publish(self._health_topic, payload, qos=0)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def publish_report(self, payload: bytes) -> bool:
+        """Publish a deployment report on DEPLOY (QoS 1; queued while the broker is away)."""
+        info = self._client.publish(self._deploy_topic, payload, qos=QOS)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("deploy report not queued: %s", mqtt.error_string(info.rc))
+            return False
+        self._track(info.mid, "report")
+        return True
+
+    def rebirth(self) -> None:
+        """Publish the birth now (the model changed); offline, the next connect does it."""
+        if self.connected:
+            self._publish_birth(self._client)
+
+    def fetch(self, topic: str, timeout: float) -> bytes | None:
+        """The first non-empty message on `topic` (a retained one comes at once), subscribing
+        only while waiting; None when nothing came within `timeout` seconds."""
+        inbox: queue.Queue[bytes] = queue.Queue()
+        with self._cond:
+            self._fetches[topic] = inbox
+        try:
+            self._client.subscribe(topic, qos=QOS)
+            return inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        finally:
+            with self._cond:
+                self._fetches.pop(topic, None)
+            self._client.unsubscribe(topic)
+
     def wait_for_acks(self, timeout: float) -> bool:
         """Wait until every frame and birth published so far is acknowledged; False on timeout."""
         with self._cond:
@@ -321,6 +366,10 @@ class Publisher:
             self.stats.connects += 1
             self._backoff.reset()
             client.subscribe(self._ncmd_topic, qos=QOS)
+            with self._cond:
+                fetching = list(self._fetches)
+            for topic in fetching:  # a fetch that outlived a reconnect
+                client.subscribe(topic, qos=QOS)
             self._publish_birth(client)
             self._refused = None
             self._connected.set()
@@ -377,25 +426,21 @@ class Publisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            command = _command(message.payload)
-            self.stats.commands[command] += 1
-            if command == "rebirth":
+            if message.topic != self._ncmd_topic:
+                with self._cond:
+                    inbox = self._fetches.get(message.topic)
+                if inbox is not None and message.payload:
+                    inbox.put(bytes(message.payload))
+                return
+            command = parse_command(message.payload)
+            name = str(command["command"])[:64]
+            self.stats.commands[name] += 1
+            if name == "rebirth":
                 log.info("NCMD rebirth: publishing the birth again")
                 self._publish_birth(client)
+            elif self._on_command is not None and name in ("deploy", "rollback", "invalid"):
+                self._on_command(command)
             else:
-                log.warning("NCMD %r is not supported by this agent, ignored", command[:64])
+                log.warning("NCMD %r is not supported by this agent, ignored", name)
         except Exception:
             log.exception("NCMD handling failed")
-
-
-def _command(payload: bytes | bytearray) -> str:
-    """An NCMD payload's command: plain text (``rebirth``) or JSON ``{"command": "rebirth"}``."""
-    text = payload.decode("utf-8", errors="replace").strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return "invalid"
-        command = data.get("command") if isinstance(data, dict) else None
-        return command if isinstance(command, str) else "invalid"
-    return text or "empty"

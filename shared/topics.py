@@ -1,5 +1,9 @@
 """MQTT topic names: ``sparsetel/v1/{group}/{KIND}/{edge}``, built and parsed in one place.
 
+One kind names no edge: ``sparsetel/v1/{group}/MODEL/{model}`` holds a signed model bundle
+(`sparsetel.shared.bundle`), retained, where `model` is the model ref in hex (the first 16
+hex digits of the encoder's sha256); edges fetch it when told to deploy it.
+
 `group` and `edge` are ids: 1 to 64 characters from ``A-Z a-z 0-9 _ . -`` (never ``.`` or
 ``..``, so an id is also safe as a file name). Wildcards appear only in subscriptions.
 """
@@ -18,8 +22,10 @@ __all__ = [
     "TopicParts",
     "data_subscription",
     "data_topic",
+    "deploy_subscription",
     "deploy_topic",
     "health_topic",
+    "model_topic",
     "ncmd_topic",
     "parse_topic",
     "shared_subscription",
@@ -29,13 +35,14 @@ __all__ = [
 ]
 
 PREFIX = "sparsetel/v1"
-Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH"]
-KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH")
+Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL"]
+KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL")
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class TopicParts(NamedTuple):
-    """What a topic names: `kind` (one of KINDS), the device `group` and the `edge` id."""
+    """What a topic names: `kind` (one of KINDS), the device `group` and the `edge` id (for
+    MODEL: the model ref in hex)."""
 
     kind: Kind
     group: str
@@ -76,6 +83,19 @@ def deploy_topic(group: str, edge: str) -> str:
 def health_topic(group: str, edge: str) -> str:
     """Where `edge` publishes heartbeats."""
     return _topic("HEALTH", group, edge)
+
+
+def model_topic(group: str, model_ref_hex: str) -> str:
+    """Where the cloud keeps the signed bundle of a model (retained); `model_ref_hex` is the
+    16 hex digits a frame names the model by."""
+    if len(model_ref_hex) != 16 or any(c not in "0123456789abcdef" for c in model_ref_hex):
+        raise ValueError(f"a model ref is 16 lower-case hex digits, got {model_ref_hex!r}")
+    return _topic("MODEL", group, model_ref_hex)
+
+
+def deploy_subscription(group: str = "+") -> str:
+    """Filter for the deployment reports of every edge of `group`."""
+    return _subscription("DEPLOY", group)
 
 
 def _subscription(kind: Kind, group: str) -> str:

@@ -55,6 +55,11 @@ def _add_broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
 
 
+def _edge_list(text: str) -> list[str]:
+    """``"e1, e2"`` -> ["e1", "e2"]; the ids are checked by the command."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsetel", description="Sparse discrete codes for network KPI telemetry."
@@ -115,6 +120,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--health-interval", type=float, help="seconds between heartbeats (default 30)")
     p.add_argument(
+        "--trust-key",
+        type=Path,
+        help="Ed25519 public key (sparsetel keygen) that deployed models must be signed with; "
+        "without it the agent refuses deployments",
+    )
+    p.add_argument(
         "--connect-timeout",
         type=float,
         help="seconds to wait for the broker before measuring offline (default 10)",
@@ -138,6 +149,31 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, help="exit after this many idle seconds")
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the service's counters as JSON")
+
+    p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
+    p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
+    p.add_argument("--force", action="store_true", help="replace a key pair already there")
+    p.add_argument("--json", action="store_true", help="print the two paths as JSON")
+
+    p = sub.add_parser("deploy", help="send a signed model to the edges of a group")
+    p.add_argument("--group", required=True, help="fleet group id")
+    p.add_argument("--model", type=Path, required=True, help="exported run directory")
+    p.add_argument("--key", type=Path, required=True, help="private key from `sparsetel keygen`")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--edges", type=_edge_list, help="comma-separated edge ids (default: all)")
+    which.add_argument(
+        "--canary", type=float, help="share of the online edges to deploy to, in (0, 1]"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for reports")
+    _add_broker_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("rollback", help="send edges of a group back to their previous model")
+    p.add_argument("--group", required=True, help="fleet group id")
+    p.add_argument("--edges", type=_edge_list, help="comma-separated edge ids (default: all)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for reports")
+    _add_broker_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("broker", help="run an embedded MQTT broker (for demos)")
     p.add_argument("--host", default="127.0.0.1")
@@ -237,6 +273,63 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_service(serve_config_from_flags(args), print_json=args.json)
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.deploy import keygen
+
+    private_key, public_key = keygen(args.out, force=args.force)
+    if args.json:
+        _print_json({"private_key": str(private_key), "public_key": str(public_key)})
+    else:
+        print(f"private key {private_key} (keep it secret: it signs models)")
+        print(f"public key  {public_key} (install it on the edges)")
+    return 0
+
+
+def _print_rollout(result: dict[str, Any], success: str) -> None:
+    """One line per target, then a summary line, for deploy and rollback."""
+    for edge, entry in result["results"].items():
+        step = entry["step"] or "no report"
+        reason = f" ({entry['reason']})" if entry["reason"] else ""
+        unknown = " [no online birth]" if edge in result["unknown"] else ""
+        timed_out = " [timed out]" if edge in result["timed_out"] else ""
+        print(f"{edge}: {step}{reason}{unknown}{timed_out}")
+    print(
+        f"{result['deployment']} in group {result['group']}: {result[success]} {success}, "
+        f"{result['failed']} failed, {len(result['timed_out'])} timed out "
+        f"of {len(result['targets'])} edge(s)"
+    )
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.deploy import broker_from_flags, deploy
+
+    result = deploy(
+        broker_from_flags(args),
+        args.group,
+        args.model,
+        args.key,
+        edges=args.edges,
+        canary=args.canary,
+        timeout_s=args.timeout,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        _print_rollout(result, "switched")
+    return 0 if result["switched"] == len(result["targets"]) else 1
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.deploy import broker_from_flags, rollback
+
+    result = rollback(broker_from_flags(args), args.group, edges=args.edges, timeout_s=args.timeout)
+    if args.json:
+        _print_json(result)
+    else:
+        _print_rollout(result, "rolled_back")
+    return 0 if result["rolled_back"] == len(result["targets"]) else 1
+
+
 def _cmd_broker(args: argparse.Namespace) -> int:
     from sparsetel.cloud.broker import run_broker
 
@@ -257,6 +350,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": _cmd_simulate,
     "edge": _cmd_edge,
     "serve": _cmd_serve,
+    "keygen": _cmd_keygen,
+    "deploy": _cmd_deploy,
+    "rollback": _cmd_rollback,
     "broker": _cmd_broker,
     "demo": _cmd_demo,
 }

@@ -6,6 +6,7 @@ away, or need a configuration of their own (no anonymous clients, ACLs), start o
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,14 @@ class OwnBroker:
         self.conf = tmp / "mosquitto.conf"
         self.log = tmp / "mosquitto.log"
         # Persistence: a subscriber's session and its queued messages outlive a restart.
+        # `user`: started as root, Mosquitto would drop to the "mosquitto" user, which cannot
+        # write its database into the test's private directory: sessions would silently not
+        # survive a restart.
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if anonymous else 'false'}\n"
-            f"persistence true\npersistence_location {tmp}/\n{extra}"
+            f"persistence true\npersistence_location {tmp}/\n"
+            f"user {getpass.getuser()}\n{extra}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -35,9 +35,10 @@ B = np.array([0.0, 3.0, 0.0, 2.0], np.float32)
 PROBES = ((1.0, 2.0, 3.0), (-5.0, -7.0, 40.0), (float("nan"), 0.0, 0.0), (0.0, -3.0, 9.0))
 
 
-def reference_codes(x: np.ndarray) -> list[tuple[int, ...]]:
-    """What the tiny encoder must give for `x` (shape: [N, 3]), computed in numpy."""
-    h = np.nan_to_num(np.asarray(x, np.float32), nan=0.0) @ W + B
+def reference_codes(x: np.ndarray, bias: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+    """What the tiny encoder (with `bias`, default B) gives for `x` (shape: [N, 3]), in numpy."""
+    b = B if bias is None else np.asarray(bias, np.float32)
+    h = np.nan_to_num(np.asarray(x, np.float32), nan=0.0) @ W + b
     out = []
     for row in h:
         on = row > 0.5
@@ -45,7 +46,7 @@ def reference_codes(x: np.ndarray) -> list[tuple[int, ...]]:
     return out
 
 
-def _graph(broken: str | None) -> onnx.GraphProto:
+def _graph(broken: str | None, bias: Sequence[float]) -> onnx.GraphProto:
     x = helper.make_tensor_value_info("kpis", TensorProto.FLOAT, ["N", len(KPIS)])
     codes_name = "codes" if broken != "names" else "indices"
     outputs = [
@@ -54,7 +55,7 @@ def _graph(broken: str | None) -> onnx.GraphProto:
     ]
     inits = [
         helper.make_tensor("W", TensorProto.FLOAT, list(W.shape), W.flatten().tolist()),
-        helper.make_tensor("B", TensorProto.FLOAT, [L], B.tolist()),
+        helper.make_tensor("B", TensorProto.FLOAT, [L], [float(v) for v in bias]),
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
         helper.make_tensor("thr", TensorProto.FLOAT, [], [0.5]),
         helper.make_tensor("Kf", TensorProto.FLOAT, [], [float(K)]),
@@ -86,18 +87,21 @@ def write_tiny_model(
     broken: str | None = None,
     probe_codes: Sequence[tuple[int, ...]] | None = None,
     probes: Sequence[tuple[float, ...]] = PROBES,
+    bias: Sequence[float] | None = None,
 ) -> Path:
     """Write encoder.onnx + manifest.json for the tiny encoder into `run_dir`; return it.
 
-    `broken` ("unsorted", "names") writes a graph that breaks the contract on purpose.
+    `broken` ("unsorted", "names") writes a graph that breaks the contract on purpose;
+    `bias` (4 numbers, default B) makes another model of the same shape and KPIs.
     """
+    bias = B.tolist() if bias is None else list(bias)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = helper.make_model(_graph(broken), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(_graph(broken, bias), opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, run_dir / ENCODER_FILE)
     if probe_codes is None:
-        probe_codes = reference_codes(np.array(probes, np.float32)) if probes else []
+        probe_codes = reference_codes(np.array(probes, np.float32), bias) if probes else []
     manifest = ModelManifest(
         model_sha256=file_sha256(run_dir / ENCODER_FILE),
         L=L,

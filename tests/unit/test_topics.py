@@ -10,8 +10,10 @@ from sparsetel.shared.topics import (
     TopicParts,
     data_subscription,
     data_topic,
+    deploy_subscription,
     deploy_topic,
     health_topic,
+    model_topic,
     ncmd_topic,
     parse_topic,
     shared_subscription,
@@ -29,11 +31,21 @@ BUILDERS = {
 }
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "MODEL"])
 def test_topic_builders_follow_the_layout_and_parse_back(kind: str) -> None:
     topic = BUILDERS[kind]("cell-7", "edge_01.a")
     assert topic == f"sparsetel/v1/cell-7/{kind}/edge_01.a"
     assert parse_topic(topic) == TopicParts(kind, "cell-7", "edge_01.a")  # type: ignore[arg-type]
+
+
+def test_a_model_topic_is_named_by_the_model_ref_and_parses_back() -> None:
+    topic = model_topic("cell-7", "0123456789abcdef")
+    assert topic == "sparsetel/v1/cell-7/MODEL/0123456789abcdef"
+    assert parse_topic(topic) == TopicParts("MODEL", "cell-7", "0123456789abcdef")
+    for bad in ("0123", "0123456789ABCDEF", "0123456789abcdeg", "../../STATE/x"):
+        with pytest.raises(ValueError):
+            model_topic("cell-7", bad)
+    assert deploy_subscription("g1") == "sparsetel/v1/g1/DEPLOY/+"
 
 
 def test_subscriptions_use_single_level_wildcards() -> None:

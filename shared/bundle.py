@@ -1,0 +1,116 @@
+"""A model bundle: one model's manifest, encoder and signature, as the bytes the cloud
+publishes (retained) on ``sparsetel/v1/{group}/MODEL/{model_ref}`` and the edge fetches.
+
+Layout (integers big-endian)::
+
+    magic  b"STMB"          4 bytes
+    version                 u8   (BUNDLE_VERSION)
+    manifest length         u32, then the manifest JSON (UTF-8)
+    signature length        u16, then the signature (Ed25519: 64 bytes; 0 = unsigned)
+    encoder length          u32, then the ONNX encoder
+
+The signature covers `signed_message(manifest_bytes)`: a context string and the manifest's
+exact bytes. The manifest names the encoder's sha256, so a valid signature vouches for the
+encoder too once its hash is checked. Signing and verifying need the `cryptography` package
+and live in `cloud.deploy` and `edge.updater`; this module only packs and unpacks bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from .errors import ModelMismatchError
+from .manifest import ModelManifest
+
+__all__ = [
+    "BUNDLE_VERSION",
+    "MAGIC",
+    "MAX_BUNDLE_BYTES",
+    "Bundle",
+    "pack_bundle",
+    "signed_message",
+    "unpack_bundle",
+]
+
+MAGIC = b"STMB"
+BUNDLE_VERSION = 1
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # an encoder is a few hundred KB; refuse absurd sizes
+SIGNATURE_CONTEXT = b"sparsetel model bundle v1\x00"
+_HEAD = struct.Struct(">4sBI")
+
+
+def signed_message(manifest_bytes: bytes) -> bytes:
+    """The bytes a bundle's signature is over: a fixed context, then the manifest."""
+    return SIGNATURE_CONTEXT + manifest_bytes
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The three parts of a bundle, exactly as signed and hashed."""
+
+    manifest_bytes: bytes
+    signature: bytes
+    encoder: bytes
+
+    @property
+    def manifest(self) -> ModelManifest:
+        """The parsed manifest; ModelMismatchError when it is not a valid one."""
+        try:
+            text = self.manifest_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelMismatchError(f"bundle manifest is not UTF-8: {exc}") from exc
+        return ModelManifest.from_json(text)
+
+    @property
+    def encoder_sha256(self) -> str:
+        return hashlib.sha256(self.encoder).hexdigest()
+
+
+def pack_bundle(bundle: Bundle) -> bytes:
+    """The bundle's bytes; ValueError when a part does not fit its length field."""
+    if len(bundle.signature) > 0xFFFF:
+        raise ValueError("signature longer than 65535 bytes")
+    out = b"".join(
+        (
+            _HEAD.pack(MAGIC, BUNDLE_VERSION, len(bundle.manifest_bytes)),
+            bundle.manifest_bytes,
+            struct.pack(">H", len(bundle.signature)),
+            bundle.signature,
+            struct.pack(">I", len(bundle.encoder)),
+            bundle.encoder,
+        )
+    )
+    if len(out) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle of {len(out)} bytes exceeds {MAX_BUNDLE_BYTES}")
+    return out
+
+
+def unpack_bundle(data: bytes | bytearray | memoryview) -> Bundle:
+    """Split a bundle into its parts; ModelMismatchError saying what is wrong with it."""
+    buf = bytes(data)
+    if len(buf) > MAX_BUNDLE_BYTES:
+        raise ModelMismatchError(f"bundle of {len(buf)} bytes exceeds {MAX_BUNDLE_BYTES}")
+    if len(buf) < _HEAD.size:
+        raise ModelMismatchError(f"bundle truncated: {len(buf)} bytes")
+    magic, version, manifest_len = _HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise ModelMismatchError(f"not a model bundle (magic {magic!r})")
+    if version != BUNDLE_VERSION:
+        raise ModelMismatchError(f"bundle version {version} is not supported")
+    at = _HEAD.size
+    manifest_bytes, at = _take(buf, at, manifest_len, "manifest")
+    (sig_len,) = struct.unpack_from(">H", _take(buf, at, 2, "signature length")[0])
+    signature, at = _take(buf, at + 2, sig_len, "signature")
+    (enc_len,) = struct.unpack_from(">I", _take(buf, at, 4, "encoder length")[0])
+    encoder, at = _take(buf, at + 4, enc_len, "encoder")
+    if at != len(buf):
+        raise ModelMismatchError(f"bundle has {len(buf) - at} trailing bytes")
+    return Bundle(manifest_bytes, signature, encoder)
+
+
+def _take(buf: bytes, at: int, n: int, what: str) -> tuple[bytes, int]:
+    if at + n > len(buf):
+        raise ModelMismatchError(f"bundle truncated in its {what}")
+    return buf[at : at + n], at + n
