@@ -92,6 +92,7 @@ class AgentStats:
     spool_dropped: int = 0
     switches: int = 0
     rollbacks: int = 0
+    resumed_at: int | None = None
     model_sha256: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
@@ -134,10 +135,12 @@ class _Agent:
             loop=cfg.loop,
             period_ms=cfg.period_ms,
             stdin=stdin,
+            time_column=cfg.time_column,
         )
         self.queue: queue.Queue[object] = queue.Queue(maxsize=4 * cfg.batch)
         self.stopping = threading.Event()
         self.source_error: str | None = None
+        self.source_done = False  # the source ended by itself (not stopped, not failed)
         self.bd_seq = 0
         self.seq = 0
         self.spool: Spool | None = None
@@ -176,6 +179,15 @@ class _Agent:
                 log.warning("previous model %s is unusable, no rollback: %s", active.previous, exc)
         log.info("running deployed model %s", encoder.model_sha256[:16])
         return encoder, previous
+
+    def resume(self, spool: Spool) -> None:
+        """Continue a replay an earlier run left unfinished, after its last spooled frame."""
+        key = self.source.resume_key
+        cursor = spool.cursor(key) if key is not None else None
+        if cursor is not None:
+            log.info("resuming %s after row %s", key, cursor[0])
+            self.source.resume(*cursor)
+            self.stats.resumed_at = cursor[0]
 
     def submit(self, command: dict[str, Any]) -> None:
         """paho's thread: a deploy or rollback command for the updater."""
@@ -338,6 +350,8 @@ class _Agent:
             for measurement in self.source:
                 if not self._put(measurement):
                     break
+            else:
+                self.source_done = not self.source.stopped
         except Exception as exc:  # a source must not take the agent down without a word
             self.source_error = f"source failed: {exc}"
             log.exception("source failed")
@@ -407,7 +421,7 @@ class _Agent:
                 return
         self.probation = max(0, self.probation - 1)
         records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
-        self._publish(records, publisher)
+        self._publish(records, tuple(m.pos for m in batch), publisher)
 
     def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:
         started = time.perf_counter()
@@ -419,7 +433,12 @@ class _Agent:
             self._encode_max_ms = max(self._encode_max_ms, took * 1000)
         return codes
 
-    def _publish(self, records: tuple[Record, ...], publisher: Publisher) -> None:
+    def _publish(
+        self,
+        records: tuple[Record, ...],
+        positions: tuple[int | None, ...],
+        publisher: Publisher,
+    ) -> None:
         if self.seq > _U32:
             self.stats.rejects["seq_exhausted"] += len(records)
             self.stop()
@@ -439,17 +458,19 @@ class _Agent:
         except WireError as exc:
             if exc.reason == "too_large" and len(records) > 1:
                 half = len(records) // 2
-                self._publish(records[:half], publisher)
-                self._publish(records[half:], publisher)
+                self._publish(records[:half], positions[:half], publisher)
+                self._publish(records[half:], positions[half:], publisher)
                 return
             self.stats.rejects[f"wire_{exc.reason}"] += len(records)
             log.error("frame of %s records dropped: %s", len(records), exc)
             return
         self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
         tag = None
+        key, pos = self.source.resume_key, positions[-1]
+        cursor = (key, pos, records[-1].t_ms) if key is not None and pos is not None else None
         if self.spool is not None:
             try:
-                tag = self.spool.put(frame.bd_seq, frame.seq, payload)
+                tag = self.spool.put(frame.bd_seq, frame.seq, payload, cursor)
             except SpoolError as exc:
                 self.stats.rejects["spool"] += len(records)
                 log.error("frame of %s records dropped: %s", len(records), exc)
@@ -483,6 +504,9 @@ def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     stats.rejects.update(agent.source.stats.rejects)
     stats.cells.update(agent.source.stats.cells)
     if agent.spool is not None:
+        key = agent.source.resume_key
+        if key is not None and agent.source_done and agent.source_error is None:
+            agent.spool.clear_cursor(key)  # read to its end: a next run starts over
         stats.spool_depth = agent.spool.depth
         stats.spool_dropped = agent.spool.stats.dropped_full + agent.spool.stats.dropped_age
 
@@ -536,6 +560,7 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
             limits = SpoolLimits(cfg.spool_max_bytes, cfg.spool_max_age_s)
             spool = agent.spool = Spool(state_dir / SPOOL_FILE, limits)
             try:
+                agent.resume(spool)
                 publisher = Publisher(
                     cfg.broker,
                     group=agent.group,

@@ -37,6 +37,8 @@ class EdgeConfig:
     - `broker`: where to publish (credentials from the environment, see shared.config).
     - `kpis`: the source's KPI names, checked against the model's; None = the model's.
     - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
+    - `time_column`: a CSV column holding each measurement's time (epoch ms or ISO 8601);
+      None = the clock stamps them.
     - `loop`: replay the CSV again at its end; `connect_timeout_s`: how long to wait for
       the broker before measuring offline into the spool (it keeps retrying);
       `ack_timeout_s`: how long to wait for acks at the end.
@@ -66,6 +68,7 @@ class EdgeConfig:
     kpis: tuple[str, ...] | None = None
     sentinels: str | None = None
     loop: bool = False
+    time_column: str | None = None
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
     max_queued_frames: int = 10_000
@@ -125,6 +128,7 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "spool_max_bytes": flag("spool_max_bytes"),
         "spool_max_age_s": flag("spool_max_age"),
         "sentinels": flag("sentinels"),
+        "time_column": flag("time_column"),
         "kpis": list(parse_kpi_list(kpis)) if kpis else None,
         "broker": {"url": flag("broker")},
     }

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
@@ -46,11 +47,13 @@ def open_source(
     loop: bool = False,
     period_ms: int = 1000,
     stdin: IO[bytes] | None = None,
+    time_column: str | None = None,
 ) -> MeasurementSource:
     """The source `spec` names: "-" for JSON lines on `stdin` (default: fd 0),
     "py:MODULE:FUNCTION" for a custom collector (`collector`), else a CSV path.
 
-    `rate_hz` applies to CSV replay and collectors (stdin sets its own pace); `loop` to CSV.
+    `rate_hz` applies to CSV replay and collectors (stdin sets its own pace); `loop` and
+    `time_column` to CSV.
     """
     if spec.startswith("py:"):
         return CallableSource(
@@ -62,7 +65,14 @@ def open_source(
         stream = stdin if stdin is not None else _private_stdin()
         return JsonLinesSource(stream, kpis, sentinels, limit=limit, period_ms=period_ms)
     return CsvReplaySource(
-        Path(spec), kpis, sentinels, rate_hz=rate_hz, limit=limit, loop=loop, period_ms=period_ms
+        Path(spec),
+        kpis,
+        sentinels,
+        rate_hz=rate_hz,
+        limit=limit,
+        loop=loop,
+        period_ms=period_ms,
+        time_column=time_column,
     )
 
 
@@ -104,6 +114,12 @@ class CsvReplaySource(MeasurementSource):
     `rate_hz` None replays as fast as possible with a synthetic clock; `limit` caps the
     measurements; `loop` starts over at the end of the file. The header is checked when
     the source is built, so a missing column fails fast (DataError listing the columns).
+    `time_column` stamps each measurement with that column's time (epoch milliseconds, or
+    ISO 8601, UTC when no zone is given) instead of the clock; a row whose time is unusable or
+    goes backwards is counted ("bad_time", "time_order") and skipped. `rate_hz` still paces.
+
+    It can resume (`resume`): every measurement carries `pos`, the data rows read so far
+    (across loops), which the agent stores with each spooled frame.
     """
 
     def __init__(
@@ -117,14 +133,24 @@ class CsvReplaySource(MeasurementSource):
         *,
         period_ms: int = 1000,
         start_ms: int | None = None,
+        time_column: str | None = None,
     ) -> None:
         super().__init__(
             kpis, sentinels, rate_hz=rate_hz, limit=limit, period_ms=period_ms, start_ms=start_ms
         )
         self.path = Path(path)
         self.loop = loop
+        self.time_column = time_column
+        self.resume_key = f"csv:{self.path.resolve()}"
+        self._skip = 0
         with self._open() as handle:
             self._columns(next(csv.reader(handle), None))
+
+    def resume(self, pos: int, t_ms: int) -> None:
+        self._skip = max(0, pos)
+        self._last_ms = t_ms
+        if self.rate_hz is None and self.time_column is None:  # the synthetic clock goes on
+            self._clock.start_ms = t_ms + self._clock.period_ms
 
     def _open(self) -> TextIO:
         try:
@@ -133,9 +159,27 @@ class CsvReplaySource(MeasurementSource):
             raise DataError(f"cannot read {self.path}: {exc}") from exc
 
     def _columns(self, header: list[str] | None) -> list[int]:
+        """The KPIs' column indices, then the time column's when there is one."""
         if not header:
             raise DataError(f"{self.path} is empty: no header row")
-        return match_columns(header, self.kpis)
+        wanted = (*self.kpis, self.time_column) if self.time_column else self.kpis
+        return match_columns(header, wanted)
+
+    def _row_time(self, cell: str) -> int | None:
+        """The time in a time-column cell, in epoch ms; None (counted) when unusable."""
+        text = cell.strip()
+        try:
+            value: object = float(text)
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text)
+            except ValueError:
+                self._reject("bad_time")
+                return None
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            value = round(stamp.timestamp() * 1000)
+        return self._given_time(value)
 
     def _rows(self, reader: Iterator[list[str]], width: int) -> Iterator[list[str]]:
         """The data rows that have the header's width; others are counted and skipped."""
@@ -155,21 +199,32 @@ class CsvReplaySource(MeasurementSource):
             yield row
 
     def _measurements(self) -> Iterator[Measurement]:
+        pos = 0
         while True:
             emitted = 0
             with self._open() as handle:
                 reader = csv.reader(handle)
                 header = next(reader, None)
                 columns = self._columns(header)
+                kpi_columns, time_at = columns[: len(self.kpis)], columns[len(self.kpis) :]
                 for row in self._rows(reader, len(header or ())):
-                    values = self._parse_cells([row[c] for c in columns])
+                    pos += 1
+                    if pos <= self._skip:  # resuming: already framed by an earlier run
+                        emitted += 1
+                        continue
+                    values = self._parse_cells([row[c] for c in kpi_columns])
                     if values is None:
+                        continue
+                    given = self._row_time(row[time_at[0]]) if time_at else None
+                    if time_at and given is None:
                         continue
                     t = self._next_time()
                     if t is None:
                         return
+                    if given is not None:
+                        t = self._last_ms = given
                     emitted += 1
-                    yield Measurement(t, values)
+                    yield Measurement(t, values, pos)
             if not self.loop or emitted == 0:
                 return
 

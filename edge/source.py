@@ -46,10 +46,12 @@ _U64 = 2**64 - 1
 
 @dataclass(frozen=True)
 class Measurement:
-    """One KPI vector: `t_ms` (epoch ms) and `values` (shape: [D], float32, NaN = missing)."""
+    """One KPI vector: `t_ms` (epoch ms) and `values` (shape: [D], float32, NaN = missing);
+    `pos`, for a source that can resume (CSV replay), how many of its rows it has read."""
 
     t_ms: int
     values: np.ndarray
+    pos: int | None = None
 
 
 @dataclass
@@ -142,6 +144,7 @@ class MeasurementSource:
         self.rate_hz = rate_hz
         self.limit = limit
         self.stats = SourceStats()
+        self.resume_key: str | None = None  # set by sources that can resume (`resume`)
         self._stop = threading.Event()
         self._last_ms = -1
         nominal = period_ms if rate_hz is None else max(1, round(1000.0 / rate_hz))
@@ -155,6 +158,16 @@ class MeasurementSource:
     def stop(self) -> None:
         """End the iteration at the next measurement (interrupts a paced wait). Thread-safe."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop` was called (the iteration ended early, not at the source's end)."""
+        return self._stop.is_set()
+
+    def resume(self, pos: int, t_ms: int) -> None:
+        """Start after the first `pos` rows, the last of them stamped `t_ms`; only sources
+        with a `resume_key` can."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume")
 
     def __iter__(self) -> Iterator[Measurement]:
         if self.limit == 0:

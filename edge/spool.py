@@ -40,7 +40,12 @@ CREATE TABLE IF NOT EXISTS frames (
     seq INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
     payload BLOB NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT PRIMARY KEY,
+    pos INTEGER NOT NULL,
+    t_ms INTEGER NOT NULL
+);
 """
 
 
@@ -101,7 +106,7 @@ class Spool:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM frames")
             self._count, total = row.fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -122,9 +127,15 @@ class Spool:
         """Their payload bytes."""
         return self._bytes
 
-    def put(self, bd_seq: int, seq: int, payload: bytes) -> int:
+    def put(
+        self, bd_seq: int, seq: int, payload: bytes, cursor: tuple[str, int, int] | None = None
+    ) -> int:
         """Store one frame (committed when this returns) and return its id; then drop the
-        oldest frames beyond the limits. SpoolError for a frame larger than the whole spool."""
+        oldest frames beyond the limits. SpoolError for a frame larger than the whole spool.
+
+        `cursor` (source, position, t_ms): how far into `source` this frame reaches, stored in
+        the same transaction, so a restarted agent resumes exactly after the last frame that
+        is safe on disk: no measurement lost, none sent twice."""
         if len(payload) > self.limits.max_bytes:
             raise SpoolError(
                 f"frame bdSeq {bd_seq} seq {seq} is {len(payload)} bytes, more than the "
@@ -132,10 +143,21 @@ class Spool:
             )
         now_ms = int(self._clock() * 1000)
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO frames (bd_seq, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
-                (bd_seq, seq, now_ms, payload),
-            )
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO frames (bd_seq, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
+                    (bd_seq, seq, now_ms, payload),
+                )
+                if cursor is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO cursors (source, pos, t_ms) VALUES (?, ?, ?)",
+                        cursor,
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise SpoolError(f"cannot store frame bdSeq {bd_seq} seq {seq}: {exc}") from exc
             self._count += 1
             self._bytes += len(payload)
             self.stats.stored += 1
@@ -179,6 +201,19 @@ class Spool:
         """The frame stored under `frame_id`, or None once it is acknowledged or dropped."""
         found = self.pending(after=frame_id - 1, limit=1)
         return found[0] if found and found[0].id == frame_id else None
+
+    def cursor(self, source: str) -> tuple[int, int] | None:
+        """(position, t_ms) of the last frame stored from `source`; None if none is."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pos, t_ms FROM cursors WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def clear_cursor(self, source: str) -> None:
+        """Forget `source`'s position (it was read to its end)."""
+        with self._lock:
+            self._db.execute("DELETE FROM cursors WHERE source = ?", (source,))
 
     def close(self) -> None:
         with self._lock:

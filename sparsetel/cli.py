@@ -138,6 +138,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kpis", help="KPI columns of the source (default: the model's)")
     p.add_argument("--sentinels", help="values that mean 'missing' (see train)")
+    p.add_argument(
+        "--time-column", help="CSV column with each measurement's time (epoch ms or ISO 8601)"
+    )
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the agent's counters as JSON")
 

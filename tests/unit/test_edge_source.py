@@ -266,3 +266,52 @@ def test_a_py_source_spec_opens_the_named_collector(
 def test_a_bad_collector_spec_is_a_config_error(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_source(spec, KPIS)
+
+
+def _numbered_csv(path: Path, n: int, time_cells: list[str] | None = None) -> Path:
+    head = "RSRP,SNR" + (",t" if time_cells is not None else "")
+    lines = [head]
+    for i in range(n):
+        cell = f",{time_cells[i]}" if time_cells is not None else ""
+        lines.append(f"{-100 - i},{i}{cell}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_resumed_replay_goes_on_after_the_rows_already_framed(tmp_path: Path) -> None:
+    path = _numbered_csv(tmp_path / "k.csv", 10)
+    first = list(CsvReplaySource(path, ["RSRP", "SNR"], start_ms=5000, period_ms=100))
+    assert [m.pos for m in first] == list(range(1, 11))
+    again = CsvReplaySource(path, ["RSRP", "SNR"], period_ms=100)
+    again.resume(first[5].pos or 0, first[5].t_ms)
+    rest = list(again)
+    # the same rows, at the same times, as the uninterrupted replay
+    assert [(m.pos, m.t_ms, m.values[1]) for m in rest] == [
+        (m.pos, m.t_ms, m.values[1]) for m in first[6:]
+    ]
+    assert again.resume_key == f"csv:{path.resolve()}"
+
+
+def test_a_resumed_loop_counts_positions_across_laps(tmp_path: Path) -> None:
+    path = _numbered_csv(tmp_path / "k.csv", 3)
+    source = CsvReplaySource(path, ["RSRP", "SNR"], loop=True, limit=4)
+    source.resume(4, 0)  # one lap and one row
+    assert [(m.pos, float(m.values[1])) for m in source] == [(5, 1.0), (6, 2.0), (7, 0.0), (8, 1.0)]
+
+
+def test_a_time_column_stamps_measurements_and_bad_times_are_counted(tmp_path: Path) -> None:
+    times = ["1700000000000", "2023-11-14T22:13:21", "oops", "1699999999999", "1700000002500.0"]
+    path = _numbered_csv(tmp_path / "k.csv", 5, times)
+    source = CsvReplaySource(path, ["RSRP", "SNR"], time_column="t")
+    got = [(m.t_ms, float(m.values[1])) for m in source]
+    assert got == [(1700000000000, 0.0), (1700000001000, 1.0), (1700000002500, 4.0)]
+    assert dict(source.stats.rejects) == {"bad_time": 1, "time_order": 1}
+    with pytest.raises(DataError, match="when"):
+        CsvReplaySource(path, ["RSRP", "SNR"], time_column="when")
+
+
+def test_sources_that_cannot_resume_say_so() -> None:
+    source = JsonLinesSource(io.StringIO(""), ["RSRP"])
+    assert source.resume_key is None
+    with pytest.raises(NotImplementedError):
+        source.resume(3, 0)

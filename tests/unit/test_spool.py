@@ -144,3 +144,16 @@ os.kill(os.getpid(), signal.SIGKILL)
     spool = Spool(path)
     assert [f.seq for f in spool.pending()] == list(range(3, 50))
     assert spool.depth == 47
+
+
+def test_a_cursor_is_stored_with_its_frame_and_survives_a_reopen(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    assert spool.cursor("csv:a") is None
+    spool.put(0, 0, b"f0", ("csv:a", 50, 1000))
+    spool.put(0, 1, b"f1", ("csv:a", 100, 2000))
+    spool.put(0, 2, b"f2")  # a frame without a position leaves the cursor alone
+    spool.close()
+    spool = Spool(tmp_path / "s.db")
+    assert spool.cursor("csv:a") == (100, 2000) and spool.cursor("csv:b") is None
+    spool.clear_cursor("csv:a")
+    assert spool.cursor("csv:a") is None and spool.depth == 3
