@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
@@ -45,7 +44,7 @@ from typing import IO, Any
 import numpy as np
 
 from sparsetel import __version__
-from sparsetel.shared.errors import ConfigError, ModelMismatchError, SparsetelError, WireError
+from sparsetel.shared.errors import ConfigError, SparsetelError, WireError
 from sparsetel.shared.kpi import parse_sentinels
 from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
@@ -54,20 +53,21 @@ from sparsetel.shared.wire import Frame, Record, encode_frame
 
 from .config import EdgeConfig
 from .encoder import OnnxEncoder
+from .health import Heartbeat
+from .intake import Intake
+from .models import ModelSlot
 from .publisher import Publisher
 from .replay import open_source
 from .source import Measurement
 from .spool import Spool, SpoolError, SpoolLimits, as_historical
 from .state import lock_state_dir, next_bd_seq
-from .updater import ActiveModels, ModelStore, Staged, Updater, load_trust_key
+from .updater import ModelStore, Updater, load_trust_key
 
 __all__ = ["AgentStats", "EdgeConfig", "run_agent"]
 
 log = logging.getLogger(__name__)
 
 _U32 = 2**32 - 1
-_END = object()  # the reader's last item: the source is exhausted
-_POLL_S = 0.1  # how often a waiting agent looks at its stop flag
 SPOOL_FILE = "spool.db"
 
 
@@ -105,7 +105,7 @@ class AgentStats:
 
 
 class _Agent:
-    """One run: the checked encoder and source, a bdSeq, a publisher, and the frame loop."""
+    """One run: the checked models and source, a bdSeq, a publisher, and the frame loop."""
 
     def __init__(self, cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> None:
         self.cfg = cfg
@@ -113,18 +113,12 @@ class _Agent:
         self.group = validate_id(cfg.group)
         self.edge = validate_id(cfg.edge_id)
         self.trust_key = load_trust_key(cfg.trust_key) if cfg.trust_key is not None else None
-        self.base = Path(cfg.model).resolve()
         self.store = ModelStore(cfg.resolved_state_dir)
-        self.encoder, self.previous = self._load_models()
-        self.encoder.self_test()
-        kpis = cfg.kpis if cfg.kpis is not None else self.encoder.kpis
-        self.encoder.check_schema(kpis)
+        self.models = ModelSlot(Path(cfg.model), self.store, cfg.probation_frames)
+        self.models.encoder.self_test()
+        kpis = cfg.kpis if cfg.kpis is not None else self.models.encoder.kpis
+        self.models.encoder.check_schema(kpis)
         self.kpis = tuple(kpis)
-        self.updater: Updater | None = None
-        self.staged: Staged | None = None  # set by the updater thread, taken by the frame loop
-        self._staging = threading.Lock()
-        self.probation = 0  # frames the newest model must encode before it is trusted
-        self.probation_deployment = ""
         sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
         self.source = open_source(
             cfg.source,
@@ -137,48 +131,22 @@ class _Agent:
             stdin=stdin,
             time_column=cfg.time_column,
         )
-        self.queue: queue.Queue[object] = queue.Queue(maxsize=4 * cfg.batch)
         self.stopping = threading.Event()
-        self.source_error: str | None = None
-        self.source_done = False  # the source ended by itself (not stopped, not failed)
+        self.intake = Intake(self.source, cfg.batch, cfg.max_batch_delay_s, self.stopping)
+        self.updater: Updater | None = None
+        self.heartbeat: Heartbeat | None = None
         self.bd_seq = 0
         self.seq = 0
         self.spool: Spool | None = None
         self.deferred: deque[int] = deque()  # spool ids the in-memory queue had no room for
-        self.started = time.monotonic()
-        self._encode_s = 0.0  # encode time and measurements since the last heartbeat
-        self._encoded = 0
-        self._encode_max_ms = 0.0
-        self._window = threading.Lock()  # guards those three
+
+    @property
+    def encoder(self) -> OnnxEncoder:
+        return self.models.encoder
 
     def stop(self) -> None:
         self.stopping.set()
         self.source.stop()
-
-    def _load_models(self) -> tuple[OnnxEncoder, OnnxEncoder | None]:
-        """The encoder to start with, and the one before it: the model last switched to when
-        it was deployed over this same ``--model``; else ``--model`` itself."""
-        active = self.store.read_active()
-        if active is None or active.base != str(self.base):
-            if active is not None:
-                log.info("started with another --model: deployed models are set aside")
-            return OnnxEncoder(self.base), None
-        try:
-            encoder = OnnxEncoder(active.current)
-            encoder.self_test()
-        except ModelMismatchError as exc:
-            log.error(
-                "deployed model %s is unusable (%s): starting on --model", active.current, exc
-            )
-            return OnnxEncoder(self.base), None
-        previous = None
-        if active.previous is not None:
-            try:
-                previous = OnnxEncoder(active.previous)
-            except ModelMismatchError as exc:
-                log.warning("previous model %s is unusable, no rollback: %s", active.previous, exc)
-        log.info("running deployed model %s", encoder.model_sha256[:16])
-        return encoder, previous
 
     def resume(self, spool: Spool) -> None:
         """Continue a replay an earlier run left unfinished, after its last spooled frame."""
@@ -194,47 +162,30 @@ class _Agent:
         if self.updater is not None:
             self.updater.submit(command)
 
-    def stage(self, staged: Staged) -> None:
-        """Updater thread: have the frame loop switch to `staged.encoder` between frames."""
-        with self._staging:
-            self.staged = staged
-
     def _switch(self, publisher: Publisher) -> None:
-        """Frame loop, between frames: run the staged encoder, announce it, report it."""
-        if self.staged is None:
+        """Frame loop, between frames: run a staged encoder, announce it, report it."""
+        switched = self.models.switch()
+        if switched is None:
             return
-        with self._staging:
-            staged, self.staged = self.staged, None
-        if staged is None:
-            return
-        previous, self.encoder = self.encoder, staged.encoder
-        self.previous = previous
-        deploying = staged.kind == "deploy"
-        self.probation = self.cfg.probation_frames if deploying else 0
-        self.probation_deployment = staged.deployment
-        self.stats.switches += deploying
-        self.stats.rollbacks += not deploying
+        staged, previous = switched
+        self.stats.switches += staged.kind == "deploy"
+        self.stats.rollbacks += staged.kind != "deploy"
         publisher.rebirth()
-        log.info("switched to model %s (%s)", self.encoder.model_sha256[:16], staged.kind)
         if self.updater is not None:
-            self.updater.switched(staged, previous, self.base)
+            self.updater.switched(staged, previous)
 
     def _fall_back(self, exc: SparsetelError, publisher: Publisher) -> bool:
-        """The newest model failed on probation: go back to the previous one (True), or
-        False when there is nothing to go back to."""
-        if self.probation <= 0 or self.previous is None:
+        """The newest encoder failed on probation: back to the previous one (True), or False
+        when there is nothing to go back to."""
+        failed = self.models.fall_back()
+        if failed is None:
             return False
-        failed, self.encoder, self.previous = self.encoder, self.previous, None
-        self.probation = 0
         self.stats.rollbacks += 1
         log.error("model %s failed on probation, rolled back: %s", failed.model_sha256[:16], exc)
         publisher.rebirth()
         if self.updater is not None:
-            self.updater.store.write_active(
-                ActiveModels(str(self.base), str(self.encoder.model_dir), None)
-            )
             self.updater.report(
-                self.probation_deployment,
+                self.models.deployment,
                 "rolled_back",
                 self.encoder.model_sha256,
                 f"the new model failed: {exc}",
@@ -257,6 +208,25 @@ class _Agent:
     def death(self) -> bytes:
         return death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
 
+    def counters(self, publisher: Publisher) -> dict[str, Any]:
+        """What a heartbeat reports besides time and encode latency (`edge.health`)."""
+        spool = self.spool
+        return {
+            "edge": self.edge,
+            "group": self.group,
+            "bd_seq": self.bd_seq,
+            "model_sha256": self.encoder.model_sha256,
+            "measurements": self.stats.measurements,
+            "next_seq": self.seq,
+            "frames_sent": publisher.stats.published,
+            "frames_acked": publisher.stats.acked,
+            "replayed": self.stats.replayed,
+            "rejects": dict(self.stats.rejects + self.source.stats.rejects),
+            "spool_depth": spool.depth if spool else 0,
+            "spool_bytes": spool.size_bytes if spool else 0,
+            "spool_dropped": spool.stats.dropped_full + spool.stats.dropped_age if spool else 0,
+        }
+
     def replay(self, spool: Spool, publisher: Publisher) -> None:
         """Publish what earlier runs left in the spool, oldest first, flagged historical."""
         after = 0
@@ -273,44 +243,6 @@ class _Agent:
             after = chunk[-1].id
         log.info("replayed %s spooled frames, flagged historical", self.stats.replayed)
 
-    def health(self, publisher: Publisher) -> bytes:
-        """The heartbeat's JSON; resets the encode-latency window."""
-        with self._window:
-            per = self._encode_s * 1000 / self._encoded if self._encoded else None
-            worst = self._encode_max_ms
-            self._encode_s, self._encoded, self._encode_max_ms = 0.0, 0, 0.0
-        spool = self.spool
-        body = {
-            "edge": self.edge,
-            "group": self.group,
-            "bd_seq": self.bd_seq,
-            "timestamp_ms": time.time_ns() // 1_000_000,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "model_sha256": self.encoder.model_sha256,
-            "measurements": self.stats.measurements,
-            "next_seq": self.seq,
-            "frames_sent": publisher.stats.published,
-            "frames_acked": publisher.stats.acked,
-            "replayed": self.stats.replayed,
-            "rejects": dict(self.stats.rejects + self.source.stats.rejects),
-            "spool_depth": spool.depth if spool else 0,
-            "spool_bytes": spool.size_bytes if spool else 0,
-            "spool_dropped": spool.stats.dropped_full + spool.stats.dropped_age if spool else 0,
-            "encode_ms_per_measurement": per,
-            "encode_batch_ms_max": worst,
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    def _beat(self, publisher: Publisher) -> None:
-        """Heartbeat thread: one now, then every `health_interval_s` until the stop."""
-        while True:
-            try:
-                publisher.publish_health(self.health(publisher))
-            except Exception:  # a heartbeat must never take the agent down
-                log.exception("heartbeat failed")
-            if self.stopping.wait(self.cfg.health_interval_s):
-                return
-
     def resend(self, publisher: Publisher) -> None:
         """Publish deferred frames from the spool, oldest first, flagged historical, while
         the in-memory queue has room (a frame the spool has since dropped is skipped)."""
@@ -322,12 +254,11 @@ class _Agent:
                 self.stats.resent += 1
 
     def run(self, publisher: Publisher) -> None:
-        beat = threading.Thread(
-            target=self._beat, args=(publisher,), name="sparsetel-health", daemon=True
+        self.heartbeat = Heartbeat(
+            lambda: self.counters(publisher), publisher.publish_health, self.cfg.health_interval_s
         )
-        beat.start()
-        reader = threading.Thread(target=self._read, name="sparsetel-source", daemon=True)
-        reader.start()
+        beat = self.heartbeat.start(self.stopping)
+        self.intake.start()
         if self.updater is not None:
             threading.Thread(
                 target=self.updater.run,
@@ -337,72 +268,15 @@ class _Agent:
             ).start()
         ended = False
         while not ended:
-            batch, ended = self._gather(publisher)
+            # Deferred frames are resent between batches: come back even when nothing arrives.
+            batch, ended = self.intake.gather(
+                lambda: self._switch(publisher), come_back=bool(self.deferred)
+            )
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
             self.resend(publisher)
         self.stopping.set()  # the source is done: the heartbeat thread ends too
         beat.join(timeout=5.0)
-
-    def _read(self) -> None:
-        """Reader thread: the source's measurements into the queue, then _END."""
-        try:
-            for measurement in self.source:
-                if not self._put(measurement):
-                    break
-            else:
-                self.source_done = not self.source.stopped
-        except Exception as exc:  # a source must not take the agent down without a word
-            self.source_error = f"source failed: {exc}"
-            log.exception("source failed")
-        finally:
-            self._put(_END)
-
-    def _put(self, item: object) -> bool:
-        while not self.stopping.is_set():
-            try:
-                self.queue.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _gather(self, publisher: Publisher) -> tuple[list[Measurement], bool]:
-        """Up to `batch` measurements, or fewer once `max_batch_delay_s` has passed since the
-        first; (batch, True) when the source ended or a stop was asked. A staged model is
-        switched to meanwhile (no frame is being encoded)."""
-        batch: list[Measurement] = []
-        # Deferred frames are resent between batches: come back even when nothing arrives.
-        deadline = time.monotonic() + self.cfg.max_batch_delay_s if self.deferred else float("inf")
-        while len(batch) < self.cfg.batch:
-            self._switch(publisher)
-            if self.stopping.is_set():
-                return batch + self._drain(), True
-            wait = min(_POLL_S, deadline - time.monotonic())
-            if wait <= 0:
-                return batch, False
-            try:
-                item = self.queue.get(timeout=wait)
-            except queue.Empty:
-                continue
-            if item is _END:
-                return batch, True
-            assert isinstance(item, Measurement)
-            batch.append(item)
-            if len(batch) == 1:
-                deadline = time.monotonic() + self.cfg.max_batch_delay_s
-        return batch, False
-
-    def _drain(self) -> list[Measurement]:
-        """What the reader had already queued when the stop came."""
-        items: list[Measurement] = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                return items
-            if isinstance(item, Measurement):
-                items.append(item)
 
     def _send(self, batch: list[Measurement], publisher: Publisher) -> None:
         if not batch:
@@ -419,18 +293,15 @@ class _Agent:
                 self.stats.rejects["encode"] += len(batch)
                 log.error("batch of %s dropped: %s", len(batch), final)
                 return
-        self.probation = max(0, self.probation - 1)
+        self.models.encoded()
         records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
         self._publish(records, tuple(m.pos for m in batch), publisher)
 
     def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:
         started = time.perf_counter()
         codes = self.encoder.encode_records(x)
-        took = time.perf_counter() - started
-        with self._window:
-            self._encode_s += took
-            self._encoded += len(x)
-            self._encode_max_ms = max(self._encode_max_ms, took * 1000)
+        if self.heartbeat is not None:
+            self.heartbeat.clock.record(time.perf_counter() - started, len(x))
         return codes
 
     def _publish(
@@ -488,8 +359,9 @@ class _Agent:
 def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     """Wait for acks (bounded), publish the death, disconnect; fill in the counters."""
     cfg = agent.cfg
-    if agent.staged is not None and agent.updater is not None:
-        agent.updater.report(agent.staged.deployment, "rejected", None, "the agent stopped first")
+    staged = agent.models.staged
+    if staged is not None and agent.updater is not None:
+        agent.updater.report(staged.deployment, "rejected", None, "the agent stopped first")
     agent.resend(publisher)
     if not publisher.wait_for_acks(cfg.ack_timeout_s):
         log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
@@ -505,7 +377,7 @@ def _finish(agent: _Agent, publisher: Publisher, stats: AgentStats) -> None:
     stats.cells.update(agent.source.stats.cells)
     if agent.spool is not None:
         key = agent.source.resume_key
-        if key is not None and agent.source_done and agent.source_error is None:
+        if key is not None and agent.intake.done and agent.intake.error is None:
             agent.spool.clear_cursor(key)  # read to its end: a next run starts over
         stats.spool_depth = agent.spool.depth
         stats.spool_dropped = agent.spool.stats.dropped_full + agent.spool.stats.dropped_age
@@ -578,9 +450,9 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
                     store=agent.store,
                     trust_key=agent.trust_key,
                     link=publisher,
-                    current=lambda: agent.encoder,
-                    previous=lambda: agent.previous,
-                    stage=agent.stage,
+                    current=lambda: agent.models.encoder,
+                    previous=lambda: agent.models.previous,
+                    stage=agent.models.stage,
                     fetch_timeout_s=cfg.fetch_timeout_s,
                 )
                 online = publisher.connect(cfg.connect_timeout_s)
@@ -601,8 +473,8 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
                 spool.close()
     except (SparsetelError, OSError, ValueError) as exc:  # ConnectionError is an OSError
         return _fail(stats, 1, exc)
-    if agent.source_error is not None:
-        stats.error = agent.source_error
+    if agent.intake.error is not None:
+        stats.error = agent.intake.error
         return 1
     return 0
 

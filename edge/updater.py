@@ -11,12 +11,12 @@ the running model untouched) unless, in this order:
 3. onnxruntime loads the graph and it has the encoder's inputs and outputs;
 4. its KPI schema is the source's, and it reproduces the manifest's probe codes (self-test).
 
-Then it reports ``verified`` and stages the encoder; the agent's frame loop switches between
-two frames (no measurement is dropped: a batch is encoded whole by one model), publishes a
-fresh birth naming the new model, and reports ``switched``. If the new model fails within
-its first `probation_frames` frames, the agent goes back to the previous one, re-encodes the
-batch with it and reports ``rolled_back``. A ``rollback`` command switches to the previous
-model the same way.
+Then it reports ``verified`` and stages the encoder (`edge.models.ModelSlot`); the agent's
+frame loop switches between two frames (no measurement is dropped: a batch is encoded whole
+by one model), publishes a fresh birth naming the new model, and reports ``switched``. If
+the new model fails within its first `probation_frames` frames, the agent goes back to the
+previous one, re-encodes the batch with it and reports ``rolled_back``. A ``rollback``
+command switches to the previous model the same way.
 
 Accepted bundles are kept under ``state_dir/models/{model_ref}/``; ``state_dir/models/
 active.json`` records the running and the previous model, so a restarted agent runs the model
@@ -273,14 +273,12 @@ class Updater:
             raise
         return encoder
 
-    def switched(self, staged: Staged, previous: OnnxEncoder, base: Path) -> None:
-        """The frame loop runs `staged.encoder` now: record it and report."""
-        encoder = staged.encoder
-        self.store.write_active(
-            ActiveModels(str(base), str(encoder.model_dir), str(previous.model_dir))
-        )
+    def switched(self, staged: Staged, previous: OnnxEncoder) -> None:
+        """The frame loop runs `staged.encoder` now, in place of `previous`: report it."""
         step: Step = "switched" if staged.kind == "deploy" else "rolled_back"
-        self.report(staged.deployment, step, encoder.model_sha256, previous=previous.model_sha256)
+        self.report(
+            staged.deployment, step, staged.encoder.model_sha256, previous=previous.model_sha256
+        )
 
     def report(
         self,

@@ -277,7 +277,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.deploy import keygen
+    from sparsetel.cloud.keys import keygen
 
     private_key, public_key = keygen(args.out, force=args.force)
     if args.json:

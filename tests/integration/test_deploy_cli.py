@@ -25,13 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cli import main
-from sparsetel.cloud.deploy import (
-    choose_targets,
-    deploy,
-    keygen,
-    load_public_key,
-    rollback,
-)
+from sparsetel.cloud.deploy import choose_targets, deploy, rollback
+from sparsetel.cloud.keys import keygen, load_public_key
 from sparsetel.shared.bundle import signed_message, unpack_bundle
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.deployment import DeployReport, parse_command

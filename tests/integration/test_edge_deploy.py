@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.cloud.deploy import build_bundle, deploy, keygen, load_private_key, rollback
+from sparsetel.cloud.deploy import deploy, rollback
+from sparsetel.cloud.keys import build_bundle, keygen, load_private_key
 from sparsetel.shared.bundle import Bundle, pack_bundle
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.deployment import deploy_command, parse_report

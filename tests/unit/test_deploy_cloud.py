@@ -18,16 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sparsetel.cli import main
-from sparsetel.cloud.deploy import (
+from sparsetel.cloud.deploy import broker_from_flags, choose_targets, new_deployment_id
+from sparsetel.cloud.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
-    broker_from_flags,
     build_bundle,
-    choose_targets,
     keygen,
     load_private_key,
     load_public_key,
-    new_deployment_id,
 )
 from sparsetel.shared.bundle import pack_bundle, signed_message, unpack_bundle
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
@@ -144,7 +142,7 @@ def test_loading_a_private_key_others_can_read_warns(
     keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     keys[0].chmod(0o640)
-    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.deploy"):
+    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.keys"):
         load_private_key(keys[0])
     assert "readable by others" in caplog.text
 

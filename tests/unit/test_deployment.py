@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from sparsetel.cloud.deploy import keygen
+from sparsetel.cloud.keys import keygen
 from sparsetel.edge.updater import ActiveModels, ModelStore, load_trust_key
 from sparsetel.shared.bundle import Bundle
 from sparsetel.shared.deployment import (
