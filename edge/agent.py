@@ -282,6 +282,14 @@ class _Agent:
         if not batch:
             return
         x = np.stack([m.values for m in batch])
+        if self.cfg.range_margin is not None:
+            ok = self.encoder.valid_rows(x, self.cfg.range_margin)
+            if not ok.all():
+                self.stats.rejects["out_of_range"] += int((~ok).sum())
+                batch = [m for m, good in zip(batch, ok.tolist(), strict=True) if good]
+                if not batch:
+                    return
+                x = x[ok]
         try:
             codes = self._encode(x)
         except SparsetelError as exc:  # the graph broke its contract on this batch

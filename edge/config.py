@@ -37,6 +37,9 @@ class EdgeConfig:
     - `broker`: where to publish (credentials from the environment, see shared.config).
     - `kpis`: the source's KPI names, checked against the model's; None = the model's.
     - `sentinels`: extra "no value" numbers, e.g. "2147483647,RSRP=-200"; None = defaults.
+    - `range_margin`: a measurement with a KPI beyond the model's training range widened
+      by this many range widths on each side is rejected ("out_of_range"); None or inf = no
+      check.
     - `time_column`: a CSV column holding each measurement's time (epoch ms or ISO 8601);
       None = the clock stamps them.
     - `loop`: replay the CSV again at its end; `connect_timeout_s`: how long to wait for
@@ -69,6 +72,7 @@ class EdgeConfig:
     sentinels: str | None = None
     loop: bool = False
     time_column: str | None = None
+    range_margin: float | None = 1.0
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
     max_queued_frames: int = 10_000
@@ -92,6 +96,7 @@ class EdgeConfig:
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
             ("fetch_timeout_s", 0 < self.fetch_timeout_s <= 3600, "in (0, 3600]"),
             ("probation_frames", self.probation_frames >= 0, ">= 0"),
+            ("range_margin", self.range_margin is None or self.range_margin >= 0, ">= 0"),
             ("spool_max_bytes", self.spool_max_bytes >= 1, ">= 1"),
             ("spool_max_age_s", self.spool_max_age_s > 0, "> 0"),
         ]
@@ -129,6 +134,7 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "spool_max_age_s": flag("spool_max_age"),
         "sentinels": flag("sentinels"),
         "time_column": flag("time_column"),
+        "range_margin": flag("range_margin"),
         "kpis": list(parse_kpi_list(kpis)) if kpis else None,
         "broker": {"url": flag("broker")},
     }

@@ -141,6 +141,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time-column", help="CSV column with each measurement's time (epoch ms or ISO 8601)"
     )
+    p.add_argument(
+        "--range-margin",
+        type=float,
+        help="reject a measurement beyond the model's training range widened by this many "
+        "range widths each side (default 1; inf: no check)",
+    )
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the agent's counters as JSON")
 

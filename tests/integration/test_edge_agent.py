@@ -8,6 +8,7 @@ messages, and clears its retained STATE messages afterwards.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -32,7 +33,8 @@ from sparsetel.shared.state import EdgeState, parse_state
 from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
 from sparsetel.shared.wire import Frame, decode_frame, encode_frame
 from tests.mosquitto import OwnBroker
-from tests.tinymodel import write_tiny_model
+from tests.tinymodel import reference_codes, write_tiny_model
+from tests.unit.test_edge_encoder import ranged_model
 
 pytestmark = pytest.mark.integration
 
@@ -381,3 +383,20 @@ def test_agent_streams_from_a_custom_python_collector(
         rows
     )
     assert stats.measurements == 4
+
+
+def test_measurements_beyond_the_models_range_are_counted_and_the_rest_delivered(
+    broker: BrokerConfig, group: str, tmp_path: Path
+) -> None:
+    run = ranged_model(tmp_path / "run")
+    listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
+    rows = [[-100, -10, 5], [-900, -10, 5], [-101, -11, 4], [-102, -12, -3], [-103, -13, 3]]
+    lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    cfg = _config(run, group, broker, batch=5)
+    stats = AgentStats()
+    assert run_agent(cfg, stats=stats, stdin=io.BytesIO(lines)) == 0
+    frames, _ = _collect(listener, 3)
+    listener.close()
+    kept = np.array([rows[0], rows[2], rows[4]], np.float32)
+    assert [r.codes for f in frames for r in f.records] == reference_codes(kept)
+    assert stats.rejects == {"out_of_range": 2} and stats.measurements == 3

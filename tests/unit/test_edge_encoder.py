@@ -7,6 +7,7 @@ onnxruntime against an independent answer.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,13 @@ import pytest
 
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE, ModelManifest, file_sha256
+from sparsetel.shared.manifest import (
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    KpiNorm,
+    ModelManifest,
+    file_sha256,
+)
 from tests.tinymodel import KPIS, PROBES, K, L, reference_codes, write_tiny_model
 
 
@@ -133,3 +140,42 @@ def test_check_schema_rejects_other_kpis(
 ) -> None:
     with pytest.raises(ModelMismatchError, match=message):
         OnnxEncoder(model_dir).check_schema(kpis)
+
+
+def ranged_model(run_dir: Path) -> Path:
+    """The tiny model with training ranges in its manifest: RSRP -120..-80, RSRQ -20..-5,
+    and SNR log-scaled over 0..99 (log1p 0..4.6)."""
+    write_tiny_model(run_dir)
+    manifest = ModelManifest.load(run_dir / MANIFEST_FILE)
+    bounds = {"RSRP": (-120.0, -80.0, False), "RSRQ": (-20.0, -5.0, False), "SNR": (0, 99, True)}
+    norms = tuple(
+        KpiNorm(n.name, n.mean, n.std, log=bounds[n.name][2], lo=bounds[n.name][0],
+                hi=bounds[n.name][1])
+        for n in manifest.norms
+    )  # fmt: skip
+    replace(manifest, norms=norms).save(run_dir / MANIFEST_FILE)
+    return run_dir
+
+
+def test_rows_beyond_the_widened_training_range_are_flagged(tmp_path: Path) -> None:
+    encoder = OnnxEncoder(ranged_model(tmp_path / "run"))
+    x = np.array(
+        [
+            [-100, -10, 50],  # inside
+            [-150, -10, 50],  # RSRP beyond training, inside -120 - 40
+            [-165, -10, 50],  # RSRP below -160: out
+            [-81, -34, 50],  # RSRQ at -34, inside -20 - 15
+            [-100, -36, 50],  # RSRQ beyond -35: out
+            [np.nan, np.nan, np.nan],  # missing is never out of range
+            [-100, -10, -1],  # a negative value of a log-scaled KPI: out
+            [-100, -10, 9000],  # log1p(9000) = 9.1 <= 4.6 + 4.6: inside
+            [-100, -10, 20000],  # log1p(20000) = 9.9: out
+        ],
+        dtype=np.float32,
+    )
+    assert encoder.valid_rows(x, 1.0).tolist() == [
+        True, True, False, True, False, True, False, True, False,
+    ]  # fmt: skip
+    # margin 0: exactly the training range; inf: no check at all
+    assert encoder.valid_rows(x, 0.0).tolist()[:2] == [True, False]
+    assert encoder.valid_rows(x, float("inf")).all()
