@@ -1,0 +1,307 @@
+"""One run of the edge agent: the checked models and source, a bdSeq, and the frame loop.
+
+`Framer` holds what a run needs (built and checked before the network is touched: ids, the
+model's sha256, self-test and KPI schema, the source) and runs the loop: gather up to `batch`
+measurements (`edge.intake`), drop those out of the model's range, encode them in one
+onnxruntime call, build frame seq 0, 1, 2, ... of the bdSeq and hand it to the delivery
+(`edge.delivery`: spool first, then the broker). Between frames it switches to a staged
+model (`edge.models`) and announces it in a fresh birth; a new model failing on probation is
+replaced by the previous one and the batch re-encoded. `edge.agent` runs it end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from sparsetel import __version__
+from sparsetel.shared.errors import SparsetelError, WireError
+from sparsetel.shared.kpi import parse_sentinels
+from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
+from sparsetel.shared.topics import validate_id
+from sparsetel.shared.wire import Frame, Record, encode_frame
+
+from .config import EdgeConfig
+from .delivery import Delivery
+from .encoder import OnnxEncoder
+from .health import Heartbeat
+from .intake import Intake
+from .models import ModelSlot
+from .publisher import Publisher
+from .replay import open_source
+from .source import Measurement
+from .spool import Spool
+from .updater import ModelStore, Updater, load_trust_key
+
+__all__ = ["AgentStats", "Framer"]
+
+log = logging.getLogger(__name__)
+
+_U32 = 2**32 - 1
+
+
+@dataclass
+class AgentStats:
+    """The agent's counters, printed as JSON by ``sparsetel edge --json``."""
+
+    measurements: int = 0
+    frames: int = 0
+    bytes_sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    cells: Counter[str] = field(default_factory=Counter)
+    bd_seq: int | None = None
+    next_seq: int = 0
+    connects: int = 0
+    replayed: int = 0
+    deferred: int = 0
+    resent: int = 0
+    spool_depth: int = 0
+    spool_dropped: int = 0
+    switches: int = 0
+    rollbacks: int = 0
+    resumed_at: int | None = None
+    model_sha256: str | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["rejects"] = dict(self.rejects)
+        data["cells"] = dict(self.cells)
+        return data
+
+
+class Framer:
+    """One run: the checked models and source, a bdSeq, a publisher, and the frame loop."""
+
+    def __init__(self, cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.group = validate_id(cfg.group)
+        self.edge = validate_id(cfg.edge_id)
+        self.trust_key = load_trust_key(cfg.trust_key) if cfg.trust_key is not None else None
+        self.store = ModelStore(cfg.resolved_state_dir)
+        self.models = ModelSlot(Path(cfg.model), self.store, cfg.probation_frames)
+        self.models.encoder.self_test()
+        kpis = cfg.kpis if cfg.kpis is not None else self.models.encoder.kpis
+        self.models.encoder.check_schema(kpis)
+        self.kpis = tuple(kpis)
+        sentinels = parse_sentinels(cfg.sentinels) if cfg.sentinels else None
+        self.source = open_source(
+            cfg.source,
+            kpis,
+            sentinels,
+            rate_hz=cfg.rate_hz,
+            limit=cfg.limit,
+            loop=cfg.loop,
+            period_ms=cfg.period_ms,
+            stdin=stdin,
+            time_column=cfg.time_column,
+        )
+        self.stopping = threading.Event()
+        self.intake = Intake(self.source, cfg.batch, cfg.max_batch_delay_s, self.stopping)
+        self.updater: Updater | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.bd_seq = 0
+        self.seq = 0
+        self.spool: Spool | None = None
+        self.delivery: Delivery | None = None  # frames through the spool to the broker
+
+    @property
+    def encoder(self) -> OnnxEncoder:
+        return self.models.encoder
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.source.stop()
+
+    def resume(self, spool: Spool) -> None:
+        """Continue a replay an earlier run left unfinished, after its last spooled frame."""
+        key = self.source.resume_key
+        cursor = spool.cursor(key) if key is not None else None
+        if cursor is not None:
+            log.info("resuming %s after row %s", key, cursor[0])
+            self.source.resume(*cursor)
+            self.stats.resumed_at = cursor[0]
+
+    def submit(self, command: dict[str, Any]) -> None:
+        """paho's thread: a deploy or rollback command for the updater."""
+        if self.updater is not None:
+            self.updater.submit(command)
+
+    def _switch(self, publisher: Publisher) -> None:
+        """Frame loop, between frames: run a staged encoder, announce it, report it."""
+        switched = self.models.switch()
+        if switched is None:
+            return
+        staged, previous = switched
+        self.stats.switches += staged.kind == "deploy"
+        self.stats.rollbacks += staged.kind != "deploy"
+        publisher.rebirth()
+        if self.updater is not None:
+            self.updater.switched(staged, previous)
+
+    def _fall_back(self, exc: SparsetelError, publisher: Publisher) -> bool:
+        """The newest encoder failed on probation: back to the previous one (True), or False
+        when there is nothing to go back to."""
+        failed = self.models.fall_back()
+        if failed is None:
+            return False
+        self.stats.rollbacks += 1
+        log.error("model %s failed on probation, rolled back: %s", failed.model_sha256[:16], exc)
+        publisher.rebirth()
+        if self.updater is not None:
+            self.updater.report(
+                self.models.deployment,
+                "rolled_back",
+                self.encoder.model_sha256,
+                f"the new model failed: {exc}",
+                previous=failed.model_sha256,
+            )
+        return True
+
+    def birth(self) -> bytes:
+        state = state_from_manifest(
+            self.encoder.manifest,
+            edge=self.edge,
+            group=self.group,
+            bd_seq=self.bd_seq,
+            agent_version=__version__,
+            runtime_version=self.encoder.runtime_version,
+            timestamp_ms=time.time_ns() // 1_000_000,
+        )
+        return birth_payload(state)
+
+    def death(self) -> bytes:
+        return death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
+
+    def counters(self, publisher: Publisher) -> dict[str, Any]:
+        """What a heartbeat reports besides time and encode latency (`edge.health`)."""
+        spool = self.spool
+        return {
+            "edge": self.edge,
+            "group": self.group,
+            "bd_seq": self.bd_seq,
+            "model_sha256": self.encoder.model_sha256,
+            "measurements": self.stats.measurements,
+            "next_seq": self.seq,
+            "frames_sent": publisher.stats.published,
+            "frames_acked": publisher.stats.acked,
+            "replayed": self.delivery.stats.replayed if self.delivery else 0,
+            "rejects": dict(self.stats.rejects + self.source.stats.rejects),
+            "spool_depth": spool.depth if spool else 0,
+            "spool_bytes": spool.size_bytes if spool else 0,
+            "spool_dropped": spool.stats.dropped_full + spool.stats.dropped_age if spool else 0,
+        }
+
+    def run(self, delivery: Delivery) -> None:
+        """The frame loop, from the spool's leftovers to the end of the source or a stop."""
+        publisher = delivery.publisher
+        delivery.replay(self.stopping)
+        self.heartbeat = Heartbeat(
+            lambda: self.counters(publisher), publisher.publish_health, self.cfg.health_interval_s
+        )
+        beat = self.heartbeat.start(self.stopping)
+        self.intake.start()
+        if self.updater is not None:
+            threading.Thread(
+                target=self.updater.run,
+                args=(self.stopping,),
+                name="sparsetel-deploy",
+                daemon=True,
+            ).start()
+        ended = False
+        while not ended:
+            # Deferred frames are resent between batches: come back even when nothing arrives.
+            batch, ended = self.intake.gather(
+                lambda: self._switch(publisher), come_back=bool(delivery.deferred)
+            )
+            for start in range(0, len(batch), self.cfg.batch):
+                self._send(batch[start : start + self.cfg.batch], publisher)
+            delivery.resend()
+        self.stopping.set()  # the source is done: the heartbeat thread ends too
+        beat.join(timeout=5.0)
+
+    def _send(self, batch: list[Measurement], publisher: Publisher) -> None:
+        if not batch:
+            return
+        x = np.stack([m.values for m in batch])
+        if self.cfg.range_margin is not None:
+            ok = self.encoder.valid_rows(x, self.cfg.range_margin)
+            if not ok.all():
+                self.stats.rejects["out_of_range"] += int((~ok).sum())
+                batch = [m for m, good in zip(batch, ok.tolist(), strict=True) if good]
+                if not batch:
+                    return
+                x = x[ok]
+        try:
+            codes = self._encode(x)
+        except SparsetelError as exc:  # the graph broke its contract on this batch
+            try:
+                if not self._fall_back(exc, publisher):
+                    raise
+                codes = self._encode(x)  # the same batch, with the previous model
+            except SparsetelError as final:
+                self.stats.rejects["encode"] += len(batch)
+                log.error("batch of %s dropped: %s", len(batch), final)
+                return
+        self.models.encoded()
+        records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
+        self._publish(records, tuple(m.pos for m in batch), publisher)
+
+    def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:
+        started = time.perf_counter()
+        codes = self.encoder.encode_records(x)
+        if self.heartbeat is not None:
+            self.heartbeat.clock.record(time.perf_counter() - started, len(x))
+        return codes
+
+    def _publish(
+        self,
+        records: tuple[Record, ...],
+        positions: tuple[int | None, ...],
+        publisher: Publisher,
+    ) -> None:
+        if self.seq > _U32:
+            self.stats.rejects["seq_exhausted"] += len(records)
+            self.stop()
+            return
+        enc = self.encoder
+        frame = Frame(
+            model_ref=enc.model_ref,
+            bd_seq=self.bd_seq,
+            seq=self.seq,
+            L=enc.L,
+            K=enc.K,
+            period_ms=self.source.period_ms,
+            records=records,
+        )
+        try:
+            payload = encode_frame(frame)
+        except WireError as exc:
+            if exc.reason == "too_large" and len(records) > 1:
+                half = len(records) // 2
+                self._publish(records[:half], positions[:half], publisher)
+                self._publish(records[half:], positions[half:], publisher)
+                return
+            self.stats.rejects[f"wire_{exc.reason}"] += len(records)
+            log.error("frame of %s records dropped: %s", len(records), exc)
+            return
+        self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
+        key, pos = self.source.resume_key, positions[-1]
+        cursor = (key, pos, records[-1].t_ms) if key is not None and pos is not None else None
+        assert self.delivery is not None, "frames are published only once delivery is set up"
+        reason = self.delivery.deliver(frame.bd_seq, frame.seq, payload, cursor)
+        if reason is not None:
+            self.stats.rejects[reason] += len(records)
+            return
+        self.stats.measurements += len(records)
