@@ -29,12 +29,25 @@ def free_port() -> int:
 
 class OwnBroker:
     """Mosquitto on a free loopback port with persistence in `tmp`, its log in
-    ``tmp/mosquitto.log``; `extra` lines are appended to its configuration."""
+    ``tmp/mosquitto.log``; `extra` lines are appended to its configuration. With `conf`, that
+    configuration file is run as it is, and `port` must be the one it listens on."""
 
-    def __init__(self, tmp: Path, extra: str = "", anonymous: bool = True) -> None:
-        self.port = free_port()
-        self.conf = tmp / "mosquitto.conf"
+    def __init__(
+        self,
+        tmp: Path,
+        extra: str = "",
+        anonymous: bool = True,
+        *,
+        conf: Path | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port if port is not None else free_port()
         self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if conf is not None:  # a configuration made elsewhere, listening on `port`
+            self.conf = conf
+            return
+        self.conf = tmp / "mosquitto.conf"
         # Persistence: a subscriber's session and its queued messages outlive a restart.
         # `user`: started as root, Mosquitto would drop to the "mosquitto" user, which cannot
         # write its database into the test's private directory: sessions would silently not
@@ -45,7 +58,6 @@ class OwnBroker:
             f"persistence true\npersistence_location {tmp}/\n"
             f"user {getpass.getuser()}\n{extra}"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
