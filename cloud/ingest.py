@@ -5,6 +5,10 @@
 logged (rate-limited), counted by reason in `ServiceStats` and dropped; the database drops
 repeats by the key (edge, bd_seq, seq).
 
+A frame of a model the registry does not know is parked in the store, exactly as it came,
+not dropped; once the model is registered (found in the registry's `models_dir` when a later
+frame or birth names it) the parked frames are handled like new ones (`unpark`).
+
 Predictions need the last W measurements of an edge: the ingest keeps each edge's last W-1
 count rows and continues them only across consecutive frames of one session (bd_seq).
 """
@@ -76,6 +80,7 @@ class ServiceStats:
     def snapshot(self) -> dict[str, Any]:
         names = ("messages", "frames_ok", "records_stored", "duplicates", "predictions")
         more = ("births", "deaths", "stale_deaths", "missing_frames", "late_frames", "queue_full")
+        more = (*more, "parked", "unparked")
         with self._lock:
             out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
             out.update({k: v for k, v in self._counts.items() if k not in out})
@@ -121,10 +126,10 @@ class _Track:
 class FrameIngest:
     """The worker's job, one message at a time, with no MQTT and no threads of its own.
 
-    `handle` returns what happened: "stored", "duplicate", "birth", "death", "stale_death",
-    "ignored", or the reason the message was rejected (a WireError reason such as
-    "truncated", or "unknown_model", "model_mismatch", "state_mismatch", "decode_error",
-    "store_error", "internal"). It never raises.
+    `handle` returns what happened: "stored", "duplicate", "parked" (its model is unknown
+    yet), "birth", "death", "stale_death", "ignored", or the reason the message was rejected
+    (a WireError reason such as "truncated", or "model_mismatch", "state_mismatch",
+    "decode_error", "store_error", "internal"). It never raises.
     """
 
     def __init__(self, registry: ModelRegistry, store: Store, stats: ServiceStats) -> None:
@@ -140,7 +145,7 @@ class FrameIngest:
             parts = parse_topic(topic)
             kind = str(parts.kind).upper()
             if kind == "DATA":
-                return self._data(parts.edge, bytes(payload), now_ms)
+                return self._data(topic, parts.edge, bytes(payload), now_ms)
             if kind == "STATE":
                 return self._state(parts.group, parts.edge, bytes(payload), now_ms)
             raise WireError(f"unexpected topic kind {kind}", reason="topic")
@@ -155,11 +160,14 @@ class FrameIngest:
         self._throttle.warning(reason, "rejected [" + reason + "] " + msg, *args)
         return reason
 
-    def _data(self, edge: str, payload: bytes, now_ms: int) -> str:
+    def _data(self, topic: str, edge: str, payload: bytes, now_ms: int) -> str:
         frame = decode_frame(payload)
         codec = self.registry.get(frame.model_ref)
         if codec is None:
-            return self._reject("unknown_model", "%s: model %s", edge, frame.model_ref.hex())
+            codec = self.registry.resolve(frame.model_ref)
+            if codec is None:
+                return self._park(topic, edge, frame, payload, now_ms)
+            self.unpark(frame.model_ref)
         m = codec.manifest
         audit_ok = all(r.audit is None or len(r.audit) == m.D for r in frame.records)
         if (frame.L, frame.K) != (m.L, m.K) or not audit_ok:
@@ -199,6 +207,36 @@ class FrameIngest:
         self._tracks[edge] = track
         self._count_stored(edge, frame, sum(p is not None for p in predictions))
         return "stored"
+
+    def _park(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
+        ref = frame.model_ref
+        try:
+            self.store.park_frame(edge, ref, topic, payload, now_ms)
+        except Exception as exc:
+            return self._reject("store_error", "%s: cannot park a frame: %r", edge, exc)
+        self.stats.add("parked")
+        self._throttle.warning(
+            "parked", "%s: model %s is not registered; frame parked until it is", edge, ref.hex()
+        )
+        return "parked"
+
+    def unpark(self, model_ref: bytes) -> int:
+        """Handle the frames parked for `model_ref` (registered now), oldest first, and
+        forget them; returns how many. A crash in between repeats some: the store drops
+        the repeats by their key."""
+        done = 0
+        while True:
+            batch = self.store.parked(model_ref)
+            if not batch:
+                break
+            for _, topic, payload, received_ms in batch:
+                self.handle(topic, payload, received_ms)
+            self.store.drop_parked([item[0] for item in batch])
+            done += len(batch)
+        if done:
+            self.stats.add("unparked", done)
+            log.info("model %s registered: %d parked frames handled", model_ref.hex(), done)
+        return done
 
     def _predict(
         self, edge: str, frame: Frame, codec: Decoder
@@ -265,7 +303,7 @@ class FrameIngest:
             self.stats.add("deaths" if applied else "stale_deaths")
             return "death" if applied else "stale_death"
         self.stats.add("births")
-        if not self._knows(state.model_ref):
+        if not self._resolved(state.model_ref):
             self.stats.add("births_unknown_model")
             self._throttle.warning(
                 "birth_model", "edge %s runs model %s, which this service has not loaded",
@@ -273,8 +311,16 @@ class FrameIngest:
             )  # fmt: skip
         return "birth"
 
-    def _knows(self, model_ref_hex: str) -> bool:
+    def _resolved(self, model_ref_hex: str) -> bool:
+        """Whether the model a birth names is registered (now, looking in models_dir if
+        needed; then its parked frames are handled)."""
         try:
-            return self.registry.get(bytes.fromhex(model_ref_hex)) is not None
+            ref = bytes.fromhex(model_ref_hex)
         except (ValueError, TypeError):
             return False
+        if self.registry.get(ref) is not None:
+            return True
+        if self.registry.resolve(ref) is None:
+            return False
+        self.unpark(ref)
+        return True

@@ -4,13 +4,20 @@ A frame names its model by the first 8 bytes of the encoder's sha256 (`ModelMani
 model_ref`); the registry maps that ref to a decoder able to turn the frame's codes back into
 KPIs and predictions. `Decoder` is what the service needs from one: `cloud.codec.CloudCodec`
 provides it, and tests can pass small fakes.
+
+Edges upgrade at different times, so many models live at once. Besides the models it is
+given, a registry with a `models_dir` looks there for a model it does not know when a frame
+or a birth names it (`resolve`): every run directory whose ``manifest.json`` has that ref.
+Dropping a newly deployed run into that folder is enough for the service to decode its
+frames, including the ones it parked meanwhile (`cloud.ingest`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -55,12 +62,34 @@ class Decoder(Protocol):
         ...
 
 
-class ModelRegistry:
-    """model_ref (8 bytes) -> Decoder. Safe to read from one thread while another adds."""
+RESCAN_S = 5.0  # a model still missing is looked for again after this long
 
-    def __init__(self, decoders: Iterable[Decoder] = ()) -> None:
+
+def _load_run(run_dir: Path) -> Decoder:
+    from .codec import CloudCodec  # torch lives behind the codec; load it only when used
+
+    codec: Decoder = CloudCodec.load(run_dir)
+    return codec
+
+
+class ModelRegistry:
+    """model_ref (8 bytes) -> Decoder. Safe to read from one thread while another adds.
+
+    `models_dir`: a folder of run directories searched for models not known yet (`resolve`);
+    `load` turns a run directory into a decoder (default: `CloudCodec.load`).
+    """
+
+    def __init__(
+        self,
+        decoders: Iterable[Decoder] = (),
+        models_dir: Path | None = None,
+        load: Callable[[Path], Decoder] = _load_run,
+    ) -> None:
         self._by_ref: dict[bytes, Decoder] = {}
         self._lock = threading.Lock()
+        self.models_dir = models_dir
+        self._load = load
+        self._looked: dict[bytes, float] = {}  # ref -> when models_dir was last searched
         for decoder in decoders:
             self.add(decoder)
 
@@ -92,11 +121,30 @@ class ModelRegistry:
         return ref
 
     def add_run(self, run_dir: str | Path) -> bytes:
-        """Load an exported run directory with `CloudCodec.load` and register it."""
-        from .codec import CloudCodec  # torch lives behind the codec; load it only when used
+        """Load an exported run directory (`load`) and register it."""
+        return self.add(self._load(Path(run_dir)))
 
-        codec: Decoder = CloudCodec.load(Path(run_dir))
-        return self.add(codec)
+    def resolve(self, model_ref: bytes) -> Decoder | None:
+        """The decoder for `model_ref`, looking in `models_dir` (at most every `RESCAN_S`
+        per ref) when it is not registered; None when it is nowhere."""
+        ref = bytes(model_ref)
+        known = self.get(ref)
+        if known is not None or self.models_dir is None:
+            return known
+        now = time.monotonic()
+        if now - self._looked.get(ref, -RESCAN_S) < RESCAN_S:
+            return None
+        self._looked[ref] = now
+        for manifest_path in sorted(self.models_dir.glob("*/manifest.json")):
+            try:
+                if ModelManifest.load(manifest_path).model_ref != ref:
+                    continue
+                self.add_run(manifest_path.parent)
+            except Exception as exc:  # a broken run must not stop the search or the service
+                log.warning("cannot load model %s from %s: %s", ref.hex(), manifest_path, exc)
+                continue
+            return self.get(ref)
+        return None
 
     def get(self, model_ref: bytes) -> Decoder | None:
         """The decoder for `model_ref`, or None when no registered model has it."""

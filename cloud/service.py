@@ -43,7 +43,9 @@ SESSION_EXPIRY_S = 86_400  # MQTT 5 persistent session, when a client_id is conf
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The decoder service. `models`: exported run directories; `db`: a path, sqlite:///
+    """The decoder service. `models`: exported run directories; `models_dir`: a folder of
+    run directories searched for the model of a frame no loaded model decodes (its frames
+    are parked meanwhile, see `cloud.ingest`); `db`: a path, sqlite:///
     or postgresql:// URL; `group`: one group id or "+" for all; `queue_size`: messages
     waiting for the worker (1..1e6); `stop_after_records`: stop once this many measurements
     are stored (demo, tests); `idle_timeout_s`: stop after this long without a message."""
@@ -51,6 +53,7 @@ class ServeConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     group: str = "+"
     models: tuple[Path, ...] = ()
+    models_dir: Path | None = None
     db: str = "sparsetel.db"
     queue_size: int = 10_000
     stop_after_records: int | None = None
@@ -91,7 +94,9 @@ class DecoderService:
 
     def __init__(self, cfg: ServeConfig, registry: ModelRegistry | None = None) -> None:
         self.cfg = cfg
-        self.registry = registry if registry is not None else _load_registry(cfg.models)
+        if registry is None:
+            registry = _load_registry(cfg.models, cfg.models_dir)
+        self.registry = registry
         self._stats = ServiceStats()
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=cfg.queue_size)
         self._client: mqtt.Client | None = None
@@ -293,12 +298,12 @@ class DecoderService:
             self._throttle.warning("on_message", "cannot queue a message: %r", exc)
 
 
-def _load_registry(models: tuple[Path, ...]) -> ModelRegistry:
-    registry = ModelRegistry()
+def _load_registry(models: tuple[Path, ...], models_dir: Path | None) -> ModelRegistry:
+    registry = ModelRegistry(models_dir=models_dir)
     for run_dir in models:
         registry.add_run(run_dir)
-    if not models:
-        log.warning("no model loaded: every frame will be rejected as unknown_model")
+    if not models and models_dir is None:
+        log.warning("no model loaded: frames are parked until their model is registered")
     return registry
 
 
@@ -308,6 +313,7 @@ def serve_config_from_flags(args: argparse.Namespace) -> ServeConfig:
     models = getattr(args, "model", None)
     overrides = {
         "models": [str(m) for m in models] if models else None,
+        "models_dir": getattr(args, "models_dir", None),
         "group": getattr(args, "group", None),
         "db": getattr(args, "db", None),
         "stop_after_records": getattr(args, "stop_after", None),

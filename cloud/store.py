@@ -30,12 +30,21 @@ __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
 
 # Column types that differ between the two dialects; the migrations name them in braces.
 _TYPES = {
-    "sqlite": {"bigint": "INTEGER", "real": "REAL", "bool": "INTEGER", "json": "TEXT"},
+    "sqlite": {
+        "bigint": "INTEGER",
+        "real": "REAL",
+        "bool": "INTEGER",
+        "json": "TEXT",
+        "serial": "INTEGER",
+        "blob": "BLOB",
+    },
     "postgresql": {
         "bigint": "BIGINT",
         "real": "DOUBLE PRECISION",
         "bool": "BOOLEAN",
         "json": "JSONB",
+        "serial": "BIGSERIAL",
+        "blob": "BYTEA",
     },
 }
 
@@ -56,6 +65,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             prediction {real}, predicted_t_ms {bigint}, audit {json},
             PRIMARY KEY (edge, bd_seq, seq, rec))""",
         "CREATE INDEX measurements_edge_t ON measurements (edge, t_ms)",
+    ),
+    (  # 2: frames of models the service does not know yet, kept until it does
+        """CREATE TABLE parked_frames (
+            id {serial} PRIMARY KEY, edge TEXT NOT NULL, model_ref TEXT NOT NULL,
+            topic TEXT NOT NULL, payload {blob} NOT NULL, received_ms {bigint} NOT NULL)""",
+        "CREATE INDEX parked_frames_model ON parked_frames (model_ref, id)",
     ),
 )
 
@@ -273,6 +288,38 @@ class Store:
                 ),
             )
         return changed > 0
+
+    def park_frame(
+        self, edge: str, model_ref: bytes, topic: str, payload: bytes, received_ms: int
+    ) -> None:
+        """Keep a frame whose model is not known yet, exactly as it came."""
+        with self._transaction():
+            self._execute(
+                "INSERT INTO parked_frames (edge, model_ref, topic, payload, received_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (edge, model_ref.hex(), topic, payload, received_ms),
+            )
+
+    def parked(self, model_ref: bytes, limit: int = 500) -> list[tuple[int, str, bytes, int]]:
+        """The oldest parked frames of one model: (id, topic, payload, received_ms)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT id, topic, payload, received_ms FROM parked_frames "
+                "WHERE model_ref = ? ORDER BY id LIMIT ?",
+                (model_ref.hex(), int(limit)),
+            )
+        return [(int(i), str(t), bytes(p), int(ms)) for i, t, p, ms in rows]
+
+    def drop_parked(self, ids: Sequence[int]) -> None:
+        """Forget parked frames (they were handled)."""
+        with self._transaction():
+            self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
+
+    def count_parked(self) -> dict[str, int]:
+        """Parked frames per model ref (hex)."""
+        with self._lock:
+            rows = self._query("SELECT model_ref, COUNT(*) FROM parked_frames GROUP BY model_ref")
+        return {str(ref): int(n) for ref, n in rows}
 
     # -- reading --------------------------------------------------------------------------
 

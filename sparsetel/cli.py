@@ -152,6 +152,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the cloud decoder service: decode, predict, store")
     p.add_argument("--model", type=Path, action="append", help="run directory (repeatable)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help="folder of run directories searched for models not loaded yet (new deployments); "
+        "their frames are parked until the run appears there",
+    )
     p.add_argument("--group", help="fleet group to serve (default: all)")
     p.add_argument("--db", help="SQLite path or postgresql:// URL (default sparsetel.db)")
     p.add_argument("--stop-after", type=int, help="exit once this many measurements are stored")

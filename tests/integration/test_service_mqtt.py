@@ -145,7 +145,7 @@ def test_valid_frames_stored_exactly_once_garbage_and_duplicates_counted(
         publisher.send(state, b"", retain=True)  # leave no retained birth behind
     assert stats["records_stored"] == 17 and stats["frames_ok"] == 7
     assert stats["duplicates"] == 1 and stats["births"] == 1
-    assert stats["rejects"] == {"magic": 1, "state": 1, "unknown_model": 1}
+    assert stats["rejects"] == {"magic": 1, "state": 1} and stats["parked"] == 1
     with open_store(tmp_path / "it.db") as store:
         assert store.count_measurements() == 17
         assert store.count_frames("edge-a") == 6

@@ -123,3 +123,20 @@ def test_postgres_edge_births_and_deaths(pg_url: str) -> None:
         (edge,) = store.edges()
     assert edge["online"] is False and edge["bd_seq"] == 3 and edge["updated_ms"] == 200
     assert edge["birth"] == birth and edge["model_sha256"] == "ef" * 32
+
+
+def test_postgres_parks_frames_byte_for_byte_and_forgets_them(pg_url: str) -> None:
+    ref = bytes.fromhex("00112233aabbccdd")
+    payload = bytes(range(256)) * 3  # every byte value: a bytea round trip
+    with open_store(pg_url) as store:
+        store.park_frame("pg-edge", ref, "sparsetel/v1/g/DATA/pg-edge", payload, 5)
+        store.park_frame("pg-edge", ref, "sparsetel/v1/g/DATA/pg-edge", b"second", 6)
+        assert store.count_parked() == {ref.hex(): 2}
+        parked = store.parked(ref)
+        assert [(t, p, ms) for _, t, p, ms in parked] == [
+            ("sparsetel/v1/g/DATA/pg-edge", payload, 5),
+            ("sparsetel/v1/g/DATA/pg-edge", b"second", 6),
+        ]
+        store.drop_parked([parked[0][0]])
+        assert [p for _, _, p, _ in store.parked(ref)] == [b"second"]
+        assert store.parked(bytes(8)) == []

@@ -168,10 +168,11 @@ def test_malformed_frame_is_rejected_with_its_reason(
     assert store.count_frames() == 0
 
 
-def test_frame_of_an_unknown_model_is_rejected(ingest: FrameIngest, store: Store) -> None:
+def test_frame_of_an_unknown_model_is_parked_not_stored(ingest: FrameIngest, store: Store) -> None:
     other = bytes.fromhex("00112233aabbccdd")
-    assert ingest.handle(TOPIC, _frame(0, model_ref=other)) == "unknown_model"
-    assert ingest.stats.rejects() == {"unknown_model": 1} and store.count_frames() == 0
+    assert ingest.handle(TOPIC, _frame(0, model_ref=other)) == "parked"
+    assert ingest.stats.rejects() == {} and store.count_frames() == 0
+    assert store.count_parked() == {other.hex(): 1} and ingest.stats.get("parked") == 1
 
 
 @pytest.mark.parametrize("kw", [{"L": 4}, {"K": 32}])
