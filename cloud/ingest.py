@@ -32,10 +32,14 @@ from sparsetel.shared.state import parse_state
 from sparsetel.shared.topics import parse_topic
 from sparsetel.shared.wire import Frame, decode_frame
 
+from .deadletter import TokenBucket
 from .registry import Decoder, ModelRegistry
 from .store import FrameRow, MeasurementRow, Store
 
-__all__ = ["FrameIngest", "ServiceStats", "Throttle"]
+__all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle"]
+
+# What `FrameIngest.handle` returns for a message it did not reject.
+ACCEPTED = frozenset({"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored"})
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ class ServiceStats:
     def snapshot(self) -> dict[str, Any]:
         names = ("messages", "frames_ok", "records_stored", "duplicates", "predictions")
         more = ("births", "deaths", "stale_deaths", "missing_frames", "late_frames", "queue_full")
-        more = (*more, "parked", "unparked")
+        more = (*more, "parked", "unparked", "dead_letters", "dead_letters_held")
         with self._lock:
             out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
             out.update({k: v for k, v in self._counts.items() if k not in out})
@@ -128,14 +132,21 @@ class FrameIngest:
 
     `handle` returns what happened: "stored", "duplicate", "parked" (its model is unknown
     yet), "birth", "death", "stale_death", "ignored", or the reason the message was rejected
-    (a WireError reason such as "truncated", or "model_mismatch", "state_mismatch",
+    (a WireError reason such as "truncated", or "flood", "model_mismatch", "state_mismatch",
     "decode_error", "store_error", "internal"). It never raises.
     """
 
-    def __init__(self, registry: ModelRegistry, store: Store, stats: ServiceStats) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: Store,
+        stats: ServiceStats,
+        flood: TokenBucket | None = None,
+    ) -> None:
         self.registry = registry
         self.store = store
         self.stats = stats
+        self.flood = flood  # DATA frames per edge beyond it are rejected as "flood"
         self._tracks: dict[str, _Track] = {}
         self._throttle = Throttle(log)
 
@@ -145,6 +156,8 @@ class FrameIngest:
             parts = parse_topic(topic)
             kind = str(parts.kind).upper()
             if kind == "DATA":
+                if self.flood is not None and not self.flood.allow(parts.edge):
+                    return self._reject("flood", "%s: more frames than the flood limit", topic)
                 return self._data(topic, parts.edge, bytes(payload), now_ms)
             if kind == "STATE":
                 return self._state(parts.group, parts.edge, bytes(payload), now_ms)

@@ -30,7 +30,8 @@ from sparsetel.shared.errors import ConfigError, SparsetelError
 from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.topics import data_subscription, state_subscription, validate_id
 
-from .ingest import FrameIngest, ServiceStats, Throttle
+from .deadletter import COPY_BURST, COPY_RATE, TokenBucket, dead_letter
+from .ingest import ACCEPTED, FrameIngest, ServiceStats, Throttle
 from .registry import ModelRegistry
 from .store import open_store
 
@@ -58,6 +59,7 @@ class ServeConfig:
     queue_size: int = 10_000
     stop_after_records: int | None = None
     idle_timeout_s: float | None = None
+    flood_frames_per_s: float = 5000.0
 
     def __post_init__(self) -> None:
         if self.group != "+":
@@ -67,6 +69,8 @@ class ServeConfig:
                 raise ConfigError(f"must be '+' or an id: {exc}", key="group") from exc
         if not 1 <= self.queue_size <= 1_000_000:
             raise ConfigError("must be in 1..1000000", key="queue_size")
+        if not self.flood_frames_per_s > 0:
+            raise ConfigError("must be > 0", key="flood_frames_per_s")
         if self.stop_after_records is not None and self.stop_after_records < 1:
             raise ConfigError("must be at least 1", key="stop_after_records")
         if self.idle_timeout_s is not None and not self.idle_timeout_s > 0:
@@ -98,6 +102,7 @@ class DecoderService:
             registry = _load_registry(cfg.models, cfg.models_dir)
         self.registry = registry
         self._stats = ServiceStats()
+        self._copies = TokenBucket(COPY_RATE, COPY_BURST)  # dead letters per edge
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=cfg.queue_size)
         self._client: mqtt.Client | None = None
         self._worker: threading.Thread | None = None
@@ -192,7 +197,8 @@ class DecoderService:
             self._store_error = exc
             self._store_ready.set()
             return
-        ingest = FrameIngest(self.registry, store, self._stats)
+        rate = self.cfg.flood_frames_per_s
+        ingest = FrameIngest(self.registry, store, self._stats, TokenBucket(rate, 5 * rate))
         self._store_ready.set()
         try:
             while True:
@@ -203,13 +209,26 @@ class DecoderService:
                         return
                     self._check_idle()
                     continue
-                ingest.handle(msg.topic, msg.payload, msg.received_ms)
+                outcome = ingest.handle(msg.topic, msg.payload, msg.received_ms)
+                if outcome not in ACCEPTED:
+                    self._dead_letter(msg, outcome)
                 self._ack(msg)
                 limit = self.cfg.stop_after_records
                 if limit is not None and self._stats.get("records_stored") >= limit:
                     self._finish(f"stored {limit} records")
         finally:
             store.close()
+
+    def _dead_letter(self, msg: _Message, reason: str) -> None:
+        """Copy a rejected message to its DEAD topic (rate-limited per edge)."""
+        topic, body = dead_letter(msg.topic, msg.payload, reason, msg.received_ms)
+        if not self._copies.allow(topic):
+            self._stats.add("dead_letters_held")
+            return
+        client = self._client
+        if client is not None:
+            client.publish(topic, body, qos=1)
+        self._stats.add("dead_letters")
 
     def _check_idle(self) -> None:
         idle = self.cfg.idle_timeout_s

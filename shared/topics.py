@@ -1,6 +1,7 @@
 """MQTT topic names: ``sparsetel/v1/{group}/{KIND}/{edge}``, built and parsed in one place.
 
-One kind names no edge: ``sparsetel/v1/{group}/MODEL/{model}`` holds a signed model bundle
+``sparsetel/v1/{group}/DEAD/{edge}`` carries the cloud's copies of the messages of `edge` it
+rejected. One kind names no edge: ``sparsetel/v1/{group}/MODEL/{model}`` holds a signed model bundle
 (`sparsetel.shared.bundle`), retained, where `model` is the model ref in hex (the first 16
 hex digits of the encoder's sha256); edges fetch it when told to deploy it.
 
@@ -22,6 +23,7 @@ __all__ = [
     "TopicParts",
     "data_subscription",
     "data_topic",
+    "dead_letter_topic",
     "deploy_subscription",
     "deploy_topic",
     "health_topic",
@@ -35,8 +37,8 @@ __all__ = [
 ]
 
 PREFIX = "sparsetel/v1"
-Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL"]
-KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL")
+Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD"]
+KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD")
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -91,6 +93,11 @@ def model_topic(group: str, model_ref_hex: str) -> str:
     if len(model_ref_hex) != 16 or any(c not in "0123456789abcdef" for c in model_ref_hex):
         raise ValueError(f"a model ref is 16 lower-case hex digits, got {model_ref_hex!r}")
     return _topic("MODEL", group, model_ref_hex)
+
+
+def dead_letter_topic(group: str, edge: str) -> str:
+    """Where the cloud copies the messages of `edge` it rejected (see `cloud.deadletter`)."""
+    return _topic("DEAD", group, edge)
 
 
 def deploy_subscription(group: str = "+") -> str:

@@ -4,6 +4,8 @@ runs never mix. Without a broker the tests skip, except under CI=true: they fail
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import threading
 import time
@@ -201,3 +203,45 @@ def test_frames_sent_while_the_service_is_down_arrive_after_restart(
     with open_store(db) as store:
         assert store.count_measurements() == 10
         assert not any(math.isnan(v) for r in store.fetch_measurements() for v in r["kpis"])
+
+
+def test_rejected_messages_are_copied_to_the_dead_letter_topic_and_floods_held_back(
+    broker_url: str, group: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    received: list[mqtt.MQTTMessage] = []
+    listener = Publisher(broker_url)
+    subscribed = threading.Event()
+    listener.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    listener.client.on_message = lambda c, u, m: received.append(m)
+    listener.client.subscribe(f"sparsetel/v1/{group}/DEAD/+", qos=1)
+    assert subscribed.wait(10)
+    cfg = ServeConfig(
+        broker=BrokerConfig(url=broker_url), group=group, db=str(tmp_path / "dl.db"),
+        flood_frames_per_s=0.4,  # a burst of 2 messages, then one every 2.5 s
+    )  # fmt: skip
+    service = DecoderService(cfg, ModelRegistry([CODEC]))
+    service.start(timeout=15)
+    edge = data_topic(group, "noisy")
+    garbage = b"\x00 not a frame" * 4
+    try:
+        publisher.send(edge, garbage)
+        for seq in range(70):  # the garbage and frame 0 pass the flood limit, 69 do not
+            publisher.send(edge, _frame(seq))
+        assert _wait_until(lambda: service.stats()["messages"] == 71)
+        assert _wait_until(lambda: service.stats()["dead_letters"] >= 50)
+        time.sleep(0.5)
+        stats = service.stats()
+    finally:
+        service.stop()
+        listener.close()
+    assert stats["rejects"] == {"magic": 1, "flood": 69} and stats["frames_ok"] == 1
+    # copies: a burst of 50 per edge (and 10 more a second), the rest counted as held back
+    copied = stats["dead_letters"]
+    assert copied + stats["dead_letters_held"] == 70 and 50 <= copied < 70
+    assert _wait_until(lambda: len(received) == copied)
+    letters = [json.loads(m.payload) for m in received]
+    assert {m.topic for m in received} == {f"sparsetel/v1/{group}/DEAD/noisy"}
+    first = letters[0]
+    assert (first["reason"], first["topic"], first["size"]) == ("magic", edge, len(garbage))
+    assert base64.b64decode(first["payload_b64"]) == garbage and not first["truncated"]
+    assert {letter["reason"] for letter in letters[1:]} == {"flood"}

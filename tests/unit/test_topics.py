@@ -10,6 +10,7 @@ from sparsetel.shared.topics import (
     TopicParts,
     data_subscription,
     data_topic,
+    dead_letter_topic,
     deploy_subscription,
     deploy_topic,
     health_topic,
@@ -28,6 +29,7 @@ BUILDERS = {
     "NCMD": ncmd_topic,
     "DEPLOY": deploy_topic,
     "HEALTH": health_topic,
+    "DEAD": dead_letter_topic,
 }
 
 
