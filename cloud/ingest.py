@@ -142,11 +142,13 @@ class FrameIngest:
         store: Store,
         stats: ServiceStats,
         flood: TokenBucket | None = None,
+        track_gaps: bool = True,
     ) -> None:
         self.registry = registry
         self.store = store
         self.stats = stats
         self.flood = flood  # DATA frames per edge beyond it are rejected as "flood"
+        self.track_gaps = track_gaps  # False when other workers take some of an edge's frames
         self._tracks: dict[str, _Track] = {}
         self._throttle = Throttle(log)
 
@@ -287,10 +289,11 @@ class FrameIngest:
         self.stats.add("predictions", n_predictions)
         seen = self._tracks[edge].max_seq
         top = seen.get(frame.bd_seq)
-        if top is not None and frame.seq > top + 1:
-            self.stats.gap(edge, frame.seq - top - 1)
-        elif top is not None and frame.seq < top:
-            self.stats.add("late_frames")
+        if self.track_gaps and top is not None:
+            if frame.seq > top + 1:
+                self.stats.gap(edge, frame.seq - top - 1)
+            elif frame.seq < top:
+                self.stats.add("late_frames")
         seen[frame.bd_seq] = frame.seq if top is None else max(top, frame.seq)
         while len(seen) > 4:  # a few recent sessions are enough to place late frames
             del seen[min(seen)]

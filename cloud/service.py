@@ -28,12 +28,17 @@ from paho.mqtt.properties import Properties
 from sparsetel.shared.config import BrokerConfig, load_config, parse_broker_url
 from sparsetel.shared.errors import ConfigError, SparsetelError
 from sparsetel.shared.signals import stop_on_signals
-from sparsetel.shared.topics import data_subscription, state_subscription, validate_id
+from sparsetel.shared.topics import (
+    data_subscription,
+    shared_subscription,
+    state_subscription,
+    validate_id,
+)
 
 from .deadletter import COPY_BURST, COPY_RATE, TokenBucket, dead_letter
 from .ingest import ACCEPTED, FrameIngest, ServiceStats, Throttle
 from .registry import ModelRegistry
-from .store import open_store
+from .store import Store, open_store
 
 __all__ = ["DecoderService", "ServeConfig", "run_service", "serve_config_from_flags"]
 
@@ -49,7 +54,10 @@ class ServeConfig:
     are parked meanwhile, see `cloud.ingest`); `db`: a path, sqlite:///
     or postgresql:// URL; `group`: one group id or "+" for all; `queue_size`: messages
     waiting for the worker (1..1e6); `stop_after_records`: stop once this many measurements
-    are stored (demo, tests); `idle_timeout_s`: stop after this long without a message."""
+    are stored (demo, tests); `idle_timeout_s`: stop after this long without a message;
+    `shared`: take DATA through the MQTT 5 shared subscription ``$share/decoders/...``, so
+    several services (processes, hosts) split the frames while each sees every STATE;
+    `workers`: run that many shared services as processes (`cloud.workers`)."""
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     group: str = "+"
@@ -60,6 +68,8 @@ class ServeConfig:
     stop_after_records: int | None = None
     idle_timeout_s: float | None = None
     flood_frames_per_s: float = 5000.0
+    shared: bool = False
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.group != "+":
@@ -71,6 +81,12 @@ class ServeConfig:
             raise ConfigError("must be in 1..1000000", key="queue_size")
         if not self.flood_frames_per_s > 0:
             raise ConfigError("must be > 0", key="flood_frames_per_s")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError("must be in 1..64", key="workers")
+        if self.shared and self.broker.protocol != "5":
+            raise ConfigError(
+                "a shared subscription needs MQTT 5 (broker.protocol = '5')", "shared"
+            )
         if self.stop_after_records is not None and self.stop_after_records < 1:
             raise ConfigError("must be at least 1", key="stop_after_records")
         if self.idle_timeout_s is not None and not self.idle_timeout_s > 0:
@@ -115,6 +131,9 @@ class DecoderService:
         self._store_error: BaseException | None = None
         self._last_message = time.monotonic()
         self._throttle = Throttle(log)
+        data = data_subscription(cfg.group)
+        self._data_filter = shared_subscription(data) if cfg.shared else data
+        self._store_gaps: dict[str, int] | None = None  # shared: read from the store at stop
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -163,6 +182,8 @@ class DecoderService:
         out = self._stats.snapshot()
         out["queue_depth"] = self._queue.qsize()
         out["models"] = [ref.hex() for ref in self.registry.refs()]
+        if self._store_gaps is not None:
+            out["gaps"] = self._store_gaps
         out["stopped_because"] = self._done_reason or None
         return out
 
@@ -198,7 +219,9 @@ class DecoderService:
             self._store_ready.set()
             return
         rate = self.cfg.flood_frames_per_s
-        ingest = FrameIngest(self.registry, store, self._stats, TokenBucket(rate, 5 * rate))
+        flood = TokenBucket(rate, 5 * rate)
+        # Shared: this worker sees only some of an edge's frames, so gaps come from the store.
+        ingest = FrameIngest(self.registry, store, self._stats, flood, not self.cfg.shared)
         self._store_ready.set()
         try:
             while True:
@@ -217,6 +240,8 @@ class DecoderService:
                 if limit is not None and self._stats.get("records_stored") >= limit:
                     self._finish(f"stored {limit} records")
         finally:
+            if self.cfg.shared:
+                self._store_gaps = _gaps_or_none(store)
             store.close()
 
     def _dead_letter(self, msg: _Message, reason: str) -> None:
@@ -289,8 +314,7 @@ class DecoderService:
             log.warning("broker refused the connection: %s", rc)
             return
         self._stats.add("connects")
-        group = self.cfg.group
-        client.subscribe([(data_subscription(group), 1), (state_subscription(group), 1)])
+        client.subscribe([(self._data_filter, 1), (state_subscription(self.cfg.group), 1)])
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         refused = [str(c) for c in codes if c.is_failure]
@@ -298,7 +322,7 @@ class DecoderService:
             self._connect_error = f"subscription refused ({', '.join(refused)}): check the ACL"
             log.error("broker refused the subscriptions: %s", refused)
             return
-        log.info("subscribed to %s and %s", data_subscription(self.cfg.group),
+        log.info("subscribed to %s and %s", self._data_filter,
                  state_subscription(self.cfg.group))  # fmt: skip
         self._subscribed.set()
 
@@ -315,6 +339,14 @@ class DecoderService:
         except Exception as exc:  # a callback must never raise into paho's loop
             self._stats.reject("internal")
             self._throttle.warning("on_message", "cannot queue a message: %r", exc)
+
+
+def _gaps_or_none(store: Store) -> dict[str, int] | None:
+    try:
+        return store.sequence_gaps()
+    except Exception as exc:
+        log.warning("cannot count sequence gaps: %r", exc)
+        return None
 
 
 def _load_registry(models: tuple[Path, ...], models_dir: Path | None) -> ModelRegistry:
@@ -337,7 +369,12 @@ def serve_config_from_flags(args: argparse.Namespace) -> ServeConfig:
         "db": getattr(args, "db", None),
         "stop_after_records": getattr(args, "stop_after", None),
         "idle_timeout_s": getattr(args, "idle_timeout", None),
-        "broker": {"url": getattr(args, "broker", None)},
+        "workers": getattr(args, "workers", None),
+        "shared": True if getattr(args, "shared", False) else None,
+        "broker": {
+            "url": getattr(args, "broker", None),
+            "protocol": "5" if getattr(args, "shared", False) else None,
+        },
     }
     cfg: ServeConfig = load_config(
         ServeConfig, getattr(args, "config", None), "SPARSETEL_", overrides
@@ -349,7 +386,30 @@ def run_service(cfg: ServeConfig, print_json: bool = True) -> int:
     """`sparsetel serve`: run until SIGINT/SIGTERM, `stop_after_records` or the idle timeout;
     then print the stats on stdout, as one JSON object when `print_json` (nothing else goes to
     stdout), else as one summary line. 0 on a clean stop, 1 when it cannot start or the idle
-    timeout came before `stop_after_records` were stored."""
+    timeout came before `stop_after_records` were stored. With `workers` > 1, the workers of
+    `cloud.workers` do the work."""
+    if cfg.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(cfg, print_json)
+    code, stats = run_service_stats(cfg)
+    if not stats:
+        return code
+    if print_json:
+        print(json.dumps(stats, sort_keys=True), flush=True)
+    else:
+        print(
+            f"sparsetel serve: stored {stats['records_stored']} measurements in "
+            f"{stats['frames_ok']} frames; {stats['duplicates']} duplicates, "
+            f"rejects {stats['rejects'] or 0}, gaps {stats['gaps'] or 0}",
+            flush=True,
+        )
+    return code
+
+
+def run_service_stats(cfg: ServeConfig) -> tuple[int, dict[str, Any]]:
+    """One service, run as `run_service` says; (exit code, its stats; empty if it could not
+    start)."""
     try:
         service = DecoderService(cfg)
         with stop_on_signals(service.request_stop):
@@ -362,16 +422,7 @@ def run_service(cfg: ServeConfig, print_json: bool = True) -> int:
     except (SparsetelError, OSError, ValueError, RuntimeError) as exc:
         log.debug("start failed", exc_info=True)
         log.error("cannot start the decoder service: %s", exc)
-        return 1
+        return 1, {}
     stats = service.stats()
-    if print_json:
-        print(json.dumps(stats, sort_keys=True), flush=True)
-    else:
-        print(
-            f"sparsetel serve: stored {stats['records_stored']} measurements in "
-            f"{stats['frames_ok']} frames; {stats['duplicates']} duplicates, "
-            f"rejects {stats['rejects'] or 0}, gaps {stats['gaps'] or 0}",
-            flush=True,
-        )
     short = cfg.stop_after_records is not None and stats["records_stored"] < cfg.stop_after_records
-    return 1 if short and stats["stopped_because"] != "requested" else 0
+    return (1 if short and stats["stopped_because"] != "requested" else 0), stats

@@ -315,6 +315,17 @@ class Store:
         with self._transaction():
             self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
 
+    def sequence_gaps(self) -> dict[str, int]:
+        """Frames missing per edge: in each of its sessions (bd_seq), the seqs from 0 to the
+        highest stored that are not stored. Edges with none are left out."""
+        with self._lock:
+            rows = self._query(
+                "SELECT edge, SUM(max_seq + 1 - n) FROM (SELECT edge, bd_seq, "
+                "MAX(seq) AS max_seq, COUNT(*) AS n FROM frames GROUP BY edge, bd_seq) AS s "
+                "GROUP BY edge"
+            )
+        return {str(edge): int(missing) for edge, missing in rows if missing}
+
     def count_parked(self) -> dict[str, int]:
         """Parked frames per model ref (hex)."""
         with self._lock:

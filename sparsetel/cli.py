@@ -162,6 +162,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite path or postgresql:// URL (default sparsetel.db)")
     p.add_argument("--stop-after", type=int, help="exit once this many measurements are stored")
     p.add_argument("--idle-timeout", type=float, help="exit after this many idle seconds")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="decoder processes sharing the DATA stream through $share (MQTT 5; default 1)",
+    )
+    p.add_argument(
+        "--shared",
+        action="store_true",
+        help="take DATA through the shared subscription, to split it with services elsewhere",
+    )
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the service's counters as JSON")
 

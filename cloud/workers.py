@@ -1,0 +1,138 @@
+"""`sparsetel serve --workers N`: N decoder services, one process each, sharing the DATA stream.
+
+Each worker is a `DecoderService` with ``shared=True``: MQTT 5, DATA through the shared
+subscription ``$share/decoders/sparsetel/v1/{group}/DATA/+`` (the broker hands each frame to
+one of them), STATE subscribed by every worker. They write to the same store; its key (edge,
+bd_seq, seq) keeps any frame from landing twice, whichever worker it reached and however often.
+A configured `client_id` gets a ``-w<i>`` suffix per worker, so each keeps a persistent session
+of its own. Separate hosts scale the same way: run ``sparsetel serve`` with ``shared = true``
+on each.
+
+The parent starts the workers (spawned, so none inherits the parent's threads), forwards
+SIGTERM/SIGINT to them, stops them all once `stop_after_records` are in the store, and sums
+their counters. A worker sees only some frames of an edge, so sequence gaps are counted in the
+store, and predictions restart their window of W measurements whenever consecutive frames of
+an edge reach different workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import queue
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from sparsetel.shared.signals import stop_on_signals
+
+from .service import ServeConfig, run_service_stats
+from .store import open_store
+
+__all__ = ["run_workers", "worker_configs"]
+
+log = logging.getLogger(__name__)
+
+_SUMMED = ("messages", "frames_ok", "records_stored", "duplicates", "predictions", "parked")
+
+
+def worker_configs(cfg: ServeConfig) -> list[ServeConfig]:
+    """The configuration of each of the `cfg.workers` workers."""
+    out = []
+    for i in range(cfg.workers):
+        client_id = cfg.broker.client_id
+        broker = replace(
+            cfg.broker,
+            protocol="5",
+            client_id=None if client_id is None else f"{client_id}-w{i}",
+        )
+        out.append(replace(cfg, broker=broker, shared=True, workers=1, stop_after_records=None))
+    return out
+
+
+def _worker(cfg: ServeConfig, results: mp.Queue[tuple[int, dict[str, Any]]]) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    code, stats = run_service_stats(cfg)
+    results.put((code, stats))
+
+
+def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
+    """Run `cfg.workers` shared services until a signal, `stop_after_records` in the store,
+    or every worker's end; print the summed counters. 0 when every worker ended cleanly."""
+    ctx = mp.get_context("spawn")
+    results: mp.Queue[tuple[int, dict[str, Any]]] = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(c, results)) for c in worker_configs(cfg)]
+    stop = False
+
+    def request_stop() -> None:
+        nonlocal stop
+        stop = True
+
+    with stop_on_signals(request_stop):
+        for proc in procs:
+            proc.start()
+        while any(p.is_alive() for p in procs) and not stop and not _enough(cfg):
+            time.sleep(0.5)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker stores what it took and stops
+        outcomes = _collect(results, len(procs))
+        for proc in procs:
+            proc.join(timeout=30)
+    summary = _summary(cfg, [stats for _, stats in outcomes])
+    print(json.dumps(summary, sort_keys=True) if print_json else _line(summary), flush=True)
+    failed = len(outcomes) < len(procs) or any(code for code, _ in outcomes)
+    return 1 if failed else 0
+
+
+def _enough(cfg: ServeConfig) -> bool:
+    if cfg.stop_after_records is None:
+        return False
+    try:
+        with open_store(cfg.db) as store:
+            return store.count_measurements() >= cfg.stop_after_records
+    except Exception:  # not created yet, or busy: look again later
+        return False
+
+
+def _collect(
+    results: mp.Queue[tuple[int, dict[str, Any]]], n: int
+) -> list[tuple[int, dict[str, Any]]]:
+    outcomes = []
+    deadline = time.monotonic() + 60
+    while len(outcomes) < n and time.monotonic() < deadline:
+        try:
+            outcomes.append(results.get(timeout=1.0))
+        except queue.Empty:
+            continue
+    if len(outcomes) < n:
+        log.error("%d of %d workers reported no result", n - len(outcomes), n)
+    return outcomes
+
+
+def _summary(cfg: ServeConfig, workers: list[dict[str, Any]]) -> dict[str, Any]:
+    rejects: Counter[str] = Counter()
+    for stats in workers:
+        rejects.update(stats.get("rejects") or {})
+    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in workers) for k in _SUMMED}
+    out["rejects"] = dict(rejects)
+    out["workers"] = workers
+    try:
+        with open_store(cfg.db) as store:
+            out["gaps"] = store.sequence_gaps()
+    except Exception as exc:
+        log.warning("cannot count sequence gaps: %r", exc)
+    return out
+
+
+def _line(summary: dict[str, Any]) -> str:
+    return (
+        f"sparsetel serve: {len(summary['workers'])} workers stored "
+        f"{summary['records_stored']} measurements in {summary['frames_ok']} frames; "
+        f"{summary['duplicates']} duplicates, rejects {summary['rejects'] or 0}, "
+        f"gaps {summary.get('gaps') or 0}"
+    )

@@ -1,0 +1,131 @@
+"""Decoder workers sharing the DATA stream through an MQTT 5 shared subscription on the real
+Mosquitto: every frame is stored once, the work is split, STATE reaches every worker, and
+sequence gaps are counted in the store, where every worker's frames meet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sparsetel.cloud.export import export_run
+from sparsetel.cloud.registry import ModelRegistry
+from sparsetel.cloud.service import DecoderService, ServeConfig
+from sparsetel.cloud.store import open_store
+from sparsetel.shared.config import BrokerConfig
+from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.state import birth_payload, state_from_manifest
+from sparsetel.shared.topics import data_topic, state_topic
+from sparsetel.shared.wire import Frame, Record, encode_frame
+from tests.integration.test_service_mqtt import CODEC, Publisher, _frame, _wait_until, publisher
+from tests.quickrun import quick_run
+
+__all__ = ["publisher"]  # a fixture, used by name
+
+pytestmark = pytest.mark.integration
+
+
+def _birth(group: str, edge: str) -> bytes:
+    state = state_from_manifest(
+        CODEC.manifest, edge=edge, group=group, bd_seq=0, agent_version="it",
+        runtime_version="none", timestamp_ms=int(time.time() * 1000),
+    )  # fmt: skip
+    return birth_payload(state)
+
+
+def test_two_shared_workers_split_the_frames_and_store_each_once(
+    broker_url: str, group: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.db"
+    broker = BrokerConfig(url=broker_url, protocol="5")
+    workers = [
+        DecoderService(
+            ServeConfig(broker=broker, group=group, db=str(db), shared=True),
+            ModelRegistry([CODEC]),
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start(timeout=15)
+    edges = ("a", "b")
+    try:
+        for edge in edges:
+            publisher.send(state_topic(group, edge), _birth(group, edge))
+        for seq in range(30):
+            if seq == 17:
+                continue  # lost on the way: a gap in edge a's session
+            for edge in edges:
+                publisher.send(data_topic(group, edge), _frame(seq))
+        publisher.send(data_topic(group, "a"), _frame(3))  # a repeat, as after a reconnect
+        publisher.send(data_topic(group, "b"), _frame(3))
+        total = lambda: sum(w.stats()["frames_ok"] + w.stats()["duplicates"] for w in workers)  # noqa: E731
+        assert _wait_until(lambda: total() == 2 * 29 + 2, timeout=20)
+    finally:
+        for worker in workers:
+            worker.stop()
+    stats = [w.stats() for w in workers]
+    with open_store(str(db)) as store:
+        frames = store.count_frames()
+        gaps = store.sequence_gaps()
+    assert frames == 58 and sum(s["frames_ok"] for s in stats) == 58
+    assert sum(s["duplicates"] for s in stats) == 2
+    assert all(s["frames_ok"] > 10 for s in stats), [s["frames_ok"] for s in stats]
+    assert all(s["births"] == 2 for s in stats)  # STATE reaches every worker
+    assert gaps == {"a": 1, "b": 1} and all(s["gaps"] == gaps for s in stats), [
+        s["gaps"] for s in stats
+    ]
+
+
+def test_serve_workers_runs_processes_until_enough_is_stored(
+    broker_url: str,
+    group: str,
+    publisher: Publisher,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    run = quick_run(tmp_path_factory)
+    if not (run / "encoder.onnx").exists():
+        export_run(run)
+    manifest = ModelManifest.load(run / MANIFEST_FILE)
+    frames = [
+        encode_frame(
+            Frame(
+                manifest.model_ref,
+                0,
+                seq,
+                manifest.L,
+                manifest.K,
+                1000,
+                tuple(Record(1_700_000_000_000 + 1000 * (5 * seq + i), (i, 7)) for i in range(5)),
+            )
+        )
+        for seq in range(20)
+    ]
+    db = tmp_path / "workers.db"
+    cmd = [
+        sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
+        "--group", group, "--broker", broker_url, "--workers", "2", "--stop-after", "100",
+        "--idle-timeout", "60", "--json",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        # The workers subscribe when they are up: resend until they stop (repeats are dropped).
+        while proc.poll() is None and time.monotonic() < deadline:
+            for payload in frames:
+                publisher.send(data_topic(group, "w"), payload)
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    with open_store(str(db)) as store:
+        assert store.count_frames() == 20 and store.count_measurements() == 100
+    assert summary["records_stored"] == 100 and len(summary["workers"]) == 2
+    assert all(w["frames_ok"] > 0 for w in summary["workers"]), summary["workers"]
+    assert summary["gaps"] == {}
