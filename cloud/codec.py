@@ -135,6 +135,19 @@ class CloudCodec:
         """Raw KPIs (shape: [N, D]) -> the model's normalised space (float64), NaN kept."""
         return self._ckpt.normaliser.transform(x)
 
+    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
+        """Counts of consecutive measurements (shape: [R, K], oldest first) -> the target at
+        t + h for each window of W ending at rows W-1 .. R-1 (float64, [R - W + 1]); the same
+        as `predict` on those windows, computed once per row."""
+        c = np.asarray(counts, dtype=np.float32)
+        if c.ndim != 2 or c.shape[1] != self.K:
+            raise ValueError(f"counts must have shape [R, {self.K}], got {list(c.shape)}")
+        if len(c) < self.window:
+            return np.zeros(0)
+        with torch.inference_mode():
+            scaled = self._ckpt.model.predict_sequence(torch.from_numpy(c)).double().numpy()
+        return self._ckpt.scaler.inverse(scaled)
+
     def predict(self, count_windows: np.ndarray) -> np.ndarray:
         """Count windows (shape: [N, W, K], oldest first) -> target at t + h (float64, [N])."""
         w = np.asarray(count_windows, dtype=np.float32)

@@ -21,11 +21,11 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.state import parse_state
@@ -170,6 +170,21 @@ class FrameIngest:
             log.debug("internal error on %s", topic, exc_info=True)
             return self._reject("internal", "internal error on %s: %r", topic, exc)
 
+    def handle_batch(self, messages: Sequence[tuple[str, bytes, int]]) -> list[str]:
+        """`handle` each (topic, payload, received_ms), their writes committed together (one
+        commit, one flush for the lot; each frame still stored or refused on its own).
+
+        If the commit itself fails, nothing of the batch is stored: the messages are handled
+        again one at a time (the counters then count those frames twice)."""
+        try:
+            with self.store.batch():
+                return [self.handle(t, p, ms) for t, p, ms in messages]
+        except Exception as exc:
+            self._throttle.warning(
+                "batch", "batch of %d not committed (%r): one at a time", len(messages), exc
+            )
+            return [self.handle(t, p, ms) for t, p, ms in messages]
+
     def _reject(self, reason: str, msg: str, *args: object) -> str:
         self.stats.reject(reason)
         self._throttle.warning(reason, "rejected [" + reason + "] " + msg, *args)
@@ -273,8 +288,7 @@ class FrameIngest:
             track.rows = stacked[len(stacked) - (w - 1) :] if w > 1 else stacked[:0]
             if len(stacked) < w:
                 return none, track
-            windows = sliding_window_view(stacked, w, axis=0).transpose(0, 2, 1)
-            values = np.asarray(codec.predict(np.ascontiguousarray(windows)), np.float64)
+            values = np.asarray(codec.predict_sequence(stacked), np.float64)
         except Exception as exc:  # store the KPIs without predictions rather than lose them
             self._throttle.warning("prediction", "prediction failed for %s: %r", edge, exc)
             self.stats.add("prediction_errors")

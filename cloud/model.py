@@ -194,6 +194,18 @@ class SDLGM(nn.Module):
         decoded = self.decoder(count_windows)
         return self.predictor(torch.cat([count_windows, decoded], dim=-1))
 
+    def predict_sequence(self, counts: torch.Tensor) -> torch.Tensor:
+        """Counts of consecutive measurements (shape: [R, K], oldest first) -> the scaled
+        target for each window of W of them ([R - W + 1]), the same values as `predict` on
+        those windows. Each measurement is decoded and embedded once, not once per window
+        it is in: about three times faster for W = 8 (scripts/bench_ingest.py's profile)."""
+        p, w = self.predictor, self.cfg.window
+        features = torch.cat([counts, self.decoder(counts)], dim=-1)
+        steps = torch.relu(p.embed(features))  # [R, E]
+        windows = steps.unfold(0, w, 1).transpose(1, 2).flatten(1)  # [R - W + 1, W * E]
+        out = p.head(windows).squeeze(-1)
+        return out if p.skip is None else out + features[w - 1 :, p.skip]
+
     def nll(self, z: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """Masked negative log-likelihood per row (shape: [N]) of z under the decoder."""
         scale = self.log_scale.exp().clamp(min=_MIN_SCALE)

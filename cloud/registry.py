@@ -61,6 +61,11 @@ class Decoder(Protocol):
         """Target in raw units at t+h (shape: [N]) from count windows (shape: [N, W, K])."""
         ...
 
+    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
+        """`predict` on every window of W consecutive rows of `counts` (shape: [R, K]):
+        shape [R - W + 1] (empty when R < W)."""
+        ...
+
 
 RESCAN_S = 5.0  # a model still missing is looked for again after this long
 

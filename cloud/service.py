@@ -44,6 +44,7 @@ __all__ = ["DecoderService", "ServeConfig", "run_service", "serve_config_from_fl
 
 log = logging.getLogger(__name__)
 
+BATCH_MAX = 64  # messages stored in one transaction at most (those already waiting)
 SESSION_EXPIRY_S = 86_400  # MQTT 5 persistent session, when a client_id is configured
 
 
@@ -123,6 +124,7 @@ class DecoderService:
         self._client: mqtt.Client | None = None
         self._worker: threading.Thread | None = None
         self._halt = threading.Event()  # the worker drains the queue and ends
+        self._closing = threading.Event()  # stop() began: take no new message
         self._done = threading.Event()  # a reason to stop came: stop_after, idle, signal
         self._done_reason = ""
         self._subscribed = threading.Event()
@@ -152,14 +154,17 @@ class DecoderService:
         log.info("decoder service running: %d model(s), store %s", len(self.registry), self.cfg.db)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking messages, store what was already taken, close the store."""
+        """Stop taking messages, store and acknowledge what was already taken, disconnect,
+        close the store. Messages arriving meanwhile are left unacknowledged: the broker
+        hands them to the next session (a persistent one, or another shared worker)."""
+        self._closing.set()
+        self._halt.set()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout)
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
             self._client = None
-        self._halt.set()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout)
         self._finish("stopped")
 
     def request_stop(self) -> None:
@@ -226,16 +231,18 @@ class DecoderService:
         try:
             while True:
                 try:
-                    msg = self._queue.get(timeout=0.2)
+                    batch = [self._queue.get(timeout=0.2)]
                 except queue.Empty:
                     if self._halt.is_set():
                         return
                     self._check_idle()
                     continue
-                outcome = ingest.handle(msg.topic, msg.payload, msg.received_ms)
-                if outcome not in ACCEPTED:
-                    self._dead_letter(msg, outcome)
-                self._ack(msg)
+                batch += self._more(BATCH_MAX - 1)
+                outcomes = ingest.handle_batch([(m.topic, m.payload, m.received_ms) for m in batch])
+                for msg, outcome in zip(batch, outcomes, strict=True):
+                    if outcome not in ACCEPTED:
+                        self._dead_letter(msg, outcome)
+                    self._ack(msg)  # only now: what was taken is committed
                 limit = self.cfg.stop_after_records
                 if limit is not None and self._stats.get("records_stored") >= limit:
                     self._finish(f"stored {limit} records")
@@ -243,6 +250,16 @@ class DecoderService:
             if self.cfg.shared:
                 self._store_gaps = _gaps_or_none(store)
             store.close()
+
+    def _more(self, n: int) -> list[_Message]:
+        """Up to `n` more messages that are already waiting (never waits)."""
+        out: list[_Message] = []
+        while len(out) < n:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
 
     def _dead_letter(self, msg: _Message, reason: str) -> None:
         """Copy a rejected message to its DEAD topic (rate-limited per edge)."""
@@ -334,6 +351,8 @@ class DecoderService:
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            if self._closing.is_set():
+                return  # stopping: not taken, not acknowledged, so delivered again later
             if not self.submit(msg.topic, msg.payload, msg.mid, msg.qos):
                 client.ack(msg.mid, msg.qos)  # dropped for good: do not wedge the broker
         except Exception as exc:  # a callback must never raise into paho's loop

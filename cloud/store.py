@@ -130,6 +130,7 @@ class Store:
         self._conn = connection
         self._lock = threading.RLock()
         self._closed = False
+        self._depth = 0  # nesting of _transaction: > 1 inside a batch
         self._migrate()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -153,22 +154,56 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One transaction under the lock: committed on success, rolled back on any error."""
+        """One transaction under the lock: committed on success, rolled back on any error.
+
+        Inside another (`batch`), it is a savepoint: its error undoes only its own writes,
+        and the outer transaction commits the rest at once."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            if self.dialect == "postgresql":
-                with self._conn.transaction():
-                    yield
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
             try:
-                yield
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                if self.dialect == "postgresql":
+                    with self._conn.transaction():  # nested: psycopg makes it a savepoint
+                        yield
+                elif self._depth > 1:
+                    with self._savepoint():
+                        yield
+                else:
+                    with self._sqlite_transaction():
+                        yield
+            finally:
+                self._depth -= 1
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        name = f"sp{self._depth}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        self._conn.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group writes into one transaction (one commit, one disk flush): each write inside
+        still succeeds or fails on its own, as a savepoint."""
+        with self._transaction():
+            yield
 
     def _migrate(self) -> None:
         """Apply the migrations this database has not seen yet, each in its own transaction."""

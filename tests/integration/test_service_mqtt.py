@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.registry import ModelRegistry
@@ -54,6 +55,10 @@ class FakeCodec:
 
     def predict(self, count_windows: np.ndarray) -> np.ndarray:
         return count_windows.sum(axis=(1, 2))
+
+    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
+        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
+        return self.predict(np.ascontiguousarray(windows))
 
 
 CODEC = FakeCodec()
@@ -195,7 +200,7 @@ def test_frames_sent_while_the_service_is_down_arrive_after_restart(
         second = _service(broker_url, group, db, client_id=client_id)
         try:
             assert second.wait_for_records(8, timeout=30)
-            assert _wait_until(lambda: second.stats()["duplicates"] == 1)
+            assert _wait_until(lambda: second.stats()["duplicates"] == 1), second.stats()
         finally:
             second.stop()
     finally:

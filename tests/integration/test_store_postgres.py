@@ -140,3 +140,14 @@ def test_postgres_parks_frames_byte_for_byte_and_forgets_them(pg_url: str) -> No
         store.drop_parked([parked[0][0]])
         assert [p for _, _, p, _ in store.parked(ref)] == [b"second"]
         assert store.parked(bytes(8)) == []
+
+
+def test_postgres_batches_commit_together_and_fail_alone(pg_url: str) -> None:
+    from tests.unit.test_store import _batch_with_a_failing_write
+    from tests.unit.test_store import _frame as frame
+    from tests.unit.test_store import _rows as rows
+
+    with open_store(pg_url) as store:
+        assert store.store_frame(frame(0), rows())
+        assert _batch_with_a_failing_write(store) == [True, False, False, True]
+        assert store.count_frames() == 3 and store.sequence_gaps() == {"edge-1": 1}

@@ -203,6 +203,20 @@ def test_codec_predicts_one_raw_target_per_window(codec: CloudCodec) -> None:
         codec.predict(np.zeros((3, codec.window + 1, codec.K), dtype=np.float32))
 
 
+def test_predicting_a_sequence_equals_predicting_each_of_its_windows(codec: CloudCodec) -> None:
+    rng = np.random.default_rng(3)
+    counts = np.zeros((codec.window + 20, codec.K), dtype=np.float32)
+    for row in counts:  # sparse codes, as a frame's records give them
+        np.add.at(row, rng.integers(0, codec.K, size=rng.integers(0, 5)), 1.0)
+    windows = np.lib.stride_tricks.sliding_window_view(counts, codec.window, axis=0)
+    expected = codec.predict(np.ascontiguousarray(windows.transpose(0, 2, 1)))
+    got = codec.predict_sequence(counts)
+    assert got.shape == (21,) and np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert codec.predict_sequence(counts[: codec.window - 1]).shape == (0,)
+    with pytest.raises(ValueError):
+        codec.predict_sequence(counts[:, :-1])
+
+
 def test_codec_refuses_a_checkpoint_changed_since_export(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

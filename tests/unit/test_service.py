@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.broker import start_embedded_broker
@@ -76,6 +77,10 @@ class FakeCodec:
         self.predicted.append(count_windows)
         first = count_windows.argmax(-1)  # [N, W]
         return (first * 100.0 ** np.arange(self.window - 1, -1, -1)).sum(-1)
+
+    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
+        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
+        return self.predict(np.ascontiguousarray(windows))
 
 
 REF = FakeCodec().manifest.model_ref

@@ -180,3 +180,32 @@ def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(RuntimeError, match="closed"):
         s.store_frame(_frame(1), _rows())
+
+
+def _batch_with_a_failing_write(store: Store) -> list[bool]:
+    """Three frames in one batch: a new one, a repeat, and one whose write fails halfway."""
+    out = []
+    with store.batch():
+        out.append(store.store_frame(_frame(1), _rows()))
+        out.append(store.store_frame(_frame(0), _rows()))  # stored before the batch
+        try:
+            with store._transaction():  # a write that fails after its first statement
+                store.store_frame(_frame(2), _rows())
+                raise RuntimeError("disk says no")
+        except RuntimeError:
+            out.append(False)
+        out.append(store.store_frame(_frame(3), _rows()))
+    return out
+
+
+def test_a_batch_commits_its_frames_together_each_succeeding_or_failing_alone(
+    tmp_path: Path,
+) -> None:
+    with open_store(tmp_path / "b.db") as store:
+        assert store.store_frame(_frame(0), _rows())
+        assert _batch_with_a_failing_write(store) == [True, False, False, True]
+        seqs = sorted({r["seq"] for r in store.fetch_measurements()})
+        assert seqs == [0, 1, 3] and store.count_frames() == 3  # frame 2 undone entirely
+        assert store.sequence_gaps() == {"edge-1": 1}
+    with open_store(tmp_path / "b.db") as again:  # committed: another connection sees it
+        assert again.count_measurements() == 6

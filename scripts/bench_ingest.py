@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Cloud ingest benchmark: decode-only throughput per core, and measurements per second end to
+end through the real Mosquitto into SQLite and PostgreSQL with 1, 2 and 4 decoder workers.
+
+    .venv/bin/python scripts/bench_ingest.py [--broker mqtt://127.0.0.1:1883]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--frames 2000] [--json]
+
+1. Trains a small model on simulated sessions (the decode cost depends on the architecture:
+   the defaults, L=4, K=128, hidden 256) and exports it; encodes simulated measurements with
+   the exported ONNX encoder into frames of 50, as an edge would.
+2. Decode only, one thread (torch and numpy on one core): wire decoding plus the model's
+   decoder, measurements per second, median of 5; and the same with the predictor.
+3. End to end: `sparsetel serve --workers N` as a process, the frames published QoS 1 by one
+   client as fast as the broker takes them, once every worker is subscribed. Throughput is
+   measurements stored over the time from the first publish until the store holds them all
+   (polled every 50 ms), so start-up is not counted. PostgreSQL runs skip when the server
+   does not answer.
+
+The broker is a Mosquitto of the benchmark's own on a free port, configured like
+``deploy/mosquitto/dev.conf``. Mosquitto's default ``max_queued_messages`` is 1000: a burst of
+more frames than that waiting for one slow subscriber is dropped by the broker, QoS 1 or not,
+which the first version of this benchmark did to half its frames on the system's default
+Mosquitto. Pass ``--broker URL`` to use another broker.
+
+Numbers are printed, never asserted: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import torch
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sparsetel.cloud.codec import CloudCodec
+from sparsetel.cloud.store import open_store
+from sparsetel.shared.config import parse_broker_url
+from sparsetel.shared.topics import data_topic
+from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
+
+GOAL_E2E = 20_000  # measurements/s end to end on 2 cores
+GOAL_DECODE = 200_000  # measurements/s decode only, per core
+PER_FRAME = 50
+
+
+def _model(work: Path) -> Path:
+    from sparsetel.cloud.demo import DEMO_KPIS, DEMO_TARGET
+    from sparsetel.cloud.export import export_run
+    from sparsetel.cloud.simulator import write_sessions
+    from sparsetel.cloud.train import TrainOptions, train_run
+
+    data = work / "data"
+    write_sessions(data, n_sessions=6, rows=1200, seed=0)
+    run = work / "run"
+    options = TrainOptions(
+        data=data, kpis=DEMO_KPIS, target=DEMO_TARGET, out=run, steps=40, finetune_steps=10
+    )
+    train_run(options)
+    export_run(run)
+    return run
+
+
+def _frames(run: Path, n_frames: int) -> list[bytes]:
+    """`n_frames` frames of 50 measurements coded by the exported encoder, edge "bench"."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_edge import _rows  # the simulated sessions, repeated
+
+    from sparsetel.edge.encoder import OnnxEncoder
+
+    enc = OnnxEncoder(run)
+    x = _rows(run.parent / "data", enc.kpis, n_frames * PER_FRAME)
+    codes = enc.encode_records(x)
+    t0 = 1_700_000_000_000
+    frames = []
+    for seq in range(n_frames):
+        part = codes[seq * PER_FRAME : (seq + 1) * PER_FRAME]
+        records = tuple(Record(t0 + 1000 * (seq * PER_FRAME + i), c) for i, c in enumerate(part))
+        frames.append(encode_frame(Frame(enc.model_ref, 0, seq, enc.L, enc.K, 1000, records)))
+    return frames
+
+
+def _decode_only(run: Path, frames: list[bytes]) -> dict[str, float]:
+    torch.set_num_threads(1)
+    codec = CloudCodec.load(run)
+    sample = frames[:400]
+    out: dict[str, float] = {}
+    for name, predict in (("decode", False), ("decode_predict", True)):
+        rates = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for payload in sample:
+                frame = decode_frame(payload)
+                codes = [r.codes for r in frame.records]
+                codec.decode(codes)
+                if predict and codec.window:
+                    codec.predict_sequence(codec.counts(codes))
+            rates.append(len(sample) * PER_FRAME / (time.perf_counter() - started))
+        out[f"{name}_per_s_one_core"] = statistics.median(rates)
+    return out
+
+
+def _publish(url: str, group: str, frames: list[bytes]) -> None:
+    _, host, port = parse_broker_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(100)
+    client.connect(host, port)
+    client.loop_start()
+    infos = [client.publish(data_topic(group, "bench"), f, qos=1) for f in frames]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _own_broker(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Mosquitto on a free port with deploy/mosquitto/dev.conf's queue settings."""
+    import getpass
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dev = (Path(__file__).parents[1] / "deploy" / "mosquitto" / "dev.conf").read_text()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        dev.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        + f"user {getpass.getuser()}\n"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"mqtt://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+def _end_to_end(run: Path, frames: list[bytes], url: str, db: str, workers: int) -> dict[str, Any]:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    total = len(frames) * PER_FRAME
+    cmd = [
+        sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", db,
+        "--group", group, "--broker", url, "--workers", str(workers),
+        "--stop-after", str(total), "--idle-timeout", "120", "--json",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    subscribed = threading.Semaphore(0)
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "subscribed to" in line:
+                subscribed.release()
+
+    threading.Thread(target=watch, daemon=True).start()
+    for _ in range(workers):
+        if not subscribed.acquire(timeout=120):
+            proc.kill()
+            raise SystemExit(f"serve --workers {workers} did not subscribe")
+    started = time.perf_counter()
+    _publish(url, group, frames)
+    with open_store(db) as store:
+        while store.count_measurements() < total and proc.poll() is None:
+            time.sleep(0.05)
+        span_s = time.perf_counter() - started
+    out, _ = proc.communicate(timeout=600)
+    with open_store(db) as store:
+        stored = store.count_measurements()
+    summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    return {
+        "workers": workers,
+        "stored": stored,
+        "per_s": stored / span_s,
+        "span_s": span_s,
+        "duplicates": summary.get("duplicates"),
+    }
+
+
+def _postgres_db(url: str) -> str | None:
+    """A fresh schema on the server, as a URL; None when it does not answer."""
+    try:
+        import psycopg
+
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except Exception as exc:
+        print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
+        return None
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", help="an MQTT broker URL (default: a Mosquitto of its own)")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--frames", type=int, default=2000, help="frames of 50 per run")
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"end_to_end": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run = _model(work)
+        frames = _frames(run, args.frames)
+        broker, url = (None, args.broker) if args.broker else _own_broker(work)
+        result.update(_decode_only(run, frames))
+        for n in (int(w) for w in args.workers.split(",")):
+            stores = [
+                ("sqlite", str(work / f"w{n}.db")),
+                ("postgresql", _postgres_db(args.postgres)),
+            ]
+            for kind, db in stores:
+                if db is not None:
+                    row = _end_to_end(run, frames, url, db, n)
+                    result["end_to_end"].append({"store": kind, **row})
+        if broker is not None:
+            broker.terminate()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"decode only, one core:           {result['decode_per_s_one_core']:,.0f} measurements/s"
+          f" (goal {GOAL_DECODE:,})")  # fmt: skip
+    print(f"decode and predict, one core:    {result['decode_predict_per_s_one_core']:,.0f}")
+    for row in result["end_to_end"]:
+        where = f"{row['store']}, {row['workers']} worker(s)"
+        print(
+            f"end to end, {where}: {row['per_s']:,.0f} measurements/s "
+            f"({row['stored']:,} in {row['span_s']:.1f} s; goal {GOAL_E2E:,})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
