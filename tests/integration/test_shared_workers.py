@@ -127,5 +127,7 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
     with open_store(str(db)) as store:
         assert store.count_frames() == 20 and store.count_measurements() == 100
     assert summary["records_stored"] == 100 and len(summary["workers"]) == 2
-    assert all(w["frames_ok"] > 0 for w in summary["workers"]), summary["workers"]
+    # Together they stored each frame once (the first may have taken all of them before the
+    # second subscribed: the split itself is the in-process test's business).
+    assert sum(w["frames_ok"] for w in summary["workers"]) == 20
     assert summary["gaps"] == {}
