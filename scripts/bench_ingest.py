@@ -43,6 +43,9 @@ import paho.mqtt.client as mqtt
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_edge import _model, _rows  # the same model and simulated sessions as the edge's
+
 from sparsetel.cloud.codec import CloudCodec
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import parse_broker_url
@@ -54,28 +57,8 @@ GOAL_DECODE = 200_000  # measurements/s decode only, per core
 PER_FRAME = 50
 
 
-def _model(work: Path) -> Path:
-    from sparsetel.cloud.demo import DEMO_KPIS, DEMO_TARGET
-    from sparsetel.cloud.export import export_run
-    from sparsetel.cloud.simulator import write_sessions
-    from sparsetel.cloud.train import TrainOptions, train_run
-
-    data = work / "data"
-    write_sessions(data, n_sessions=6, rows=1200, seed=0)
-    run = work / "run"
-    options = TrainOptions(
-        data=data, kpis=DEMO_KPIS, target=DEMO_TARGET, out=run, steps=40, finetune_steps=10
-    )
-    train_run(options)
-    export_run(run)
-    return run
-
-
 def _frames(run: Path, n_frames: int) -> list[bytes]:
     """`n_frames` frames of 50 measurements coded by the exported encoder, edge "bench"."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_edge import _rows  # the simulated sessions, repeated
-
     from sparsetel.edge.encoder import OnnxEncoder
 
     enc = OnnxEncoder(run)
