@@ -1,0 +1,29 @@
+"""scripts/bench_ingest.py runs end to end (its own Mosquitto, SQLite and PostgreSQL, one and
+two workers) and reports every figure, with every measurement stored."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_ingest.py"
+
+
+def test_ingest_benchmark_stores_everything_and_reports_each_setting(postgres_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--frames", "40", "--workers", "1,2",
+         "--postgres", postgres_url, "--json"],
+        capture_output=True, check=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    assert result["decode_per_s_one_core"] > 0 and result["decode_predict_per_s_one_core"] > 0
+    settings = {(r["store"], r["workers"]) for r in result["end_to_end"]}
+    assert settings == {("sqlite", 1), ("sqlite", 2), ("postgresql", 1), ("postgresql", 2)}
+    for row in result["end_to_end"]:
+        assert row["stored"] == 40 * 50 and row["per_s"] > 0, row
