@@ -35,6 +35,7 @@ __all__ = ["run_workers", "worker_configs"]
 
 log = logging.getLogger(__name__)
 
+MAX_RESTARTS = 20  # killed workers started again, in all, before giving up on restarting
 _SUMMED = ("messages", "frames_ok", "records_stored", "duplicates", "predictions", "parked")
 
 
@@ -62,28 +63,48 @@ def _worker(cfg: ServeConfig, results: mp.Queue[tuple[int, dict[str, Any]]]) -> 
 
 def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
     """Run `cfg.workers` shared services until a signal, `stop_after_records` in the store,
-    or every worker's end; print the summed counters. 0 when every worker ended cleanly."""
+    or every worker's end; print the summed counters. 0 when every worker ended cleanly.
+
+    A worker killed by a signal (OOM killer, SIGKILL) is started again with its own client
+    id: its persistent session still holds the frames it had taken but not acknowledged, and
+    the broker hands them to it again. A worker that exits by itself is not restarted."""
     ctx = mp.get_context("spawn")
     results: mp.Queue[tuple[int, dict[str, Any]]] = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(c, results)) for c in worker_configs(cfg)]
+    configs = worker_configs(cfg)
+
+    def start(c: ServeConfig) -> mp.process.BaseProcess:
+        proc = ctx.Process(target=_worker, args=(c, results))
+        proc.start()
+        return proc
+
     stop = False
 
     def request_stop() -> None:
         nonlocal stop
         stop = True
 
+    restarts = 0
     with stop_on_signals(request_stop):
-        for proc in procs:
-            proc.start()
-        while any(p.is_alive() for p in procs) and not stop and not _enough(cfg):
+        procs = [start(c) for c in configs]
+        while not stop and not _enough(cfg):
+            for i, proc in enumerate(procs):
+                code = proc.exitcode
+                if code is not None and code < 0 and restarts < MAX_RESTARTS:
+                    log.warning("worker %d was killed (signal %d): starting it again", i, -code)
+                    procs[i] = start(configs[i])
+                    restarts += 1
+            if not any(p.is_alive() for p in procs):
+                break
             time.sleep(0.5)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: the worker stores what it took and stops
-        outcomes = _collect(results, len(procs))
+        finished = sum(1 for p in procs if p.exitcode is None or p.exitcode >= 0)
+        outcomes = _collect(results, finished)
         for proc in procs:
             proc.join(timeout=30)
     summary = _summary(cfg, [stats for _, stats in outcomes])
+    summary["restarts"] = restarts
     print(json.dumps(summary, sort_keys=True) if print_json else _line(summary), flush=True)
     failed = len(outcomes) < len(procs) or any(code for code, _ in outcomes)
     return 1 if failed else 0
