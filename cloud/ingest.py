@@ -192,12 +192,9 @@ class FrameIngest:
 
     def _data(self, topic: str, edge: str, payload: bytes, now_ms: int) -> str:
         frame = decode_frame(payload)
-        codec = self.registry.get(frame.model_ref)
+        codec = self._decoder(frame.model_ref)
         if codec is None:
-            codec = self.registry.resolve(frame.model_ref)
-            if codec is None:
-                return self._park(topic, edge, frame, payload, now_ms)
-            self.unpark(frame.model_ref)
+            return self._park(topic, edge, frame, payload, now_ms)
         m = codec.manifest
         audit_ok = all(r.audit is None or len(r.audit) == m.D for r in frame.records)
         if (frame.L, frame.K) != (m.L, m.K) or not audit_ok:
@@ -237,6 +234,16 @@ class FrameIngest:
         self._tracks[edge] = track
         self._count_stored(edge, frame, sum(p is not None for p in predictions))
         return "stored"
+
+    def _decoder(self, model_ref: bytes) -> Decoder | None:
+        """The decoder for `model_ref`: registered, or found in the models folder now (and
+        then the frames parked for it are handled first); None when it is nowhere."""
+        codec = self.registry.get(model_ref)
+        if codec is None:
+            codec = self.registry.resolve(model_ref)
+            if codec is not None:
+                self.unpark(model_ref)
+        return codec
 
     def _park(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
         ref = frame.model_ref
@@ -348,9 +355,4 @@ class FrameIngest:
             ref = bytes.fromhex(model_ref_hex)
         except (ValueError, TypeError):
             return False
-        if self.registry.get(ref) is not None:
-            return True
-        if self.registry.resolve(ref) is None:
-            return False
-        self.unpark(ref)
-        return True
+        return self._decoder(ref) is not None

@@ -29,7 +29,7 @@ from typing import Any
 from sparsetel.shared.signals import stop_on_signals
 
 from .service import ServeConfig, run_service_stats
-from .store import open_store
+from .store import Store, open_store
 
 __all__ = ["run_workers", "worker_configs"]
 
@@ -84,9 +84,10 @@ def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
         stop = True
 
     restarts = 0
+    progress = _Progress(cfg)
     with stop_on_signals(request_stop):
         procs = [start(c) for c in configs]
-        while not stop and not _enough(cfg):
+        while not stop and not progress.enough():
             for i, proc in enumerate(procs):
                 code = proc.exitcode
                 if code is not None and code < 0 and restarts < MAX_RESTARTS:
@@ -103,6 +104,7 @@ def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
         outcomes = _collect(results, finished)
         for proc in procs:
             proc.join(timeout=30)
+    progress.close()
     summary = _summary(cfg, [stats for _, stats in outcomes])
     summary["restarts"] = restarts
     print(json.dumps(summary, sort_keys=True) if print_json else _line(summary), flush=True)
@@ -110,14 +112,28 @@ def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
     return 1 if failed else 0
 
 
-def _enough(cfg: ServeConfig) -> bool:
-    if cfg.stop_after_records is None:
-        return False
-    try:
-        with open_store(cfg.db) as store:
-            return store.count_measurements() >= cfg.stop_after_records
-    except Exception:  # not created yet, or busy: look again later
-        return False
+class _Progress:
+    """Whether `stop_after_records` are in the store: one connection, opened once it can be
+    (not a new one, and a migration check, every half second)."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self._store: Store | None = None
+
+    def enough(self) -> bool:
+        limit = self.cfg.stop_after_records
+        if limit is None:
+            return False
+        try:
+            if self._store is None:
+                self._store = open_store(self.cfg.db)
+            return self._store.count_measurements() >= limit
+        except Exception:  # busy, or not migrated yet: look again later
+            return False
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
 
 def _collect(

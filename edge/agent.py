@@ -125,7 +125,7 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
             agent.bd_seq = stats.bd_seq = next_bd_seq(state_dir)
             agent.birth()  # a birth the broker would carry must be valid before we connect
             limits = SpoolLimits(cfg.spool_max_bytes, cfg.spool_max_age_s)
-            spool = agent.spool = Spool(state_dir / SPOOL_FILE, limits)
+            spool = Spool(state_dir / SPOOL_FILE, limits)
             try:
                 agent.resume(spool)
                 delivery = _connect(agent, spool)

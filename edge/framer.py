@@ -113,7 +113,6 @@ class Framer:
         self.heartbeat: Heartbeat | None = None
         self.bd_seq = 0
         self.seq = 0
-        self.spool: Spool | None = None
         self.delivery: Delivery | None = None  # frames through the spool to the broker
 
     @property
@@ -186,7 +185,7 @@ class Framer:
 
     def counters(self, publisher: Publisher) -> dict[str, Any]:
         """What a heartbeat reports besides time and encode latency (`edge.health`)."""
-        spool = self.spool
+        spool = self.delivery.spool if self.delivery else None
         return {
             "edge": self.edge,
             "group": self.group,

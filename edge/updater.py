@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MODELS_DIR = "models"
 ACTIVE_FILE = "active.json"
 SIGNATURE_FILE = "manifest.sig"
+MAX_WAITING = 16  # deployment commands queued at most; more are refused
 
 
 def load_trust_key(path: Path) -> Ed25519PublicKey:
@@ -180,15 +181,14 @@ class Updater:
         self.link = link
         self._current, self._previous, self._stage = current, previous, stage
         self.fetch_timeout_s = fetch_timeout_s
-        self.commands: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=16)
-        self.reports: list[DeployReport] = []  # every report sent, for the agent's counters
+        self.commands: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_WAITING)
 
     def submit(self, command: dict[str, Any]) -> None:
         """Queue a command (from paho's thread: never blocks; a flood is refused, reported)."""
         try:
             self.commands.put_nowait(command)
         except queue.Full:
-            log.warning("deployment command dropped: %s commands are waiting", 16)
+            log.warning("deployment command dropped: %s commands are waiting", MAX_WAITING)
 
     def run(self, stopping: threading.Event) -> None:
         """Thread body: handle commands one at a time until `stopping`."""
@@ -299,6 +299,5 @@ class Updater:
             reason=reason,
             timestamp_ms=time.time_ns() // 1_000_000,
         )
-        self.reports.append(report)
         log.info("deployment %s: %s%s", deployment, step, f" ({reason})" if reason else "")
         self.link.publish_report(report.to_json())
