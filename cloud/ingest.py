@@ -33,6 +33,7 @@ from sparsetel.shared.topics import parse_topic
 from sparsetel.shared.wire import Frame, decode_frame
 
 from .deadletter import TokenBucket
+from .receipts import Receipts
 from .registry import Decoder, ModelRegistry
 from .store import FrameRow, MeasurementRow, Store
 
@@ -40,6 +41,8 @@ __all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle"]
 
 # What `FrameIngest.handle` returns for a message it did not reject.
 ACCEPTED = frozenset({"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored"})
+# Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
+FINAL = frozenset({"stored", "duplicate", "parked", "model_mismatch", "decode_error"})
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,7 @@ class FrameIngest:
         self.stats = stats
         self.flood = flood  # DATA frames per edge beyond it are rejected as "flood"
         self.track_gaps = track_gaps  # False when other workers take some of an edge's frames
+        self.receipts = Receipts()  # frames whose handling is final, for the edges' receipts
         self._tracks: dict[str, _Track] = {}
         self._throttle = Throttle(log)
 
@@ -160,7 +164,11 @@ class FrameIngest:
             if kind == "DATA":
                 if self.flood is not None and not self.flood.allow(parts.edge):
                     return self._reject("flood", "%s: more frames than the flood limit", topic)
-                return self._data(topic, parts.edge, bytes(payload), now_ms)
+                frame = decode_frame(payload)
+                outcome = self._data(topic, parts.edge, frame, bytes(payload), now_ms)
+                if outcome in FINAL:
+                    self.receipts.note(parts.group, parts.edge, frame.bd_seq, frame.seq)
+                return outcome
             if kind == "STATE":
                 return self._state(parts.group, parts.edge, bytes(payload), now_ms)
             raise WireError(f"unexpected topic kind {kind}", reason="topic")
@@ -175,7 +183,8 @@ class FrameIngest:
         commit, one flush for the lot; each frame still stored or refused on its own).
 
         If the commit itself fails, nothing of the batch is stored: the messages are handled
-        again one at a time (the counters then count those frames twice)."""
+        again one at a time (the counters then count those frames twice). Receipts are noted
+        only for what was committed."""
         try:
             with self.store.batch():
                 return [self.handle(t, p, ms) for t, p, ms in messages]
@@ -183,6 +192,7 @@ class FrameIngest:
             self._throttle.warning(
                 "batch", "batch of %d not committed (%r): one at a time", len(messages), exc
             )
+            self.receipts.discard()  # (a note lost here costs the edge one resend)
             return [self.handle(t, p, ms) for t, p, ms in messages]
 
     def _reject(self, reason: str, msg: str, *args: object) -> str:
@@ -190,8 +200,7 @@ class FrameIngest:
         self._throttle.warning(reason, "rejected [" + reason + "] " + msg, *args)
         return reason
 
-    def _data(self, topic: str, edge: str, payload: bytes, now_ms: int) -> str:
-        frame = decode_frame(payload)
+    def _data(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
         codec = self._decoder(frame.model_ref)
         if codec is None:
             return self._park(topic, edge, frame, payload, now_ms)

@@ -239,6 +239,7 @@ class DecoderService:
                     continue
                 batch += self._more(BATCH_MAX - 1)
                 outcomes = ingest.handle_batch([(m.topic, m.payload, m.received_ms) for m in batch])
+                self._stats.add("receipts", ingest.receipts.publish(self._client))
                 for msg, outcome in zip(batch, outcomes, strict=True):
                     if outcome not in ACCEPTED:
                         self._dead_letter(msg, outcome)

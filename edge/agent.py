@@ -57,6 +57,12 @@ def _finish(agent: Framer, delivery: Delivery, stats: AgentStats) -> None:
     delivery.resend()
     if not publisher.wait_for_acks(cfg.ack_timeout_s):
         log.warning("not every frame was acknowledged within %g s", cfg.ack_timeout_s)
+    if not delivery.wait_for_receipts(cfg.ack_timeout_s):
+        log.warning(
+            "%d frames have no store receipt after %g s: kept in the spool for the next run",
+            delivery.spool.depth,
+            cfg.ack_timeout_s,
+        )
     publisher.close(timeout=min(cfg.ack_timeout_s, 5.0) or 1.0)
     stats.frames = publisher.stats.published
     stats.bytes_sent = publisher.stats.bytes_sent
@@ -67,10 +73,12 @@ def _finish(agent: Framer, delivery: Delivery, stats: AgentStats) -> None:
     stats.model_sha256 = agent.encoder.model_sha256
     stats.rejects.update(agent.source.stats.rejects)
     stats.cells.update(agent.source.stats.cells)
+    spool = delivery.spool
     stats.replayed = delivery.stats.replayed
     stats.deferred = delivery.stats.deferred
-    stats.resent = delivery.stats.resent
-    spool = delivery.spool
+    stats.resent = delivery.stats.resent + delivery.stats.unconfirmed_resent
+    stats.receipts = delivery.stats.receipts
+    stats.confirmed = spool.stats.confirmed
     key = agent.source.resume_key
     if key is not None and agent.intake.done and agent.intake.error is None:
         spool.clear_cursor(key)  # read to its end: a next run starts over
@@ -148,6 +156,15 @@ def _connect(agent: Framer, spool: Spool) -> Delivery:
     """The publisher, the updater and the delivery of one run, connected (or offline: a
     broker that does not answer yet is retried in the background)."""
     cfg = agent.cfg
+    confirm_wait = cfg.confirm_wait_s if cfg.confirm == "store" else None
+
+    # paho calls these only once connected, when `delivery` exists
+    def on_ack(tag: int) -> None:
+        delivery.on_broker_ack(tag)
+
+    def on_receipt(payload: bytes) -> None:
+        delivery.on_receipt(payload)
+
     publisher = Publisher(
         cfg.broker,
         group=agent.group,
@@ -155,8 +172,9 @@ def _connect(agent: Framer, spool: Spool) -> Delivery:
         birth=agent.birth,
         death=agent.death,
         max_queued=cfg.max_queued_frames,
-        on_frame_acked=lambda tag: spool.ack([tag]),
+        on_frame_acked=on_ack,
         on_command=agent.submit,
+        on_receipt=on_receipt if confirm_wait is not None else None,
     )
     agent.updater = Updater(
         group=agent.group,
@@ -170,7 +188,7 @@ def _connect(agent: Framer, spool: Spool) -> Delivery:
         stage=agent.models.stage,
         fetch_timeout_s=cfg.fetch_timeout_s,
     )
-    agent.delivery = Delivery(spool, publisher, chunk=cfg.batch)
+    agent.delivery = delivery = Delivery(spool, publisher, cfg.batch, confirm_wait)
     online = publisher.connect(cfg.connect_timeout_s)
     state = "online" if online else "measuring offline into the spool"
     log.info("edge %s/%s %s, bdSeq %s", agent.group, agent.edge, state, agent.bd_seq)

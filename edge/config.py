@@ -44,7 +44,11 @@ class EdgeConfig:
       None = the clock stamps them.
     - `loop`: replay the CSV again at its end; `connect_timeout_s`: how long to wait for
       the broker before measuring offline into the spool (it keeps retrying);
-      `ack_timeout_s`: how long to wait for acks at the end.
+      `ack_timeout_s`: how long to wait for acks (and receipts) at the end.
+    - `confirm`: when a frame may leave the spool: "broker" (its PUBACK) or "store" (the
+      cloud's receipt that the database has it; see `sparsetel.shared.receipt`), which
+      survives a broker restart; `confirm_wait_s`: with "store", how long a frame the broker
+      took waits for its receipt before it is published again (doubling per try).
     - `max_queued_frames`: frames held in memory for the broker; beyond, they wait in the
       spool and are resent once the queue has drained to half.
     - `health_interval_s`: how often a heartbeat goes to the HEALTH topic.
@@ -75,6 +79,8 @@ class EdgeConfig:
     range_margin: float | None = 1.0
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
+    confirm: str = "broker"
+    confirm_wait_s: float = 30.0
     max_queued_frames: int = 10_000
     health_interval_s: float = 30.0
     trust_key: Path | None = None
@@ -92,6 +98,8 @@ class EdgeConfig:
             ("period_ms", 1 <= self.period_ms <= _U32, "in 1..2**32-1"),
             ("connect_timeout_s", self.connect_timeout_s > 0, "> 0"),
             ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
+            ("confirm", self.confirm in ("broker", "store"), '"broker" or "store"'),
+            ("confirm_wait_s", 0 < self.confirm_wait_s <= 86_400, "in (0, 86400]"),
             ("max_queued_frames", self.max_queued_frames >= 1, ">= 1"),
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
             ("fetch_timeout_s", 0 < self.fetch_timeout_s <= 3600, "in (0, 3600]"),
@@ -129,6 +137,9 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "state_dir": flag("state_dir"),
         "health_interval_s": flag("health_interval"),
         "connect_timeout_s": flag("connect_timeout"),
+        "ack_timeout_s": flag("ack_timeout"),
+        "confirm": flag("confirm"),
+        "confirm_wait_s": flag("confirm_wait"),
         "trust_key": flag("trust_key"),
         "spool_max_bytes": flag("spool_max_bytes"),
         "spool_max_age_s": flag("spool_max_age"),

@@ -64,6 +64,8 @@ class AgentStats:
     replayed: int = 0
     deferred: int = 0
     resent: int = 0
+    receipts: int = 0
+    confirmed: int = 0
     spool_depth: int = 0
     spool_dropped: int = 0
     switches: int = 0
@@ -196,6 +198,7 @@ class Framer:
             "frames_sent": publisher.stats.published,
             "frames_acked": publisher.stats.acked,
             "replayed": self.delivery.stats.replayed if self.delivery else 0,
+            "confirmed": spool.stats.confirmed if spool else 0,
             "rejects": dict(self.stats.rejects + self.source.stats.rejects),
             "spool_depth": spool.depth if spool else 0,
             "spool_bytes": spool.size_bytes if spool else 0,
@@ -220,13 +223,14 @@ class Framer:
             ).start()
         ended = False
         while not ended:
-            # Deferred frames are resent between batches: come back even when nothing arrives.
-            batch, ended = self.intake.gather(
-                lambda: self._switch(publisher), come_back=bool(delivery.deferred)
-            )
+            # Deferred frames (and frames without receipt) are resent between batches: come
+            # back even when nothing arrives.
+            come_back = bool(delivery.deferred) or delivery.confirm_wait_s is not None
+            batch, ended = self.intake.gather(lambda: self._switch(publisher), come_back)
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
             delivery.resend()
+            delivery.resend_overdue()
         self.stopping.set()  # the source is done: the heartbeat thread ends too
         beat.join(timeout=5.0)
 

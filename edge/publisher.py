@@ -6,7 +6,8 @@ publishes the birth (retained, QoS 1) and subscribes to its NCMD topic, where ``
 asks for the birth again and ``deploy`` / ``rollback`` go to the agent's updater
 (`on_command`), which fetches model bundles through `fetch` and reports on DEPLOY through
 `publish_report`. Frames go to the DATA topic at QoS 1 and are counted as acknowledged when
-the broker's PUBACK arrives (`on_publish`). `close()` publishes the death itself (a clean
+the broker's PUBACK arrives (`on_publish`); with `on_receipt` the client also takes the
+cloud's store receipts from its ACK topic. `close()` publishes the death itself (a clean
 disconnect does not fire the will) and disconnects.
 
 paho runs its network loop in its own thread (`loop_start`) and reconnects; each wait is
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -38,44 +38,17 @@ from sparsetel.shared.topics import (
     deploy_topic,
     health_topic,
     ncmd_topic,
+    receipt_topic,
     state_topic,
 )
 
-__all__ = ["Backoff", "Publisher", "PublisherStats"]
+from .backoff import Backoff
+
+__all__ = ["Publisher", "PublisherStats"]
 
 log = logging.getLogger(__name__)
 
 QOS = 1
-RECONNECT_MIN_S = 1.0
-RECONNECT_MAX_S = 60.0
-
-
-class Backoff:
-    """Reconnect waits: the n-th is drawn uniformly from [c/2, c], c = min(cap_s, base_s * 2**n)
-    ("equal jitter"): it grows like plain exponential backoff, and thousands of edges that
-    lost the broker together spread their reconnects over half of each window."""
-
-    def __init__(
-        self,
-        base_s: float = RECONNECT_MIN_S,
-        cap_s: float = RECONNECT_MAX_S,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not 0 < base_s <= cap_s:
-            raise ValueError(f"need 0 < base_s <= cap_s, got {base_s} and {cap_s}")
-        self.base_s, self.cap_s = base_s, cap_s
-        self._rng = rng if rng is not None else random.Random()
-        self._attempt = 0
-
-    def next(self) -> float:
-        """The wait before the next attempt, in seconds."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self._attempt, 62))
-        self._attempt += 1
-        return ceiling * (0.5 + 0.5 * self._rng.random())
-
-    def reset(self) -> None:
-        """Connected: the next loss starts again from `base_s`."""
-        self._attempt = 0
 
 
 @dataclass
@@ -109,6 +82,8 @@ class Publisher:
     broker acknowledges a frame published with a `tag` (the spool's id of the frame).
     `on_command(command)` gets every NCMD command but ``rebirth`` (a dict, see
     `sparsetel.shared.deployment.parse_command`), also from paho's thread: it must not block.
+    With `on_receipt(payload)` the client also subscribes to its ACK topic and hands over the
+    cloud's store receipts (`sparsetel.shared.receipt`), likewise from paho's thread.
     """
 
     def __init__(
@@ -123,6 +98,7 @@ class Publisher:
         max_queued: int = 10_000,
         on_frame_acked: Callable[[int], object] | None = None,
         on_command: Callable[[dict[str, Any]], object] | None = None,
+        on_receipt: Callable[[bytes], object] | None = None,
     ) -> None:
         if max_inflight is None:
             max_inflight = 20 if broker.protocol == "5" else 100
@@ -138,6 +114,8 @@ class Publisher:
         self._health_topic = health_topic(group, edge)
         self._deploy_topic = deploy_topic(group, edge)
         self._on_command = on_command
+        self._receipt_topic = receipt_topic(group, edge)
+        self._on_receipt = on_receipt
         self._fetches: dict[str, queue.Queue[bytes]] = {}  # topic -> what arrived on it
         self._max_inflight = max_inflight
         self._max_queued = max_queued
@@ -366,6 +344,8 @@ class Publisher:
             self.stats.connects += 1
             self._backoff.reset()
             client.subscribe(self._ncmd_topic, qos=QOS)
+            if self._on_receipt is not None:
+                client.subscribe(self._receipt_topic, qos=0)  # a lost one costs a resend
             with self._cond:
                 fetching = list(self._fetches)
             for topic in fetching:  # a fetch that outlived a reconnect
@@ -426,6 +406,9 @@ class Publisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
+            if message.topic == self._receipt_topic and self._on_receipt is not None:
+                self._on_receipt(bytes(message.payload))
+                return
             if message.topic != self._ncmd_topic:
                 with self._cond:
                     inbox = self._fetches.get(message.topic)

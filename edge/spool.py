@@ -1,7 +1,10 @@
-"""The edge's store-and-forward spool: encoded frames on disk until the broker has them.
+"""The edge's store-and-forward spool: encoded frames on disk until they are safe.
 
 Every frame is written to the spool (SQLite in WAL mode, one row per frame) before it is
-published, and leaves it only when the broker's PUBACK for it arrives (`ack`). Whatever
+published, and leaves it only when it is safe: when the broker's PUBACK for it arrives
+(`ack`), or, with ``confirm = "store"``, only when the cloud's receipt names it (`confirm`,
+see `sparsetel.shared.receipt`); the PUBACK then just starts its wait for the receipt
+(`sent`), and a frame whose receipt is late is handed out again (`overdue`). Whatever
 is still there when the agent starts again -- the broker was away, the network cut, the
 process killed with SIGKILL -- is what `pending` returns, oldest first, to be published
 again flagged historical (`as_historical`).
@@ -39,8 +42,12 @@ CREATE TABLE IF NOT EXISTS frames (
     bd_seq INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    sent_ms INTEGER,
+    tries INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS frames_key ON frames (bd_seq, seq);
+CREATE INDEX IF NOT EXISTS frames_sent ON frames (sent_ms);
 CREATE TABLE IF NOT EXISTS cursors (
     source TEXT PRIMARY KEY,
     pos INTEGER NOT NULL,
@@ -71,6 +78,7 @@ class SpoolStats:
 
     stored: int = 0
     acked: int = 0
+    confirmed: int = 0
     dropped_full: int = 0
     dropped_age: int = 0
     dropped_bytes: int = 0
@@ -106,7 +114,7 @@ class Spool:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            _migrate(self._db)
             row = self._db.execute("SELECT COUNT(*), TOTAL(LENGTH(payload)) FROM frames")
             self._count, total = row.fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -185,6 +193,52 @@ class Spool:
             self._count -= gone
             self.stats.acked += gone
             return gone
+
+    def sent(self, ids: Iterable[int]) -> None:
+        """The broker has these frames: their wait for the store's receipt starts now."""
+        now_ms = int(self._clock() * 1000)
+        with self._lock:
+            self._db.executemany(
+                "UPDATE frames SET sent_ms = ? WHERE id = ?", [(now_ms, int(i)) for i in ids]
+            )
+
+    def confirm(self, bd_seq: int, ranges: Iterable[tuple[int, int]]) -> int:
+        """Forget the frames of `bd_seq` whose seq lies in one of the inclusive `ranges` (the
+        store has them); returns how many were still here."""
+        with self._lock:
+            gone, size = 0, 0
+            self._db.execute("BEGIN")
+            for lo, hi in ranges:
+                for (n,) in self._db.execute(
+                    "DELETE FROM frames WHERE bd_seq = ? AND seq BETWEEN ? AND ? "
+                    "RETURNING LENGTH(payload)",
+                    (bd_seq, lo, hi),
+                ).fetchall():
+                    gone, size = gone + 1, size + int(n)
+            self._db.execute("COMMIT")
+            self._count -= gone
+            self._bytes -= size
+            self.stats.confirmed += gone
+            return gone
+
+    def overdue(self, wait_s: float, limit: int) -> list[Spooled]:
+        """At most `limit` frames, oldest first, whose receipt is late: the broker took them
+        more than `wait_s` * 2**tries seconds ago (tries: how often they were handed out again,
+        up to 6, so a frame the cloud never confirms goes out less and less often). They
+        count as handed out again from now."""
+        now_ms = int(self._clock() * 1000)
+        wait_ms = int(wait_s * 1000)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, bd_seq, seq, created_ms, payload FROM frames WHERE sent_ms <= ? "
+                "AND sent_ms + ? * (1 << MIN(tries, 6)) <= ? ORDER BY id LIMIT ?",
+                (now_ms - wait_ms, wait_ms, now_ms, limit),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE frames SET sent_ms = ?, tries = tries + 1 WHERE id = ?",
+                [(now_ms, r[0]) for r in rows],
+            )
+        return [Spooled(int(a), int(b), int(c), int(d), bytes(e)) for a, b, c, d, e in rows]
 
     def pending(self, after: int = 0, limit: int | None = None) -> list[Spooled]:
         """Unacknowledged frames with id > `after`, oldest first (at most `limit`)."""
@@ -265,6 +319,15 @@ class Spool:
             last[1],
             last[2],
         )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the tables, or add what a spool written by an older agent lacks."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(frames)")}
+    if columns and "sent_ms" not in columns:
+        db.execute("ALTER TABLE frames ADD COLUMN sent_ms INTEGER")
+        db.execute("ALTER TABLE frames ADD COLUMN tries INTEGER NOT NULL DEFAULT 0")
+    db.executescript(SCHEMA)
 
 
 def as_historical(payload: bytes) -> bytes:

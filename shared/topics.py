@@ -1,9 +1,11 @@
 """MQTT topic names: ``sparsetel/v1/{group}/{KIND}/{edge}``, built and parsed in one place.
 
 ``sparsetel/v1/{group}/DEAD/{edge}`` carries the cloud's copies of the messages of `edge` it
-rejected. One kind names no edge: ``sparsetel/v1/{group}/MODEL/{model}`` holds a signed model bundle
-(`sparsetel.shared.bundle`), retained, where `model` is the model ref in hex (the first 16
-hex digits of the encoder's sha256); edges fetch it when told to deploy it.
+rejected, and ``sparsetel/v1/{group}/ACK/{edge}`` the cloud's receipts for the frames of
+`edge` it has stored (`sparsetel.shared.receipt`). One kind names no edge:
+``sparsetel/v1/{group}/MODEL/{model}`` holds a signed model bundle (`sparsetel.shared.bundle`),
+retained, where `model` is the model ref in hex (the first 16 hex digits of the encoder's
+sha256); edges fetch it when told to deploy it.
 
 `group` and `edge` are ids: 1 to 64 characters from ``A-Z a-z 0-9 _ . -`` (never ``.`` or
 ``..``, so an id is also safe as a file name). Wildcards appear only in subscriptions.
@@ -30,6 +32,7 @@ __all__ = [
     "model_topic",
     "ncmd_topic",
     "parse_topic",
+    "receipt_topic",
     "shared_subscription",
     "state_subscription",
     "state_topic",
@@ -37,8 +40,8 @@ __all__ = [
 ]
 
 PREFIX = "sparsetel/v1"
-Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD"]
-KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD")
+Kind = Literal["DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD", "ACK"]
+KINDS: tuple[Kind, ...] = ("DATA", "STATE", "NCMD", "DEPLOY", "HEALTH", "MODEL", "DEAD", "ACK")
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -98,6 +101,11 @@ def model_topic(group: str, model_ref_hex: str) -> str:
 def dead_letter_topic(group: str, edge: str) -> str:
     """Where the cloud copies the messages of `edge` it rejected (see `cloud.deadletter`)."""
     return _topic("DEAD", group, edge)
+
+
+def receipt_topic(group: str, edge: str) -> str:
+    """Where the cloud confirms the frames of `edge` it has stored (see `shared.receipt`)."""
+    return _topic("ACK", group, edge)
 
 
 def deploy_subscription(group: str = "+") -> str:

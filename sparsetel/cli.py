@@ -131,6 +131,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the broker before measuring offline (default 10)",
     )
     p.add_argument(
+        "--confirm",
+        choices=("broker", "store"),
+        help="a frame leaves the spool on the broker's ack (default) or only on the cloud's "
+        "receipt that it is stored (survives a broker restart)",
+    )
+    p.add_argument(
+        "--confirm-wait",
+        type=float,
+        help="with --confirm store: seconds before a frame without receipt is sent again "
+        "(doubling per try; default 30)",
+    )
+    p.add_argument(
+        "--ack-timeout",
+        type=float,
+        help="seconds to wait for acks (and receipts) at the end of the source (default 10)",
+    )
+    p.add_argument(
         "--spool-max-bytes", type=int, help="frames kept on disk until acked (default 256 MiB)"
     )
     p.add_argument(

@@ -15,8 +15,8 @@ allowed). The script writes into `--out`:
   hold the clear ones as SPARSETEL_MQTT_USERNAME / SPARSETEL_MQTT_PASSWORD (mode 0600), for
   a systemd ``EnvironmentFile``.
 - ``acl``: an edge may publish only its own DATA, STATE, HEALTH and DEPLOY topics and read
-  only its own NCMD topic and its group's MODEL bundles; only the cloud may command edges and
-  publish models (it reads and writes all of ``sparsetel/#``). Entries are explicit per
+  only its own NCMD and ACK (store receipts) topics and its group's MODEL bundles; only the
+  cloud may command edges, confirm their frames and publish models (it reads and writes all of ``sparsetel/#``). Entries are explicit per
   edge: Mosquitto does not substitute ``%u`` in a pattern for a name with ``/``, and the
   group is part of the topic.
 - ``mosquitto.conf``: one TLS listener, no anonymous clients, those files, and persistence in
@@ -90,6 +90,7 @@ def acl_text(fleet: list[tuple[str, str]]) -> str:
         lines += [
             f"topic write {base}/DEPLOY/{edge}",
             f"topic read {base}/NCMD/{edge}",
+            f"topic read {base}/ACK/{edge}",
             f"topic read {base}/MODEL/#",
             "",
         ]

@@ -42,6 +42,7 @@ from sparsetel.shared.topics import (
     health_topic,
     model_topic,
     ncmd_topic,
+    receipt_topic,
     state_topic,
 )
 from tests.mosquitto import OwnBroker, free_port
@@ -157,6 +158,8 @@ def test_an_edge_publishes_only_on_its_own_topics(fleet: Fleet) -> None:
         data_topic("site-b", "e1"),  # as itself in another group
         ncmd_topic("site-a", "e2"),  # a command to another edge
         ncmd_topic("site-a", "e1"),  # a command to itself
+        receipt_topic("site-a", "e2"),  # a receipt that would make another edge forget frames
+        receipt_topic("site-a", "e1"),
         model_topic("site-a", "0123456789abcdef"),  # a model
     ]
     for topic in forged + own:
@@ -168,11 +171,15 @@ def test_an_edge_publishes_only_on_its_own_topics(fleet: Fleet) -> None:
     assert set(got) == set(own) and not set(got) & set(forged), got
 
 
-def test_an_edge_reads_only_its_own_commands_and_its_groups_models(fleet: Fleet) -> None:
+def test_an_edge_reads_only_its_own_commands_and_receipts_and_its_groups_models(
+    fleet: Fleet,
+) -> None:
     e1 = Client(
         fleet.login("e1"),
         ncmd_topic("site-a", "e1"),
         ncmd_topic("site-a", "e2"),
+        receipt_topic("site-a", "e1"),
+        receipt_topic("site-a", "e2"),
         "sparsetel/v1/site-a/MODEL/#",
         "sparsetel/v1/site-b/MODEL/#",
         data_topic("site-a", "e2"),
@@ -180,16 +187,19 @@ def test_an_edge_reads_only_its_own_commands_and_its_groups_models(fleet: Fleet)
     cloud = Client(fleet.login("cloud"))
     for topic in (
         ncmd_topic("site-a", "e2"),
+        receipt_topic("site-a", "e2"),
         data_topic("site-a", "e2"),
         model_topic("site-b", "0123456789abcdef"),
         model_topic("site-a", "0123456789abcdef"),
+        receipt_topic("site-a", "e1"),
     ):
         cloud.publish(topic, b"x")
     cloud.publish(ncmd_topic("site-a", "e1"), b"end")
     got = e1.topics_until("end")
     e1.close()
     cloud.close()
-    assert got == [model_topic("site-a", "0123456789abcdef"), ncmd_topic("site-a", "e1")]
+    mine = [model_topic("site-a", "0123456789abcdef"), receipt_topic("site-a", "e1")]
+    assert got == [*mine, ncmd_topic("site-a", "e1")]
 
 
 @pytest.mark.parametrize("how", ["anonymous", "wrong password", "plain TCP", "unknown CA"])

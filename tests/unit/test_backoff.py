@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sparsetel.edge.publisher import Backoff
+from sparsetel.edge.backoff import Backoff
 
 
 def test_waits_double_up_to_the_cap_each_in_the_upper_half_of_its_window() -> None:

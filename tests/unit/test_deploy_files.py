@@ -66,12 +66,13 @@ def test_the_acl_gives_each_edge_its_own_topics_and_the_cloud_all() -> None:
     acl = _provision().acl_text([("site-a", "e1")]).splitlines()
     assert acl[1:3] == ["user sparsetel-cloud", "topic readwrite sparsetel/#"]
     start = acl.index("user e1")
-    assert acl[start + 1 : start + 7] == [
+    assert acl[start + 1 : start + 8] == [
         "topic write sparsetel/v1/site-a/DATA/e1",
         "topic write sparsetel/v1/site-a/STATE/e1",
         "topic write sparsetel/v1/site-a/HEALTH/e1",
         "topic write sparsetel/v1/site-a/DEPLOY/e1",
         "topic read sparsetel/v1/site-a/NCMD/e1",
+        "topic read sparsetel/v1/site-a/ACK/e1",
         "topic read sparsetel/v1/site-a/MODEL/#",
     ]
     assert not any("#" in line and "e1" in line for line in acl)  # no wildcard of its own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
-from sparsetel.shared.topics import data_topic, state_topic
+from sparsetel.shared.topics import data_topic, receipt_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, code_bits, encode_frame
 
 L, K, W, H = 3, 16, 3, 2
@@ -219,6 +220,69 @@ def test_a_repeated_frame_is_counted_as_duplicate_and_stored_once(
     assert store.count_measurements() == 2
     snap = ingest.stats.snapshot()
     assert (snap["duplicates"], snap["frames_ok"], snap["records_stored"]) == (1, 1, 2)
+
+
+class Sent:
+    """A stand-in for the paho client: what was published."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, int]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.messages.append((topic, payload, qos))
+
+
+def test_frames_handled_for_good_get_a_receipt_and_passing_failures_do_not(
+    ingest: FrameIngest, store: Store
+) -> None:
+    other = bytes.fromhex("00112233aabbccdd")
+    outcomes = [
+        ingest.handle(TOPIC, _frame(0, bd_seq=2)),  # stored
+        ingest.handle(TOPIC, _frame(0, bd_seq=2)),  # duplicate
+        ingest.handle(TOPIC, _frame(1, bd_seq=2)),  # stored
+        ingest.handle(TOPIC, _frame(3, bd_seq=2, model_ref=other)),  # parked
+        ingest.handle(TOPIC, _frame(5, bd_seq=2, L=4)),  # model_mismatch
+        ingest.handle(TOPIC, _frame(0, bd_seq=9)),  # stored, another session
+        ingest.handle(TOPIC, _frame(0)[:20]),  # truncated: no header to name it by
+    ]
+    assert outcomes[:6] == ["stored", "duplicate", "stored", "parked", "model_mismatch", "stored"]
+    sent = Sent()
+    assert ingest.receipts.publish(sent) == 2
+    got = {(t, p) for t, p, _ in sent.messages}
+    assert got == {
+        (receipt_topic(GROUP, EDGE), b'{"v":1,"bdSeq":2,"seqs":[[0,1],[3,3],[5,5]]}'),
+        (receipt_topic(GROUP, EDGE), b'{"v":1,"bdSeq":9,"seqs":[[0,0]]}'),
+    }
+    assert {q for *_, q in sent.messages} == {0}
+    assert ingest.receipts.publish(sent) == 0  # taken: not sent twice
+    store.close()
+    assert ingest.handle(TOPIC, _frame(7, bd_seq=2)) == "store_error"
+    assert len(ingest.receipts) == 0  # comes again from the edge
+
+
+def test_a_batch_that_does_not_commit_leaves_no_receipt_behind(
+    ingest: FrameIngest, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_batch, real_store_frame = store.batch, store.store_frame
+
+    @contextlib.contextmanager
+    def failing_commit() -> Iterator[None]:
+        with real_batch():
+            yield
+            monkeypatch.setattr(store, "store_frame", broken)  # the retries fail as well
+            raise RuntimeError("disk full at commit")  # rolls the batch back
+
+    def broken(*args: object) -> bool:
+        raise RuntimeError("disk still full")
+
+    monkeypatch.setattr(store, "batch", failing_commit)
+    outcomes = ingest.handle_batch([(TOPIC, _frame(s), 0) for s in range(3)])
+    assert outcomes == ["store_error"] * 3
+    assert len(ingest.receipts) == 0 and store.count_frames() == 0
+    monkeypatch.setattr(store, "store_frame", real_store_frame)
+    monkeypatch.setattr(store, "batch", real_batch)
+    assert ingest.handle_batch([(TOPIC, _frame(0), 0)]) == ["stored"]
+    assert len(ingest.receipts) == 1
 
 
 def test_sequence_gaps_and_late_frames_are_counted_per_edge(ingest: FrameIngest) -> None:

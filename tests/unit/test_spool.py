@@ -157,3 +157,54 @@ def test_a_cursor_is_stored_with_its_frame_and_survives_a_reopen(tmp_path: Path)
     assert spool.cursor("csv:a") == (100, 2000) and spool.cursor("csv:b") is None
     spool.clear_cursor("csv:a")
     assert spool.cursor("csv:a") is None and spool.depth == 3
+
+
+def test_confirming_by_the_store_keeps_a_frame_past_its_puback(tmp_path: Path) -> None:
+    clock = Clock()
+    spool = Spool(tmp_path / "spool.db", clock=clock)
+    ids = [spool.put(3, seq, frame(seq)) for seq in range(6)]
+    spool.sent(ids)  # the broker took them all
+    assert spool.depth == 6 and spool.overdue(30.0, 100) == []
+    assert spool.confirm(3, [(0, 1), (4, 4)]) == 3
+    assert spool.confirm(3, [(0, 1)]) == 0  # a receipt that came twice
+    assert spool.confirm(4, [(2, 3)]) == 0  # another bdSeq
+    assert [f.seq for f in spool.pending()] == [2, 3, 5]
+    assert spool.size_bytes == sum(len(frame(s)) for s in (2, 3, 5))
+    assert spool.stats.confirmed == 3
+
+
+def test_frames_without_receipt_are_handed_out_again_less_and_less_often(tmp_path: Path) -> None:
+    clock = Clock()
+    spool = Spool(tmp_path / "spool.db", clock=clock)
+    a, b = spool.put(3, 0, frame(0)), spool.put(3, 1, frame(1))
+    unsent = spool.put(3, 2, frame(2))  # never acknowledged by the broker: not overdue
+    spool.sent([a, b])
+    clock.now += 29.9
+    assert spool.overdue(30.0, 10) == []
+    clock.now += 0.2
+    assert [f.id for f in spool.overdue(30.0, 1)] == [a]  # at most `limit`, oldest first
+    assert [f.id for f in spool.overdue(30.0, 10)] == [b]
+    clock.now += 59.0  # the second try waits twice as long
+    assert spool.overdue(30.0, 10) == []
+    clock.now += 2.0
+    assert [f.id for f in spool.overdue(30.0, 10)] == [a, b]
+    for _ in range(10):  # the wait stops growing at 2**6 times
+        clock.now += 64 * 30.0
+        assert [f.id for f in spool.overdue(30.0, 10)] == [a, b]  # never `unsent`
+    assert unsent in {f.id for f in spool.pending()} and spool.depth == 3
+
+
+def test_a_spool_written_by_an_older_agent_gains_the_receipt_columns(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE frames (id INTEGER PRIMARY KEY AUTOINCREMENT, bd_seq INTEGER NOT NULL,"
+            " seq INTEGER NOT NULL, created_ms INTEGER NOT NULL, payload BLOB NOT NULL);"
+        )
+        db.execute(
+            "INSERT INTO frames (bd_seq, seq, created_ms, payload) VALUES (3, 0, 1, ?)", (frame(0),)
+        )
+    spool = Spool(path)
+    assert [f.seq for f in spool.pending()] == [0]
+    spool.sent([spool.pending()[0].id])
+    assert spool.confirm(3, [(0, 0)]) == 1 and spool.depth == 0

@@ -17,6 +17,7 @@ from sparsetel.shared.topics import (
     model_topic,
     ncmd_topic,
     parse_topic,
+    receipt_topic,
     shared_subscription,
     state_subscription,
     state_topic,
@@ -30,6 +31,7 @@ BUILDERS = {
     "DEPLOY": deploy_topic,
     "HEALTH": health_topic,
     "DEAD": dead_letter_topic,
+    "ACK": receipt_topic,
 }
 
 
