@@ -76,3 +76,14 @@ def test_the_acl_gives_each_edge_its_own_topics_and_the_cloud_all() -> None:
         "topic read sparsetel/v1/site-a/MODEL/#",
     ]
     assert not any("#" in line and "e1" in line for line in acl)  # no wildcard of its own
+
+
+def test_the_example_configs_load_and_the_edge_confirms_by_the_store() -> None:
+    from sparsetel.cloud.service import ServeConfig
+    from sparsetel.edge.config import EdgeConfig
+    from sparsetel.shared.config import load_config
+
+    edge = load_config(EdgeConfig, DEPLOY / "examples" / "edge.toml", environ={})
+    assert (edge.confirm, edge.confirm_wait_s) == ("store", 30.0)
+    serve = load_config(ServeConfig, DEPLOY / "examples" / "serve.toml", environ={})
+    assert serve.group in ("+", edge.group) and serve.broker.client_id is not None
