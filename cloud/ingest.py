@@ -154,6 +154,7 @@ class FrameIngest:
         self.track_gaps = track_gaps  # False when other workers take some of an edge's frames
         self.receipts = Receipts()  # frames whose handling is final, for the edges' receipts
         self._tracks: dict[str, _Track] = {}
+        self._known: set[bytes] = set()  # models whose KPI names are in the store
         self._throttle = Throttle(log)
 
     def handle(self, topic: str, payload: bytes, received_ms: int | None = None) -> str:
@@ -193,6 +194,7 @@ class FrameIngest:
                 "batch", "batch of %d not committed (%r): one at a time", len(messages), exc
             )
             self.receipts.discard()  # (a note lost here costs the edge one resend)
+            self._known.clear()  # a model registered in the batch is registered again
             return [self.handle(t, p, ms) for t, p, ms in messages]
 
     def _reject(self, reason: str, msg: str, *args: object) -> str:
@@ -234,6 +236,9 @@ class FrameIngest:
             frame.historical, now_ms,
         )  # fmt: skip
         try:
+            if frame.model_ref not in self._known:  # so its KPIs can be queried by name
+                self.store.register_model(frame.model_ref, m.kpis, m.target)
+                self._known.add(frame.model_ref)
             stored = self.store.store_frame(row, rows)
         except Exception as exc:
             return self._reject("store_error", "%s seq %s: %r", edge, frame.seq, exc)

@@ -26,57 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .reads import StoreReads
+from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
+
 __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
-
-# Column types that differ between the two dialects; the migrations name them in braces.
-_TYPES = {
-    "sqlite": {
-        "bigint": "INTEGER",
-        "real": "REAL",
-        "bool": "INTEGER",
-        "json": "TEXT",
-        "serial": "INTEGER",
-        "blob": "BLOB",
-    },
-    "postgresql": {
-        "bigint": "BIGINT",
-        "real": "DOUBLE PRECISION",
-        "bool": "BOOLEAN",
-        "json": "JSONB",
-        "serial": "BIGSERIAL",
-        "blob": "BYTEA",
-    },
-}
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # 1: edges, frames, measurements
-        """CREATE TABLE edges (
-            edge TEXT PRIMARY KEY, "group" TEXT NOT NULL, online {bool} NOT NULL,
-            bd_seq {bigint}, model_sha256 TEXT, birth {json}, updated_ms {bigint} NOT NULL)""",
-        """CREATE TABLE frames (
-            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
-            model_ref TEXT NOT NULL, n_records INTEGER NOT NULL, n_bytes INTEGER NOT NULL,
-            historical {bool} NOT NULL, received_ms {bigint} NOT NULL,
-            CONSTRAINT frames_key UNIQUE (edge, bd_seq, seq))""",
-        """CREATE TABLE measurements (
-            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
-            rec INTEGER NOT NULL, t_ms {bigint} NOT NULL, model_ref TEXT NOT NULL,
-            nnz INTEGER NOT NULL, codes TEXT NOT NULL, kpis {json} NOT NULL,
-            prediction {real}, predicted_t_ms {bigint}, audit {json},
-            PRIMARY KEY (edge, bd_seq, seq, rec))""",
-        "CREATE INDEX measurements_edge_t ON measurements (edge, t_ms)",
-    ),
-    (  # 2: frames of models the service does not know yet, kept until it does
-        """CREATE TABLE parked_frames (
-            id {serial} PRIMARY KEY, edge TEXT NOT NULL, model_ref TEXT NOT NULL,
-            topic TEXT NOT NULL, payload {blob} NOT NULL, received_ms {bigint} NOT NULL)""",
-        "CREATE INDEX parked_frames_model ON parked_frames (model_ref, id)",
-    ),
-)
-
-_MEASUREMENT_COLUMNS = (
-    "edge, bd_seq, seq, rec, t_ms, model_ref, nnz, codes, kpis, prediction, predicted_t_ms, audit"
-)
 
 
 @dataclass(frozen=True)
@@ -110,21 +63,11 @@ class MeasurementRow:
     audit: tuple[float, ...] | None = None
 
 
-def _json_floats(values: Sequence[float]) -> str:
-    """A JSON array of floats with null for NaN or infinity (JSON has neither)."""
-    return json.dumps([float(v) if math.isfinite(v) else None for v in values])
-
-
-def _parse_json(value: Any) -> Any:
-    """SQLite hands JSON back as text, PostgreSQL (jsonb) already parsed."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
-class Store:
+class Store(StoreReads):
     """A connection to the measurement database; use `open_store` to get one."""
 
     def __init__(self, connection: Any, dialect: str) -> None:
-        if dialect not in _TYPES:
+        if dialect not in TYPES:
             raise ValueError(f"unknown store dialect {dialect!r}")
         self.dialect = dialect
         self._conn = connection
@@ -211,7 +154,7 @@ class Store:
             self._execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER PRIMARY KEY, applied_ms {bigint} NOT NULL)".format(
-                    **_TYPES[self.dialect]
+                    **TYPES[self.dialect]
                 )
             )
         for version, statements in enumerate(MIGRATIONS, start=1):
@@ -221,7 +164,7 @@ class Store:
                 if version <= self.schema_version():
                     continue
                 for statement in statements:
-                    self._execute(statement.format(**_TYPES[self.dialect]))
+                    self._execute(statement.format(**TYPES[self.dialect]))
                 self._execute(
                     "INSERT INTO schema_version (version, applied_ms) VALUES (?, ?)",
                     (version, int(time.time() * 1000)),
@@ -269,17 +212,17 @@ class Store:
                     ref,
                     m.nnz,
                     ",".join(str(c) for c in m.codes),
-                    _json_floats(m.kpis),
+                    json_floats(m.kpis),
                     m.prediction
                     if m.prediction is not None and math.isfinite(m.prediction)
                     else None,
                     m.predicted_t_ms,
-                    None if m.audit is None else _json_floats(m.audit),
+                    None if m.audit is None else json_floats(m.audit),
                 )
                 for m in measurements
             ]
             self._execute_many(
-                f"INSERT INTO measurements ({_MEASUREMENT_COLUMNS}) "
+                f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
@@ -324,6 +267,15 @@ class Store:
             )
         return changed > 0
 
+    def register_model(self, model_ref: bytes, kpis: Sequence[str], target: str) -> None:
+        """Record the KPI names, in order, of the model that `model_ref` names (once)."""
+        with self._transaction():
+            self._execute(
+                "INSERT INTO models (model_ref, kpis, target, registered_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (model_ref) DO NOTHING",
+                (model_ref.hex(), json.dumps(list(kpis)), target, int(time.time() * 1000)),
+            )
+
     def park_frame(
         self, edge: str, model_ref: bytes, topic: str, payload: bytes, received_ms: int
     ) -> None:
@@ -349,93 +301,6 @@ class Store:
         """Forget parked frames (they were handled)."""
         with self._transaction():
             self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
-
-    def sequence_gaps(self) -> dict[str, int]:
-        """Frames missing per edge: in each of its sessions (bd_seq), the seqs from 0 to the
-        highest stored that are not stored. Edges with none are left out."""
-        with self._lock:
-            rows = self._query(
-                "SELECT edge, SUM(max_seq + 1 - n) FROM (SELECT edge, bd_seq, "
-                "MAX(seq) AS max_seq, COUNT(*) AS n FROM frames GROUP BY edge, bd_seq) AS s "
-                "GROUP BY edge"
-            )
-        return {str(edge): int(missing) for edge, missing in rows if missing}
-
-    def count_parked(self) -> dict[str, int]:
-        """Parked frames per model ref (hex)."""
-        with self._lock:
-            rows = self._query("SELECT model_ref, COUNT(*) FROM parked_frames GROUP BY model_ref")
-        return {str(ref): int(n) for ref, n in rows}
-
-    # -- reading --------------------------------------------------------------------------
-
-    def schema_version(self) -> int:
-        with self._lock:
-            rows = self._query("SELECT MAX(version) FROM schema_version")
-        return int(rows[0][0] or 0)
-
-    def _count(self, table: str, edge: str | None) -> int:
-        where, params = ("WHERE edge = ?", (edge,)) if edge is not None else ("", ())
-        with self._lock:
-            return int(self._query(f"SELECT COUNT(*) FROM {table} {where}", params)[0][0])
-
-    def count_measurements(self, edge: str | None = None) -> int:
-        """Number of stored measurements, of one edge or of all."""
-        return self._count("measurements", edge)
-
-    def count_frames(self, edge: str | None = None) -> int:
-        """Number of stored frames, of one edge or of all."""
-        return self._count("frames", edge)
-
-    def fetch_measurements(
-        self, edge: str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Stored measurements in the order their edge sent them (edge, bd_seq, seq, rec).
-
-        Each row is a dict of the table's columns: `codes` a list of ints, `kpis` (and
-        `audit`) a list of D floats in raw units with None where unknown, `model_ref` hex,
-        `prediction` the target predicted for `predicted_t_ms` or None.
-        """
-        params: list[Any] = [edge] if edge is not None else []
-        where = "WHERE edge = ?" if edge is not None else ""
-        tail = ""
-        if limit is not None:
-            tail, params = " LIMIT ?", [*params, int(limit)]
-        sql = (
-            f"SELECT {_MEASUREMENT_COLUMNS} FROM measurements {where} "
-            f"ORDER BY edge, bd_seq, seq, rec{tail}"
-        )
-        with self._lock:
-            rows = self._query(sql, params)
-        names = [c.strip() for c in _MEASUREMENT_COLUMNS.split(",")]
-        out = []
-        for row in rows:
-            item = dict(zip(names, row, strict=True))
-            item["codes"] = [int(c) for c in item["codes"].split(",")] if item["codes"] else []
-            item["kpis"] = _parse_json(item["kpis"])
-            item["audit"] = None if item["audit"] is None else _parse_json(item["audit"])
-            out.append(item)
-        return out
-
-    def edges(self) -> list[dict[str, Any]]:
-        """Every edge seen: group, edge, online, bd_seq, model_sha256, birth, updated_ms."""
-        with self._lock:
-            rows = self._query(
-                'SELECT "group", edge, online, bd_seq, model_sha256, birth, updated_ms '
-                "FROM edges ORDER BY edge"
-            )
-        return [
-            {
-                "group": g,
-                "edge": e,
-                "online": bool(online),
-                "bd_seq": bd_seq,
-                "model_sha256": sha,
-                "birth": None if birth is None else _parse_json(birth),
-                "updated_ms": updated,
-            }
-            for g, e, online, bd_seq, sha, birth, updated in rows
-        ]
 
     def close(self) -> None:
         with self._lock:

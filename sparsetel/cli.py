@@ -192,6 +192,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the service's counters as JSON")
 
+    p = sub.add_parser("query", help="one KPI of one edge over a time range, from the store")
+    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    p.add_argument("--edge", required=True, help="edge id")
+    p.add_argument("--kpi", required=True, help="KPI name, as the model names it")
+    p.add_argument("--from", dest="start", help="first time, inclusive (epoch ms or ISO 8601)")
+    p.add_argument("--to", dest="end", help="end time, exclusive (epoch ms or ISO 8601)")
+    p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of CSV")
+
     p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
     p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
     p.add_argument("--force", action="store_true", help="replace a key pair already there")
@@ -315,6 +324,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_service(serve_config_from_flags(args), print_json=args.json)
 
 
+def _cmd_query(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.query import run_query
+
+    return run_query(args.db, args.edge, args.kpi, args.start, args.end, args.limit, args.json)
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from sparsetel.cloud.keys import keygen
 
@@ -392,6 +407,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": _cmd_simulate,
     "edge": _cmd_edge,
     "serve": _cmd_serve,
+    "query": _cmd_query,
     "keygen": _cmd_keygen,
     "deploy": _cmd_deploy,
     "rollback": _cmd_rollback,

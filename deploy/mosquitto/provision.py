@@ -16,9 +16,9 @@ allowed). The script writes into `--out`:
   a systemd ``EnvironmentFile``.
 - ``acl``: an edge may publish only its own DATA, STATE, HEALTH and DEPLOY topics and read
   only its own NCMD and ACK (store receipts) topics and its group's MODEL bundles; only the
-  cloud may command edges, confirm their frames and publish models (it reads and writes all of ``sparsetel/#``). Entries are explicit per
-  edge: Mosquitto does not substitute ``%u`` in a pattern for a name with ``/``, and the
-  group is part of the topic.
+  cloud may command edges, confirm their frames and publish models (it reads and writes all
+  of ``sparsetel/#``). Entries are explicit per edge: Mosquitto does not substitute ``%u`` in
+  a pattern for a name with ``/``, and the group is part of the topic.
 - ``mosquitto.conf``: one TLS listener, no anonymous clients, those files, and persistence in
   `--data` (which must be writable by the user Mosquitto runs as: `--run-as`; otherwise
   sessions silently do not survive a restart).

@@ -151,3 +151,16 @@ def test_postgres_batches_commit_together_and_fail_alone(pg_url: str) -> None:
         assert store.store_frame(frame(0), rows())
         assert _batch_with_a_failing_write(store) == [True, False, False, True]
         assert store.count_frames() == 3 and store.sequence_gaps() == {"edge-1": 1}
+
+
+def test_postgres_reads_a_kpi_by_name_and_time_range(pg_url: str) -> None:
+    from tests.unit.test_store import check_kpi_series
+
+    with open_store(pg_url) as store:
+        check_kpi_series(store)
+        store._execute("SET enable_seqscan = off")  # a tiny table would be scanned anyway
+        plan = store._query(
+            "EXPLAIN SELECT t_ms FROM measurements WHERE edge = 'edge-1' AND t_ms >= 0 "
+            "AND t_ms < 10"
+        )
+    assert "measurements_edge_t" in " ".join(row[0] for row in plan), plan

@@ -69,6 +69,7 @@ def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them
     store = open_store(str(db))
     try:
         got = {e: store.fetch_measurements(edge=e) for e in ("by-store", "by-broker")}
+        rsrp = store.kpi_series("by-store", "RSRP")  # the service registered the model's KPIs
     finally:
         store.close()
     print("receipts:", json.dumps({
@@ -79,6 +80,8 @@ def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them
     }))  # fmt: skip
     keys = {(r["bd_seq"], r["seq"], r["rec"]) for r in got["by-store"]}
     assert len(got["by-store"]) == len(keys) == ROWS  # every measurement, once
+    assert [t for t, _ in rsrp] == sorted(r["t_ms"] for r in got["by-store"])
+    assert sum(v is not None for _, v in rsrp) > ROWS // 2
     assert by_store["resent"] > 0 and by_store["spool_depth"] == 0
     assert by_store["confirmed"] == ROWS // 20
     assert 0 < len(got["by-broker"]) < ROWS  # its early frames are gone for good

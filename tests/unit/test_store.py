@@ -209,3 +209,43 @@ def test_a_batch_commits_its_frames_together_each_succeeding_or_failing_alone(
         assert store.sequence_gaps() == {"edge-1": 1}
     with open_store(tmp_path / "b.db") as again:  # committed: another connection sees it
         assert again.count_measurements() == 6
+
+
+def check_kpi_series(store: Store) -> None:
+    """A KPI by name over time, across two models that keep it in different columns (shared
+    with the PostgreSQL test)."""
+    other = bytes.fromhex("aaaabbbbccccdddd")
+    store.register_model(REF, ("RSRP", "SNR", "CQI"), "CQI")
+    store.register_model(other, ("SNR", "RSRP"), "SNR")
+    store.register_model(REF, ("ignored",), "x")  # once registered, a model stays as it was
+    assert store.models() == {REF.hex(): ["RSRP", "SNR", "CQI"], other.hex(): ["SNR", "RSRP"]}
+    store.store_frame(_frame(0), _rows(3, t0=1_000))  # RSRP -90.5, -89.5, -88.5; SNR NaN
+    upgraded = FrameRow("edge-1", 1, 0, other, 2, 50, False, 0)
+    store.store_frame(upgraded, [
+        MeasurementRow(0, 4_000, 1, (1,), (7.0, -80.0)),
+        MeasurementRow(1, 5_000, 1, (1,), (8.0, math.nan)),
+    ])  # fmt: skip
+    store.store_frame(_frame(0, edge="edge-2"), _rows(3, t0=1_000))
+    assert store.kpi_series("edge-1", "RSRP") == [
+        (1_000, -90.5), (2_000, -89.5), (3_000, -88.5), (4_000, -80.0), (5_000, None),
+    ]  # fmt: skip
+    assert store.kpi_series("edge-1", "RSRP", start_ms=2_000, end_ms=5_000) == [
+        (2_000, -89.5), (3_000, -88.5), (4_000, -80.0),
+    ]  # fmt: skip
+    assert store.kpi_series("edge-1", "SNR", start_ms=2_500) == [
+        (3_000, None), (4_000, 7.0), (5_000, 8.0),
+    ]  # fmt: skip
+    assert store.kpi_series("edge-1", "CQI", limit=2) == [(1_000, 12.0), (2_000, 12.0)]
+    assert store.kpi_series("nobody", "RSRP") == []
+    with pytest.raises(KeyError, match="'RSRP', 'SNR'"):
+        store.kpi_series("edge-1", "DL_bitrate")
+
+
+def test_a_kpi_is_read_by_name_and_time_range_across_models(store: Store) -> None:
+    check_kpi_series(store)
+    plan = store._query(
+        "EXPLAIN QUERY PLAN SELECT t_ms FROM measurements WHERE edge = ? AND t_ms >= ? "
+        "AND t_ms < ?",
+        ("edge-1", 0, 10),
+    )
+    assert "measurements_edge_t" in " ".join(str(part) for row in plan for part in row)

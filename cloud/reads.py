@@ -1,0 +1,159 @@
+"""Reading the measurement database: counts, gaps, measurements, edges, time series.
+
+`StoreReads` is the query half of `Store` (its write half, plumbing and transactions are in
+`cloud.store`); every method takes the store's lock and runs in one statement or a few.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .schema import MEASUREMENT_COLUMNS, parse_json
+
+__all__ = ["StoreReads"]
+
+
+class StoreReads:
+    """Queries of a `Store` (mixed into it)."""
+
+    dialect: str
+    _lock: threading.RLock
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def sequence_gaps(self) -> dict[str, int]:
+        """Frames missing per edge: in each of its sessions (bd_seq), the seqs from 0 to the
+        highest stored that are not stored. Edges with none are left out."""
+        with self._lock:
+            rows = self._query(
+                "SELECT edge, SUM(max_seq + 1 - n) FROM (SELECT edge, bd_seq, "
+                "MAX(seq) AS max_seq, COUNT(*) AS n FROM frames GROUP BY edge, bd_seq) AS s "
+                "GROUP BY edge"
+            )
+        return {str(edge): int(missing) for edge, missing in rows if missing}
+
+    def count_parked(self) -> dict[str, int]:
+        """Parked frames per model ref (hex)."""
+        with self._lock:
+            rows = self._query("SELECT model_ref, COUNT(*) FROM parked_frames GROUP BY model_ref")
+        return {str(ref): int(n) for ref, n in rows}
+
+    # -- measurements --------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            rows = self._query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)
+
+    def _count(self, table: str, edge: str | None) -> int:
+        where, params = ("WHERE edge = ?", (edge,)) if edge is not None else ("", ())
+        with self._lock:
+            return int(self._query(f"SELECT COUNT(*) FROM {table} {where}", params)[0][0])
+
+    def count_measurements(self, edge: str | None = None) -> int:
+        """Number of stored measurements, of one edge or of all."""
+        return self._count("measurements", edge)
+
+    def count_frames(self, edge: str | None = None) -> int:
+        """Number of stored frames, of one edge or of all."""
+        return self._count("frames", edge)
+
+    def fetch_measurements(
+        self, edge: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored measurements in the order their edge sent them (edge, bd_seq, seq, rec).
+
+        Each row is a dict of the table's columns: `codes` a list of ints, `kpis` (and
+        `audit`) a list of D floats in raw units with None where unknown, `model_ref` hex,
+        `prediction` the target predicted for `predicted_t_ms` or None.
+        """
+        params: list[Any] = [edge] if edge is not None else []
+        where = "WHERE edge = ?" if edge is not None else ""
+        tail = ""
+        if limit is not None:
+            tail, params = " LIMIT ?", [*params, int(limit)]
+        sql = (
+            f"SELECT {MEASUREMENT_COLUMNS} FROM measurements {where} "
+            f"ORDER BY edge, bd_seq, seq, rec{tail}"
+        )
+        with self._lock:
+            rows = self._query(sql, params)
+        names = [c.strip() for c in MEASUREMENT_COLUMNS.split(",")]
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["codes"] = [int(c) for c in item["codes"].split(",")] if item["codes"] else []
+            item["kpis"] = parse_json(item["kpis"])
+            item["audit"] = None if item["audit"] is None else parse_json(item["audit"])
+            out.append(item)
+        return out
+
+    def edges(self) -> list[dict[str, Any]]:
+        """Every edge seen: group, edge, online, bd_seq, model_sha256, birth, updated_ms."""
+        with self._lock:
+            rows = self._query(
+                'SELECT "group", edge, online, bd_seq, model_sha256, birth, updated_ms '
+                "FROM edges ORDER BY edge"
+            )
+        return [
+            {
+                "group": g,
+                "edge": e,
+                "online": bool(online),
+                "bd_seq": bd_seq,
+                "model_sha256": sha,
+                "birth": None if birth is None else parse_json(birth),
+                "updated_ms": updated,
+            }
+            for g, e, online, bd_seq, sha, birth, updated in rows
+        ]
+
+    # -- time series ----------------------------------------------------------------------
+
+    def models(self) -> dict[str, list[str]]:
+        """KPI names, in column order, of every registered model (by model ref in hex)."""
+        with self._lock:
+            rows = self._query("SELECT model_ref, kpis FROM models ORDER BY model_ref")
+        return {str(ref): list(parse_json(kpis)) for ref, kpis in rows}
+
+    def kpi_series(
+        self,
+        edge: str,
+        kpi: str,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, float | None]]:
+        """(t_ms, value in raw units, None where unknown) of one KPI of one edge, by time,
+        with start_ms <= t_ms < end_ms. Measurements of every model that has the KPI count,
+        wherever its column is; the (edge, t_ms) index serves the range. KeyError (naming
+        the KPIs there are) when no registered model has `kpi`."""
+        columns = {ref: names.index(kpi) for ref, names in self.models().items() if kpi in names}
+        if not columns:
+            known = sorted({k for names in self.models().values() for k in names})
+            raise KeyError(f"no registered model has the KPI {kpi!r}; known: {known}")
+        value = " ".join(f"WHEN ? THEN {self._element(i)}" for i in columns.values())
+        sql = (
+            f"SELECT t_ms, CASE model_ref {value} END FROM measurements WHERE edge = ? "
+            f"AND model_ref IN ({', '.join('?' * len(columns))}) AND t_ms >= ? AND t_ms < ? "
+            "ORDER BY t_ms, bd_seq, seq, rec"
+        )
+        params: list[Any] = [*columns, edge, *columns]
+        params += [
+            -(2**63) if start_ms is None else start_ms,
+            2**63 - 1 if end_ms is None else end_ms,
+        ]
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, int(limit)]
+        with self._lock:
+            rows = self._query(sql, params)
+        return [(int(t), None if v is None else float(v)) for t, v in rows]
+
+    def _element(self, i: int) -> str:
+        """SQL for element `i` of the kpis JSON array, as a number (NULL for null)."""
+        if self.dialect == "postgresql":
+            return f"(kpis->>{int(i)})::double precision"
+        return f"json_extract(kpis, '$[{int(i)}]')"

@@ -1,0 +1,79 @@
+"""The measurement database's schema: column types per dialect and the ordered migrations.
+
+`Store` applies `MIGRATIONS` in order and records each in ``schema_version``; a migration is
+never edited once released, only followed by a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["MEASUREMENT_COLUMNS", "MIGRATIONS", "TYPES", "json_floats", "parse_json"]
+
+# Column types that differ between the two dialects; the migrations name them in braces.
+TYPES = {
+    "sqlite": {
+        "bigint": "INTEGER",
+        "real": "REAL",
+        "bool": "INTEGER",
+        "json": "TEXT",
+        "serial": "INTEGER",
+        "blob": "BLOB",
+    },
+    "postgresql": {
+        "bigint": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "json": "JSONB",
+        "serial": "BIGSERIAL",
+        "blob": "BYTEA",
+    },
+}
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: edges, frames, measurements
+        """CREATE TABLE edges (
+            edge TEXT PRIMARY KEY, "group" TEXT NOT NULL, online {bool} NOT NULL,
+            bd_seq {bigint}, model_sha256 TEXT, birth {json}, updated_ms {bigint} NOT NULL)""",
+        """CREATE TABLE frames (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            model_ref TEXT NOT NULL, n_records INTEGER NOT NULL, n_bytes INTEGER NOT NULL,
+            historical {bool} NOT NULL, received_ms {bigint} NOT NULL,
+            CONSTRAINT frames_key UNIQUE (edge, bd_seq, seq))""",
+        """CREATE TABLE measurements (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            rec INTEGER NOT NULL, t_ms {bigint} NOT NULL, model_ref TEXT NOT NULL,
+            nnz INTEGER NOT NULL, codes TEXT NOT NULL, kpis {json} NOT NULL,
+            prediction {real}, predicted_t_ms {bigint}, audit {json},
+            PRIMARY KEY (edge, bd_seq, seq, rec))""",
+        "CREATE INDEX measurements_edge_t ON measurements (edge, t_ms)",
+    ),
+    (  # 2: frames of models the service does not know yet, kept until it does
+        """CREATE TABLE parked_frames (
+            id {serial} PRIMARY KEY, edge TEXT NOT NULL, model_ref TEXT NOT NULL,
+            topic TEXT NOT NULL, payload {blob} NOT NULL, received_ms {bigint} NOT NULL)""",
+        "CREATE INDEX parked_frames_model ON parked_frames (model_ref, id)",
+    ),
+    (  # 3: what each model's kpis columns are, so a KPI is found by name over time
+        """CREATE TABLE models (
+            model_ref TEXT PRIMARY KEY, kpis {json} NOT NULL, target TEXT NOT NULL,
+            registered_ms {bigint} NOT NULL)""",
+    ),
+)
+
+MEASUREMENT_COLUMNS = (
+    "edge, bd_seq, seq, rec, t_ms, model_ref, nnz, codes, kpis, prediction, predicted_t_ms, audit"
+)
+
+
+def json_floats(values: Sequence[float]) -> str:
+    """A JSON array of floats with null for NaN or infinity (JSON has neither)."""
+    return json.dumps([float(v) if math.isfinite(v) else None for v in values])
+
+
+def parse_json(value: Any) -> Any:
+    """SQLite hands JSON back as text, PostgreSQL (jsonb) already parsed."""
+    return json.loads(value) if isinstance(value, str) else value
