@@ -37,7 +37,7 @@ from .receipts import Receipts
 from .registry import Decoder, ModelRegistry
 from .store import FrameRow, MeasurementRow, Store
 
-__all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle"]
+__all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle", "decode_many"]
 
 # What `FrameIngest.handle` returns for a message it did not reject.
 ACCEPTED = frozenset({"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored"})
@@ -157,7 +157,14 @@ class FrameIngest:
         self._known: set[bytes] = set()  # models whose KPI names are in the store
         self._throttle = Throttle(log)
 
-    def handle(self, topic: str, payload: bytes, received_ms: int | None = None) -> str:
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        received_ms: int | None = None,
+        ahead: tuple[Frame, np.ndarray | None] | None = None,
+    ) -> str:
+        """One message; `ahead`: its frame and KPIs, already decoded (see `handle_batch`)."""
         now_ms = int(time.time() * 1000) if received_ms is None else received_ms
         try:
             parts = parse_topic(topic)
@@ -165,8 +172,8 @@ class FrameIngest:
             if kind == "DATA":
                 if self.flood is not None and not self.flood.allow(parts.edge):
                     return self._reject("flood", "%s: more frames than the flood limit", topic)
-                frame = decode_frame(payload)
-                outcome = self._data(topic, parts.edge, frame, bytes(payload), now_ms)
+                frame, kpis = ahead if ahead is not None else (decode_frame(payload), None)
+                outcome = self._data(topic, parts.edge, frame, bytes(payload), now_ms, kpis)
                 if outcome in FINAL:
                     self.receipts.note(parts.group, parts.edge, frame.bd_seq, frame.seq)
                 return outcome
@@ -185,10 +192,20 @@ class FrameIngest:
 
         If the commit itself fails, nothing of the batch is stored: the messages are handled
         again one at a time (the counters then count those frames twice). Receipts are noted
-        only for what was committed."""
+        only for what was committed.
+
+        The frames of one model are decoded together first (`decode_many`: one pass of the
+        decoder over the whole batch instead of one per frame)."""
+        try:
+            ahead = self._decode_ahead(messages)
+        except Exception as exc:  # a bug here must not stop the service: decode one by one
+            self._throttle.warning("ahead", "cannot decode the batch ahead: %r", exc)
+            ahead = {}
         try:
             with self.store.batch():
-                return [self.handle(t, p, ms) for t, p, ms in messages]
+                return [
+                    self.handle(t, p, ms, ahead.get(i)) for i, (t, p, ms) in enumerate(messages)
+                ]
         except Exception as exc:
             self._throttle.warning(
                 "batch", "batch of %d not committed (%r): one at a time", len(messages), exc
@@ -197,12 +214,51 @@ class FrameIngest:
             self._known.clear()  # a model registered in the batch is registered again
             return [self.handle(t, p, ms) for t, p, ms in messages]
 
+    def _decode_ahead(
+        self, messages: Sequence[tuple[str, bytes, int]]
+    ) -> dict[int, tuple[Frame, np.ndarray | None]]:
+        """Position -> (frame, its KPIs or None) of each well-formed DATA message; KPIs for
+        the frames of registered models that match them, decoded model by model. What fails
+        here is left to `handle`, which then refuses it on its own."""
+        out: dict[int, tuple[Frame, np.ndarray | None]] = {}
+        by_model: dict[bytes, list[int]] = {}
+        for i, (topic, payload, _) in enumerate(messages):
+            try:
+                if parse_topic(topic).kind != "DATA":
+                    continue
+                frame = decode_frame(payload)
+            except WireError:
+                continue
+            out[i] = (frame, None)
+            by_model.setdefault(frame.model_ref, []).append(i)
+        for ref, positions in by_model.items():
+            codec = self.registry.get(ref)
+            if codec is None:
+                continue
+            m = codec.manifest
+            fits = [i for i in positions if (out[i][0].L, out[i][0].K) == (m.L, m.K)]
+            try:
+                kpis = decode_many(codec, [out[i][0] for i in fits])
+            except Exception:  # some frame's codes do not decode: each is tried alone
+                continue
+            for i, values in zip(fits, kpis, strict=True):
+                out[i] = (out[i][0], values)
+        return out
+
     def _reject(self, reason: str, msg: str, *args: object) -> str:
         self.stats.reject(reason)
         self._throttle.warning(reason, "rejected [" + reason + "] " + msg, *args)
         return reason
 
-    def _data(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
+    def _data(
+        self,
+        topic: str,
+        edge: str,
+        frame: Frame,
+        payload: bytes,
+        now_ms: int,
+        kpis: np.ndarray | None = None,
+    ) -> str:
         codec = self._decoder(frame.model_ref)
         if codec is None:
             return self._park(topic, edge, frame, payload, now_ms)
@@ -213,13 +269,11 @@ class FrameIngest:
                 "model_mismatch", "%s: frame L=%s K=%s, model %s has L=%s K=%s D=%s",
                 edge, frame.L, frame.K, frame.model_ref.hex(), m.L, m.K, m.D,
             )  # fmt: skip
-        codes = [r.codes for r in frame.records]
-        try:
-            kpis = np.asarray(codec.decode(codes), dtype=np.float64)
-            if kpis.shape != (len(codes), m.D):
-                raise ValueError(f"decode returned shape {kpis.shape}")
-        except Exception as exc:
-            return self._reject("decode_error", "%s: %r", edge, exc)
+        if kpis is None:
+            try:
+                (kpis,) = decode_many(codec, [frame])
+            except Exception as exc:
+                return self._reject("decode_error", "%s: %r", edge, exc)
         predictions, track = self._predict(edge, frame, codec)
         rows = [
             MeasurementRow(
@@ -370,3 +424,16 @@ class FrameIngest:
         except (ValueError, TypeError):
             return False
         return self._decoder(ref) is not None
+
+
+def decode_many(codec: Decoder, frames: Sequence[Frame]) -> list[np.ndarray]:
+    """The KPIs of each frame (float64, [records, D]), from one pass of `codec` over all of
+    their records; ValueError when the decoder returns the wrong shape."""
+    codes = [r.codes for f in frames for r in f.records]
+    if not codes:
+        return [np.zeros((0, codec.manifest.D)) for _ in frames]
+    kpis = np.asarray(codec.decode(codes), dtype=np.float64)
+    if kpis.shape != (len(codes), codec.manifest.D):
+        raise ValueError(f"decode returned shape {kpis.shape} for {len(codes)} records")
+    ends = np.cumsum([len(f.records) for f in frames])[:-1]
+    return np.split(kpis, ends)

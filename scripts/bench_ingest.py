@@ -9,7 +9,9 @@ end through the real Mosquitto into SQLite and PostgreSQL with 1, 2 and 4 decode
    the defaults, L=4, K=128, hidden 256) and exports it; encodes simulated measurements with
    the exported ONNX encoder into frames of 50, as an edge would.
 2. Decode only, one thread (torch and numpy on one core): wire decoding plus the model's
-   decoder, measurements per second, median of 5; and the same with the predictor.
+   decoder, measurements per second, median of 5, as a worker decodes (the frames of a batch
+   of 64 together, `cloud.ingest.decode_many`) and one frame at a time; and one frame at a
+   time with the predictor.
 3. End to end: `sparsetel serve --workers N` as a process, the frames published QoS 1 by one
    client as fast as the broker takes them, once every worker is subscribed. Throughput is
    measurements stored over the time from the first publish until the store holds them all
@@ -47,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_edge import _model, _rows  # the same model and simulated sessions as the edge's
 
 from sparsetel.cloud.codec import CloudCodec
+from sparsetel.cloud.ingest import decode_many
+from sparsetel.cloud.service import BATCH_MAX
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import parse_broker_url
 from sparsetel.shared.topics import data_topic
@@ -78,7 +82,7 @@ def _decode_only(run: Path, frames: list[bytes]) -> dict[str, float]:
     codec = CloudCodec.load(run)
     sample = frames[:400]
     out: dict[str, float] = {}
-    for name, predict in (("decode", False), ("decode_predict", True)):
+    for name, predict in (("decode_per_frame", False), ("decode_predict", True)):
         rates = []
         for _ in range(5):
             started = time.perf_counter()
@@ -90,6 +94,13 @@ def _decode_only(run: Path, frames: list[bytes]) -> dict[str, float]:
                     codec.predict_sequence(codec.counts(codes))
             rates.append(len(sample) * PER_FRAME / (time.perf_counter() - started))
         out[f"{name}_per_s_one_core"] = statistics.median(rates)
+    rates = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for at in range(0, len(sample), BATCH_MAX):
+            decode_many(codec, [decode_frame(p) for p in sample[at : at + BATCH_MAX]])
+        rates.append(len(sample) * PER_FRAME / (time.perf_counter() - started))
+    out["decode_per_s_one_core"] = statistics.median(rates)
     return out
 
 
@@ -217,6 +228,7 @@ def main() -> int:
         return 0
     print(f"decode only, one core:           {result['decode_per_s_one_core']:,.0f} measurements/s"
           f" (goal {GOAL_DECODE:,})")  # fmt: skip
+    print(f"  one frame at a time:           {result['decode_per_frame_per_s_one_core']:,.0f}")
     print(f"decode and predict, one core:    {result['decode_predict_per_s_one_core']:,.0f}")
     for row in result["end_to_end"]:
         where = f"{row['store']}, {row['workers']} worker(s)"
