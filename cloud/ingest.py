@@ -18,12 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -35,6 +32,7 @@ from sparsetel.shared.wire import Frame, decode_frame
 from .deadletter import TokenBucket
 from .receipts import Receipts
 from .registry import Decoder, ModelRegistry
+from .stats import ServiceStats, Throttle
 from .store import FrameRow, MeasurementRow, Store
 
 __all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle", "decode_many"]
@@ -45,78 +43,6 @@ ACCEPTED = frozenset({"stored", "duplicate", "parked", "birth", "death", "stale_
 FINAL = frozenset({"stored", "duplicate", "parked", "model_mismatch", "decode_error"})
 
 log = logging.getLogger(__name__)
-
-
-class ServiceStats:
-    """Thread-safe counters; `snapshot()` is JSON-able."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._counts: Counter[str] = Counter()
-        self._rejects: Counter[str] = Counter()
-        self._gaps: Counter[str] = Counter()
-        self._started = time.monotonic()
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
-            if name == "records_stored":
-                self._lock.notify_all()
-
-    def reject(self, reason: str) -> None:
-        with self._lock:
-            self._rejects[reason] += 1
-
-    def gap(self, edge: str, missing: int) -> None:
-        with self._lock:
-            self._gaps[edge] += 1
-            self._counts["missing_frames"] += missing
-
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
-
-    def rejects(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._rejects)
-
-    def wait_for(self, name: str, n: int, timeout: float | None) -> bool:
-        with self._lock:
-            return self._lock.wait_for(lambda: self._counts[name] >= n, timeout)
-
-    def snapshot(self) -> dict[str, Any]:
-        names = ("messages", "frames_ok", "records_stored", "duplicates", "predictions")
-        more = ("births", "deaths", "stale_deaths", "missing_frames", "late_frames", "queue_full")
-        more = (*more, "parked", "unparked", "dead_letters", "dead_letters_held")
-        with self._lock:
-            out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
-            out.update({k: v for k, v in self._counts.items() if k not in out})
-            out["rejects"] = dict(sorted(self._rejects.items()))
-            out["gaps"] = dict(sorted(self._gaps.items()))
-            out["uptime_s"] = round(time.monotonic() - self._started, 3)
-        return out
-
-
-class Throttle:
-    """At most one log line per key and interval on `logger`; says how many it held back."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._next: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next.get(key, 0.0):
-            self._held[key] += 1
-            return
-        self._next[key] = now + self.interval_s
-        held, self._held[key] = self._held[key], 0
-        if held:
-            self.logger.warning(msg + " (and %d more like it)", *args, held)
-        else:
-            self.logger.warning(msg, *args)
 
 
 @dataclass
