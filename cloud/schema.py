@@ -70,8 +70,10 @@ MEASUREMENT_COLUMNS = (
 
 
 def json_floats(values: Sequence[float]) -> str:
-    """A JSON array of floats with null for NaN or infinity (JSON has neither)."""
-    return json.dumps([float(v) if math.isfinite(v) else None for v in values])
+    """A JSON array of floats with null for NaN or infinity (JSON has neither). Nine
+    significant digits: every float32 (the decoder's output, the wire's audit values) comes
+    back exactly; formatting them is less than half the cost of `json.dumps` on a worker."""
+    return "[" + ", ".join([f"{v:.9g}" if math.isfinite(v) else "null" for v in values]) + "]"
 
 
 def parse_json(value: Any) -> Any:

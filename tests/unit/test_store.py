@@ -249,3 +249,19 @@ def test_a_kpi_is_read_by_name_and_time_range_across_models(store: Store) -> Non
         ("edge-1", 0, 10),
     )
     assert "measurements_edge_t" in " ".join(str(part) for row in plan for part in row)
+
+
+def test_kpis_are_stored_as_json_that_gives_back_every_float32_exactly() -> None:
+    import json
+
+    import numpy as np
+
+    from sparsetel.cloud.schema import json_floats
+
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000)).astype(np.float32)
+    back = json.loads(json_floats([float(v) for v in values]))
+    assert np.array_equal(np.asarray(back, dtype=np.float32), values)
+    assert json.loads(json_floats([math.nan, math.inf, -math.inf, -0.0, 12.0])) == [
+        None, None, None, 0.0, 12,
+    ]  # fmt: skip
