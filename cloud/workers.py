@@ -12,7 +12,8 @@ The parent starts the workers (spawned, so none inherits the parent's threads), 
 SIGTERM/SIGINT to them, stops them all once `stop_after_records` are in the store, and sums
 their counters. A worker sees only some frames of an edge, so sequence gaps are counted in the
 store, and predictions restart their window of W measurements whenever consecutive frames of
-an edge reach different workers.
+an edge reach different workers. Each worker gives torch its share of the cores (at least
+one thread): N workers each running torch on every core would fight over them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import time
 from collections import Counter
@@ -31,7 +33,7 @@ from sparsetel.shared.signals import stop_on_signals
 from .service import ServeConfig, run_service_stats
 from .store import Store, open_store
 
-__all__ = ["run_workers", "worker_configs"]
+__all__ = ["run_workers", "torch_threads", "worker_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,19 @@ def worker_configs(cfg: ServeConfig) -> list[ServeConfig]:
     return out
 
 
-def _worker(cfg: ServeConfig, results: mp.Queue[tuple[int, dict[str, Any]]]) -> None:
+def torch_threads(workers: int, cores: int | None = None) -> int:
+    """Threads for torch in each of `workers` workers: their share of the cores, at least 1."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, workers))
+
+
+def _worker(cfg: ServeConfig, results: mp.Queue[tuple[int, dict[str, Any]]], threads: int) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    import torch  # the models' runtime: loaded in the worker anyway
+
+    torch.set_num_threads(threads)
     code, stats = run_service_stats(cfg)
     results.put((code, stats))
 
@@ -73,7 +84,7 @@ def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
     configs = worker_configs(cfg)
 
     def start(c: ServeConfig) -> mp.process.BaseProcess:
-        proc = ctx.Process(target=_worker, args=(c, results))
+        proc = ctx.Process(target=_worker, args=(c, results, torch_threads(cfg.workers)))
         proc.start()
         return proc
 

@@ -6,7 +6,7 @@ import pytest
 
 from sparsetel.cli import _build_parser
 from sparsetel.cloud.service import ServeConfig, serve_config_from_flags
-from sparsetel.cloud.workers import worker_configs
+from sparsetel.cloud.workers import torch_threads, worker_configs
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError
 
@@ -33,3 +33,9 @@ def test_the_shared_flag_switches_the_broker_to_mqtt5() -> None:
     args = _build_parser().parse_args(["serve", "--shared", "--workers", "2"])
     cfg = serve_config_from_flags(args)
     assert cfg.shared and cfg.workers == 2 and cfg.broker.protocol == "5"
+
+
+def test_each_worker_gets_its_share_of_the_cores_for_torch() -> None:
+    assert [torch_threads(n, cores=2) for n in (1, 2, 4)] == [2, 1, 1]
+    assert [torch_threads(n, cores=16) for n in (1, 3, 4, 32)] == [16, 5, 4, 1]
+    assert torch_threads(1) >= 1
