@@ -57,6 +57,12 @@ class StoreReads:
         """Number of stored measurements, of one edge or of all."""
         return self._count("measurements", edge)
 
+    def count_records(self) -> int:
+        """Measurements stored, summed over the frames table (cheap to poll: one row per frame,
+        not one per measurement)."""
+        with self._lock:
+            return int(self._query("SELECT COALESCE(SUM(n_records), 0) FROM frames")[0][0])
+
     def count_frames(self, edge: str | None = None) -> int:
         """Number of stored frames, of one edge or of all."""
         return self._count("frames", edge)

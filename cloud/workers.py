@@ -138,7 +138,7 @@ class _Progress:
         try:
             if self._store is None:
                 self._store = open_store(self.cfg.db)
-            return self._store.count_measurements() >= limit
+            return self._store.count_records() >= limit
         except Exception:  # busy, or not migrated yet: look again later
             return False
 

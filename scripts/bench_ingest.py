@@ -15,8 +15,8 @@ end through the real Mosquitto into SQLite and PostgreSQL with 1, 2 and 4 decode
 3. End to end: `sparsetel serve --workers N` as a process, the frames published QoS 1 by one
    client as fast as the broker takes them, once every worker is subscribed. Throughput is
    measurements stored over the time from the first publish until the store holds them all
-   (polled every 50 ms), so start-up is not counted. PostgreSQL runs skip when the server
-   does not answer.
+   (polled every 50 ms, from the frames table), so start-up is not counted. PostgreSQL runs
+   skip when the server does not answer.
 
 The broker is a Mosquitto of the benchmark's own on a free port, configured like
 ``deploy/mosquitto/dev.conf``. Mosquitto's default ``max_queued_messages`` is 1000: a burst of
@@ -166,7 +166,7 @@ def _end_to_end(run: Path, frames: list[bytes], url: str, db: str, workers: int)
     started = time.perf_counter()
     _publish(url, group, frames)
     with open_store(db) as store:
-        while store.count_measurements() < total and proc.poll() is None:
+        while store.count_records() < total and proc.poll() is None:
             time.sleep(0.05)
         span_s = time.perf_counter() - started
     out, _ = proc.communicate(timeout=600)

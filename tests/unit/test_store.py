@@ -265,3 +265,11 @@ def test_kpis_are_stored_as_json_that_gives_back_every_float32_exactly() -> None
     assert json.loads(json_floats([math.nan, math.inf, -math.inf, -0.0, 12.0])) == [
         None, None, None, 0.0, 12,
     ]  # fmt: skip
+
+
+def test_records_are_counted_from_the_frames_table(store: Store) -> None:
+    assert store.count_records() == 0
+    store.store_frame(_frame(0, n=3), _rows(3))
+    store.store_frame(_frame(1, edge="edge-2"), _rows())
+    store.store_frame(_frame(0, n=3), _rows(3))  # a repeat counts once
+    assert store.count_records() == store.count_measurements() == 5
