@@ -10,7 +10,9 @@ not dropped; once the model is registered (found in the registry's `models_dir` 
 frame or birth names it) the parked frames are handled like new ones (`unpark`).
 
 Predictions need the last W measurements of an edge: the ingest keeps each edge's last W-1
-count rows and continues them only across consecutive frames of one session (bd_seq).
+count rows for the next frame of the same session (bd_seq). A frame that does not follow the
+last one this worker saw (another worker took that one, or it came late) reads the W-1 rows
+before it from the store instead; the window restarts only at a frame missing there.
 """
 
 from __future__ import annotations
@@ -284,7 +286,10 @@ class FrameIngest:
             follows = (old.bd_seq, old.model_ref, old.last_seq + 1) == (
                 frame.bd_seq, frame.model_ref, frame.seq,
             )  # fmt: skip
-            prefix = old.rows if follows and old.rows is not None else counts[:0]
+            if follows and old.rows is not None:
+                prefix = old.rows
+            else:  # another worker, or an earlier run, stored the frames before this one
+                prefix = self._history(edge, frame, codec, w)
             stacked = np.concatenate([prefix, counts])
             track.rows = stacked[len(stacked) - (w - 1) :] if w > 1 else stacked[:0]
             if len(stacked) < w:
@@ -297,6 +302,27 @@ class FrameIngest:
         first = w - 1 - len(prefix)  # the first record whose window is complete
         out = none[:first] + [float(v) if math.isfinite(v) else None for v in values.ravel()]
         return out[:n], track
+
+    def _history(self, edge: str, frame: Frame, codec: Decoder, w: int) -> np.ndarray:
+        """Count rows of the last W-1 measurements before `frame` from the store: the frames
+        just before it in its session (bd_seq), consecutive and of its model; fewer (or none)
+        when one is missing."""
+        need = w - 1
+        if need < 1 or frame.seq == 0:
+            return np.zeros((0, codec.manifest.K), np.float32)
+        first = max(0, frame.seq - need)
+        by_seq: dict[int, list[tuple[int, ...]]] = {}
+        for seq, model_ref, codes in self.store.recent_codes(
+            edge, frame.bd_seq, first, frame.seq - 1
+        ):
+            if model_ref == frame.model_ref.hex():
+                by_seq.setdefault(seq, []).append(tuple(codes))
+        history: list[tuple[int, ...]] = []
+        for seq in range(frame.seq - 1, first - 1, -1):  # newest first, up to the first gap
+            if seq not in by_seq or len(history) >= need:
+                break
+            history = by_seq[seq] + history
+        return np.asarray(codec.counts(history[-need:]), np.float32).reshape(-1, codec.manifest.K)
 
     def _count_stored(self, edge: str, frame: Frame, n_predictions: int) -> None:
         self.stats.add("frames_ok")

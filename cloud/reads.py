@@ -97,6 +97,22 @@ class StoreReads:
             out.append(item)
         return out
 
+    def recent_codes(
+        self, edge: str, bd_seq: int, first_seq: int, last_seq: int
+    ) -> list[tuple[int, str, list[int]]]:
+        """(seq, model_ref hex, codes) of the measurements of frames first_seq..last_seq of one
+        session of `edge`, in order (the primary key serves it)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT seq, model_ref, codes FROM measurements WHERE edge = ? AND bd_seq = ? "
+                "AND seq >= ? AND seq <= ? ORDER BY seq, rec",
+                (edge, bd_seq, first_seq, last_seq),
+            )
+        return [
+            (int(s), str(m), [int(c) for c in codes.split(",")] if codes else [])
+            for s, m, codes in rows
+        ]
+
     def edges(self) -> list[dict[str, Any]]:
         """Every edge seen: group, edge, online, bd_seq, model_sha256, birth, updated_ms."""
         with self._lock:

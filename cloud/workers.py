@@ -11,8 +11,8 @@ on each.
 The parent starts the workers (spawned, so none inherits the parent's threads), forwards
 SIGTERM/SIGINT to them, stops them all once `stop_after_records` are in the store, and sums
 their counters. A worker sees only some frames of an edge, so sequence gaps are counted in the
-store, and predictions restart their window of W measurements whenever consecutive frames of
-an edge reach different workers. Each worker gives torch its share of the cores (at least
+store, and a worker continues an edge's prediction window from the frames that another worker
+stored before (`FrameIngest._history`). Each worker gives torch its share of the cores (at least
 one thread): N workers each running torch on every core would fight over them.
 """
 

@@ -317,6 +317,32 @@ def test_history_resets_on_a_new_session_and_on_a_gap(ingest: FrameIngest, store
     assert preds == [None, None, None, None, 30405.0, None, None, 60708.0]
 
 
+def test_shared_workers_continue_each_others_windows_from_the_store(
+    store: Store, tmp_path: Path
+) -> None:
+    """Two workers on one store, taking alternate frames of an edge (as a shared subscription
+    hands them out), predict what one worker taking them all predicts."""
+    frames = [_frame(s, [(s + 1,), (s + 2,)]) for s in range(5)]
+    frames.append(_frame(6, [(9,), (8,)]))  # seq 5 never came: a gap, the window restarts
+    one = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    for payload in frames:
+        one.handle(TOPIC, payload)
+    shared_store = open_store(tmp_path / "shared.db")
+    workers = [
+        FrameIngest(ModelRegistry([FakeCodec()]), shared_store, ServiceStats(), track_gaps=False)
+        for _ in range(2)
+    ]
+    for i, payload in enumerate(frames):
+        workers[i % 2].handle(TOPIC, payload)
+    expected = [r["prediction"] for r in store.fetch_measurements(EDGE)]
+    got = [r["prediction"] for r in shared_store.fetch_measurements(EDGE)]
+    shared_store.close()
+    assert got == expected
+    first_indices = [10202.0, 20203.0, 20303.0, 30304.0, 30404.0, 40405.0, 40505.0, 50506.0]
+    assert expected[:2] == [None, None] and expected[2:10] == first_indices
+    assert expected[10:] == [None, None]
+
+
 def test_a_duplicate_does_not_disturb_the_prediction_history(
     ingest: FrameIngest, store: Store
 ) -> None:
