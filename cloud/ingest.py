@@ -310,19 +310,14 @@ class FrameIngest:
         need = w - 1
         if need < 1 or frame.seq == 0:
             return np.zeros((0, codec.manifest.K), np.float32)
-        first = max(0, frame.seq - need)
-        by_seq: dict[int, list[tuple[int, ...]]] = {}
-        for seq, model_ref, codes in self.store.recent_codes(
-            edge, frame.bd_seq, first, frame.seq - 1
-        ):
-            if model_ref == frame.model_ref.hex():
-                by_seq.setdefault(seq, []).append(tuple(codes))
         history: list[tuple[int, ...]] = []
-        for seq in range(frame.seq - 1, first - 1, -1):  # newest first, up to the first gap
-            if seq not in by_seq or len(history) >= need:
-                break
-            history = by_seq[seq] + history
-        return np.asarray(codec.counts(history[-need:]), np.float32).reshape(-1, codec.manifest.K)
+        expected = frame.seq - 1  # the seq the next row back must have (or the one before it)
+        for seq, model_ref, codes in self.store.recent_codes(edge, frame.bd_seq, frame.seq, need):
+            if seq not in (expected, expected + 1) or model_ref != frame.model_ref.hex():
+                break  # a frame missing, or another model: the window starts after it
+            history.insert(0, tuple(codes))
+            expected = seq - 1
+        return np.asarray(codec.counts(history), np.float32).reshape(-1, codec.manifest.K)
 
     def _count_stored(self, edge: str, frame: Frame, n_predictions: int) -> None:
         self.stats.add("frames_ok")

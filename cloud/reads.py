@@ -98,15 +98,15 @@ class StoreReads:
         return out
 
     def recent_codes(
-        self, edge: str, bd_seq: int, first_seq: int, last_seq: int
+        self, edge: str, bd_seq: int, before_seq: int, limit: int
     ) -> list[tuple[int, str, list[int]]]:
-        """(seq, model_ref hex, codes) of the measurements of frames first_seq..last_seq of one
-        session of `edge`, in order (the primary key serves it)."""
+        """(seq, model_ref hex, codes) of the last `limit` measurements of one session of
+        `edge` in frames before `before_seq`, newest first (the primary key serves it)."""
         with self._lock:
             rows = self._query(
                 "SELECT seq, model_ref, codes FROM measurements WHERE edge = ? AND bd_seq = ? "
-                "AND seq >= ? AND seq <= ? ORDER BY seq, rec",
-                (edge, bd_seq, first_seq, last_seq),
+                "AND seq < ? ORDER BY seq DESC, rec DESC LIMIT ?",
+                (edge, bd_seq, before_seq, int(limit)),
             )
         return [
             (int(s), str(m), [int(c) for c in codes.split(",")] if codes else [])
