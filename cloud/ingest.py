@@ -374,13 +374,17 @@ class FrameIngest:
 
 
 def decode_many(codec: Decoder, frames: Sequence[Frame]) -> list[np.ndarray]:
-    """The KPIs of each frame (float64, [records, D]), from one pass of `codec` over all of
-    their records; ValueError when the decoder returns the wrong shape."""
-    codes = [r.codes for f in frames for r in f.records]
-    if not codes:
+    """The KPIs of each frame (float64, [records, D]), from one pass of `codec` over the
+    distinct codes of all their records (a code is a network state: a batch repeats few of
+    them, and decoding is a function of the code alone); ValueError when the decoder returns
+    the wrong shape."""
+    slot: dict[tuple[int, ...], int] = {}
+    rows = [slot.setdefault(r.codes, len(slot)) for f in frames for r in f.records]
+    if not rows:
         return [np.zeros((0, codec.manifest.D)) for _ in frames]
-    kpis = np.asarray(codec.decode(codes), dtype=np.float64)
-    if kpis.shape != (len(codes), codec.manifest.D):
-        raise ValueError(f"decode returned shape {kpis.shape} for {len(codes)} records")
+    distinct = np.asarray(codec.decode(list(slot)), dtype=np.float64)
+    if distinct.shape != (len(slot), codec.manifest.D):
+        raise ValueError(f"decode returned shape {distinct.shape} for {len(slot)} codes")
+    kpis = distinct[np.asarray(rows)]
     ends = np.cumsum([len(f.records) for f in frames])[:-1]
     return np.split(kpis, ends)

@@ -22,7 +22,9 @@ def test_ingest_benchmark_stores_everything_and_reports_each_setting(postgres_ur
         capture_output=True, check=True, timeout=600,
     )  # fmt: skip
     result = json.loads(out.stdout.decode().strip().splitlines()[-1])
-    assert result["decode_per_s_one_core"] > 0 and result["decode_predict_per_s_one_core"] > 0
+    decode = ("decode_per_s_one_core", "decode_per_frame_per_s_one_core")
+    assert all(result[k] > 0 for k in (*decode, "decode_predict_per_s_one_core")), result
+    assert result["batched_over_per_frame"] > 0
     settings = {(r["store"], r["workers"]) for r in result["end_to_end"]}
     assert settings == {("sqlite", 1), ("sqlite", 2), ("postgresql", 1), ("postgresql", 2)}
     for row in result["end_to_end"]:

@@ -122,3 +122,17 @@ def _mutated(seq: int, at: int, byte: int) -> bytes:
     if at < len(data):
         data[at] = byte
     return bytes(data)
+
+
+def test_each_distinct_code_is_decoded_once_per_batch() -> None:
+    codec = CountingCodec()
+    frames = [
+        decode_frame(_frame(0, [(1,), (2, 3), (1,)])),
+        decode_frame(_frame(1, [(2, 3), (1,), (4,)])),
+    ]
+    parts = decode_many(codec, frames)
+    assert codec.passes == [3]  # (1,), (2, 3), (4,)
+    alone = FakeCodec()
+    for frame, part in zip(frames, parts, strict=True):
+        expected = alone.decode([r.codes for r in frame.records])
+        np.testing.assert_array_equal(part, expected)
