@@ -17,6 +17,7 @@ before it from the store instead; the window restarts only at a frame missing th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -74,12 +75,17 @@ class FrameIngest:
         stats: ServiceStats,
         flood: TokenBucket | None = None,
         track_gaps: bool = True,
+        batch_commits: bool | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.stats = stats
         self.flood = flood  # DATA frames per edge beyond it are rejected as "flood"
         self.track_gaps = track_gaps  # False when other workers take some of an edge's frames
+        # One transaction per batch on PostgreSQL (fewer round trips). SQLite has one writer
+        # at a time: a batch transaction would hold its lock while the frames are decoded
+        # and predicted, so workers would take turns; a frame's commit in WAL mode is cheap.
+        self.batch_commits = store.dialect != "sqlite" if batch_commits is None else batch_commits
         self.receipts = Receipts()  # frames whose handling is final, for the edges' receipts
         self._tracks: dict[str, _Track] = {}
         self._known: set[bytes] = set()  # models whose KPI names are in the store
@@ -115,8 +121,9 @@ class FrameIngest:
             return self._reject("internal", "internal error on %s: %r", topic, exc)
 
     def handle_batch(self, messages: Sequence[tuple[str, bytes, int]]) -> list[str]:
-        """`handle` each (topic, payload, received_ms), their writes committed together (one
-        commit, one flush for the lot; each frame still stored or refused on its own).
+        """`handle` each (topic, payload, received_ms), with `batch_commits` their writes
+        committed together (one commit, one flush for the lot; each frame still stored or
+        refused on its own), else each frame's on its own.
 
         If the commit itself fails, nothing of the batch is stored: the messages are handled
         again one at a time (the counters then count those frames twice). Receipts are noted
@@ -130,7 +137,7 @@ class FrameIngest:
             self._throttle.warning("ahead", "cannot decode the batch ahead: %r", exc)
             ahead = {}
         try:
-            with self.store.batch():
+            with self.store.batch() if self.batch_commits else contextlib.nullcontext():
                 return [
                     self.handle(t, p, ms, ahead.get(i)) for i, (t, p, ms) in enumerate(messages)
                 ]

@@ -136,3 +136,12 @@ def test_each_distinct_code_is_decoded_once_per_batch() -> None:
     for frame, part in zip(frames, parts, strict=True):
         expected = alone.decode([r.codes for r in frame.records])
         np.testing.assert_array_equal(part, expected)
+
+
+def test_sqlite_commits_each_frame_and_postgresql_each_batch(stores: tuple[Store, Store]) -> None:
+    """SQLite has one writer at a time: a batch transaction would make workers take turns."""
+    sqlite = FrameIngest(ModelRegistry([FakeCodec()]), stores[0], ServiceStats())
+    assert sqlite.batch_commits is False
+    stores[1].dialect = "postgresql"  # only the choice is looked at here
+    assert FrameIngest(ModelRegistry([FakeCodec()]), stores[1], ServiceStats()).batch_commits
+    stores[1].dialect = "sqlite"

@@ -276,6 +276,7 @@ def test_a_batch_that_does_not_commit_leaves_no_receipt_behind(
         raise RuntimeError("disk still full")
 
     monkeypatch.setattr(store, "batch", failing_commit)
+    ingest.batch_commits = True
     outcomes = ingest.handle_batch([(TOPIC, _frame(s), 0) for s in range(3)])
     assert outcomes == ["store_error"] * 3
     assert len(ingest.receipts) == 0 and store.count_frames() == 0
