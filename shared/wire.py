@@ -14,6 +14,7 @@ import operator
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import WireError
 
@@ -52,10 +53,12 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 _MQTT_MAX_REMAINING = 268_435_455  # four remaining-length bytes (MQTT 3.1.1, 2.2.3)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One measurement: its time, its code (ascending indices, at most L) and, optionally,
-    the raw measurement it was coded from (`audit`, shape [D], NaN = missing KPI)."""
+    the raw measurement it was coded from (`audit`, shape [D], NaN = missing KPI).
+
+    A named tuple, not a dataclass: a decoder builds one per measurement, and a tuple is
+    made in half the time (the ingest benchmark's frame parser)."""
 
     t_ms: int
     codes: tuple[int, ...]
