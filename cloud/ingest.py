@@ -18,6 +18,7 @@ before it from the store instead; the window restarts only at a frame missing th
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from sparsetel.shared.state import parse_state
 from sparsetel.shared.topics import parse_topic
 from sparsetel.shared.wire import Frame, decode_frame
 
+from .accuracy import AccuracyRow, audit_accuracy
 from .deadletter import TokenBucket
 from .receipts import Receipts
 from .registry import Decoder, ModelRegistry
@@ -228,7 +230,8 @@ class FrameIngest:
             if frame.model_ref not in self._known:  # so its KPIs can be queried by name
                 self.store.register_model(frame.model_ref, m.kpis, m.target)
                 self._known.add(frame.model_ref)
-            stored = self.store.store_frame(row, rows)
+            accuracy = self._accuracy(edge, frame, codec, kpis, predictions)
+            stored = self.store.store_frame(row, rows, accuracy)
         except Exception as exc:
             return self._reject("store_error", "%s seq %s: %r", edge, frame.seq, exc)
         if not stored:
@@ -309,6 +312,25 @@ class FrameIngest:
         first = w - 1 - len(prefix)  # the first record whose window is complete
         out = none[:first] + [float(v) if math.isfinite(v) else None for v in values.ravel()]
         return out[:n], track
+
+    def _accuracy(
+        self,
+        edge: str,
+        frame: Frame,
+        codec: Decoder,
+        kpis: np.ndarray,
+        predictions: Sequence[float | None],
+    ) -> list[AccuracyRow]:
+        """The audit samples' error sums (`cloud.accuracy`); none when that fails (counted)."""
+        if not any(r.audit is not None for r in frame.records):
+            return []
+        try:
+            earlier = functools.partial(self.store.prediction_for, edge)
+            return audit_accuracy(edge, frame, codec, kpis, predictions, earlier)
+        except Exception as exc:  # the measurements matter more than their audit
+            self._throttle.warning("accuracy", "audit of %s failed: %r", edge, exc)
+            self.stats.add("accuracy_errors")
+            return []
 
     def _history(self, edge: str, frame: Frame, codec: Decoder, w: int) -> np.ndarray:
         """Count rows of the last W-1 measurements before `frame` from the store: the frames

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -179,3 +180,47 @@ class StoreReads:
         if self.dialect == "postgresql":
             return f"(kpis->>{int(i)})::double precision"
         return f"json_extract(kpis, '$[{int(i)}]')"
+
+    # -- live accuracy (cloud.accuracy) ---------------------------------------------------
+
+    def prediction_for(self, edge: str, t_made: int, t_for: int) -> float | None:
+        """The prediction stored with the measurement of `edge` at `t_made` for `t_for`."""
+        with self._lock:
+            rows = self._query(
+                "SELECT prediction FROM measurements WHERE edge = ? AND t_ms = ? "
+                "AND predicted_t_ms = ? AND prediction IS NOT NULL LIMIT 1",
+                (edge, t_made, t_for),
+            )
+        return float(rows[0][0]) if rows else None
+
+    def accuracy(
+        self, since_ms: int | None = None, until_ms: int | None = None, edge: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Live accuracy per edge, model and L over the buckets in [since_ms, until_ms): the
+        audits, `nmse` (None without a measured value), and the target's `mae` and `rmse` in
+        raw units (None without a prediction to check)."""
+        where = ["bucket_ms >= ?", "bucket_ms < ?"]
+        params: list[Any] = [-(2**63) if since_ms is None else since_ms]
+        params.append(2**63 - 1 if until_ms is None else until_ms)
+        if edge is not None:
+            where.append("edge = ?")
+            params.append(edge)
+        with self._lock:
+            rows = self._query(
+                "SELECT edge, model_ref, L, SUM(audits), SUM(values_n), SUM(recon_se), "
+                "SUM(recon_ss), SUM(target_n), SUM(target_ae), SUM(target_se), "
+                f"MIN(bucket_ms), MAX(bucket_ms) FROM accuracy WHERE {' AND '.join(where)} "
+                "GROUP BY edge, model_ref, L ORDER BY edge, model_ref",
+                params,
+            )
+        out = []
+        for edge_id, ref, L, audits, values_n, se, ss, n, ae, tse, first, last in rows:
+            out.append({
+                "edge": edge_id, "model_ref": ref, "L": int(L), "audits": int(audits),
+                "nmse": float(se) / float(ss) if values_n and ss else None,
+                "target_n": int(n),
+                "target_mae": float(ae) / n if n else None,
+                "target_rmse": math.sqrt(float(tse) / n) if n else None,
+                "first_bucket_ms": int(first), "last_bucket_ms": int(last),
+            })  # fmt: skip
+        return out

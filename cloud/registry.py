@@ -53,6 +53,10 @@ class Decoder(Protocol):
         """KPIs in raw units (shape: [N, D]) of N codes (each at most L indices < K)."""
         ...
 
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """Raw KPIs (shape: [N, D]) in the model's normalised space, NaN kept."""
+        ...
+
     def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
         """Codeword counts, float32 (shape: [N, K]), the predictor's input rows."""
         ...

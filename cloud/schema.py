@@ -62,6 +62,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             model_ref TEXT PRIMARY KEY, kpis {json} NOT NULL, target TEXT NOT NULL,
             registered_ms {bigint} NOT NULL)""",
     ),
+    (  # 4: live accuracy from audit samples, summed per minute (see cloud.accuracy)
+        """CREATE TABLE accuracy (
+            edge TEXT NOT NULL, model_ref TEXT NOT NULL, L INTEGER NOT NULL,
+            bucket_ms {bigint} NOT NULL, audits INTEGER NOT NULL, values_n INTEGER NOT NULL,
+            recon_se {real} NOT NULL, recon_ss {real} NOT NULL, target_n INTEGER NOT NULL,
+            target_ae {real} NOT NULL, target_se {real} NOT NULL,
+            PRIMARY KEY (edge, model_ref, bucket_ms))""",
+    ),
 )
 
 MEASUREMENT_COLUMNS = (

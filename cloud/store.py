@@ -22,14 +22,34 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
+from .accuracy import AccuracyRow
 from .reads import StoreReads
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
 
 __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
+
+
+_ADD_ACCURACY = (
+    "INSERT INTO accuracy (edge, model_ref, L, bucket_ms, audits, values_n, recon_se, "
+    "recon_ss, target_n, target_ae, target_se) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = accuracy.{c} + excluded.{c}"
+        for c in (
+            "audits",
+            "values_n",
+            "recon_se",
+            "recon_ss",
+            "target_n",
+            "target_ae",
+            "target_se",
+        )
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -192,8 +212,14 @@ class Store(StoreReads):
 
     # -- writing --------------------------------------------------------------------------
 
-    def store_frame(self, frame: FrameRow, measurements: Sequence[MeasurementRow]) -> bool:
-        """Write `frame` and its `measurements` in one transaction.
+    def store_frame(
+        self,
+        frame: FrameRow,
+        measurements: Sequence[MeasurementRow],
+        accuracy: Sequence[AccuracyRow] = (),
+    ) -> bool:
+        """Write `frame` and its `measurements` in one transaction, and add its audit
+        `accuracy` sums to their buckets in the same one.
 
         Returns False, writing nothing, when (edge, bd_seq, seq) is already stored: the
         database's unique constraint decides, so this holds across processes too.
@@ -237,6 +263,8 @@ class Store(StoreReads):
                 for m in measurements
             ]
             self._insert_measurements(rows)
+            if accuracy:
+                self._execute_many(_ADD_ACCURACY, [astuple(a) for a in accuracy])
         return True
 
     def set_edge_state(

@@ -49,6 +49,9 @@ class EdgeConfig:
       cloud's receipt that the database has it; see `sparsetel.shared.receipt`), which
       survives a broker restart; `confirm_wait_s`: with "store", how long a frame the broker
       took waits for its receipt before it is published again (doubling per try).
+    - `audit_share`: the share of measurements (drawn at random) that also travel raw in
+      their frame (audit samples), so the cloud can measure its live reconstruction and
+      prediction error; 0 = none.
     - `max_queued_frames`: frames held in memory for the broker; beyond, they wait in the
       spool and are resent once the queue has drained to half.
     - `health_interval_s`: how often a heartbeat goes to the HEALTH topic.
@@ -80,6 +83,7 @@ class EdgeConfig:
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
     confirm: str = "broker"
+    audit_share: float = 0.0
     confirm_wait_s: float = 30.0
     max_queued_frames: int = 10_000
     health_interval_s: float = 30.0
@@ -100,6 +104,7 @@ class EdgeConfig:
             ("ack_timeout_s", self.ack_timeout_s >= 0, ">= 0"),
             ("confirm", self.confirm in ("broker", "store"), '"broker" or "store"'),
             ("confirm_wait_s", 0 < self.confirm_wait_s <= 86_400, "in (0, 86400]"),
+            ("audit_share", 0.0 <= self.audit_share <= 1.0, "in [0, 1]"),
             ("max_queued_frames", self.max_queued_frames >= 1, ">= 1"),
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
             ("fetch_timeout_s", 0 < self.fetch_timeout_s <= 3600, "in (0, 3600]"),
@@ -140,6 +145,7 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "ack_timeout_s": flag("ack_timeout"),
         "confirm": flag("confirm"),
         "confirm_wait_s": flag("confirm_wait"),
+        "audit_share": flag("audit_share"),
         "trust_key": flag("trust_key"),
         "spool_max_bytes": flag("spool_max_bytes"),
         "spool_max_age_s": flag("spool_max_age"),

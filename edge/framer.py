@@ -66,6 +66,7 @@ class AgentStats:
     resent: int = 0
     receipts: int = 0
     confirmed: int = 0
+    audits: int = 0
     spool_depth: int = 0
     spool_dropped: int = 0
     switches: int = 0
@@ -87,6 +88,7 @@ class Framer:
 
     def __init__(self, cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> None:
         self.cfg = cfg
+        self._audit_rng = np.random.default_rng()  # which measurements go out raw as well
         self.stats = stats
         self.group = validate_id(cfg.group)
         self.edge = validate_id(cfg.edge_id)
@@ -199,6 +201,7 @@ class Framer:
             "frames_acked": publisher.stats.acked,
             "replayed": self.delivery.stats.replayed if self.delivery else 0,
             "confirmed": spool.stats.confirmed if spool else 0,
+            "audits": self.stats.audits,
             "rejects": dict(self.stats.rejects + self.source.stats.rejects),
             "spool_depth": spool.depth if spool else 0,
             "spool_bytes": spool.size_bytes if spool else 0,
@@ -258,7 +261,12 @@ class Framer:
                 log.error("batch of %s dropped: %s", len(batch), final)
                 return
         self.models.encoded()
-        records = tuple(Record(m.t_ms, c) for m, c in zip(batch, codes, strict=True))
+        audited = self._audit_rng.random(len(batch)) < self.cfg.audit_share
+        records = tuple(
+            Record(m.t_ms, c, tuple(m.values.tolist()) if sample else None)
+            for m, c, sample in zip(batch, codes, audited.tolist(), strict=True)
+        )
+        self.stats.audits += int(audited.sum())
         self._publish(records, tuple(m.pos for m in batch), publisher)
 
     def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:

@@ -143,6 +143,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "(doubling per try; default 30)",
     )
     p.add_argument(
+        "--audit-share",
+        type=float,
+        help="share of measurements also sent raw, for the cloud's live accuracy (e.g. 0.01; "
+        "default 0)",
+    )
+    p.add_argument(
         "--ack-timeout",
         type=float,
         help="seconds to wait for acks (and receipts) at the end of the source (default 10)",

@@ -164,3 +164,12 @@ def test_postgres_reads_a_kpi_by_name_and_time_range(pg_url: str) -> None:
             "AND t_ms < 10"
         )
     assert "measurements_edge_t" in " ".join(row[0] for row in plan), plan
+
+
+def test_postgres_sums_live_accuracy_per_bucket(pg_url: str) -> None:
+    from tests.unit.test_accuracy import (
+        test_audits_give_the_live_nmse_and_the_targets_prediction_error as check,
+    )
+
+    with open_store(pg_url) as store:
+        check(store)

@@ -67,6 +67,9 @@ class FakeCodec:
     def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
         return np.array([[len(c), sum(c), math.nan] for c in codes], dtype=np.float32)
 
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) / 10.0
+
     def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
         out = np.zeros((len(codes), self.manifest.K), np.float32)
         for i, c in enumerate(codes):

@@ -1,0 +1,105 @@
+"""Live accuracy from audit samples: how well the stored KPIs and predictions match the raw
+measurements the edges send beside a share of their codes (``sparsetel edge --audit-share``).
+
+For each stored frame, the audited records give, per minute of measurement time (a bucket):
+
+- the reconstruction error in the model's normalised space: the sum of squared errors and the
+  sum of squared true values over the KPIs that were measured, so NMSE = se / ss for any span
+  of buckets, the same figure as ``sparsetel evaluate``'s offline `nmse`;
+- the target KPI's prediction error: for an audited measurement at time t, the prediction made
+  h periods earlier for t (in this frame, or stored with an earlier one), as absolute and
+  squared error in raw units.
+
+Buckets are sums, so sliding windows are sums of buckets (`Store.accuracy`). They are written
+in the transaction of their frame, so a repeated frame never counts twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsetel.shared.wire import Frame
+
+from .registry import Decoder
+
+__all__ = ["BUCKET_MS", "AccuracyRow", "audit_accuracy"]
+
+BUCKET_MS = 60_000
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """The error sums of one bucket of one edge and model (see the module docstring)."""
+
+    edge: str
+    model_ref: str
+    L: int
+    bucket_ms: int
+    audits: int = 0
+    values_n: int = 0
+    recon_se: float = 0.0
+    recon_ss: float = 0.0
+    target_n: int = 0
+    target_ae: float = 0.0
+    target_se: float = 0.0
+
+
+def audit_accuracy(
+    edge: str,
+    frame: Frame,
+    codec: Decoder,
+    kpis: np.ndarray,
+    predictions: Sequence[float | None],
+    earlier: Callable[[int, int], float | None],
+) -> list[AccuracyRow]:
+    """The buckets of `frame`'s audited records; `kpis` are its decoded KPIs ([N, D], raw
+    units), `predictions` its stored predictions, `earlier(t_made, t_for)` the prediction
+    stored with an earlier frame for time `t_for`, made at `t_made` (None when there is none)."""
+    audited = [i for i, r in enumerate(frame.records) if r.audit is not None]
+    if not audited:
+        return []
+    m = codec.manifest
+    truth = np.array([frame.records[i].audit for i in audited], dtype=np.float64)
+    z_true = np.asarray(codec.normalise(truth), dtype=np.float64)
+    z_dec = np.asarray(codec.normalise(kpis[audited]), dtype=np.float64)
+    seen = np.isfinite(z_true) & np.isfinite(z_dec)
+    se = np.where(seen, (z_dec - z_true) ** 2, 0.0).sum(axis=1)
+    ss = np.where(seen, z_true**2, 0.0).sum(axis=1)
+    target = m.kpis.index(m.target) if m.target in m.kpis else None
+    step = codec.horizon * frame.period_ms
+    made = {
+        r.t_ms + step: p for r, p in zip(frame.records, predictions, strict=True) if p is not None
+    }
+    sums: dict[int, dict[str, float]] = {}
+    for row, i in enumerate(audited):
+        t = frame.records[i].t_ms
+        b = sums.setdefault(t - t % BUCKET_MS, dict.fromkeys(_FIELDS, 0.0))
+        b["audits"] += 1
+        b["values_n"] += int(seen[row].sum())
+        b["recon_se"] += float(se[row])
+        b["recon_ss"] += float(ss[row])
+        actual = truth[row, target] if target is not None else math.nan
+        if not math.isfinite(actual) or step <= 0:
+            continue
+        predicted = made.get(t)
+        if predicted is None:
+            predicted = earlier(t - step, t)
+        if predicted is not None and math.isfinite(predicted):
+            b["target_n"] += 1
+            b["target_ae"] += abs(predicted - actual)
+            b["target_se"] += (predicted - actual) ** 2
+    ref = frame.model_ref.hex()
+    counts = ("audits", "values_n", "target_n")
+    return [
+        AccuracyRow(
+            edge, ref, frame.L, bucket, **{k: int(x) if k in counts else x for k, x in v.items()}
+        )
+        for bucket, v in sorted(sums.items())
+    ]
+
+
+_FIELDS = ("audits", "values_n", "recon_se", "recon_ss", "target_n", "target_ae", "target_se")
