@@ -43,7 +43,10 @@ from .store import FrameRow, MeasurementRow, Store
 __all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle", "decode_many"]
 
 # What `FrameIngest.handle` returns for a message it did not reject.
-ACCEPTED = frozenset({"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored"})
+ACCEPTED = frozenset(
+    {"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored", "health"}
+)
+MAX_HEALTH_BYTES = 64 * 1024
 # Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
 FINAL = frozenset({"stored", "duplicate", "parked", "model_mismatch", "decode_error"})
 
@@ -115,6 +118,8 @@ class FrameIngest:
                 return outcome
             if kind == "STATE":
                 return self._state(parts.group, parts.edge, bytes(payload), now_ms)
+            if kind == "HEALTH":
+                return self._health(parts.group, parts.edge, bytes(payload), now_ms)
             raise WireError(f"unexpected topic kind {kind}", reason="topic")
         except WireError as exc:
             return self._reject(exc.reason, "%s: %s", topic, exc)
@@ -391,6 +396,23 @@ class FrameIngest:
                 edge, state.model_ref,
             )  # fmt: skip
         return "birth"
+
+    def _health(self, group: str, edge: str, payload: bytes, now_ms: int) -> str:
+        """Keep an edge's heartbeat (`edge.health`) for `sparsetel status` and the monitor."""
+        try:
+            if len(payload) > MAX_HEALTH_BYTES:
+                raise ValueError(f"{len(payload)} bytes, over {MAX_HEALTH_BYTES}")
+            body = json.loads(payload)
+            if not isinstance(body, dict) or body.get("edge", edge) != edge:
+                raise ValueError("not a heartbeat of this edge")
+        except (ValueError, RecursionError) as exc:
+            return self._reject("health_invalid", "%s heartbeat: %s", edge, exc)
+        try:
+            self.store.set_health(group, edge, body, now_ms)
+        except Exception as exc:
+            return self._reject("store_error", "%s heartbeat: %r", edge, exc)
+        self.stats.add("heartbeats")
+        return "health"
 
     def _resolved(self, model_ref_hex: str) -> bool:
         """Whether the model a birth names is registered (now, looking in models_dir if

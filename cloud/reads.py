@@ -224,3 +224,34 @@ class StoreReads:
                 "first_bucket_ms": int(first), "last_bucket_ms": int(last),
             })  # fmt: skip
         return out
+
+    # -- fleet (cloud.status) -------------------------------------------------------------
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Each edge's latest heartbeat: {"group", "received_ms", "body"}."""
+        with self._lock:
+            rows = self._query('SELECT edge, "group", received_ms, body FROM health')
+        return {
+            str(e): {"group": g, "received_ms": int(ms), "body": parse_json(body)}
+            for e, g, ms, body in rows
+        }
+
+    def frame_totals(self, since_ms: int) -> dict[str, dict[str, int]]:
+        """Per edge: frames, measurements and payload bytes stored, in all and since
+        `since_ms` (by arrival), and when its last frame arrived."""
+        with self._lock:
+            rows = self._query(
+                "SELECT edge, COUNT(*), SUM(n_records), SUM(n_bytes), MAX(received_ms), "
+                "SUM(CASE WHEN received_ms >= ? THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN received_ms >= ? THEN n_records ELSE 0 END) "
+                "FROM frames GROUP BY edge",
+                (since_ms, since_ms),
+            )
+        return {
+            str(e): {
+                "frames": int(f), "measurements": int(m), "bytes": int(b),
+                "last_frame_ms": int(last), "recent_frames": int(rf),
+                "recent_measurements": int(rm),
+            }
+            for e, f, m, b, last, rf, rm in rows
+        }  # fmt: skip

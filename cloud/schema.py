@@ -70,6 +70,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             target_ae {real} NOT NULL, target_se {real} NOT NULL,
             PRIMARY KEY (edge, model_ref, bucket_ms))""",
     ),
+    (  # 5: each edge's latest heartbeat (its spool, rejects, encode latency)
+        """CREATE TABLE health (
+            edge TEXT PRIMARY KEY, "group" TEXT NOT NULL, received_ms {bigint} NOT NULL,
+            body {json} NOT NULL)""",
+    ),
 )
 
 MEASUREMENT_COLUMNS = (

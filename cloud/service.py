@@ -30,6 +30,7 @@ from sparsetel.shared.errors import ConfigError, SparsetelError
 from sparsetel.shared.signals import stop_on_signals
 from sparsetel.shared.topics import (
     data_subscription,
+    health_subscription,
     shared_subscription,
     state_subscription,
     validate_id,
@@ -135,6 +136,8 @@ class DecoderService:
         self._throttle = Throttle(log)
         data = data_subscription(cfg.group)
         self._data_filter = shared_subscription(data) if cfg.shared else data
+        health = health_subscription(cfg.group)
+        self._health_filter = shared_subscription(health) if cfg.shared else health
         self._store_gaps: dict[str, int] | None = None  # shared: read from the store at stop
 
     # -- life cycle -------------------------------------------------------------------------
@@ -332,7 +335,13 @@ class DecoderService:
             log.warning("broker refused the connection: %s", rc)
             return
         self._stats.add("connects")
-        client.subscribe([(self._data_filter, 1), (state_subscription(self.cfg.group), 1)])
+        client.subscribe(
+            [
+                (self._data_filter, 1),
+                (state_subscription(self.cfg.group), 1),
+                (self._health_filter, 0),
+            ]
+        )
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         refused = [str(c) for c in codes if c.is_failure]

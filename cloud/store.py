@@ -306,6 +306,17 @@ class Store(StoreReads):
             )
         return changed > 0
 
+    def set_health(self, group: str, edge: str, body: Mapping[str, Any], received_ms: int) -> None:
+        """Keep `edge`'s latest heartbeat (a later one replaces it; an older one is ignored)."""
+        with self._transaction():
+            self._execute(
+                'INSERT INTO health (edge, "group", received_ms, body) VALUES (?, ?, ?, ?) '
+                'ON CONFLICT (edge) DO UPDATE SET "group" = excluded."group", '
+                "received_ms = excluded.received_ms, body = excluded.body "
+                "WHERE excluded.received_ms >= health.received_ms",
+                (edge, group, received_ms, json.dumps(dict(body))),
+            )
+
     def register_model(self, model_ref: bytes, kpis: Sequence[str], target: str) -> None:
         """Record the KPI names, in order, of the model that `model_ref` names (once)."""
         with self._transaction():

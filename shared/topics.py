@@ -28,6 +28,7 @@ __all__ = [
     "dead_letter_topic",
     "deploy_subscription",
     "deploy_topic",
+    "health_subscription",
     "health_topic",
     "model_topic",
     "ncmd_topic",
@@ -122,6 +123,11 @@ def _subscription(kind: Kind, group: str) -> str:
 def data_subscription(group: str = "+") -> str:
     """Filter for the frames of every edge of `group` (``"+"``: of every group)."""
     return _subscription("DATA", group)
+
+
+def health_subscription(group: str = "+") -> str:
+    """Filter for the heartbeats of every edge of `group` (``"+"``: of every group)."""
+    return _subscription("HEALTH", group)
 
 
 def state_subscription(group: str = "+") -> str:

@@ -207,6 +207,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many rows")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of CSV")
 
+    p = sub.add_parser("status", help="the fleet at a glance, from the decoder's store")
+    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    p.add_argument("--window", type=float, default=60.0, help="seconds for the rates (default 60)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
     p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
     p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
     p.add_argument("--force", action="store_true", help="replace a key pair already there")
@@ -336,6 +341,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return run_query(args.db, args.edge, args.kpi, args.start, args.end, args.limit, args.json)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.status import run_status
+
+    return run_status(args.db, args.json, args.window)
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from sparsetel.cloud.keys import keygen
 
@@ -414,6 +425,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "edge": _cmd_edge,
     "serve": _cmd_serve,
     "query": _cmd_query,
+    "status": _cmd_status,
     "keygen": _cmd_keygen,
     "deploy": _cmd_deploy,
     "rollback": _cmd_rollback,

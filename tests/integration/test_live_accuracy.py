@@ -17,6 +17,7 @@ from sparsetel.cloud.evaluate import evaluate_run
 from sparsetel.cloud.export import export_run
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.simulator import write_sessions
+from sparsetel.cloud.status import fleet_status
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig
 from tests.quickrun import quick_run
@@ -42,7 +43,8 @@ def test_audit_samples_give_the_live_accuracy(
         agent = subprocess.run(
             [sys.executable, "-m", "sparsetel", "edge", "--model", str(run), "--source",
              str(source), "--group", group, "--edge-id", "audited", "--broker", broker_url,
-             "--audit-share", str(SHARE), "--state-dir", str(tmp_path / "edge"), "--json"],
+             "--audit-share", str(SHARE), "--state-dir", str(tmp_path / "edge"), "--json",
+             "--health-interval", "0.2", "--rate", "1000"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert agent.returncode == 0, agent.stderr[-2000:]
@@ -53,6 +55,7 @@ def test_audit_samples_give_the_live_accuracy(
     with open_store(str(db)) as store:
         rows = store.fetch_measurements(edge="audited")
         (live,) = store.accuracy(edge="audited")
+        (fleet,) = fleet_status(store)["edges"]
     audited = [r for r in rows if r["audit"] is not None]
     n = len(rows)
     assert len(audited) == sent["audits"] == live["audits"]
@@ -71,3 +74,8 @@ def test_audit_samples_give_the_live_accuracy(
           "target_mae": live["target_mae"]}))  # fmt: skip
     assert live["nmse"] <= 2 * offline + 0.05
     assert live["target_n"] > 0.8 * len(audited) and live["target_mae"] is not None
+    # the same run in `sparsetel status`: heartbeats came through the broker too
+    print("status:", json.dumps(fleet))
+    assert (fleet["edge"], fleet["online"], fleet["measurements"]) == ("audited", False, n)
+    assert fleet["spool_depth"] is not None and fleet["heartbeat_age_s"] is not None
+    assert fleet["compression_ratio"] > 1 and fleet["gaps"] == 0

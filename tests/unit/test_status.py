@@ -1,0 +1,106 @@
+"""Heartbeats kept by the decoder, and ``sparsetel status``: the fleet at a glance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sparsetel.cli import main
+from sparsetel.cloud.ingest import FrameIngest, ServiceStats
+from sparsetel.cloud.registry import ModelRegistry
+from sparsetel.cloud.status import fleet_status, format_status
+from sparsetel.cloud.store import Store, open_store
+from sparsetel.shared.state import birth_payload, state_from_manifest
+from sparsetel.shared.topics import health_topic, state_topic
+from tests.unit.test_service import GROUP, TOPIC, FakeCodec, _frame
+
+EDGE = "e1"
+NOW = 1_700_000_100_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "fleet.db")
+    yield s
+    s.close()
+
+
+def _beat(edge: str = EDGE, **body: object) -> bytes:
+    return json.dumps({"edge": edge, "group": GROUP, **body}).encode()
+
+
+def test_heartbeats_are_kept_latest_first_and_bad_ones_rejected(store: Store) -> None:
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    topic = health_topic(GROUP, EDGE)
+    assert ingest.handle(topic, _beat(spool_depth=3), received_ms=200) == "health"
+    assert ingest.handle(topic, _beat(spool_depth=9), received_ms=100) == "health"  # older
+    assert store.health()[EDGE]["body"]["spool_depth"] == 3
+    assert ingest.handle(topic, b"{not json") == "health_invalid"
+    assert ingest.handle(topic, _beat("e2")) == "health_invalid"  # another edge's body
+    assert ingest.handle(topic, b"[1, 2]") == "health_invalid"
+    assert ingest.handle(topic, _beat(pad="x" * 70_000)) == "health_invalid"
+    assert ingest.stats.rejects() == {"health_invalid": 4}
+
+
+def _fleet(store: Store) -> None:
+    """e1: online, 3 frames of 2 measurements (the last 40 s ago), a gap, a heartbeat; e2: a
+    heartbeat only."""
+    codec = FakeCodec()
+    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats())
+    birth = state_from_manifest(
+        codec.manifest, edge=EDGE, group=GROUP, bd_seq=0, agent_version="0.1",
+        runtime_version="ort", timestamp_ms=5,
+    )  # fmt: skip
+    ingest.handle(state_topic(GROUP, EDGE), birth_payload(birth), received_ms=NOW - 300_000)
+    for seq, age_s in ((0, 200), (1, 40), (3, 40)):  # seq 2 never came
+        assert ingest.handle(TOPIC, _frame(seq), received_ms=NOW - 1000 * age_s) == "stored"
+    beat = _beat(spool_depth=4, rejects={"out_of_range": 2, "nan": 1})
+    ingest.handle(health_topic(GROUP, EDGE), beat, received_ms=NOW - 12_000)
+    ingest.handle(health_topic(GROUP, "e2"), _beat("e2", spool_depth=0), received_ms=NOW)
+
+
+def test_the_fleet_summary_has_each_edges_numbers(store: Store) -> None:
+    _fleet(store)
+    status = fleet_status(store, now_ms=NOW, window_s=60)
+    e1, e2 = status["edges"]
+    per = sum(len(_frame(s)) for s in (0, 1, 3)) / 6
+    sha = FakeCodec().manifest.model_sha256
+    assert e1 == {
+        "edge": EDGE, "group": GROUP, "online": True, "model_sha256": sha,
+        "L": 3, "frames": 3, "measurements": 6, "frames_per_s": 2 / 60,
+        "measurements_per_s": 4 / 60,
+        "bytes_per_measurement": per, "compression_ratio": 4 * 3 / per, "gaps": 1,
+        "edge_rejects": 3, "spool_depth": 4, "heartbeat_age_s": 12.0,
+    }  # fmt: skip
+    assert (e2["edge"], e2["online"], e2["frames"], e2["spool_depth"]) == ("e2", False, 0, 0)
+    assert e2["bytes_per_measurement"] is None and e2["heartbeat_age_s"] == 0.0
+    assert status["totals"] == {
+        "edges": 2, "online": 1, "measurements": 6, "measurements_per_s": 4 / 60, "gaps": 1,
+    }  # fmt: skip
+    table = format_status(status).splitlines()
+    assert table[0].split() == [
+        "edge", "online", "model", "L", "meas/s", "frames/s", "B/meas", "ratio", "gaps",
+        "rejects", "spool", "beat", "age",
+    ]  # fmt: skip
+    assert table[1].split()[:2] == [EDGE, "yes"] and table[1].endswith("12 s")
+    assert table[-1] == (
+        "1 of 2 edges online; 6 measurements stored, 0.1/s over the last 60 s; 1 frames missing"
+    )
+
+
+def test_status_prints_the_table_or_json_and_refuses_a_bad_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "fleet.db"
+    with open_store(db) as store:
+        _fleet(store)
+    assert main(["status", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(EDGE)
+    assert main(["status", "--db", str(db), "--json", "--window", "3600"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["window_s"] == 3600 and [e["edge"] for e in body["edges"]] == [EDGE, "e2"]
+    assert main(["status", "--db", str(db), "--window", "0"]) == 2
+    assert "--window must be > 0" in capsys.readouterr().err
