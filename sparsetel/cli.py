@@ -212,6 +212,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="seconds for the rates (default 60)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
+    p = sub.add_parser("monitor", help="serve the fleet's Prometheus metrics from the store")
+    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=9464, help="port (default 9464)")
+    p.add_argument("--window", type=float, default=60.0, help="seconds for the rates (default 60)")
+
     p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
     p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
     p.add_argument("--force", action="store_true", help="replace a key pair already there")
@@ -347,6 +353,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run_status(args.db, args.json, args.window)
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.metrics import run_monitor
+
+    if not args.window > 0:
+        raise ValueError(f"--window must be > 0, got {args.window}")
+    return run_monitor(args.db, args.host, args.port, args.window)
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from sparsetel.cloud.keys import keygen
 
@@ -426,6 +440,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "query": _cmd_query,
     "status": _cmd_status,
+    "monitor": _cmd_monitor,
     "keygen": _cmd_keygen,
     "deploy": _cmd_deploy,
     "rollback": _cmd_rollback,

@@ -1,0 +1,136 @@
+"""Prometheus metrics of the fleet, read from the decoder's store at each scrape.
+
+`FleetCollector` turns `cloud.status.fleet_status` and the live accuracy of
+`Store.accuracy` into metrics named ``sparsetel_*`` in base units (bytes, seconds, ratios).
+``sparsetel monitor`` serves them at ``/metrics``:
+
+- per edge (labels ``edge``, ``group``): ``sparsetel_edge_online``,
+  ``sparsetel_edge_measurements_total``, ``sparsetel_edge_measurements_per_second``,
+  ``sparsetel_edge_frames_per_second``, ``sparsetel_edge_wire_bytes_per_measurement``,
+  ``sparsetel_edge_compression_ratio``, ``sparsetel_edge_missing_frames``,
+  ``sparsetel_edge_rejected_measurements``, ``sparsetel_edge_spool_frames``,
+  ``sparsetel_edge_heartbeat_age_seconds``;
+- per edge, model and L over the accuracy window: ``sparsetel_live_reconstruction_nmse``,
+  ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .status import fleet_status
+from .store import Store, open_store
+
+__all__ = ["FleetCollector", "monitor_app", "run_monitor"]
+
+log = logging.getLogger(__name__)
+
+_EDGE_GAUGES = (
+    ("online", "online", "1 while the edge's birth stands, 0 after its death"),
+    ("measurements_per_second", "measurements_per_s", "measurements stored per second"),
+    ("frames_per_second", "frames_per_s", "frames stored per second"),
+    ("wire_bytes_per_measurement", "bytes_per_measurement", "frame payload bytes per measurement"),
+    ("compression_ratio", "compression_ratio", "raw float32 bytes over wire bytes"),
+    ("missing_frames", "gaps", "frames missing from the edge's sessions"),
+    ("rejected_measurements", "edge_rejects", "measurements the edge rejected (heartbeat)"),
+    ("spool_frames", "spool_depth", "frames in the edge's spool (heartbeat)"),
+    ("heartbeat_age_seconds", "heartbeat_age_s", "seconds since the edge's last heartbeat"),
+)
+
+
+class FleetCollector(Collector):
+    """The fleet's metrics, computed from `store` when scraped (rates over `window_s`,
+    accuracy over the last `accuracy_window_s`)."""
+
+    def __init__(self, store: Store, window_s: float = 60.0, accuracy_window_s: float = 3600.0):
+        self.store = store
+        self.window_s = window_s
+        self.accuracy_window_s = accuracy_window_s
+
+    def collect(self) -> Iterator[Metric]:
+        now_ms = int(time.time() * 1000)
+        status = fleet_status(self.store, now_ms, self.window_s)
+        labels = ["edge", "group"]
+        total = CounterMetricFamily(
+            "sparsetel_edge_measurements", "measurements stored", labels=labels
+        )
+        gauges = {
+            key: GaugeMetricFamily(f"sparsetel_edge_{name}", text, labels=labels)
+            for name, key, text in _EDGE_GAUGES
+        }
+        for edge in status["edges"]:
+            values = [edge["edge"], edge["group"] or ""]
+            total.add_metric(values, edge["measurements"])
+            for key, family in gauges.items():
+                if edge[key] is not None:
+                    family.add_metric(values, float(edge[key]))
+        yield total
+        yield from gauges.values()
+        yield from self._accuracy(now_ms)
+
+    def _accuracy(self, now_ms: int) -> Iterable[Metric]:
+        labels = ["edge", "model", "L"]
+        families = {
+            "nmse": GaugeMetricFamily(
+                "sparsetel_live_reconstruction_nmse",
+                "reconstruction NMSE of the audit samples, normalised space",
+                labels=labels,
+            ),
+            "target_mae": GaugeMetricFamily(
+                "sparsetel_live_target_mae",
+                "mean absolute error of the target KPI's predictions, in its unit",
+                labels=labels,
+            ),
+            "audits": GaugeMetricFamily(
+                "sparsetel_live_audits", "audit samples in the accuracy window", labels=labels
+            ),
+        }
+        since = now_ms - int(self.accuracy_window_s * 1000)
+        for row in self.store.accuracy(since_ms=since):
+            values = [row["edge"], row["model_ref"], str(row["L"])]
+            for key, family in families.items():
+                if row[key] is not None:
+                    family.add_metric(values, float(row[key]))
+        return families.values()
+
+
+def monitor_app(store: Store, window_s: float = 60.0) -> Callable[..., Any]:
+    """A WSGI app: ``/metrics`` (Prometheus text format) and, at ``/``, a line saying so."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store, window_s))
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "/") == "/metrics":
+            return metrics(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"sparsetel monitor: Prometheus metrics at /metrics\n"]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def run_monitor(db: str, host: str = "127.0.0.1", port: int = 9464, window_s: float = 60.0) -> int:
+    """``sparsetel monitor``: serve the metrics until interrupted; 0."""
+    with open_store(db) as store:
+        server = make_server(host, port, monitor_app(store, window_s), handler_class=_QuietHandler)
+        log.info("sparsetel monitor: http://%s:%s/metrics", host, server.server_port)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    return 0

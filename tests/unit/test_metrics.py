@@ -1,0 +1,96 @@
+"""Prometheus metrics of the fleet (`cloud.metrics`), read from the store at each scrape, and
+``sparsetel monitor`` serving them over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sparsetel.cloud.ingest import FrameIngest, ServiceStats
+from sparsetel.cloud.metrics import FleetCollector
+from sparsetel.cloud.registry import ModelRegistry
+from sparsetel.cloud.store import Store, open_store
+from tests.unit.test_accuracy import _frame as audited_frame
+from tests.unit.test_service import REF, TOPIC, FakeCodec
+from tests.unit.test_status import EDGE, GROUP, _fleet
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _scrape(store: Store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store, window_s=3600, accuracy_window_s=10**9))
+    return _samples(generate_latest(registry).decode())
+
+
+def test_the_fleet_and_its_live_accuracy_are_metrics_in_base_units(tmp_path: Path) -> None:
+    with open_store(tmp_path / "m.db") as store:
+        _fleet(store)  # e1: online, 6 measurements, a gap, spool 4; e2: a heartbeat
+        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+        audit = {4: (1.0, 100.0, 3.0)}
+        for seq, first, audits in ((10, 0, {}), (11, 3, audit)):
+            assert ingest.handle(TOPIC, audited_frame(seq, first, audits)) == "stored"
+        got = _scrape(store)
+        (live,) = store.accuracy()
+    e1 = (("edge", EDGE), ("group", GROUP))
+    assert got[("sparsetel_edge_online", e1)] == 1.0
+    assert got[("sparsetel_edge_online", (("edge", "e2"), ("group", GROUP)))] == 0.0
+    assert got[("sparsetel_edge_measurements_total", e1)] == 12.0
+    assert got[("sparsetel_edge_missing_frames", e1)] == 1.0 + 6  # seq 2, then 4..9
+    assert got[("sparsetel_edge_spool_frames", e1)] == 4.0
+    assert got[("sparsetel_edge_rejected_measurements", e1)] == 3.0
+    assert got[("sparsetel_edge_wire_bytes_per_measurement", e1)] > 0
+    model = (("L", "3"), ("edge", EDGE), ("model", REF.hex()))
+    assert got[("sparsetel_live_reconstruction_nmse", model)] == pytest.approx(live["nmse"])
+    assert got[("sparsetel_live_target_mae", model)] == pytest.approx(live["target_mae"])
+    assert got[("sparsetel_live_audits", model)] == 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sparsetel_monitor_serves_the_metrics_over_http(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    with open_store(db) as store:
+        _fleet(store)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsetel", "monitor", "--db", str(db), "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and proc.poll() is None, "no answer"
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert other.value.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    got = _samples(body)
+    assert got[("sparsetel_edge_measurements_total", (("edge", EDGE), ("group", GROUP)))] == 6.0
