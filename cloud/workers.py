@@ -23,6 +23,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import time
 from collections import Counter
 from dataclasses import replace
@@ -111,15 +112,19 @@ def run_workers(cfg: ServeConfig, print_json: bool = True) -> int:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: the worker stores what it took and stops
-        finished = sum(1 for p in procs if p.exitcode is None or p.exitcode >= 0)
-        outcomes = _collect(results, finished)
+        outcomes = _collect(results, procs)
         for proc in procs:
             proc.join(timeout=30)
     progress.close()
     summary = _summary(cfg, [stats for _, stats in outcomes])
     summary["restarts"] = restarts
     print(json.dumps(summary, sort_keys=True) if print_json else _line(summary), flush=True)
-    failed = len(outcomes) < len(procs) or any(code for code, _ in outcomes)
+    # A worker our SIGTERM reached before it set up its handler was still starting: it had
+    # not subscribed, so it took nothing and has nothing to report.
+    early = sum(1 for p in procs if p.exitcode == -signal.SIGTERM)
+    if early:
+        log.info("%d worker(s) stopped while still starting", early)
+    failed = len(outcomes) < len(procs) - early or any(code for code, _ in outcomes)
     return 1 if failed else 0
 
 
@@ -148,17 +153,25 @@ class _Progress:
 
 
 def _collect(
-    results: mp.Queue[tuple[int, dict[str, Any]]], n: int
+    results: mp.Queue[tuple[int, dict[str, Any]]], procs: list[mp.process.BaseProcess]
 ) -> list[tuple[int, dict[str, Any]]]:
-    outcomes = []
+    """The results the workers report as they stop: until each has, or none is left running
+    (one killed by a signal reports nothing), 60 s at most."""
+    outcomes: list[tuple[int, dict[str, Any]]] = []
     deadline = time.monotonic() + 60
-    while len(outcomes) < n and time.monotonic() < deadline:
+    while len(outcomes) < len(procs) and time.monotonic() < deadline:
         try:
-            outcomes.append(results.get(timeout=1.0))
+            outcomes.append(results.get(timeout=0.5))
         except queue.Empty:
-            continue
-    if len(outcomes) < n:
-        log.error("%d of %d workers reported no result", n - len(outcomes), n)
+            if not any(p.is_alive() for p in procs):
+                break
+    while len(outcomes) < len(procs):  # what exited workers left in the pipe
+        try:
+            outcomes.append(results.get(timeout=0.2))
+        except queue.Empty:
+            break
+    if len(outcomes) < len(procs):
+        log.warning("%d of %d workers reported no result", len(procs) - len(outcomes), len(procs))
     return outcomes
 
 

@@ -131,3 +131,26 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
     # second subscribed: the split itself is the in-process test's business).
     assert sum(w["frames_ok"] for w in summary["workers"]) == 20
     assert summary["gaps"] == {}
+
+
+def test_serve_workers_stopped_while_starting_is_a_clean_stop(
+    broker_url: str, group: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Enough is stored before the workers are up: the parent stops them at once, most
+    likely before they set up their SIGTERM handler; that is no failure (exit 0)."""
+    run = quick_run(tmp_path_factory)
+    db = tmp_path / "full.db"
+    with open_store(db) as store:
+        from tests.unit.test_store import _frame as frame_row
+        from tests.unit.test_store import _rows
+
+        store.store_frame(frame_row(0, n=5), _rows(5))
+    out = subprocess.run(
+        [sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
+         "--group", group, "--broker", broker_url, "--workers", "2", "--stop-after", "5",
+         "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["restarts"] == 0
