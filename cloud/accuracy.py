@@ -26,9 +26,11 @@ from sparsetel.shared.wire import Frame
 
 from .registry import Decoder
 
-__all__ = ["BUCKET_MS", "AccuracyRow", "audit_accuracy"]
+__all__ = ["BUCKET_MS", "SUMS", "AccuracyRow", "audit_accuracy"]
 
 BUCKET_MS = 60_000
+# The fields of an AccuracyRow that are sums: a bucket adds them up, row after row.
+SUMS = ("audits", "values_n", "recon_se", "recon_ss", "target_n", "target_ae", "target_se")
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,10 @@ def audit_accuracy(
     made = {
         r.t_ms + step: p for r, p in zip(frame.records, predictions, strict=True) if p is not None
     }
-    sums: dict[int, dict[str, float]] = {}
+    sums: dict[int, dict[str, float]] = {}  # counts stay ints: they start as int 0
     for row, i in enumerate(audited):
         t = frame.records[i].t_ms
-        b = sums.setdefault(t - t % BUCKET_MS, dict.fromkeys(_FIELDS, 0.0))
+        b = sums.setdefault(t - t % BUCKET_MS, dict.fromkeys(SUMS, 0))
         b["audits"] += 1
         b["values_n"] += int(seen[row].sum())
         b["recon_se"] += float(se[row])
@@ -93,13 +95,4 @@ def audit_accuracy(
             b["target_ae"] += abs(predicted - actual)
             b["target_se"] += (predicted - actual) ** 2
     ref = frame.model_ref.hex()
-    counts = ("audits", "values_n", "target_n")
-    return [
-        AccuracyRow(
-            edge, ref, frame.L, bucket, **{k: int(x) if k in counts else x for k, x in v.items()}
-        )
-        for bucket, v in sorted(sums.items())
-    ]
-
-
-_FIELDS = ("audits", "values_n", "recon_se", "recon_ss", "target_n", "target_ae", "target_se")
+    return [AccuracyRow(edge, ref, frame.L, bucket, **v) for bucket, v in sorted(sums.items())]

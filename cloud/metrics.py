@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .status import fleet_status
+from .status import check_window, fleet_status
 from .store import Store, open_store
 
 __all__ = ["FleetCollector", "monitor_app", "run_monitor"]
@@ -123,7 +123,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def run_monitor(db: str, host: str = "127.0.0.1", port: int = 9464, window_s: float = 60.0) -> int:
-    """``sparsetel monitor``: serve the metrics until interrupted; 0."""
+    """``sparsetel monitor``: serve the metrics until interrupted; 0 (2 for a bad window)."""
+    check_window(window_s)
     with open_store(db) as store:
         server = make_server(host, port, monitor_app(store, window_s), handler_class=_QuietHandler)
         log.info("sparsetel monitor: http://%s:%s/metrics", host, server.server_port)

@@ -92,7 +92,7 @@ class StoreReads:
         out = []
         for row in rows:
             item = dict(zip(names, row, strict=True))
-            item["codes"] = [int(c) for c in item["codes"].split(",")] if item["codes"] else []
+            item["codes"] = _codes(item["codes"])
             item["kpis"] = parse_json(item["kpis"])
             item["audit"] = None if item["audit"] is None else parse_json(item["audit"])
             out.append(item)
@@ -109,10 +109,7 @@ class StoreReads:
                 "AND seq < ? ORDER BY seq DESC, rec DESC LIMIT ?",
                 (edge, bd_seq, before_seq, int(limit)),
             )
-        return [
-            (int(s), str(m), [int(c) for c in codes.split(",")] if codes else [])
-            for s, m, codes in rows
-        ]
+        return [(int(s), str(m), _codes(codes)) for s, m, codes in rows]
 
     def edges(self) -> list[dict[str, Any]]:
         """Every edge seen: group, edge, online, bd_seq, model_sha256, birth, updated_ms."""
@@ -154,9 +151,10 @@ class StoreReads:
         with start_ms <= t_ms < end_ms. Measurements of every model that has the KPI count,
         wherever its column is; the (edge, t_ms) index serves the range. KeyError (naming
         the KPIs there are) when no registered model has `kpi`."""
-        columns = {ref: names.index(kpi) for ref, names in self.models().items() if kpi in names}
+        models = self.models()
+        columns = {ref: names.index(kpi) for ref, names in models.items() if kpi in names}
         if not columns:
-            known = sorted({k for names in self.models().values() for k in names})
+            known = sorted({k for names in models.values() for k in names})
             raise KeyError(f"no registered model has the KPI {kpi!r}; known: {known}")
         value = " ".join(f"WHEN ? THEN {self._element(i)}" for i in columns.values())
         sql = (
@@ -255,3 +253,8 @@ class StoreReads:
             }
             for e, f, m, b, last, rf, rm in rows
         }  # fmt: skip
+
+
+def _codes(text: str) -> list[int]:
+    """A measurement's codes as the store keeps them ("3,17,42"; "" for none)."""
+    return [int(c) for c in text.split(",")] if text else []

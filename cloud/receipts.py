@@ -8,7 +8,6 @@ never names a frame the database does not hold.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Protocol
 
@@ -16,8 +15,6 @@ from sparsetel.shared.receipt import encode_receipt
 from sparsetel.shared.topics import receipt_topic
 
 __all__ = ["Receipts"]
-
-log = logging.getLogger(__name__)
 
 
 class _Publisher(Protocol):

@@ -15,7 +15,7 @@ from typing import Any
 
 from .store import Store, open_store
 
-__all__ = ["fleet_status", "format_status", "run_status"]
+__all__ = ["check_window", "fleet_status", "format_status", "run_status"]
 
 RAW_BYTES_PER_KPI = 4  # float32
 
@@ -30,17 +30,17 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
     births = {e["edge"]: e for e in store.edges()}
     edges = []
     for edge in sorted(set(frames) | set(births) | set(health)):
-        f = frames.get(edge, {})
-        birth = (births.get(edge) or {}).get("birth") or {}
-        beat = (health.get(edge) or {}).get("body") or {}
+        f, known, heard = frames.get(edge, {}), births.get(edge, {}), health.get(edge, {})
+        birth = known.get("birth") or {}
+        beat = heard.get("body") or {}
         n, size = f.get("measurements", 0), f.get("bytes", 0)
         per = size / n if n else None
         d = birth.get("D")
         edges.append({
             "edge": edge,
-            "group": (births.get(edge) or health.get(edge) or {}).get("group"),
-            "online": bool((births.get(edge) or {}).get("online", False)),
-            "model_sha256": (births.get(edge) or {}).get("model_sha256"),
+            "group": (known or heard).get("group"),
+            "online": bool(known.get("online", False)),
+            "model_sha256": known.get("model_sha256"),
             "L": birth.get("L"),
             "frames": f.get("frames", 0),
             "measurements": n,
@@ -51,8 +51,7 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
             "gaps": gaps.get(edge, 0),
             "edge_rejects": sum((beat.get("rejects") or {}).values()),
             "spool_depth": beat.get("spool_depth"),
-            "heartbeat_age_s": (now_ms - health[edge]["received_ms"]) / 1000
-            if edge in health else None,
+            "heartbeat_age_s": (now_ms - heard["received_ms"]) / 1000 if heard else None,
         })  # fmt: skip
     totals = {
         "edges": len(edges),
@@ -91,10 +90,16 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run_status(db: str, as_json: bool = False, window_s: float = 60.0) -> int:
-    """``sparsetel status``: print the fleet summary; 0, or 2 for a bad window."""
+def check_window(window_s: float) -> float:
+    """`window_s` when it is a usable rate window; ValueError (exit 2 on the command line)."""
     if not window_s > 0:
         raise ValueError(f"--window must be > 0, got {window_s}")
+    return window_s
+
+
+def run_status(db: str, as_json: bool = False, window_s: float = 60.0) -> int:
+    """``sparsetel status``: print the fleet summary; 0, or 2 for a bad window."""
+    check_window(window_s)
     with open_store(db) as store:
         status = fleet_status(store, window_s=window_s)
     print(json.dumps(status) if as_json else format_status(status))

@@ -26,29 +26,19 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from .accuracy import AccuracyRow
+from .accuracy import SUMS, AccuracyRow
 from .reads import StoreReads
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
 
 __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
 
 
+_ACCURACY_COLUMNS = ("edge", "model_ref", "L", "bucket_ms", *SUMS)  # AccuracyRow's fields
 _ADD_ACCURACY = (
-    "INSERT INTO accuracy (edge, model_ref, L, bucket_ms, audits, values_n, recon_se, "
-    "recon_ss, target_n, target_ae, target_se) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO accuracy ({', '.join(_ACCURACY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ACCURACY_COLUMNS))}) "
     "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = accuracy.{c} + excluded.{c}"
-        for c in (
-            "audits",
-            "values_n",
-            "recon_se",
-            "recon_ss",
-            "target_n",
-            "target_ae",
-            "target_se",
-        )
-    )
+    + ", ".join(f"{c} = accuracy.{c} + excluded.{c}" for c in SUMS)
 )
 
 

@@ -45,6 +45,17 @@ def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     )
 
 
+def _add_store_arg(parser: argparse.ArgumentParser) -> None:
+    """--db for the commands that read the decoder's store."""
+    parser.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+
+
+def _add_window_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="seconds for the rates (default 60)"
+    )
+
+
 def _add_broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--broker",
@@ -199,7 +210,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the service's counters as JSON")
 
     p = sub.add_parser("query", help="one KPI of one edge over a time range, from the store")
-    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    _add_store_arg(p)
     p.add_argument("--edge", required=True, help="edge id")
     p.add_argument("--kpi", required=True, help="KPI name, as the model names it")
     p.add_argument("--from", dest="start", help="first time, inclusive (epoch ms or ISO 8601)")
@@ -208,15 +219,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of CSV")
 
     p = sub.add_parser("status", help="the fleet at a glance, from the decoder's store")
-    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
-    p.add_argument("--window", type=float, default=60.0, help="seconds for the rates (default 60)")
+    _add_store_arg(p)
+    _add_window_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     p = sub.add_parser("monitor", help="serve the fleet's Prometheus metrics from the store")
-    p.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    _add_store_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=9464, help="port (default 9464)")
-    p.add_argument("--window", type=float, default=60.0, help="seconds for the rates (default 60)")
+    _add_window_arg(p)
 
     p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
     p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
@@ -356,8 +367,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from sparsetel.cloud.metrics import run_monitor
 
-    if not args.window > 0:
-        raise ValueError(f"--window must be > 0, got {args.window}")
     return run_monitor(args.db, args.host, args.port, args.window)
 
 
