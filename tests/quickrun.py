@@ -28,3 +28,13 @@ def quick_run(factory: pytest.TempPathFactory) -> Path:
         )  # fmt: skip
         train_run(options)
     return run
+
+
+def quick_exported_run(factory: pytest.TempPathFactory) -> Path:
+    """`quick_run`, with its encoder exported to ONNX (once) for agents to load."""
+    from sparsetel.cloud.export import export_run
+
+    run = quick_run(factory)
+    if not (run / "encoder.onnx").exists():
+        export_run(run)
+    return run

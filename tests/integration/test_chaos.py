@@ -26,13 +26,12 @@ from typing import Any
 
 import pytest
 
-from sparsetel.cloud.export import export_run
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig
 from tests.mosquitto import OwnBroker, own_broker
-from tests.quickrun import quick_run
+from tests.quickrun import quick_exported_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 __all__ = ["own_broker"]  # a fixture, used by name
@@ -87,9 +86,7 @@ def _restart(broker: OwnBroker, down_s: float) -> None:
 def test_every_measurement_is_stored_once_through_broker_restarts_and_an_agent_kill(
     own_broker: OwnBroker, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    run = quick_run(tmp_path_factory)
-    if not (run / "encoder.onnx").exists():
-        export_run(run)
+    run = quick_exported_run(tmp_path_factory)
     times = _csv(tmp_path / "kpis.csv", tmp_path)
     db = tmp_path / "cloud.db"
     # A fixed client id: a persistent session keeps the frames published while it is away.

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.export import export_run
 from sparsetel.cloud.simulator import write_sessions
 from tests.mosquitto import OwnBroker
-from tests.quickrun import quick_run
+from tests.quickrun import quick_exported_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -74,9 +73,7 @@ def _workers_of(parent: int) -> list[int]:
 def test_every_measurement_of_four_agents_is_stored_once_through_a_worker_kill_and_broker_restart(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    run = quick_run(tmp_path_factory)
-    if not (run / "encoder.onnx").exists():
-        export_run(run)
+    run = quick_exported_run(tmp_path_factory)
     source = tmp_path / "kpis.csv"
     _csv(source, tmp_path)
     broker = OwnBroker(tmp_path, "max_queued_messages 100000\nmax_inflight_messages 100\n")

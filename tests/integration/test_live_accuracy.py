@@ -14,13 +14,12 @@ import pytest
 
 from sparsetel.cloud.codec import CloudCodec
 from sparsetel.cloud.evaluate import evaluate_run
-from sparsetel.cloud.export import export_run
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.cloud.status import fleet_status
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig
-from tests.quickrun import quick_run
+from tests.quickrun import quick_exported_run
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +29,7 @@ ROWS, SHARE = 2000, 0.2
 def test_audit_samples_give_the_live_accuracy(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, broker_url: str, group: str
 ) -> None:
-    run = quick_run(tmp_path_factory)
-    if not (run / "encoder.onnx").exists():
-        export_run(run)
+    run = quick_exported_run(tmp_path_factory)
     (source,) = write_sessions(tmp_path / "sim", n_sessions=1, rows=ROWS, seed=21)
     db = tmp_path / "cloud.db"
     service = DecoderService(

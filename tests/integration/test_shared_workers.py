@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.export import export_run
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.store import open_store
@@ -22,7 +21,7 @@ from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.integration.test_service_mqtt import CODEC, Publisher, _frame, _wait_until, publisher
-from tests.quickrun import quick_run
+from tests.quickrun import quick_exported_run, quick_run
 
 __all__ = ["publisher"]  # a fixture, used by name
 
@@ -87,9 +86,7 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    run = quick_run(tmp_path_factory)
-    if not (run / "encoder.onnx").exists():
-        export_run(run)
+    run = quick_exported_run(tmp_path_factory)
     manifest = ModelManifest.load(run / MANIFEST_FILE)
     frames = [
         encode_frame(

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.export import export_run
 from sparsetel.cloud.fleet import BrokerLink, discover_edges
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig
-from tests.quickrun import quick_run
+from tests.quickrun import quick_exported_run
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +37,7 @@ def _agent(run: Path, source: Path, url: str, group: str, edge: str, state: Path
 def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, broker_url: str, group: str
 ) -> None:
-    run = quick_run(tmp_path_factory)
-    if not (run / "encoder.onnx").exists():
-        export_run(run)
+    run = quick_exported_run(tmp_path_factory)
     (source,) = write_sessions(tmp_path / "sim", n_sessions=1, rows=ROWS, seed=11)
     confirming = _agent(
         run, source, broker_url, group, "by-store", tmp_path / "a",
