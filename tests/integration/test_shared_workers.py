@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,10 +109,22 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
         "--group", group, "--broker", broker_url, "--workers", "2", "--stop-after", "100",
         "--idle-timeout", "60", "--json",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    subscribed = threading.Semaphore(0)
+
+    def watch() -> None:  # each worker logs "subscribed to" once it takes messages
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "subscribed to" in line:
+                subscribed.release()
+
+    threading.Thread(target=watch, daemon=True).start()
     try:
         deadline = time.monotonic() + 90
-        # The workers subscribe when they are up: resend until they stop (repeats are dropped).
+        # Both workers up first: one alone could store everything before the other starts.
+        for _ in range(2):
+            assert subscribed.acquire(timeout=90), "the workers did not subscribe"
+        # Resend until they stop (repeats are dropped).
         while proc.poll() is None and time.monotonic() < deadline:
             for payload in frames:
                 publisher.send(data_topic(group, "w"), payload)
