@@ -10,6 +10,10 @@ For each stored frame, the audited records give, per minute of measurement time 
   h periods earlier for t (in this frame, or stored with an earlier one), as absolute and
   squared error in raw units.
 
+- per KPI, the same reconstruction sums (``KpiError``: values, se, ss in the normalised space,
+  and se in the KPI's raw unit), so each KPI's error is watched on its own (a KPI whose error
+  drifts, `cloud.dashboard`).
+
 Buckets are sums, so sliding windows are sums of buckets (`Store.accuracy`). They are written
 in the transaction of their frame, so a repeated frame never counts twice.
 """
@@ -26,11 +30,23 @@ from sparsetel.shared.wire import Frame
 
 from .registry import Decoder
 
-__all__ = ["BUCKET_MS", "SUMS", "AccuracyRow", "audit_accuracy"]
+__all__ = ["BUCKET_MS", "SUMS", "AccuracyRow", "KpiError", "audit_accuracy"]
 
 BUCKET_MS = 60_000
 # The fields of an AccuracyRow that are sums: a bucket adds them up, row after row.
 SUMS = ("audits", "values_n", "recon_se", "recon_ss", "target_n", "target_ae", "target_se")
+
+
+@dataclass(frozen=True)
+class KpiError:
+    """One KPI's reconstruction sums in a bucket: measured values `n`, squared error `se`
+    and squared true values `ss` in the normalised space, squared error `se_raw` in units."""
+
+    kpi: str
+    n: int
+    se: float
+    ss: float
+    se_raw: float
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class AccuracyRow:
     target_n: int = 0
     target_ae: float = 0.0
     target_se: float = 0.0
+    kpis: tuple[KpiError, ...] = ()
 
 
 def audit_accuracy(
@@ -69,17 +86,21 @@ def audit_accuracy(
     z_true = np.asarray(codec.normalise(truth), dtype=np.float64)
     z_dec = np.asarray(codec.normalise(kpis[audited]), dtype=np.float64)
     seen = np.isfinite(z_true) & np.isfinite(z_dec)
-    se = np.where(seen, (z_dec - z_true) ** 2, 0.0).sum(axis=1)
-    ss = np.where(seen, z_true**2, 0.0).sum(axis=1)
+    se_kpi = np.where(seen, (z_dec - z_true) ** 2, 0.0)
+    ss_kpi = np.where(seen, z_true**2, 0.0)
+    se_raw = np.where(seen, (kpis[audited] - truth) ** 2, 0.0)
+    se, ss = se_kpi.sum(axis=1), ss_kpi.sum(axis=1)
     target = m.kpis.index(m.target) if m.target in m.kpis else None
     step = codec.horizon * frame.period_ms
     made = {
         r.t_ms + step: p for r, p in zip(frame.records, predictions, strict=True) if p is not None
     }
     sums: dict[int, dict[str, float]] = {}  # counts stay ints: they start as int 0
+    rows_of: dict[int, list[int]] = {}  # bucket -> rows of `audited` in it
     for row, i in enumerate(audited):
         t = frame.records[i].t_ms
         b = sums.setdefault(t - t % BUCKET_MS, dict.fromkeys(SUMS, 0))
+        rows_of.setdefault(t - t % BUCKET_MS, []).append(row)
         b["audits"] += 1
         b["values_n"] += int(seen[row].sum())
         b["recon_se"] += float(se[row])
@@ -95,4 +116,16 @@ def audit_accuracy(
             b["target_ae"] += abs(predicted - actual)
             b["target_se"] += (predicted - actual) ** 2
     ref = frame.model_ref.hex()
-    return [AccuracyRow(edge, ref, frame.L, bucket, **v) for bucket, v in sorted(sums.items())]
+
+    def per_kpi(rows: list[int]) -> tuple[KpiError, ...]:
+        n, e, s, r = (a[rows].sum(axis=0) for a in (seen, se_kpi, ss_kpi, se_raw))
+        return tuple(
+            KpiError(k, int(n[j]), float(e[j]), float(s[j]), float(r[j]))
+            for j, k in enumerate(m.kpis)
+            if n[j]
+        )
+
+    return [
+        AccuracyRow(edge, ref, frame.L, bucket, **v, kpis=per_kpi(rows_of[bucket]))
+        for bucket, v in sorted(sums.items())
+    ]

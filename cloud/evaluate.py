@@ -14,6 +14,10 @@ whole (``"split": "all"``).
   one session and whose target at t + h is observed: the code predictor (target_*), the
   same predictor on raw KPI windows (raw_target_*, the ceiling) and persistence
   (persistence_target_*: y[t + h] := the last observed y at or before t).
+
+The result is also written to RUN/evaluation.json (with the data it came from), where
+``sparsetel monitor`` finds the model's offline accuracy, ceiling, floor and per-KPI error
+to set beside the live audits.
 """
 
 from __future__ import annotations
@@ -39,10 +43,18 @@ from .export import encode_onnx, export_run
 from .model import Checkpoint
 from .normaliser import Windows, make_windows
 
-__all__ = ["WIRE_BATCH", "WIRE_PERIOD_MS", "evaluate_run", "target_scores"]
+__all__ = [
+    "EVALUATION_FILE",
+    "WIRE_BATCH",
+    "WIRE_PERIOD_MS",
+    "evaluate_run",
+    "read_evaluation",
+    "target_scores",
+]
 
 log = logging.getLogger(__name__)
 
+EVALUATION_FILE = "evaluation.json"
 WIRE_BATCH = 50  # records per frame: the edge agent's default
 WIRE_PERIOD_MS = 1000  # 1 Hz
 _WINDOW_CHUNK = 4096
@@ -202,4 +214,19 @@ def evaluate_run(
         "model_sha256": m.model_sha256,
     }
     log.info("evaluated %s on %d rows (%s): nmse %.4f", run, len(x), split, result["nmse"])
+    saved = {**result, "data": str(Path(data).resolve())}
+    (run / EVALUATION_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's latest `evaluate_run` result (RUN/evaluation.json), or None when it has none
+    or it cannot be read (logged)."""
+    path = Path(run_dir) / EVALUATION_FILE
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: unreadable, ignored: %s", path, exc)
+        return None

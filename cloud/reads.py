@@ -223,6 +223,54 @@ class StoreReads:
             })  # fmt: skip
         return out
 
+    def kpi_accuracy(
+        self, since_ms: int, until_ms: int | None = None, by_bucket: bool = False
+    ) -> list[dict[str, Any]]:
+        """Live accuracy per edge, model and KPI over the buckets in [since_ms, until_ms),
+        one row per bucket too when `by_bucket`: `n` measured values, `nmse` (normalised
+        space, as ``sparsetel evaluate``'s ``nmse_per_kpi``) and `rmse` in the KPI's unit."""
+        keys = "edge, model_ref, kpi" + (", bucket_ms" if by_bucket else "")
+        with self._lock:
+            rows = self._query(
+                f"SELECT {keys}, SUM(n), SUM(se), SUM(ss), SUM(se_raw) FROM accuracy_kpi "
+                f"WHERE bucket_ms >= ? AND bucket_ms < ? GROUP BY {keys} ORDER BY {keys}",
+                (since_ms, 2**63 - 1 if until_ms is None else until_ms),
+            )
+        out = []
+        for row in rows:
+            *head, n, se, ss, se_raw = row
+            item = dict(zip(keys.split(", "), head, strict=True))
+            item.update(
+                n=int(n),
+                nmse=float(se) / float(ss) if ss else None,
+                rmse=math.sqrt(float(se_raw) / n) if n else None,
+            )
+            out.append(item)
+        return out
+
+    def code_usage(self, since_ms: int, per_edge: int = 5000) -> dict[str, dict[str, Any]]:
+        """How often each code was sent, per model ref: over each edge's latest `per_edge`
+        measurements since `since_ms` (by measurement time; the (edge, t_ms) index keeps this
+        cheap on a large store). {ref: {"measurements": n, "codes": {code: count}}}."""
+        with self._lock:
+            edges = [str(e) for (e,) in self._query("SELECT DISTINCT edge FROM frames")]
+            rows = [
+                row
+                for edge in edges
+                for row in self._query(
+                    "SELECT model_ref, codes FROM measurements WHERE edge = ? AND t_ms >= ? "
+                    "ORDER BY t_ms DESC LIMIT ?",
+                    (edge, since_ms, per_edge),
+                )
+            ]
+        out: dict[str, dict[str, Any]] = {}
+        for ref, text in rows:
+            usage = out.setdefault(str(ref), {"measurements": 0, "codes": {}})
+            usage["measurements"] += 1
+            for code in _codes(text):
+                usage["codes"][code] = usage["codes"].get(code, 0) + 1
+        return out
+
     # -- fleet (cloud.status) -------------------------------------------------------------
 
     def health(self) -> dict[str, dict[str, Any]]:

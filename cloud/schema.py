@@ -75,6 +75,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             edge TEXT PRIMARY KEY, "group" TEXT NOT NULL, received_ms {bigint} NOT NULL,
             body {json} NOT NULL)""",
     ),
+    (  # 6: live accuracy per KPI, summed per minute (cloud.accuracy.KpiError)
+        """CREATE TABLE accuracy_kpi (
+            edge TEXT NOT NULL, model_ref TEXT NOT NULL, bucket_ms {bigint} NOT NULL,
+            kpi TEXT NOT NULL, n INTEGER NOT NULL, se {real} NOT NULL, ss {real} NOT NULL,
+            se_raw {real} NOT NULL, PRIMARY KEY (edge, model_ref, bucket_ms, kpi))""",
+    ),
 )
 
 MEASUREMENT_COLUMNS = (

@@ -40,6 +40,12 @@ _ADD_ACCURACY = (
     "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
     + ", ".join(f"{c} = accuracy.{c} + excluded.{c}" for c in SUMS)
 )
+_KPI_SUMS = ("n", "se", "ss", "se_raw")  # KpiError's sums
+_ADD_KPI_ACCURACY = (
+    f"INSERT INTO accuracy_kpi (edge, model_ref, bucket_ms, kpi, {', '.join(_KPI_SUMS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (edge, model_ref, bucket_ms, kpi) DO UPDATE SET "
+    + ", ".join(f"{c} = accuracy_kpi.{c} + excluded.{c}" for c in _KPI_SUMS)
+)
 
 
 @dataclass(frozen=True)
@@ -254,7 +260,13 @@ class Store(StoreReads):
             ]
             self._insert_measurements(rows)
             if accuracy:
-                self._execute_many(_ADD_ACCURACY, [astuple(a) for a in accuracy])
+                self._execute_many(
+                    _ADD_ACCURACY, [[getattr(a, c) for c in _ACCURACY_COLUMNS] for a in accuracy]
+                )
+                per_kpi = [(a.edge, a.model_ref, a.bucket_ms, *astuple(k)) for a in accuracy
+                           for k in a.kpis]  # fmt: skip
+                if per_kpi:
+                    self._execute_many(_ADD_KPI_ACCURACY, per_kpi)
         return True
 
     def set_edge_state(

@@ -53,6 +53,31 @@ def test_audits_give_the_live_nmse_and_the_targets_prediction_error(store: Store
     assert row["first_bucket_ms"] == row["last_bucket_ms"] == bucket
     assert store.accuracy(since_ms=bucket + 60_000) == []
     assert store.accuracy(edge="another") == []
+    # per KPI: the same sums, KPI by KPI; rmse in the KPI's own unit
+    per = {r["kpi"]: r for r in store.kpi_accuracy(since_ms=0)}
+    names = FakeCodec().manifest.kpis
+    assert set(per) == set(names[:2])  # the third KPI is never decoded (NaN): not measured
+    first, second = per[names[0]], per[names[1]]
+    assert first["n"] == 2 and first["nmse"] == pytest.approx(
+        ((0.1 - 0.1) ** 2 + (0.1 - 0.2) ** 2) / (0.1**2 + 0.2**2)
+    )
+    assert first["rmse"] == pytest.approx(math.sqrt((0 + 1.0) / 2))
+    assert second["nmse"] == pytest.approx(((0.5 - 10) ** 2 + (0.6 - 20) ** 2) / (10**2 + 20**2))
+    assert second["rmse"] == pytest.approx(math.sqrt((95.0**2 + 194.0**2) / 2))
+    (bucketed,) = store.kpi_accuracy(since_ms=0, by_bucket=True)[:1]
+    assert bucketed["bucket_ms"] == bucket
+    assert store.kpi_accuracy(since_ms=bucket + 60_000) == []
+
+
+def test_code_usage_counts_each_models_codes_over_the_latest_measurements(store: Store) -> None:
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    assert ingest.handle(TOPIC, _frame(0, 0, {})) == "stored"  # codes (1,), (2,), (3,)
+    assert ingest.handle(TOPIC, _frame(1, 3, {})) == "stored"  # (4,), (5,), (6,)
+    usage = store.code_usage(since_ms=0)
+    assert usage == {REF.hex(): {"measurements": 6, "codes": {c: 1 for c in range(1, 7)}}}
+    latest = store.code_usage(since_ms=0, per_edge=2)[REF.hex()]
+    assert latest == {"measurements": 2, "codes": {5: 1, 6: 1}}
+    assert store.code_usage(since_ms=T + 6000) == {}
 
 
 def test_frames_without_audits_add_nothing(store: Store) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.cloud.evaluate import evaluate_run
+from sparsetel.cloud.evaluate import evaluate_run, read_evaluation
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.wire import record_bits
@@ -54,6 +54,20 @@ def test_evaluate_reports_every_key_as_json_with_sane_values(result: dict[str, A
     for key in ("target_mae", "target_r2", "raw_target_r2", "persistence_target_r2"):
         assert math.isfinite(result[key])
     assert result["target_mae"] > 0 and result["target_r2"] <= 1 and result["raw_target_r2"] <= 1
+
+
+def test_evaluate_saves_its_result_in_the_run_for_the_monitor(
+    run: Path, result: dict[str, Any]
+) -> None:
+    saved = read_evaluation(run)
+    assert saved is not None and saved["data"].endswith("data")
+    assert {k: v for k, v in saved.items() if k != "data"} == json.loads(json.dumps(result))
+
+
+def test_an_unreadable_evaluation_is_ignored(tmp_path: Path) -> None:
+    assert read_evaluation(tmp_path) is None
+    (tmp_path / "evaluation.json").write_text("{not json", encoding="utf-8")
+    assert read_evaluation(tmp_path) is None
 
 
 def test_evaluate_counts_the_bits_the_wire_format_spends(result: dict[str, Any]) -> None:
