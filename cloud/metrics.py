@@ -11,14 +11,23 @@
   ``sparsetel_edge_rejected_measurements``, ``sparsetel_edge_spool_frames``,
   ``sparsetel_edge_heartbeat_age_seconds``;
 - per edge, model and L over the accuracy window: ``sparsetel_live_reconstruction_nmse``,
-  ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``.
+  ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``;
+- per edge, model and KPI over the drift window (`cloud.dashboard`):
+  ``sparsetel_live_kpi_nmse``, ``sparsetel_kpi_drift_threshold_nmse`` (where the model has an
+  offline reference), ``sparsetel_kpi_drift_alert`` (1 while the edge's error on that KPI is
+  above it), and ``sparsetel_kpi_drift_alerts``, their count.
+
+`monitor_app` serves them beside the dashboard page (``/``, `cloud.page`) and its data as
+JSON (``/api/dashboard``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -26,7 +35,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .status import check_window, fleet_status
+from sparsetel.shared.errors import ConfigError
+
+from .dashboard import Dashboard, DashboardOptions, ModelCatalogue, load_benchmark
+from .page import render_page
+from .status import fleet_status
 from .store import Store, open_store
 
 __all__ = ["FleetCollector", "monitor_app", "run_monitor"]
@@ -50,10 +63,17 @@ class FleetCollector(Collector):
     """The fleet's metrics, computed from `store` when scraped (rates over `window_s`,
     accuracy over the last `accuracy_window_s`)."""
 
-    def __init__(self, store: Store, window_s: float = 60.0, accuracy_window_s: float = 3600.0):
+    def __init__(
+        self,
+        store: Store,
+        window_s: float = 60.0,
+        accuracy_window_s: float = 3600.0,
+        dashboard: Dashboard | None = None,
+    ):
         self.store = store
         self.window_s = window_s
         self.accuracy_window_s = accuracy_window_s
+        self.dashboard = dashboard
 
     def collect(self) -> Iterator[Metric]:
         now_ms = int(time.time() * 1000)
@@ -75,6 +95,8 @@ class FleetCollector(Collector):
         yield total
         yield from gauges.values()
         yield from self._accuracy(now_ms)
+        if self.dashboard is not None:
+            yield from self._drift(self.dashboard.drift(now_ms))
 
     def _accuracy(self, now_ms: int) -> Iterable[Metric]:
         labels = ["edge", "model", "L"]
@@ -101,18 +123,63 @@ class FleetCollector(Collector):
                     family.add_metric(values, float(row[key]))
         return families.values()
 
+    def _drift(self, rows: list[dict[str, Any]]) -> Iterable[Metric]:
+        labels = ["edge", "model", "kpi"]
+        nmse = GaugeMetricFamily(
+            "sparsetel_live_kpi_nmse",
+            "reconstruction NMSE of one KPI over the drift window, normalised space",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "sparsetel_kpi_drift_threshold_nmse",
+            "the NMSE above which the KPI's error counts as drift",
+            labels=labels,
+        )
+        alert = GaugeMetricFamily(
+            "sparsetel_kpi_drift_alert",
+            "1 while the KPI's error is above its threshold",
+            labels=labels,
+        )
+        for r in rows:
+            values = [r["edge"], r["model_ref"], r["kpi"]]
+            if r["nmse"] is not None:
+                nmse.add_metric(values, r["nmse"])
+            if r["threshold"] is not None:
+                limit.add_metric(values, r["threshold"])
+                alert.add_metric(values, float(r["alert"]))
+        count = GaugeMetricFamily("sparsetel_kpi_drift_alerts", "edge and KPI pairs in drift now")
+        count.add_metric([], float(sum(r["alert"] for r in rows)))
+        return (nmse, limit, alert, count)
 
-def monitor_app(store: Store, window_s: float = 60.0) -> Callable[..., Any]:
-    """A WSGI app: ``/metrics`` (Prometheus text format) and, at ``/``, a line saying so."""
+
+def monitor_app(
+    store: Store, dashboard: Dashboard | None = None, refresh_s: float = 15.0
+) -> Callable[..., Any]:
+    """A WSGI app: ``/`` the dashboard page, ``/api/dashboard`` its data as JSON,
+    ``/metrics`` the Prometheus text format; anything else 404."""
+    dashboard = dashboard or Dashboard(store)
+    o = dashboard.options
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(store, window_s))
+    registry.register(FleetCollector(store, o.window_s, o.accuracy_window_s, dashboard))
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "/") == "/metrics":
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
             return metrics(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"sparsetel monitor: Prometheus metrics at /metrics\n"]
+        if path in ("/", "/index.html"):
+            body = render_page(dashboard.data(), refresh_s).encode()
+            kind = "text/html; charset=utf-8"
+        elif path == "/api/dashboard":
+            body = json.dumps(dashboard.data(), allow_nan=False).encode()
+            kind = "application/json"
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"sparsetel monitor: the dashboard at /, its data at /api/dashboard, "
+                    b"metrics at /metrics\n"]  # fmt: skip
+        start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-store")])  # fmt: skip
+        return [body]
 
     return app
 
@@ -122,12 +189,29 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def run_monitor(db: str, host: str = "127.0.0.1", port: int = 9464, window_s: float = 60.0) -> int:
-    """``sparsetel monitor``: serve the metrics until interrupted; 0 (2 for a bad window)."""
-    check_window(window_s)
+def run_monitor(
+    db: str,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    options: DashboardOptions | None = None,
+    models: Sequence[Path] = (),
+    models_dir: Path | None = None,
+    benchmarks: Sequence[Path] = (),
+    refresh_s: float = 15.0,
+) -> int:
+    """``sparsetel monitor``: serve the dashboard and the metrics until interrupted; 0, or
+    ConfigError (exit 2) for a bad option or benchmark file."""
+    options = options or DashboardOptions()
+    curves = [load_benchmark(b) for b in benchmarks]
+    for run in models:
+        if not (Path(run) / "manifest.json").is_file():
+            raise ConfigError(f"--model {run}: no manifest.json (run `sparsetel export` first)")
+    catalogue = ModelCatalogue(list(models), models_dir)
     with open_store(db) as store:
-        server = make_server(host, port, monitor_app(store, window_s), handler_class=_QuietHandler)
-        log.info("sparsetel monitor: http://%s:%s/metrics", host, server.server_port)
+        dashboard = Dashboard(store, catalogue, curves, options)
+        app = monitor_app(store, dashboard, refresh_s)
+        server = make_server(host, port, app, handler_class=_QuietHandler)
+        log.info("sparsetel monitor: http://%s:%s/ (metrics at /metrics)", host, server.server_port)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -192,29 +192,37 @@ class StoreReads:
         return float(rows[0][0]) if rows else None
 
     def accuracy(
-        self, since_ms: int | None = None, until_ms: int | None = None, edge: str | None = None
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        edge: str | None = None,
+        by_edge: bool = True,
     ) -> list[dict[str, Any]]:
         """Live accuracy per edge, model and L over the buckets in [since_ms, until_ms): the
         audits, `nmse` (None without a measured value), and the target's `mae` and `rmse` in
-        raw units (None without a prediction to check)."""
+        raw units (None without a prediction to check). Not `by_edge`: per model and L over
+        the fleet (``"edge"`` None, ``"edges"`` how many sent audits)."""
         where = ["bucket_ms >= ?", "bucket_ms < ?"]
         params: list[Any] = [-(2**63) if since_ms is None else since_ms]
         params.append(2**63 - 1 if until_ms is None else until_ms)
         if edge is not None:
             where.append("edge = ?")
             params.append(edge)
+        keys = "edge, model_ref, L" if by_edge else "COUNT(DISTINCT edge), model_ref, L"
+        group = "edge, model_ref, L" if by_edge else "model_ref, L"
         with self._lock:
             rows = self._query(
-                "SELECT edge, model_ref, L, SUM(audits), SUM(values_n), SUM(recon_se), "
+                f"SELECT {keys}, SUM(audits), SUM(values_n), SUM(recon_se), "
                 "SUM(recon_ss), SUM(target_n), SUM(target_ae), SUM(target_se), "
                 f"MIN(bucket_ms), MAX(bucket_ms) FROM accuracy WHERE {' AND '.join(where)} "
-                "GROUP BY edge, model_ref, L ORDER BY edge, model_ref",
+                f"GROUP BY {group} ORDER BY {group}",
                 params,
             )
         out = []
         for edge_id, ref, L, audits, values_n, se, ss, n, ae, tse, first, last in rows:
+            who = {"edge": edge_id} if by_edge else {"edge": None, "edges": int(edge_id)}
             out.append({
-                "edge": edge_id, "model_ref": ref, "L": int(L), "audits": int(audits),
+                **who, "model_ref": ref, "L": int(L), "audits": int(audits),
                 "nmse": float(se) / float(ss) if values_n and ss else None,
                 "target_n": int(n),
                 "target_mae": float(ae) / n if n else None,

@@ -223,11 +223,42 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_window_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
-    p = sub.add_parser("monitor", help="serve the fleet's Prometheus metrics from the store")
+    p = sub.add_parser(
+        "monitor",
+        help="serve the web dashboard and Prometheus metrics of the fleet and its accuracy",
+    )
     _add_store_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=9464, help="port (default 9464)")
     _add_window_arg(p)
+    p.add_argument(
+        "--model", type=Path, action="append", help="exported run directory (repeatable)"
+    )
+    p.add_argument("--models-dir", type=Path, help="folder of run directories (new ones show up)")
+    p.add_argument(
+        "--benchmark",
+        type=Path,
+        action="append",
+        help="`sparsetel benchmark` results (folder or results.json) for the offline curves",
+    )
+    p.add_argument(
+        "--accuracy-window", type=float, default=3600.0, help="seconds of live accuracy (3600)"
+    )
+    p.add_argument(
+        "--drift-window", type=float, default=600.0, help="seconds a KPI's drift is judged on (600)"
+    )
+    p.add_argument(
+        "--drift-ratio",
+        type=float,
+        default=3.0,
+        help="alert when a KPI's live NMSE exceeds this many times its offline NMSE (3)",
+    )
+    p.add_argument(
+        "--drift-min-values", type=int, default=30, help="audited values needed to alert (30)"
+    )
+    p.add_argument(
+        "--refresh", type=float, default=15.0, help="seconds between page reloads (0: never)"
+    )
 
     p = sub.add_parser("keygen", help="write an Ed25519 key pair for signing model bundles")
     p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
@@ -365,9 +396,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.dashboard import DashboardOptions
     from sparsetel.cloud.metrics import run_monitor
 
-    return run_monitor(args.db, args.host, args.port, args.window)
+    options = DashboardOptions(
+        window_s=args.window,
+        accuracy_window_s=args.accuracy_window,
+        drift_window_s=args.drift_window,
+        drift_ratio=args.drift_ratio,
+        drift_min_values=args.drift_min_values,
+    )
+    return run_monitor(
+        args.db,
+        args.host,
+        args.port,
+        options,
+        models=args.model or (),
+        models_dir=args.models_dir,
+        benchmarks=args.benchmark or (),
+        refresh_s=args.refresh,
+    )
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

@@ -86,8 +86,11 @@ def test_sparsetel_monitor_serves_the_metrics_over_http(tmp_path: Path) -> None:
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline and proc.poll() is None, "no answer"
                 time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            page = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html") and "<table id='fleet'>" in page
         with pytest.raises(urllib.error.HTTPError) as other:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)
         assert other.value.code == 404
     finally:
         proc.terminate()

@@ -1,0 +1,289 @@
+"""What ``sparsetel monitor``'s dashboard shows, as one JSON-able dict: `Dashboard.data`.
+
+- ``fleet``: `cloud.status.fleet_status` (edges online, model, rates, bytes, gaps, spool).
+- ``sparsity``: accuracy against sparsity. Offline, from ``sparsetel benchmark`` results
+  (``--benchmark``): per method, the best setting's target MAE and reconstruction NMSE at each
+  L, with the raw-KPI ceiling and the persistence floor; and each known model's own offline
+  point (its RUN/evaluation.json from ``sparsetel evaluate``). Live, from the audit samples
+  over the accuracy window: per model and L over the fleet, and per edge.
+- ``kpis``: per KPI, each edge's live NMSE per minute, and drift alerts: an edge whose NMSE
+  on a KPI over the last `drift_window_s` (at least `drift_min_values` audited values) is
+  above `drift_ratio` times its model's offline NMSE on that KPI. A model without an
+  evaluation has no threshold; the page says so.
+- ``codebook``: per model, what each code means -- the KPIs it decodes to on its own, in
+  units -- and how often the edges send it (`Store.code_usage`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsetel.shared.errors import ConfigError
+from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+
+from .evaluate import read_evaluation
+from .status import fleet_status
+from .store import Store
+
+__all__ = ["Dashboard", "DashboardOptions", "ModelCatalogue", "load_benchmark"]
+
+log = logging.getLogger(__name__)
+
+SERIES_EDGES = 8  # per KPI chart: the edges with the highest recent error, at most
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    """Windows (seconds) and the drift rule; see the module docstring."""
+
+    window_s: float = 60.0
+    accuracy_window_s: float = 3600.0
+    drift_window_s: float = 600.0
+    drift_ratio: float = 3.0
+    drift_min_values: int = 30
+    usage_per_edge: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "accuracy_window_s", "drift_window_s", "drift_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.drift_min_values < 1 or self.usage_per_edge < 1:
+            raise ConfigError("drift-min-values and usage-per-edge must be >= 1")
+
+
+def load_benchmark(path: str | Path) -> dict[str, Any]:
+    """The offline curves of one ``sparsetel benchmark`` result (its results.json, or the
+    folder holding it): {"source", "methods": {method: [{"L", "target_mae", "nmse",
+    "bits_per_measurement"}] by L}, "raw_target_mae", "persistence_target_mae"}.
+    ConfigError when it is not such a file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        rows, refs = doc["rows"], doc.get("references") or {}
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and "method" in r for r in rows
+        ):
+            raise ValueError("'rows' is not a list of result rows")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--benchmark {path}: not a sparsetel benchmark result: {exc}") from exc
+    best: dict[str, dict[int, dict[str, float | None]]] = {}
+    for row in rows:
+        L = row.get("L")
+        if not isinstance(L, int) or isinstance(L, bool):
+            continue  # lossless and fixed-rate codecs have no L
+        point = best.setdefault(str(row["method"]), {}).setdefault(L, {})
+        for key in ("target_mae", "nmse", "bits_per_measurement"):
+            value = row.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                point[key] = value if point.get(key) is None else min(point[key], value)  # type: ignore[type-var]
+    return {
+        "source": str(p),
+        "methods": {
+            m: [{"L": L, **v} for L, v in sorted(points.items())] for m, points in best.items()
+        },
+        "raw_target_mae": refs.get("raw_target_mae"),
+        "persistence_target_mae": refs.get("persistence_target_mae"),
+    }
+
+
+@dataclass
+class _Model:
+    run: Path
+    manifest: ModelManifest
+    evaluation: dict[str, Any] | None
+
+
+@dataclass
+class ModelCatalogue:
+    """The models the monitor knows: run directories given, and those under `models_dir`
+    (looked at again on every call, so a new deployment shows up). Their decoders load on
+    first use (torch), for the codebook."""
+
+    runs: Sequence[Path] = ()
+    models_dir: Path | None = None
+    _codecs: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def models(self) -> dict[str, _Model]:
+        """model ref (hex) -> the model, its run and its offline evaluation."""
+        dirs = list(self.runs)
+        if self.models_dir is not None and self.models_dir.is_dir():
+            dirs += sorted(p.parent for p in self.models_dir.glob(f"*/{MANIFEST_FILE}"))
+        out: dict[str, _Model] = {}
+        for run in dirs:
+            try:
+                manifest = ModelManifest.load(run / MANIFEST_FILE)
+            except Exception as exc:  # a half-copied run must not take the page down
+                log.warning("%s: no usable manifest, skipped: %s", run, exc)
+                continue
+            out.setdefault(manifest.model_ref.hex(), _Model(run, manifest, read_evaluation(run)))
+        return out
+
+    def codec(self, ref: str, model: _Model) -> Any:
+        with self._lock:
+            if ref not in self._codecs:
+                from .codec import CloudCodec  # torch: only once a codebook is asked for
+
+                self._codecs[ref] = CloudCodec.load(model.run)
+            return self._codecs[ref]
+
+
+class Dashboard:
+    """Builds the dashboard's data from the store, the models and the benchmark results."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalogue: ModelCatalogue | None = None,
+        benchmarks: Sequence[dict[str, Any]] = (),
+        options: DashboardOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.catalogue = catalogue or ModelCatalogue()
+        self.benchmarks = list(benchmarks)
+        self.options = options or DashboardOptions()
+
+    def data(self, now_ms: int | None = None) -> dict[str, Any]:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        o = self.options
+        models = self.catalogue.models()
+        since = now_ms - int(o.accuracy_window_s * 1000)
+        return {
+            "now_ms": now_ms,
+            "options": {k: getattr(o, k) for k in o.__dataclass_fields__},
+            "fleet": fleet_status(self.store, now_ms, o.window_s),
+            "sparsity": self._sparsity(models, since),
+            "kpis": self._kpis(models, since, now_ms),
+            "codebook": self._codebook(models, since),
+        }
+
+    # -- accuracy against sparsity ---------------------------------------------------------
+
+    def _sparsity(self, models: dict[str, _Model], since: int) -> dict[str, Any]:
+        offline = {ref: m.evaluation for ref, m in models.items() if m.evaluation}
+        fleet = self.store.accuracy(since_ms=since, by_edge=False)
+        return {
+            "benchmarks": self.benchmarks,
+            "live": [
+                {**row, "offline": _offline_point(offline.get(row["model_ref"]))}
+                for row in sorted(fleet, key=lambda r: (r["L"], r["model_ref"]))
+            ],
+            "offline_models": [
+                {"model_ref": ref, "L": models[ref].manifest.L, **_offline_point(e)}  # type: ignore[dict-item]
+                for ref, e in sorted(offline.items())
+            ],
+            "edges": self.store.accuracy(since_ms=since),
+        }
+
+    # -- per KPI error over time and drift ------------------------------------------------
+
+    def drift(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """Each edge's error per model and KPI over the last `drift_window_s`, with its
+        ``threshold`` (None without an offline reference) and ``alert``."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return self._drift(self._thresholds(self.catalogue.models()), now_ms)
+
+    def _thresholds(self, models: dict[str, _Model]) -> dict[tuple[str, str], float]:
+        out = {}
+        for ref, m in models.items():
+            per_kpi = (m.evaluation or {}).get("nmse_per_kpi") or {}
+            for kpi, reference in per_kpi.items():
+                if isinstance(reference, int | float) and reference > 0:
+                    out[(ref, kpi)] = self.options.drift_ratio * reference
+        return out
+
+    def _drift(self, thresholds: dict[tuple[str, str], float], now_ms: int) -> list[dict[str, Any]]:
+        o = self.options
+        recent = self.store.kpi_accuracy(now_ms - int(o.drift_window_s * 1000))
+        for r in recent:
+            limit = thresholds.get((r["model_ref"], r["kpi"]))
+            r["threshold"] = limit
+            r["alert"] = bool(
+                limit is not None
+                and r["nmse"] is not None
+                and r["n"] >= o.drift_min_values
+                and r["nmse"] > limit
+            )
+        return recent
+
+    def _kpis(self, models: dict[str, _Model], since: int, now_ms: int) -> dict[str, Any]:
+        thresholds = self._thresholds(models)
+        recent = self._drift(thresholds, now_ms)
+        latest = {(r["edge"], r["model_ref"], r["kpi"]): r["nmse"] for r in recent}
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in self.store.kpi_accuracy(since, by_bucket=True):
+            key = (r["edge"], r["model_ref"], r["kpi"])
+            lines = series.setdefault(r["kpi"], [])
+            if not lines or (lines[-1]["edge"], lines[-1]["model_ref"]) != key[:2]:
+                lines.append({
+                    "edge": r["edge"], "model_ref": r["model_ref"], "points": [],
+                    "recent_nmse": latest.get(key),
+                    "threshold": thresholds.get((r["model_ref"], r["kpi"])),
+                })  # fmt: skip
+            if r["nmse"] is not None:
+                lines[-1]["points"].append([r["bucket_ms"], r["nmse"]])
+        for kpi, lines in series.items():  # the worst edges first, at most SERIES_EDGES
+            lines.sort(key=lambda s: -(s["recent_nmse"] or 0.0))
+            series[kpi] = lines[:SERIES_EDGES]
+        return {
+            "series": series,
+            "recent": recent,
+            "alerts": [r for r in recent if r["alert"]],
+            "unreferenced_models": sorted(
+                ref for ref, m in models.items() if not (m.evaluation or {}).get("nmse_per_kpi")
+            ),
+        }
+
+    # -- codebook --------------------------------------------------------------------------
+
+    def _codebook(self, models: dict[str, _Model], since: int) -> list[dict[str, Any]]:
+        usage = self.store.code_usage(since, self.options.usage_per_edge)
+        out = []
+        for ref, m in sorted(models.items()):
+            used = usage.get(ref, {"measurements": 0, "codes": {}})
+            total = sum(used["codes"].values())
+            try:
+                codec = self.catalogue.codec(ref, m)
+                prototypes = codec.decode([[k] for k in range(m.manifest.K)])
+            except Exception as exc:
+                log.warning("model %s: no prototypes: %s", ref, exc)
+                prototypes = None
+            codes = [
+                {
+                    "code": k,
+                    "count": used["codes"].get(k, 0),
+                    "share": used["codes"].get(k, 0) / total if total else 0.0,
+                    "prototype": None if prototypes is None else _floats(prototypes[k]),
+                }
+                for k in range(m.manifest.K)
+            ]
+            codes.sort(key=lambda c: (-c["count"], c["code"]))
+            out.append({
+                "model_ref": ref, "L": m.manifest.L, "K": m.manifest.K,
+                "kpis": list(m.manifest.kpis), "target": m.manifest.target,
+                "measurements": used["measurements"], "codes_sent": total,
+                "codes_used": sum(1 for c in codes if c["count"]), "codes": codes,
+            })  # fmt: skip
+        return out
+
+
+def _offline_point(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not evaluation:
+        return None
+    keys = ("nmse", "target_mae", "raw_target_mae", "persistence_target_mae", "split", "data")
+    return {k: evaluation.get(k) for k in keys}
+
+
+def _floats(values: Any) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values]

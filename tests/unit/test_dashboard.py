@@ -1,0 +1,220 @@
+"""The monitor's dashboard (`cloud.dashboard`, `cloud.page`, `cloud.svgplot`): accuracy against
+sparsity, drift alerts per KPI, the codebook, and the page that shows them."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sparsetel.cli import main
+from sparsetel.cloud.dashboard import (
+    Dashboard,
+    DashboardOptions,
+    ModelCatalogue,
+    _Model,
+    load_benchmark,
+)
+from sparsetel.cloud.ingest import FrameIngest, ServiceStats
+from sparsetel.cloud.metrics import FleetCollector
+from sparsetel.cloud.page import render_page
+from sparsetel.cloud.registry import ModelRegistry
+from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.svgplot import Series, chart
+from sparsetel.shared.errors import ConfigError
+from tests.unit.test_accuracy import T
+from tests.unit.test_accuracy import _frame as audited_frame
+from tests.unit.test_metrics import _samples
+from tests.unit.test_service import EDGE, REF, TOPIC, FakeCodec, L
+
+NOW = T + 60_000
+# Offline per-KPI NMSE: RSRP tiny (its live error, 0.2, is drift), SNR large (no drift).
+EVALUATION = {
+    "nmse": 0.05,
+    "target_mae": 50.0,
+    "raw_target_mae": 20.0,
+    "persistence_target_mae": 80.0,
+    "nmse_per_kpi": {"RSRP": 0.001, "SNR": 10.0, "CQI": 0.5},
+}
+
+
+class FakeCatalogue(ModelCatalogue):
+    def __init__(self, evaluation: dict[str, Any] | None = EVALUATION) -> None:
+        super().__init__()
+        self.evaluation = evaluation
+
+    def models(self) -> dict[str, _Model]:
+        return {REF.hex(): _Model(Path("."), FakeCodec().manifest, self.evaluation)}
+
+    def codec(self, ref: str, model: _Model) -> Any:
+        return FakeCodec()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "dash.db")
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), s, ServiceStats())
+    assert ingest.handle(TOPIC, audited_frame(0, 0, {})) == "stored"  # codes (1,), (2,), (3,)
+    audits = {4: (1.0, 100.0, 3.0), 5: (2.0, 200.0, float("nan"))}
+    assert ingest.handle(TOPIC, audited_frame(1, 3, audits)) == "stored"  # (4,), (5,), (6,)
+    yield s
+    s.close()
+
+
+def _dashboard(store: Store, min_values: int = 2, **kw: Any) -> Dashboard:
+    options = DashboardOptions(
+        accuracy_window_s=10**9, drift_window_s=10**9, drift_min_values=min_values
+    )
+    return Dashboard(store, FakeCatalogue(**kw), options=options)
+
+
+def test_an_edge_whose_kpi_error_passes_ratio_times_the_offline_error_is_in_drift(
+    store: Store,
+) -> None:
+    data = _dashboard(store).data(NOW)
+    recent = {r["kpi"]: r for r in data["kpis"]["recent"]}
+    # live RSRP NMSE 0.2 > 3 x 0.001; SNR ~0.92 < 3 x 10
+    assert recent["RSRP"]["nmse"] == pytest.approx(0.2)
+    assert recent["RSRP"]["threshold"] == pytest.approx(0.003)
+    assert recent["RSRP"]["alert"] and not recent["SNR"]["alert"]
+    (alert,) = data["kpis"]["alerts"]
+    assert (alert["edge"], alert["kpi"], alert["model_ref"]) == (EDGE, "RSRP", REF.hex())
+    # too few audited values to judge: no alert
+    assert _dashboard(store, min_values=3).data(NOW)["kpis"]["alerts"] == []
+    # no offline reference: no threshold, and the page says which model lacks one
+    bare = _dashboard(store, evaluation=None).data(NOW)["kpis"]
+    assert bare["alerts"] == [] and bare["unreferenced_models"] == [REF.hex()]
+    # the series: one line per edge and KPI, its minute and NMSE
+    (line,) = data["kpis"]["series"]["RSRP"]
+    assert line["points"] == [[T - T % 60_000, pytest.approx(0.2)]] and line["edge"] == EDGE
+
+
+def test_drift_is_a_metric_too(store: Store) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store, 3600, 10**9, _dashboard(store)))
+    got = _samples(generate_latest(registry).decode())
+    labels = (("edge", EDGE), ("kpi", "RSRP"), ("model", REF.hex()))
+    assert got[("sparsetel_kpi_drift_alert", labels)] == 1.0
+    assert got[("sparsetel_kpi_drift_threshold_nmse", labels)] == pytest.approx(0.003)
+    assert got[("sparsetel_live_kpi_nmse", labels)] == pytest.approx(0.2)
+    snr = (("edge", EDGE), ("kpi", "SNR"), ("model", REF.hex()))
+    assert got[("sparsetel_kpi_drift_alert", snr)] == 0.0
+    assert got[("sparsetel_kpi_drift_alerts", ())] == 1.0
+
+
+def test_live_accuracy_sits_beside_the_models_offline_point(store: Store) -> None:
+    s = _dashboard(store).data(NOW)["sparsity"]
+    (live,) = s["live"]
+    (per_edge,) = store.accuracy()
+    assert (live["model_ref"], live["L"], live["edges"], live["audits"]) == (REF.hex(), L, 1, 2)
+    assert live["nmse"] == pytest.approx(per_edge["nmse"])
+    assert live["target_mae"] == pytest.approx(per_edge["target_mae"])
+    assert live["offline"]["nmse"] == 0.05 and live["offline"]["raw_target_mae"] == 20.0
+    assert s["offline_models"] == [{"model_ref": REF.hex(), "L": L, **live["offline"]}]
+
+
+def test_the_codebook_shows_each_codes_prototype_in_units_and_its_usage(store: Store) -> None:
+    (book,) = _dashboard(store).data(NOW)["codebook"]
+    assert (book["measurements"], book["codes_sent"], book["codes_used"]) == (6, 6, 6)
+    by_code = {c["code"]: c for c in book["codes"]}
+    assert by_code[3]["count"] == 1 and by_code[3]["share"] == pytest.approx(1 / 6)
+    assert by_code[3]["prototype"] == [1.0, 3.0, None]  # FakeCodec: [nnz, sum, NaN]
+    assert by_code[9]["count"] == 0 and [c["code"] for c in book["codes"][:6]] == [1, 2, 3, 4, 5, 6]
+
+
+def _benchmark(tmp_path: Path) -> Path:
+    rows = [
+        {"method": "sdlgm", "setting": "a", "L": 2, "nmse": 0.2, "target_mae": 60.0},
+        {"method": "sdlgm", "setting": "b", "L": 2, "nmse": 0.1, "target_mae": 70.0},
+        {"method": "sdlgm", "setting": "c", "L": 4, "nmse": 0.05, "target_mae": 55.0},
+        {"method": "omp", "setting": "a", "L": 4, "nmse": None, "target_mae": 65.0},
+        {"method": "zstd", "setting": "lossless", "L": None, "nmse": 0.0},
+    ]
+    refs = {"raw_target_mae": 20.0, "persistence_target_mae": 80.0}
+    path = tmp_path / "bench" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"rows": rows, "references": refs}), encoding="utf-8")
+    return path.parent
+
+
+def test_a_benchmark_gives_each_method_its_best_setting_per_L(tmp_path: Path) -> None:
+    b = load_benchmark(_benchmark(tmp_path))
+    assert b["methods"] == {
+        "sdlgm": [
+            {"L": 2, "nmse": 0.1, "target_mae": 60.0},
+            {"L": 4, "nmse": 0.05, "target_mae": 55.0},
+        ],
+        "omp": [{"L": 4, "target_mae": 65.0}],
+    }
+    assert (b["raw_target_mae"], b["persistence_target_mae"]) == (20.0, 80.0)
+    (tmp_path / "bad.json").write_text('{"rows": 3}', encoding="utf-8")
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ConfigError, match="not a sparsetel benchmark result"):
+            load_benchmark(bad)
+
+
+def _points(page: str, chart_id: str, css: str) -> list[float]:
+    svg = re.search(rf'<svg id="{chart_id}".*?</svg>', page, re.S)
+    assert svg, chart_id
+    return [float(v) for v in re.findall(rf'class="series {css}"[^>]*data-y="([^"]+)"', svg[0])]
+
+
+def test_the_page_shows_the_numbers_of_its_data(store: Store, tmp_path: Path) -> None:
+    dash = _dashboard(store)
+    dash.benchmarks = [load_benchmark(_benchmark(tmp_path))]
+    data = dash.data(NOW)
+    page = render_page(data, refresh_s=5)
+    live = data["sparsity"]["live"][0]
+    assert _points(page, "sparsity-mae", "live") == [pytest.approx(live["target_mae"], rel=1e-5)]
+    assert _points(page, "sparsity-nmse", "live") == [pytest.approx(live["nmse"], rel=1e-5)]
+    assert _points(page, "sparsity-mae", "offline-curve") == [60.0, 55.0, 65.0]
+    assert _points(page, "sparsity-mae", "offline-model") == [50.0]
+    assert re.search(r'class="series raw_target_mae" data-y="20"', page)
+    assert re.search(r'class="series persistence_target_mae" data-y="80"', page)
+    assert "id='alert-banner' data-alerts='1'" in page and "e1 (RSRP)" in page
+    assert _points(page, "kpi-RSRP", "kpi-line") == [pytest.approx(0.2)]
+    assert re.search(r'class="series threshold" data-y="0.003"', page)
+    assert "<tr data-edge='e1'>" in page and "id='codebook-" + REF.hex() + "'" in page
+    assert '<meta http-equiv="refresh" content="5">' in page
+    quiet = render_page(_dashboard(store, evaluation=None).data(NOW), refresh_s=0)
+    assert "id='ok-banner'" in quiet and "http-equiv" not in quiet and "id='unreferenced'" in quiet
+
+
+def test_a_chart_places_points_in_order_and_skips_what_it_cannot_draw() -> None:
+    svg = chart(
+        "c",
+        [
+            Series("a", [(1, 0.5), (2, 0.1), (4, float("nan")), (8, 0.01)]),
+            Series("floor", [(0, 1.0)], "hline", dashed=True),
+            Series("neg", [(2, -1.0)], "points"),  # not drawable on a log axis
+        ],
+        "L",
+        "NMSE",
+        "log",
+        "log",
+        x_ticks=(1, 2, 4, 8),
+    )
+    drawn = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"[^>]*class="series', svg)
+    xs, ys = [float(x) for x, _ in drawn], [float(y) for _, y in drawn]
+    assert len(xs) == 3 and xs == sorted(xs) and ys == sorted(ys)  # lower NMSE: lower on screen
+    assert 'stroke-dasharray="6 4"' in svg and svg.count("<polyline") == 1
+    assert 'data-y="-1"' not in svg
+
+
+def test_bad_monitor_options_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(ConfigError, match="drift-ratio"):
+        DashboardOptions(drift_ratio=0)
+    db = str(tmp_path / "m.db")
+    assert main(["monitor", "--db", db, "--drift-ratio", "-1"]) == 2
+    assert main(["monitor", "--db", db, "--benchmark", str(tmp_path / "none")]) == 2
+    assert main(["monitor", "--db", db, "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "drift-ratio" in err and "not a sparsetel benchmark result" in err
+    assert "no manifest.json" in err
