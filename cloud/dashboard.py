@@ -6,10 +6,13 @@
   L, with the raw-KPI ceiling and the persistence floor; and each known model's own offline
   point (its RUN/evaluation.json from ``sparsetel evaluate``). Live, from the audit samples
   over the accuracy window: per model and L over the fleet, and per edge.
-- ``kpis``: per KPI, each edge's live NMSE per minute, and drift alerts: an edge whose NMSE
-  on a KPI over the last `drift_window_s` (at least `drift_min_values` audited values) is
-  above `drift_ratio` times its model's offline NMSE on that KPI. A model without an
-  evaluation has no threshold; the page says so.
+- ``kpis``: per KPI, each edge's live error per minute, and drift alerts: an edge whose
+  error on a KPI over the last `drift_window_s` (at least `drift_min_values` audited values)
+  is above `drift_ratio` times its model's offline error on that KPI. The error is the MSE
+  in the model's normalised space (squared training standard deviations; ``mse_per_kpi`` of
+  ``sparsetel evaluate``), not the NMSE, which a KPI whose level shifted would dilute: the
+  shift raises the true values' power as much as the error. A model without an evaluation
+  has no threshold; the page says so.
 - ``codebook``: per model, what each code means -- the KPIs it decodes to on its own, in
   units -- and how often the edges send it (`Store.code_usage`).
 """
@@ -25,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
@@ -197,7 +202,7 @@ class Dashboard:
     def _thresholds(self, models: dict[str, _Model]) -> dict[tuple[str, str], float]:
         out = {}
         for ref, m in models.items():
-            per_kpi = (m.evaluation or {}).get("nmse_per_kpi") or {}
+            per_kpi = (m.evaluation or {}).get("mse_per_kpi") or {}
             for kpi, reference in per_kpi.items():
                 if isinstance(reference, int | float) and reference > 0:
                     out[(ref, kpi)] = self.options.drift_ratio * reference
@@ -211,16 +216,16 @@ class Dashboard:
             r["threshold"] = limit
             r["alert"] = bool(
                 limit is not None
-                and r["nmse"] is not None
+                and r["mse"] is not None
                 and r["n"] >= o.drift_min_values
-                and r["nmse"] > limit
+                and r["mse"] > limit
             )
         return recent
 
     def _kpis(self, models: dict[str, _Model], since: int, now_ms: int) -> dict[str, Any]:
         thresholds = self._thresholds(models)
         recent = self._drift(thresholds, now_ms)
-        latest = {(r["edge"], r["model_ref"], r["kpi"]): r["nmse"] for r in recent}
+        latest = {(r["edge"], r["model_ref"], r["kpi"]): r["mse"] for r in recent}
         series: dict[str, list[dict[str, Any]]] = {}
         for r in self.store.kpi_accuracy(since, by_bucket=True):
             key = (r["edge"], r["model_ref"], r["kpi"])
@@ -228,20 +233,20 @@ class Dashboard:
             if not lines or (lines[-1]["edge"], lines[-1]["model_ref"]) != key[:2]:
                 lines.append({
                     "edge": r["edge"], "model_ref": r["model_ref"], "points": [],
-                    "recent_nmse": latest.get(key),
+                    "recent_mse": latest.get(key),
                     "threshold": thresholds.get((r["model_ref"], r["kpi"])),
                 })  # fmt: skip
-            if r["nmse"] is not None:
-                lines[-1]["points"].append([r["bucket_ms"], r["nmse"]])
+            if r["mse"] is not None:
+                lines[-1]["points"].append([r["bucket_ms"], r["mse"]])
         for kpi, lines in series.items():  # the worst edges first, at most SERIES_EDGES
-            lines.sort(key=lambda s: -(s["recent_nmse"] or 0.0))
+            lines.sort(key=lambda s: -(s["recent_mse"] or 0.0))
             series[kpi] = lines[:SERIES_EDGES]
         return {
             "series": series,
             "recent": recent,
             "alerts": [r for r in recent if r["alert"]],
             "unreferenced_models": sorted(
-                ref for ref, m in models.items() if not (m.evaluation or {}).get("nmse_per_kpi")
+                ref for ref, m in models.items() if not (m.evaluation or {}).get("mse_per_kpi")
             ),
         }
 
@@ -259,12 +264,15 @@ class Dashboard:
             except Exception as exc:
                 log.warning("model %s: no prototypes: %s", ref, exc)
                 prototypes = None
+            K = m.manifest.K
+            reads = [""] * K if prototypes is None else _reads_as(prototypes, m.manifest.kpis)
             codes = [
                 {
                     "code": k,
                     "count": used["codes"].get(k, 0),
                     "share": used["codes"].get(k, 0) / total if total else 0.0,
                     "prototype": None if prototypes is None else _floats(prototypes[k]),
+                    "reads_as": reads[k],
                 }
                 for k in range(m.manifest.K)
             ]
@@ -283,6 +291,24 @@ def _offline_point(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("nmse", "target_mae", "raw_target_mae", "persistence_target_mae", "split", "data")
     return {k: evaluation.get(k) for k in keys}
+
+
+def _reads_as(prototypes: Any, kpis: Sequence[str], most: int = 3) -> list[str]:
+    """Per code, the KPIs its prototype sets apart from the other codes' (at least one
+    standard deviation of the prototypes away from their mean), the farthest first:
+    "Load high, SNR low"; "" when none stands out."""
+    p = np.asarray(prototypes, dtype=np.float64)
+    known = np.isfinite(p)
+    n = np.maximum(known.sum(axis=0), 1)
+    mean = np.where(known, p, 0.0).sum(axis=0) / n
+    std = np.sqrt(np.where(known, (p - mean) ** 2, 0.0).sum(axis=0) / n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(known & (std > 0), (p - mean) / std, 0.0)
+    out = []
+    for row in z:
+        far = [j for j in np.argsort(-np.abs(row)) if abs(row[j]) >= 1.0][:most]
+        out.append(", ".join(f"{kpis[j]} {'high' if row[j] > 0 else 'low'}" for j in far))
+    return out
 
 
 def _floats(values: Any) -> list[float | None]:

@@ -6,7 +6,9 @@ test sessions recorded in split.json are used (``"split": "test"``); any other d
 whole (``"split": "all"``).
 
 - nmse: over observed entries in the model's normalised space, sum (x_hat - x)² / sum x²;
-  snr_db = -10 log10 nmse.
+  snr_db = -10 log10 nmse; per KPI, nmse_per_kpi and mse_per_kpi (mean (x_hat - x)² in the
+  normalised space: the error in squared training standard deviations, which a shift of the
+  KPI's level does not dilute as it does the nmse).
 - bits_per_measurement: mean code payload bits (`shared.wire.record_bits`);
   wire_bytes_per_measurement: frames of 50 records at 1 Hz with MQTT framing, as the agent
   publishes them (`shared.wire.wire_bytes_per_measurement`).
@@ -141,10 +143,13 @@ def _reconstruction(codec: CloudCodec, x: np.ndarray, codes: np.ndarray) -> dict
     power = np.where(seen, z, 0.0) ** 2
     nmse = float(err.sum() / power.sum())
     per = err.sum(0) / np.maximum(power.sum(0), 1e-12)
+    mse = err.sum(0) / np.maximum(seen.sum(0), 1)
+    kpis = codec.manifest.kpis
     return {
         "nmse": nmse,
         "snr_db": float(-10 * np.log10(nmse)) if nmse > 0 else float("inf"),
-        "nmse_per_kpi": {k: float(v) for k, v in zip(codec.manifest.kpis, per, strict=True)},
+        "nmse_per_kpi": {k: float(v) for k, v in zip(kpis, per, strict=True)},
+        "mse_per_kpi": {k: float(v) for k, v in zip(kpis, mse, strict=True)},
     }
 
 

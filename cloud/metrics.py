@@ -13,7 +13,8 @@
 - per edge, model and L over the accuracy window: ``sparsetel_live_reconstruction_nmse``,
   ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``;
 - per edge, model and KPI over the drift window (`cloud.dashboard`):
-  ``sparsetel_live_kpi_nmse``, ``sparsetel_kpi_drift_threshold_nmse`` (where the model has an
+  ``sparsetel_live_kpi_mse`` (normalised space), ``sparsetel_kpi_drift_threshold_mse`` (where
+  the model has an
   offline reference), ``sparsetel_kpi_drift_alert`` (1 while the edge's error on that KPI is
   above it), and ``sparsetel_kpi_drift_alerts``, their count.
 
@@ -125,14 +126,14 @@ class FleetCollector(Collector):
 
     def _drift(self, rows: list[dict[str, Any]]) -> Iterable[Metric]:
         labels = ["edge", "model", "kpi"]
-        nmse = GaugeMetricFamily(
-            "sparsetel_live_kpi_nmse",
-            "reconstruction NMSE of one KPI over the drift window, normalised space",
+        mse = GaugeMetricFamily(
+            "sparsetel_live_kpi_mse",
+            "reconstruction MSE of one KPI over the drift window, in squared training stds",
             labels=labels,
         )
         limit = GaugeMetricFamily(
-            "sparsetel_kpi_drift_threshold_nmse",
-            "the NMSE above which the KPI's error counts as drift",
+            "sparsetel_kpi_drift_threshold_mse",
+            "the MSE above which the KPI's error counts as drift",
             labels=labels,
         )
         alert = GaugeMetricFamily(
@@ -142,14 +143,14 @@ class FleetCollector(Collector):
         )
         for r in rows:
             values = [r["edge"], r["model_ref"], r["kpi"]]
-            if r["nmse"] is not None:
-                nmse.add_metric(values, r["nmse"])
+            if r["mse"] is not None:
+                mse.add_metric(values, r["mse"])
             if r["threshold"] is not None:
                 limit.add_metric(values, r["threshold"])
                 alert.add_metric(values, float(r["alert"]))
         count = GaugeMetricFamily("sparsetel_kpi_drift_alerts", "edge and KPI pairs in drift now")
         count.add_metric([], float(sum(r["alert"] for r in rows)))
-        return (nmse, limit, alert, count)
+        return (mse, limit, alert, count)
 
 
 def monitor_app(

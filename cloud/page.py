@@ -17,6 +17,7 @@ from .svgplot import PALETTE, Series, chart
 __all__ = ["render_page"]
 
 CODEBOOK_ROWS = 16  # codes shown per model, the most used first
+KPI_ROWS = 12  # KPI table rows within their threshold shown, the closest first
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 40px;color:#222;background:#fafafa}
@@ -225,6 +226,7 @@ def _sparsity(s: dict[str, Any]) -> str:
                 label,
                 "log",
                 scale,
+                width=620,
                 x_ticks=ls,
             )
         )
@@ -265,17 +267,24 @@ def _sparsity(s: dict[str, Any]) -> str:
 # -- per KPI -------------------------------------------------------------------------------
 
 
+def _ratio(row: dict[str, Any]) -> float:
+    """How close a KPI's recent error is to its drift threshold (0 without one)."""
+    if row["mse"] is None or not row["threshold"]:
+        return 0.0
+    return float(row["mse"]) / float(row["threshold"])
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "kpi"
 
 
 def _kpis(k: dict[str, Any], options: dict[str, Any]) -> str:
     out = [
-        "<h2>Error per KPI</h2><p class='muted'>Live reconstruction NMSE per minute, the worst "
-        "edges first. Drift: an edge's NMSE on a KPI over the last "
-        f"{options['drift_window_s']:g} s "
+        "<h2>Error per KPI</h2><p class='muted'>Live reconstruction error per minute: the MSE in "
+        "the model's normalised space (squared training standard deviations), the worst edges "
+        f"first. Drift: an edge's MSE on a KPI over the last {options['drift_window_s']:g} s "
         f"(at least {options['drift_min_values']} audited values) above "
-        f"{options['drift_ratio']:g}x its model's offline NMSE on that KPI (dashed line).</p>"
+        f"{options['drift_ratio']:g}x its model's offline MSE on that KPI (dashed line).</p>"
     ]
     if k["unreferenced_models"]:
         out.append(
@@ -283,6 +292,9 @@ def _kpis(k: dict[str, Any], options: dict[str, Any]) -> str:
             "an evaluation (run <code>sparsetel evaluate</code>): "
             f"{escape(', '.join(k['unreferenced_models']))}</p>"
         )
+    ranked = sorted(k["recent"], key=lambda r: (not r["alert"], -_ratio(r), r["edge"], r["kpi"]))
+    shown = [r for r in ranked if r["alert"]]
+    shown += [r for r in ranked if not r["alert"]][:KPI_ROWS]
     rows = [
         f"<tr class='{'alert' if r['alert'] else ''}' data-edge='{escape(r['edge'])}' "
         f"data-kpi='{escape(r['kpi'])}' data-alert='{int(r['alert'])}'>"
@@ -290,58 +302,51 @@ def _kpis(k: dict[str, Any], options: dict[str, Any]) -> str:
         + _td("kpi", r["kpi"], r["kpi"], "text")
         + _td("model_ref", r["model_ref"], r["model_ref"], "text")
         + _td("n", r["n"], str(r["n"]))
-        + _td("nmse", r["nmse"], _num(r["nmse"], ".4f"))
-        + _td("rmse", r["rmse"], _num(r["rmse"], ".4g"))
+        + _td("mse", r["mse"], _num(r["mse"], ".4f"))
         + _td("threshold", r["threshold"], _num(r["threshold"], ".4f"))
+        + _td("rmse", r["rmse"], _num(r["rmse"], ".4g"))
         + _td("alert", int(r["alert"]), "DRIFT" if r["alert"] else "ok", "text")
         + "</tr>"
-        for r in sorted(k["recent"], key=lambda r: (not r["alert"], r["edge"], r["kpi"]))
+        for r in shown
     ]
-    head = (
-        "edge",
-        "KPI",
-        "model",
-        "values",
-        "recent NMSE",
-        "recent RMSE (unit)",
-        "threshold",
-        "state",
-    )
+    head = ("edge", "KPI", "model", "values", "recent MSE", "threshold", "RMSE (unit)", "state")
+    hidden = len(ranked) - len(shown)
+    if hidden:
+        out.append(
+            f"<p class='muted'>Every drifting edge and KPI, then the {KPI_ROWS} closest to "
+            f"their threshold; {hidden} more are within theirs.</p>"
+        )
     out.append(_table("kpi-table", head, rows, texts=3))
     charts = []
+    edges = sorted({line["edge"] for lines in k["series"].values() for line in lines})
+    colour = {edge: PALETTE[i % len(PALETTE)] for i, edge in enumerate(edges)}  # same on each
     for kpi, lines in sorted(k["series"].items()):
         series = [
             Series(
                 line["edge"],
                 [tuple(p) for p in line["points"]],
-                color=PALETTE[i % 8],
+                color=colour[line["edge"]],
                 css="kpi-line",
                 labels=[line["edge"]] * len(line["points"]),
             )
-            for i, line in enumerate(lines)
+            for line in lines
         ]
-        limits = sorted({line["threshold"] for line in lines if line["threshold"] is not None})
-        if limits:
+        limits = {line["model_ref"]: line["threshold"] for line in lines if line["threshold"]}
+        for ref, limit in sorted(limits.items()):
             series.append(
-                Series(
-                    "drift threshold",
-                    [(0, v) for v in limits],
-                    "hline",
-                    "#c62828",
-                    css="threshold",
-                    dashed=True,
-                )
-            )
+                Series(f"threshold {ref[:8]}", [(0, limit)], "hline", "#c62828", css="threshold",
+                       dashed=True)
+            )  # fmt: skip
         charts.append(
             f"<div><h3>{escape(kpi)}</h3>"
             + chart(
                 f"kpi-{_slug(kpi)}",
                 series,
                 "time (UTC)",
-                "NMSE",
+                "MSE (normalised)",
                 "time",
                 "log",
-                width=460,
+                width=600,
                 height=240,
             )
             + "</div>"
@@ -356,8 +361,10 @@ def _kpis(k: dict[str, Any], options: dict[str, Any]) -> str:
 def _codebook(models: Sequence[dict[str, Any]]) -> str:
     out = [
         "<h2>Codebook</h2><p class='muted'>What each code means: the KPIs it decodes to on "
-        "its own, in units (above / below the model's mean prototype), and how often the "
-        "edges sent it over their latest measurements. The most used codes first.</p>"
+        "its own, in units (red above, blue below the mean of the model's prototypes; "
+        '"reads as": the KPIs at least one standard deviation of the prototypes away), and '
+        "how often the edges sent it over their latest measurements. The most used codes "
+        "first.</p>"
     ]
     for m in models:
         ref = m["model_ref"]
@@ -377,10 +384,11 @@ def _codebook(models: Sequence[dict[str, Any]]) -> str:
                 + _td("code", c["code"], str(c["code"]), "text")
                 + _td("share", c["share"], f"{100 * c['share']:.1f}%")
                 + _td("count", c["count"], f"{c['count']:,}")
+                + _td("reads_as", c["reads_as"], c["reads_as"] or "-", "text")
                 + "".join(cells)
                 + "</tr>"
             )
-        head = ("code", "share", "sent", *m["kpis"])
+        head = ("code", "share", "sent", "reads as", *m["kpis"])
         out.append(
             f"<h3>model {ref} (L={m['L']}, K={m['K']})</h3>"
             f"<p class='muted' id='codebook-{ref}-summary' data-used='{m['codes_used']}'>"

@@ -235,8 +235,9 @@ class StoreReads:
         self, since_ms: int, until_ms: int | None = None, by_bucket: bool = False
     ) -> list[dict[str, Any]]:
         """Live accuracy per edge, model and KPI over the buckets in [since_ms, until_ms),
-        one row per bucket too when `by_bucket`: `n` measured values, `nmse` (normalised
-        space, as ``sparsetel evaluate``'s ``nmse_per_kpi``) and `rmse` in the KPI's unit."""
+        one row per bucket too when `by_bucket`: `n` measured values, `nmse` and `mse` (the
+        normalised space, as ``sparsetel evaluate``'s ``nmse_per_kpi`` and ``mse_per_kpi``)
+        and `rmse` in the KPI's unit."""
         keys = "edge, model_ref, kpi" + (", bucket_ms" if by_bucket else "")
         with self._lock:
             rows = self._query(
@@ -251,6 +252,7 @@ class StoreReads:
             item.update(
                 n=int(n),
                 nmse=float(se) / float(ss) if ss else None,
+                mse=float(se) / n if n else None,
                 rmse=math.sqrt(float(se_raw) / n) if n else None,
             )
             out.append(item)

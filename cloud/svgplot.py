@@ -16,7 +16,9 @@ from html import escape
 __all__ = ["PALETTE", "Series", "chart"]
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-_PAD = (58, 16, 26, 44)  # left, right, top, bottom
+_PAD = (58, 16, 26, 44)  # left, right (besides the legend's), top, bottom
+_MINUTE = 60_000.0
+_TIME_STEPS = tuple(m * _MINUTE for m in (1, 2, 5, 10, 15, 30, 60, 120, 240, 360, 720, 1440))
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class _Axis:
         if scale == "log":
             lo, hi = math.log10(lo), math.log10(hi)
         if hi - lo < 1e-12:
-            lo, hi = lo - 0.5, hi + 0.5
+            half = 60_000.0 if scale == "time" else 0.5
+            lo, hi = lo - half, hi + half
         margin = (hi - lo) * 0.06
         self.lo, self.hi = lo - margin, hi + margin
         self.lo_px, self.hi_px = lo_px, hi_px
@@ -61,7 +64,11 @@ class _Axis:
                     if self.lo <= math.log10(v) <= self.hi:
                         out.append((v, f"{v:g}"))
             return out if len(out) <= 9 else [t for t in out if t[1].startswith("1")]
-        step = _nice_step((self.hi - self.lo) / 5)
+        raw = (self.hi - self.lo) / 5
+        if self.scale == "time":
+            step = next((s for s in _TIME_STEPS if s >= raw), _TIME_STEPS[-1])
+        else:
+            step = _nice_step(raw)
         first = math.ceil(self.lo / step) * step
         values = [first + i * step for i in range(int((self.hi - first) / step) + 1)]
         if self.scale == "time":
@@ -91,6 +98,9 @@ def chart(
     """One SVG chart; `x_scale`/`y_scale` are "linear", "log" or "time" (x only, epoch ms).
     `x_ticks`, if given, replaces the automatic ticks of x (the L of a sparsity sweep)."""
     left, right, top, bottom = _PAD
+    names = [s.name for s in series]
+    legend_w = min(190, 30 + 6 * max(map(len, names))) if names else 0
+    right += legend_w
     xs = [x for s in series if s.kind != "hline" for x, _ in s.points]
     ys = [y for s in series for _, y in s.points]
     x = _Axis([*xs, *x_ticks], left, width - right, x_scale)
@@ -127,7 +137,7 @@ def chart(
     )
     for s in series:
         parts.extend(_draw(s, x, y, left, width - right))
-    parts.append(_legend(series, width - right - 8, top + 6))
+    parts.append(_legend(series, width - legend_w + 4, top + 2))
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -169,22 +179,22 @@ def _draw(s: Series, x: _Axis, y: _Axis, x0: float, x1: float) -> list[str]:
     return out
 
 
-def _legend(series: Sequence[Series], right: float, top: float) -> str:
+def _legend(series: Sequence[Series], left: float, top: float) -> str:
+    """One line per distinct series, beside the plot (right of it), marker then name."""
     names = list(dict.fromkeys((s.name, s.color, s.kind, s.dashed) for s in series))
     out = ['<g class="legend">']
     for i, (name, color, kind, dashed) in enumerate(names):
         y = top + 14 * i
         dash = ' stroke-dasharray="4 3"' if dashed else ""
         if kind == "points":
-            mark = f'<circle cx="{right - 8}" cy="{y + 4}" r="4" fill="{color}"/>'
+            mark = f'<circle cx="{left + 8}" cy="{y + 4}" r="4" fill="{color}"/>'
         else:
             mark = (
-                f'<line x1="{right - 16}" x2="{right}" y1="{y + 4}" y2="{y + 4}" '
+                f'<line x1="{left}" x2="{left + 16}" y1="{y + 4}" y2="{y + 4}" '
                 f'stroke="{color}" stroke-width="2"{dash}/>'
             )
         out.append(
-            f'{mark}<text x="{right - 20}" y="{y + 8}" class="legend-text" '
-            f'text-anchor="end">{escape(name)}</text>'
+            f'{mark}<text x="{left + 20}" y="{y + 8}" class="legend-text">{escape(name)}</text>'
         )
     out.append("</g>")
     return "".join(out)

@@ -19,6 +19,16 @@ if [ -z "${SPARSETEL_TEST_POSTGRES:-}" ] && ! answers 5432; then
     for _ in $(seq 50); do answers 5432 && break; sleep 0.1; done
 fi
 
+# The dashboard's browser test drives Debian's Chromium and its driver (marker `browser`).
+if [ -z "${SPARSETEL_NO_BROWSER_INSTALL:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+    echo "test.sh: installing Debian's chromium and chromium-driver for the browser test" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    { $sudo apt-get install -y -q chromium chromium-driver >/dev/null \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium chromium-driver >/dev/null; }; } \
+        || echo "test.sh: could not install Chromium; the browser test will say so" >&2
+fi
+
 echo "== ruff" >&2
 ruff check .
 ruff format --check .

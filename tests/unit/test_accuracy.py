@@ -61,6 +61,7 @@ def test_audits_give_the_live_nmse_and_the_targets_prediction_error(store: Store
     assert first["n"] == 2 and first["nmse"] == pytest.approx(
         ((0.1 - 0.1) ** 2 + (0.1 - 0.2) ** 2) / (0.1**2 + 0.2**2)
     )
+    assert first["mse"] == pytest.approx((0 + 0.1**2) / 2)
     assert first["rmse"] == pytest.approx(math.sqrt((0 + 1.0) / 2))
     assert second["nmse"] == pytest.approx(((0.5 - 10) ** 2 + (0.6 - 20) ** 2) / (10**2 + 20**2))
     assert second["rmse"] == pytest.approx(math.sqrt((95.0**2 + 194.0**2) / 2))

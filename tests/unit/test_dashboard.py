@@ -33,13 +33,14 @@ from tests.unit.test_metrics import _samples
 from tests.unit.test_service import EDGE, REF, TOPIC, FakeCodec, L
 
 NOW = T + 60_000
-# Offline per-KPI NMSE: RSRP tiny (its live error, 0.2, is drift), SNR large (no drift).
+# Offline per-KPI MSE: RSRP tiny (its live MSE, 0.005, is drift), SNR large (no drift).
 EVALUATION = {
     "nmse": 0.05,
     "target_mae": 50.0,
     "raw_target_mae": 20.0,
     "persistence_target_mae": 80.0,
-    "nmse_per_kpi": {"RSRP": 0.001, "SNR": 10.0, "CQI": 0.5},
+    "nmse_per_kpi": {"RSRP": 0.5, "SNR": 0.5, "CQI": 0.5},
+    "mse_per_kpi": {"RSRP": 0.001, "SNR": 100.0, "CQI": 0.5},
 }
 
 
@@ -78,8 +79,9 @@ def test_an_edge_whose_kpi_error_passes_ratio_times_the_offline_error_is_in_drif
 ) -> None:
     data = _dashboard(store).data(NOW)
     recent = {r["kpi"]: r for r in data["kpis"]["recent"]}
-    # live RSRP NMSE 0.2 > 3 x 0.001; SNR ~0.92 < 3 x 10
-    assert recent["RSRP"]["nmse"] == pytest.approx(0.2)
+    # live RSRP MSE ((0.1 - 0.1)² + (0.1 - 0.2)²) / 2 > 3 x 0.001; SNR 233 < 3 x 100
+    assert recent["RSRP"]["mse"] == pytest.approx(0.005)
+    assert recent["SNR"]["mse"] == pytest.approx(((0.5 - 10) ** 2 + (0.6 - 20) ** 2) / 2)
     assert recent["RSRP"]["threshold"] == pytest.approx(0.003)
     assert recent["RSRP"]["alert"] and not recent["SNR"]["alert"]
     (alert,) = data["kpis"]["alerts"]
@@ -91,7 +93,7 @@ def test_an_edge_whose_kpi_error_passes_ratio_times_the_offline_error_is_in_drif
     assert bare["alerts"] == [] and bare["unreferenced_models"] == [REF.hex()]
     # the series: one line per edge and KPI, its minute and NMSE
     (line,) = data["kpis"]["series"]["RSRP"]
-    assert line["points"] == [[T - T % 60_000, pytest.approx(0.2)]] and line["edge"] == EDGE
+    assert line["points"] == [[T - T % 60_000, pytest.approx(0.005)]] and line["edge"] == EDGE
 
 
 def test_drift_is_a_metric_too(store: Store) -> None:
@@ -100,8 +102,8 @@ def test_drift_is_a_metric_too(store: Store) -> None:
     got = _samples(generate_latest(registry).decode())
     labels = (("edge", EDGE), ("kpi", "RSRP"), ("model", REF.hex()))
     assert got[("sparsetel_kpi_drift_alert", labels)] == 1.0
-    assert got[("sparsetel_kpi_drift_threshold_nmse", labels)] == pytest.approx(0.003)
-    assert got[("sparsetel_live_kpi_nmse", labels)] == pytest.approx(0.2)
+    assert got[("sparsetel_kpi_drift_threshold_mse", labels)] == pytest.approx(0.003)
+    assert got[("sparsetel_live_kpi_mse", labels)] == pytest.approx(0.005)
     snr = (("edge", EDGE), ("kpi", "SNR"), ("model", REF.hex()))
     assert got[("sparsetel_kpi_drift_alert", snr)] == 0.0
     assert got[("sparsetel_kpi_drift_alerts", ())] == 1.0
@@ -124,6 +126,9 @@ def test_the_codebook_shows_each_codes_prototype_in_units_and_its_usage(store: S
     by_code = {c["code"]: c for c in book["codes"]}
     assert by_code[3]["count"] == 1 and by_code[3]["share"] == pytest.approx(1 / 6)
     assert by_code[3]["prototype"] == [1.0, 3.0, None]  # FakeCodec: [nnz, sum, NaN]
+    # prototypes [1, k]: SNR sets the first and last codes apart (|k - 7.5| / 4.6 >= 1)
+    assert by_code[0]["reads_as"] == "SNR low" and by_code[15]["reads_as"] == "SNR high"
+    assert by_code[8]["reads_as"] == ""
     assert by_code[9]["count"] == 0 and [c["code"] for c in book["codes"][:6]] == [1, 2, 3, 4, 5, 6]
 
 
@@ -177,7 +182,7 @@ def test_the_page_shows_the_numbers_of_its_data(store: Store, tmp_path: Path) ->
     assert re.search(r'class="series raw_target_mae" data-y="20"', page)
     assert re.search(r'class="series persistence_target_mae" data-y="80"', page)
     assert "id='alert-banner' data-alerts='1'" in page and "e1 (RSRP)" in page
-    assert _points(page, "kpi-RSRP", "kpi-line") == [pytest.approx(0.2)]
+    assert _points(page, "kpi-RSRP", "kpi-line") == [pytest.approx(0.005)]
     assert re.search(r'class="series threshold" data-y="0.003"', page)
     assert "<tr data-edge='e1'>" in page and "id='codebook-" + REF.hex() + "'" in page
     assert '<meta http-equiv="refresh" content="5">' in page

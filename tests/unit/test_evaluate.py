@@ -50,7 +50,8 @@ def test_evaluate_reports_every_key_as_json_with_sane_values(result: dict[str, A
     assert result["snr_db"] == pytest.approx(-10 * math.log10(result["nmse"]))
     assert 0 <= result["mean_nonzeros"] <= result["max_nonzeros"] <= 4
     assert 0 < result["codewords_used_share"] <= 1
-    assert set(result["nmse_per_kpi"]) == set(KPIS)
+    assert set(result["nmse_per_kpi"]) == set(result["mse_per_kpi"]) == set(KPIS)
+    assert all(v >= 0 for v in result["mse_per_kpi"].values())
     for key in ("target_mae", "target_r2", "raw_target_r2", "persistence_target_r2"):
         assert math.isfinite(result[key])
     assert result["target_mae"] > 0 and result["target_r2"] <= 1 and result["raw_target_r2"] <= 1
