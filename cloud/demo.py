@@ -208,6 +208,7 @@ def _report(
         **_prediction(np.concatenate(target), np.concatenate(predicted), np.concatenate(current)),
         "rejects": streamed["serve"].get("rejects", {}),
         "duplicates": streamed["serve"].get("duplicates", 0),
+        "monitor": f"sparsetel monitor --db {streamed['db']} --model {run}",
     }
 
 
@@ -272,6 +273,7 @@ def _print_report(r: dict[str, Any]) -> None:
         ("", f"(persistence R² {r['persistence_target_r2']})"),
         ("rejects / duplicates", f"{sum(r['rejects'].values())} / {r['duplicates']}"),
         ("took", f"{r['seconds']} s"),
+        ("dashboard", r["monitor"]),
     ]
     print("\nsparsetel demo report")
     for label, value in lines:

@@ -23,6 +23,7 @@ def test_demo_stores_every_measurement_and_reports_compression_and_accuracy(
     assert code == 0
     assert report["measurements_sent"] == report["measurements_stored"] == 1000
     assert report["duplicates"] == 0 and report["rejects"] == {}
+    assert report["monitor"].startswith("sparsetel monitor --db ")
     assert report["wire_bytes_per_measurement"] < report["raw_float32_bytes_per_measurement"] / 4
     assert report["json_bytes_per_measurement"] > report["raw_float32_bytes_per_measurement"]
     assert 0 < report["nmse"] < 0.5

@@ -173,3 +173,22 @@ def test_postgres_sums_live_accuracy_per_bucket(pg_url: str) -> None:
 
     with open_store(pg_url) as store:
         check(store)
+
+
+def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: str) -> None:
+    from sparsetel.cloud.ingest import FrameIngest, ServiceStats
+    from sparsetel.cloud.registry import ModelRegistry
+    from tests.unit.test_accuracy import _frame as audited_frame
+    from tests.unit.test_accuracy import (
+        test_code_usage_counts_each_models_codes_over_the_latest_measurements as check,
+    )
+    from tests.unit.test_service import TOPIC, FakeCodec
+
+    with open_store(pg_url) as store:
+        check(store)  # frames 0 and 1 stored, no audits
+        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+        assert ingest.handle(TOPIC, audited_frame(2, 6, {7: (1.0, 2.0, 3.0)})) == "stored"
+        (pooled,) = store.accuracy(by_edge=False)
+        (edge,) = store.accuracy()
+    assert pooled["edges"] == 1 and pooled["edge"] is None and pooled["audits"] == 1
+    assert pooled["nmse"] == pytest.approx(edge["nmse"])
