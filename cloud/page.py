@@ -5,19 +5,17 @@ numbers they show, for people's tools and for the browser test alike."""
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from .svgplot import PALETTE, Series, chart
+from .htmlcells import num, table, td
+from .panels import kpi_panel, sparsity_panel
 
 __all__ = ["render_page"]
 
 CODEBOOK_ROWS = 16  # codes shown per model, the most used first
-KPI_ROWS = 12  # KPI table rows within their threshold shown, the closest first
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 40px;color:#222;background:#fafafa}
@@ -46,8 +44,8 @@ def render_page(data: dict[str, Any], refresh_s: float = 15.0) -> str:
         "Prometheus metrics at <a href='/metrics'>/metrics</a></p>",
         _banner(data["kpis"]["alerts"]),
         _fleet(data["fleet"]),
-        _sparsity(data["sparsity"]),
-        _kpis(data["kpis"], data["options"]),
+        sparsity_panel(data["sparsity"]),
+        kpi_panel(data["kpis"], data["options"]),
         _codebook(data["codebook"]),
     ]
     return (
@@ -66,28 +64,6 @@ def _banner(alerts: Sequence[dict[str, Any]]) -> str:
         f"<div id='alert-banner' data-alerts='{len(alerts)}'>{len(alerts)} drift "
         f"alert{'s' if len(alerts) != 1 else ''}: {escape(which)}</div>"
     )
-
-
-def _num(value: Any, spec: str = ".3g", unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:{spec}}{unit}"
-
-
-def _table(table_id: str, head: Sequence[str], rows: Sequence[str], texts: int = 1) -> str:
-    cells = "".join(
-        f"<th class='{'text' if i < texts else ''}'>{escape(h)}</th>" for i, h in enumerate(head)
-    )
-    body = "".join(rows)
-    return f"<table id='{table_id}'><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _td(key: str, value: Any, shown: str, css: str = "") -> str:
-    raw = "" if value is None else escape(str(value), quote=True)
-    return f"<td data-key='{key}' data-value='{raw}' class='{css}'>{escape(shown)}</td>"
-
-
-# -- fleet ----------------------------------------------------------------------------------
 
 
 _FLEET_NUMBERS = (  # key, format, unit of the fleet table's numeric columns
@@ -110,12 +86,12 @@ def _fleet(fleet: dict[str, Any]) -> str:
     for e in fleet["edges"]:
         online = "yes" if e["online"] else "no"
         cells = [
-            _td("edge", e["edge"], e["edge"], "text"),
-            _td("online", int(e["online"]), online, f"text online-{online}"),
-            _td("model", e["model_sha256"], (e["model_sha256"] or "-")[:12], "text"),
+            td("edge", e["edge"], e["edge"], "text"),
+            td("online", int(e["online"]), online, f"text online-{online}"),
+            td("model", e["model_sha256"], (e["model_sha256"] or "-")[:12], "text"),
         ]
         for key, spec, unit in _FLEET_NUMBERS:
-            cells.append(_td(key, e[key], _num(e[key], spec, unit)))
+            cells.append(td(key, e[key], num(e[key], spec, unit)))
         rows.append(f"<tr data-edge='{escape(e['edge'])}'>{''.join(cells)}</tr>")
     head = (
         "edge",
@@ -138,224 +114,7 @@ def _fleet(fleet: dict[str, Any]) -> str:
         f"{t['measurements_per_s']:.1f}/s over the last {fleet['window_s']:g} s; "
         f"{t['gaps']} frames missing.</p>"
     )
-    return "<h2>Fleet</h2>" + summary + _table("fleet", head, rows, texts=3)
-
-
-# -- accuracy against sparsity ---------------------------------------------------------------
-
-
-_REFERENCES = (  # key, legend, colour of the target MAE chart's reference lines
-    ("raw_target_mae", "raw-KPI ceiling", "#444"),
-    ("persistence_target_mae", "persistence floor", "#999"),
-)
-
-
-def _sparsity(s: dict[str, Any]) -> str:
-    charts = []
-    for metric, chart_id, label, scale in (
-        ("target_mae", "sparsity-mae", "target KPI MAE (its unit)", "linear"),
-        ("nmse", "sparsity-nmse", "reconstruction NMSE", "log"),
-    ):
-        series: list[Series] = []
-        for b_i, bench in enumerate(s["benchmarks"]):
-            for m_i, (method, points) in enumerate(bench["methods"].items()):
-                pts = [(p["L"], p[metric]) for p in points if p.get(metric) is not None]
-                if pts:
-                    series.append(
-                        Series(
-                            f"offline {method}",
-                            pts,
-                            color=PALETTE[(m_i + 2) % 8],
-                            css="offline-curve",
-                            dashed=b_i > 0,
-                        )
-                    )
-            if metric == "target_mae":
-                for key, name, color in _REFERENCES:
-                    if bench.get(key) is not None:
-                        series.append(
-                            Series(name, [(0, bench[key])], "hline", color, css=key, dashed=True)
-                        )
-        offline = [m for m in s["offline_models"] if m.get(metric) is not None]
-        if offline:
-            series.append(
-                Series(
-                    "offline, deployed models",
-                    [(m["L"], m[metric]) for m in offline],
-                    "points",
-                    "#7f7f7f",
-                    css="offline-model",
-                    labels=[m["model_ref"] for m in offline],
-                )
-            )
-        if metric == "target_mae" and not s["benchmarks"]:
-            for key, name, color in _REFERENCES:
-                values = [(0, m[key]) for m in offline if m.get(key) is not None]
-                if values:
-                    series.append(Series(name, values, "hline", color, css=key, dashed=True))
-        edges = [r for r in s["edges"] if r.get(metric) is not None]
-        if edges:
-            series.append(
-                Series(
-                    "live, per edge",
-                    [(r["L"], r[metric]) for r in edges],
-                    "points",
-                    "#f4a3a3",
-                    css="live-edge",
-                    labels=[r["edge"] for r in edges],
-                )
-            )
-        live = [r for r in s["live"] if r.get(metric) is not None]
-        if live:
-            series.append(
-                Series(
-                    "live, fleet",
-                    [(r["L"], r[metric]) for r in live],
-                    "points",
-                    PALETTE[1],
-                    css="live",
-                    labels=[r["model_ref"] for r in live],
-                )
-            )
-        ls = sorted({int(x) for ser in series if ser.kind != "hline" for x, _ in ser.points})
-        charts.append(
-            chart(
-                chart_id,
-                series,
-                "L: nonzero codes per measurement (at most)",
-                label,
-                "log",
-                scale,
-                width=620,
-                x_ticks=ls,
-            )
-        )
-    rows = []
-    for r in s["live"]:
-        off = r.get("offline") or {}
-        cells = [_td("model_ref", r["model_ref"], r["model_ref"], "text")]
-        cells += [
-            _td(k, r[k], _num(r[k], spec))
-            for k, spec in (("L", "d"), ("edges", "d"), ("audits", ",d"), ("nmse", ".4f"))
-        ]
-        cells.append(_td("offline_nmse", off.get("nmse"), _num(off.get("nmse"), ".4f")))
-        cells.append(_td("target_mae", r["target_mae"], _num(r["target_mae"], ".4g")))
-        for key in ("target_mae", "raw_target_mae", "persistence_target_mae"):
-            cells.append(_td(f"offline_{key}", off.get(key), _num(off.get(key), ".4g")))
-        rows.append(f"<tr data-model='{r['model_ref']}' data-L='{r['L']}'>{''.join(cells)}</tr>")
-    head = (
-        "model",
-        "L",
-        "edges",
-        "audits",
-        "live NMSE",
-        "offline NMSE",
-        "live target MAE",
-        "offline target MAE",
-        "raw ceiling MAE",
-        "persistence MAE",
-    )
-    sources = ", ".join(escape(b["source"]) for b in s["benchmarks"]) or "none given (--benchmark)"
-    return (
-        "<h2>Accuracy against sparsity</h2><p class='muted'>Offline: benchmark curves (best "
-        f"setting per L) from {sources}, and each model's own evaluation; live: the audit "
-        "samples over the accuracy window.</p>"
-        f"<div class='charts'>{''.join(charts)}</div>" + _table("sparsity-table", head, rows)
-    )
-
-
-# -- per KPI -------------------------------------------------------------------------------
-
-
-def _ratio(row: dict[str, Any]) -> float:
-    """How close a KPI's recent error is to its drift threshold (0 without one)."""
-    if row["mse"] is None or not row["threshold"]:
-        return 0.0
-    return float(row["mse"]) / float(row["threshold"])
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "kpi"
-
-
-def _kpis(k: dict[str, Any], options: dict[str, Any]) -> str:
-    out = [
-        "<h2>Error per KPI</h2><p class='muted'>Live reconstruction error per minute: the MSE in "
-        "the model's normalised space (squared training standard deviations), the worst edges "
-        f"first. Drift: an edge's MSE on a KPI over the last {options['drift_window_s']:g} s "
-        f"(at least {options['drift_min_values']} audited values) above "
-        f"{options['drift_ratio']:g}x its model's offline MSE on that KPI (dashed line).</p>"
-    ]
-    if k["unreferenced_models"]:
-        out.append(
-            "<p class='muted' id='unreferenced'>No drift threshold for models without "
-            "an evaluation (run <code>sparsetel evaluate</code>): "
-            f"{escape(', '.join(k['unreferenced_models']))}</p>"
-        )
-    ranked = sorted(k["recent"], key=lambda r: (not r["alert"], -_ratio(r), r["edge"], r["kpi"]))
-    shown = [r for r in ranked if r["alert"]]
-    shown += [r for r in ranked if not r["alert"]][:KPI_ROWS]
-    rows = [
-        f"<tr class='{'alert' if r['alert'] else ''}' data-edge='{escape(r['edge'])}' "
-        f"data-kpi='{escape(r['kpi'])}' data-alert='{int(r['alert'])}'>"
-        + _td("edge", r["edge"], r["edge"], "text")
-        + _td("kpi", r["kpi"], r["kpi"], "text")
-        + _td("model_ref", r["model_ref"], r["model_ref"], "text")
-        + _td("n", r["n"], str(r["n"]))
-        + _td("mse", r["mse"], _num(r["mse"], ".4f"))
-        + _td("threshold", r["threshold"], _num(r["threshold"], ".4f"))
-        + _td("rmse", r["rmse"], _num(r["rmse"], ".4g"))
-        + _td("alert", int(r["alert"]), "DRIFT" if r["alert"] else "ok", "text")
-        + "</tr>"
-        for r in shown
-    ]
-    head = ("edge", "KPI", "model", "values", "recent MSE", "threshold", "RMSE (unit)", "state")
-    hidden = len(ranked) - len(shown)
-    if hidden:
-        out.append(
-            f"<p class='muted'>Every drifting edge and KPI, then the {KPI_ROWS} closest to "
-            f"their threshold; {hidden} more are within theirs.</p>"
-        )
-    out.append(_table("kpi-table", head, rows, texts=3))
-    charts = []
-    edges = sorted({line["edge"] for lines in k["series"].values() for line in lines})
-    colour = {edge: PALETTE[i % len(PALETTE)] for i, edge in enumerate(edges)}  # same on each
-    for kpi, lines in sorted(k["series"].items()):
-        series = [
-            Series(
-                line["edge"],
-                [tuple(p) for p in line["points"]],
-                color=colour[line["edge"]],
-                css="kpi-line",
-                labels=[line["edge"]] * len(line["points"]),
-            )
-            for line in lines
-        ]
-        limits = {line["model_ref"]: line["threshold"] for line in lines if line["threshold"]}
-        for ref, limit in sorted(limits.items()):
-            series.append(
-                Series(f"threshold {ref[:8]}", [(0, limit)], "hline", "#c62828", css="threshold",
-                       dashed=True)
-            )  # fmt: skip
-        charts.append(
-            f"<div><h3>{escape(kpi)}</h3>"
-            + chart(
-                f"kpi-{_slug(kpi)}",
-                series,
-                "time (UTC)",
-                "MSE (normalised)",
-                "time",
-                "log",
-                width=600,
-                height=240,
-            )
-            + "</div>"
-        )
-    out.append(f"<div class='charts'>{''.join(charts)}</div>")
-    return "".join(out)
-
-
-# -- codebook ------------------------------------------------------------------------------
+    return "<h2>Fleet</h2>" + summary + table("fleet", head, rows, texts=3)
 
 
 def _codebook(models: Sequence[dict[str, Any]]) -> str:
@@ -378,13 +137,13 @@ def _codebook(models: Sequence[dict[str, Any]]) -> str:
                 css = (
                     "" if v is None or means[j] is None else ("above" if v > means[j] else "below")
                 )
-                cells.append(_td(f"kpi:{kpi}", v, _num(v, ".4g"), css))
+                cells.append(td(f"kpi:{kpi}", v, num(v, ".4g"), css))
             rows.append(
                 f"<tr data-code='{c['code']}'>"
-                + _td("code", c["code"], str(c["code"]), "text")
-                + _td("share", c["share"], f"{100 * c['share']:.1f}%")
-                + _td("count", c["count"], f"{c['count']:,}")
-                + _td("reads_as", c["reads_as"], c["reads_as"] or "-", "text")
+                + td("code", c["code"], str(c["code"]), "text")
+                + td("share", c["share"], f"{100 * c['share']:.1f}%")
+                + td("count", c["count"], f"{c['count']:,}")
+                + td("reads_as", c["reads_as"], c["reads_as"] or "-", "text")
                 + "".join(cells)
                 + "</tr>"
             )
@@ -393,7 +152,7 @@ def _codebook(models: Sequence[dict[str, Any]]) -> str:
             f"<h3>model {ref} (L={m['L']}, K={m['K']})</h3>"
             f"<p class='muted' id='codebook-{ref}-summary' data-used='{m['codes_used']}'>"
             f"{m['codes_used']} of {m['K']} codes used in {m['measurements']:,} measurements "
-            f"({m['codes_sent']:,} codes sent).</p>" + _table(f"codebook-{ref}", head, rows)
+            f"({m['codes_sent']:,} codes sent).</p>" + table(f"codebook-{ref}", head, rows)
         )
     if not models:
         out.append("<p class='muted'>No model known: give --model or --models-dir.</p>")
