@@ -197,9 +197,11 @@ def _check_page(browser: Any, expected: dict[str, Any]) -> None:
     assert set(fleet) == set(want) == {"site-a", "site-b", "site-drift", "site-live"}
     for name, e in want.items():
         row = fleet[name]
+        # the slow edge may send a frame between the page's load and the JSON read
+        rel = 0.1 if name == "site-live" else 1e-6
         assert row["model"] == e["model_sha256"] and int(row["L"]) == e["L"]
-        assert float(row["bytes_per_measurement"]) == pytest.approx(e["bytes_per_measurement"])
-        assert float(row["compression_ratio"]) == pytest.approx(e["compression_ratio"])
+        for key in ("bytes_per_measurement", "compression_ratio"):
+            assert float(row[key]) == pytest.approx(e[key], rel=rel), (name, key)
         assert float(row["compression_ratio"]) > 1
     assert fleet["site-live"]["online"] == "1" and fleet["site-a"]["online"] == "0"
     assert fleet["site-b"]["L"] == "2" and fleet["site-a"]["L"] == "4"
