@@ -21,6 +21,19 @@ _REFERENCES = (  # key, legend, colour of the target MAE chart's reference lines
 )
 
 
+def _points(
+    name: str, rows: list[dict[str, Any]], metric: str, color: str, css: str, label: str = ""
+) -> list[Series]:
+    """`rows`' `metric` against their L as one series of markers (none when no row has it),
+    each labelled with its `label` field (default: its model)."""
+    known = [r for r in rows if r.get(metric) is not None]
+    if not known:
+        return []
+    labels = [str(r[label or "model_ref"]) for r in known]
+    points = [(r["L"], r[metric]) for r in known]
+    return [Series(name, points, "points", color, css=css, labels=labels)]
+
+
 def sparsity_panel(s: dict[str, Any]) -> str:
     charts = []
     for metric, chart_id, label, scale in (
@@ -48,46 +61,14 @@ def sparsity_panel(s: dict[str, Any]) -> str:
                             Series(name, [(0, bench[key])], "hline", color, css=key, dashed=True)
                         )
         offline = [m for m in s["offline_models"] if m.get(metric) is not None]
-        if offline:
-            series.append(
-                Series(
-                    "offline, deployed models",
-                    [(m["L"], m[metric]) for m in offline],
-                    "points",
-                    "#7f7f7f",
-                    css="offline-model",
-                    labels=[m["model_ref"] for m in offline],
-                )
-            )
+        series += _points("offline, deployed models", offline, metric, "#7f7f7f", "offline-model")
         if metric == "target_mae" and not s["benchmarks"]:
             for key, name, color in _REFERENCES:
                 values = [(0, m[key]) for m in offline if m.get(key) is not None]
                 if values:
                     series.append(Series(name, values, "hline", color, css=key, dashed=True))
-        edges = [r for r in s["edges"] if r.get(metric) is not None]
-        if edges:
-            series.append(
-                Series(
-                    "live, per edge",
-                    [(r["L"], r[metric]) for r in edges],
-                    "points",
-                    "#f4a3a3",
-                    css="live-edge",
-                    labels=[r["edge"] for r in edges],
-                )
-            )
-        live = [r for r in s["live"] if r.get(metric) is not None]
-        if live:
-            series.append(
-                Series(
-                    "live, fleet",
-                    [(r["L"], r[metric]) for r in live],
-                    "points",
-                    PALETTE[1],
-                    css="live",
-                    labels=[r["model_ref"] for r in live],
-                )
-            )
+        series += _points("live, per edge", s["edges"], metric, "#f4a3a3", "live-edge", "edge")
+        series += _points("live, fleet", s["live"], metric, PALETTE[1], "live")
         ls = sorted({int(x) for ser in series if ser.kind != "hline" for x, _ in ser.points})
         charts.append(
             chart(

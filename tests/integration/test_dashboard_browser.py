@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.simulator import write_sessions
 from sparsetel.cloud.train import TrainOptions, train_run
 from sparsetel.shared.config import BrokerConfig
-from tests.conftest import skip_or_fail
+from tests.conftest import free_port, skip_or_fail
 from tests.quickrun import KPIS, TARGET, quick_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -59,12 +58,6 @@ def browser() -> Iterator[Any]:
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     yield driver
     driver.quit()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _models(tmp_path: Path, factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
@@ -129,7 +122,7 @@ def test_the_dashboard_shows_the_live_fleet_and_accuracy_in_chromium(
         broker=BrokerConfig(url=broker_url), group=group, models=(four, two), db=str(db),
     ))  # fmt: skip
     service.start()
-    port = _free_port()
+    port = free_port()
     monitor = None
     edges = {
         "site-a": _edge(four, tmp_path / "short.csv", "site-a", group, broker_url, tmp_path, 1000),

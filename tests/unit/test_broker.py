@@ -23,6 +23,7 @@ from sparsetel.cloud.broker import (
     broker_answers,
     start_embedded_broker,
 )
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,6 @@ def broker() -> Iterator[EmbeddedBroker]:
     b = start_embedded_broker()
     yield b
     b.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _client(b: EmbeddedBroker, inbox: queue.Queue[mqtt.MQTTMessage] | None = None) -> mqtt.Client:
@@ -69,7 +64,7 @@ def test_embedded_broker_binds_loopback_and_answers(broker: EmbeddedBroker) -> N
 
 
 def test_broker_answers_false_when_nothing_listens() -> None:
-    assert broker_answers("127.0.0.1", _free_port(), timeout=0.5) is False
+    assert broker_answers("127.0.0.1", free_port(), timeout=0.5) is False
 
 
 def test_broker_answers_false_for_a_server_that_is_not_mqtt() -> None:
@@ -139,7 +134,7 @@ def test_a_taken_port_fails_start_with_a_reason(broker: EmbeddedBroker) -> None:
 
 
 def test_run_broker_serves_until_sigterm_and_exits_0() -> None:
-    port = _free_port()
+    port = free_port()
     code = (
         "from sparsetel.cloud.broker import run_broker; "
         f"raise SystemExit(run_broker('127.0.0.1', {port}))"

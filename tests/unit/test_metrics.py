@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from sparsetel.cloud.ingest import FrameIngest, ServiceStats
 from sparsetel.cloud.metrics import FleetCollector
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import Store, open_store
+from tests.conftest import free_port
 from tests.unit.test_accuracy import _frame as audited_frame
 from tests.unit.test_service import REF, TOPIC, FakeCodec
 from tests.unit.test_status import EDGE, GROUP, _fleet
@@ -61,17 +61,11 @@ def test_the_fleet_and_its_live_accuracy_are_metrics_in_base_units(tmp_path: Pat
     assert got[("sparsetel_live_audits", model)] == 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sparsetel_monitor_serves_the_metrics_over_http(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     with open_store(db) as store:
         _fleet(store)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sparsetel", "monitor", "--db", str(db), "--port", str(port)],
         stderr=subprocess.DEVNULL,
