@@ -99,8 +99,9 @@ def audit_accuracy(
     rows_of: dict[int, list[int]] = {}  # bucket -> rows of `audited` in it
     for row, i in enumerate(audited):
         t = frame.records[i].t_ms
-        b = sums.setdefault(t - t % BUCKET_MS, dict.fromkeys(SUMS, 0))
-        rows_of.setdefault(t - t % BUCKET_MS, []).append(row)
+        bucket = t - t % BUCKET_MS
+        b = sums.setdefault(bucket, dict.fromkeys(SUMS, 0))
+        rows_of.setdefault(bucket, []).append(row)
         b["audits"] += 1
         b["values_n"] += int(seen[row].sum())
         b["recon_se"] += float(se[row])

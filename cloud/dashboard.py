@@ -35,7 +35,7 @@ from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
 
 from .evaluate import read_evaluation
-from .status import fleet_status
+from .status import check_window, fleet_status
 from .store import Store
 
 __all__ = ["Dashboard", "DashboardOptions", "ModelCatalogue", "load_benchmark"]
@@ -43,6 +43,12 @@ __all__ = ["Dashboard", "DashboardOptions", "ModelCatalogue", "load_benchmark"]
 log = logging.getLogger(__name__)
 
 SERIES_EDGES = 8  # per KPI chart: the edges with the highest recent error, at most
+# Options that must be finite and > 0, and the command-line flag that sets each.
+_POSITIVE = {
+    "accuracy_window_s": "--accuracy-window",
+    "drift_window_s": "--drift-window",
+    "drift_ratio": "--drift-ratio",
+}
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,11 @@ class DashboardOptions:
     usage_per_edge: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("window_s", "accuracy_window_s", "drift_window_s", "drift_ratio"):
+        check_window(self.window_s)  # the same check and message as `sparsetel status`
+        for name, flag in _POSITIVE.items():
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
+                raise ConfigError(f"{flag} must be > 0, got {value}")
         if self.drift_min_values < 1 or self.usage_per_edge < 1:
             raise ConfigError("drift-min-values and usage-per-edge must be >= 1")
 
@@ -112,12 +119,12 @@ class _Model:
 @dataclass
 class ModelCatalogue:
     """The models the monitor knows: run directories given, and those under `models_dir`
-    (looked at again on every call, so a new deployment shows up). Their decoders load on
-    first use (torch), for the codebook."""
+    (looked at again on every call, so a new deployment shows up), and each model's code
+    prototypes for the codebook."""
 
     runs: Sequence[Path] = ()
     models_dir: Path | None = None
-    _codecs: dict[str, Any] = field(default_factory=dict)
+    _prototypes: dict[str, np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def models(self) -> dict[str, _Model]:
@@ -135,13 +142,17 @@ class ModelCatalogue:
             out.setdefault(manifest.model_ref.hex(), _Model(run, manifest, read_evaluation(run)))
         return out
 
-    def codec(self, ref: str, model: _Model) -> Any:
+    def prototypes(self, ref: str, model: _Model) -> np.ndarray:
+        """What each of the model's K codes decodes to on its own, in units ([K, D]).
+        Decoded once per model (they never change), on first use: torch loads then."""
         with self._lock:
-            if ref not in self._codecs:
-                from .codec import CloudCodec  # torch: only once a codebook is asked for
+            if ref not in self._prototypes:
+                from .codec import CloudCodec
 
-                self._codecs[ref] = CloudCodec.load(model.run)
-            return self._codecs[ref]
+                codec = CloudCodec.load(model.run)
+                K = model.manifest.K
+                self._prototypes[ref] = codec.decode([[k] for k in range(K)])
+            return self._prototypes[ref]
 
 
 class Dashboard:
@@ -257,24 +268,23 @@ class Dashboard:
         out = []
         for ref, m in sorted(models.items()):
             used = usage.get(ref, {"measurements": 0, "codes": {}})
-            total = sum(used["codes"].values())
+            counts = [used["codes"].get(k, 0) for k in range(m.manifest.K)]
+            total = sum(counts)
             try:
-                codec = self.catalogue.codec(ref, m)
-                prototypes = codec.decode([[k] for k in range(m.manifest.K)])
+                prototypes = self.catalogue.prototypes(ref, m)
             except Exception as exc:
                 log.warning("model %s: no prototypes: %s", ref, exc)
                 prototypes = None
-            K = m.manifest.K
-            reads = [""] * K if prototypes is None else _reads_as(prototypes, m.manifest.kpis)
+            reads = _reads_as(prototypes, m.manifest.kpis) if prototypes is not None else None
             codes = [
                 {
                     "code": k,
-                    "count": used["codes"].get(k, 0),
-                    "share": used["codes"].get(k, 0) / total if total else 0.0,
+                    "count": n,
+                    "share": n / total if total else 0.0,
                     "prototype": None if prototypes is None else _floats(prototypes[k]),
-                    "reads_as": reads[k],
+                    "reads_as": "" if reads is None else reads[k],
                 }
-                for k in range(m.manifest.K)
+                for k, n in enumerate(counts)
             ]
             codes.sort(key=lambda c: (-c["count"], c["code"]))
             out.append({

@@ -14,9 +14,8 @@
   ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``;
 - per edge, model and KPI over the drift window (`cloud.dashboard`):
   ``sparsetel_live_kpi_mse`` (normalised space), ``sparsetel_kpi_drift_threshold_mse`` (where
-  the model has an
-  offline reference), ``sparsetel_kpi_drift_alert`` (1 while the edge's error on that KPI is
-  above it), and ``sparsetel_kpi_drift_alerts``, their count.
+  the model has an offline reference), ``sparsetel_kpi_drift_alert`` (1 while the edge's
+  error on that KPI is above it), and ``sparsetel_kpi_drift_alerts``, their count.
 
 `monitor_app` serves them beside the dashboard page (``/``, `cloud.page`) and its data as
 JSON (``/api/dashboard``).
@@ -37,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sparsetel.shared.errors import ConfigError
+from sparsetel.shared.manifest import MANIFEST_FILE
 
 from .dashboard import Dashboard, DashboardOptions, ModelCatalogue, load_benchmark
 from .page import render_page
@@ -205,7 +205,7 @@ def run_monitor(
     options = options or DashboardOptions()
     curves = [load_benchmark(b) for b in benchmarks]
     for run in models:
-        if not (Path(run) / "manifest.json").is_file():
+        if not (Path(run) / MANIFEST_FILE).is_file():
             raise ConfigError(f"--model {run}: no manifest.json (run `sparsetel export` first)")
     catalogue = ModelCatalogue(list(models), models_dir)
     with open_store(db) as store:

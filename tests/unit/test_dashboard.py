@@ -52,8 +52,8 @@ class FakeCatalogue(ModelCatalogue):
     def models(self) -> dict[str, _Model]:
         return {REF.hex(): _Model(Path("."), FakeCodec().manifest, self.evaluation)}
 
-    def codec(self, ref: str, model: _Model) -> Any:
-        return FakeCodec()
+    def prototypes(self, ref: str, model: _Model) -> Any:
+        return FakeCodec().decode([[k] for k in range(model.manifest.K)])
 
 
 @pytest.fixture
@@ -218,8 +218,10 @@ def test_bad_monitor_options_are_clear_errors(
         DashboardOptions(drift_ratio=0)
     db = str(tmp_path / "m.db")
     assert main(["monitor", "--db", db, "--drift-ratio", "-1"]) == 2
+    assert main(["monitor", "--db", db, "--window", "0"]) == 2
     assert main(["monitor", "--db", db, "--benchmark", str(tmp_path / "none")]) == 2
     assert main(["monitor", "--db", db, "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "drift-ratio" in err and "not a sparsetel benchmark result" in err
+    assert "--drift-ratio must be > 0" in err and "not a sparsetel benchmark result" in err
+    assert "--window must be > 0" in err
     assert "no manifest.json" in err
