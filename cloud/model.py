@@ -31,6 +31,7 @@ from .normaliser import CLIP, Normaliser, TargetScaler
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "OBJECTIVES",
     "SDLGM",
     "Checkpoint",
     "EdgeEncoder",
@@ -62,6 +63,16 @@ class ModelConfig:
     clip: float = CLIP
     logit_scale: float = 15.0
     gate_bias: float = 2.0
+    # Code slots (0: L). With more slots than L, inference keeps the L open gates with the
+    # widest margin: the adaptive sparsity schedule trains with a budget falling from
+    # `slots` to L (see `cloud.trainer`).
+    slots: int = 0
+    # What shapes the codes (see `OBJECTIVES`); "conditional" adds the recognition encoder.
+    objective: Literal["generative", "discriminative", "conditional"] = "generative"
+
+    @property
+    def n_slots(self) -> int:
+        return self.slots or self.L
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -75,20 +86,22 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """``[x * mask, mask]`` (shape: [N, 2D]) -> alpha (shape: [N, L, K]), beta ([N, L, 2]).
+    """``[x * mask, mask]`` (shape: [N, 2D]) -> alpha (shape: [N, S, K]), beta ([N, S, 2]),
+    for S = cfg.n_slots code slots (L unless the sparsity schedule is adaptive).
 
-    The gate head (the paper's sparsity net) shares the trunk with the feature head.
+    The gate head (the paper's sparsity net) shares the trunk with the feature head. `inputs`
+    overrides D (the recognition encoder of the conditional objective also reads the target).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, inputs: int | None = None) -> None:
         super().__init__()
-        self.L, self.K = cfg.L, cfg.K
-        self.trunk = _mlp([2 * cfg.D] + [cfg.hidden] * cfg.depth)
-        self.features = nn.Linear(cfg.hidden, cfg.L * cfg.K)
-        self.gates = nn.Linear(cfg.hidden, cfg.L * 2)
+        self.L, self.K = cfg.n_slots, cfg.K
+        self.trunk = _mlp([2 * (inputs or cfg.D)] + [cfg.hidden] * cfg.depth)
+        self.features = nn.Linear(cfg.hidden, self.L * cfg.K)
+        self.gates = nn.Linear(cfg.hidden, self.L * 2)
         self.scale = cfg.logit_scale
         with torch.no_grad():  # gates start open (beta_1 - beta_0 = gate_bias)
-            self.gates.bias.view(cfg.L, 2)[:, 1] += cfg.gate_bias
+            self.gates.bias.view(self.L, 2)[:, 1] += cfg.gate_bias
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.relu(self.trunk(torch.cat([z * mask, mask], dim=-1)))
@@ -149,9 +162,17 @@ class RawPredictor(nn.Module):
         return self.net(torch.cat(parts, dim=-1))
 
 
+OBJECTIVES = ("generative", "discriminative", "conditional")
+
+
 @dataclass
 class TrainTerms:
-    """One stochastic pass: counts ([N, K]), nowcast and per-row loss terms ([N] each)."""
+    """One stochastic pass: counts ([N, K]), nowcast and per-row loss terms ([N] each).
+
+    `prior_counts` ([N, K]) are codes drawn from the edge's encoder p(z | x) when the codes
+    of `counts` came from the conditional objective's recognition encoder q(z | x, y).
+    `open` ([N]) is the expected number of open gates, sum_l q(s_l = 1): what a price per
+    sent code is charged on."""
 
     counts: torch.Tensor
     nowcast: torch.Tensor
@@ -160,6 +181,8 @@ class TrainTerms:
     kl_code: torch.Tensor
     usage: torch.Tensor
     gates_on: torch.Tensor
+    open: torch.Tensor
+    prior_counts: torch.Tensor | None = None
 
 
 class SDLGM(nn.Module):
@@ -179,6 +202,10 @@ class SDLGM(nn.Module):
         )
         self.log_scale = nn.Parameter(torch.zeros(cfg.D))
         self.pi_logit = nn.Parameter(torch.zeros(()))
+        if cfg.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {cfg.objective!r}")
+        # q(z | x, y): reads the measurement and the target h steps ahead (training only).
+        self.recognition = Encoder(cfg, cfg.D + 1) if cfg.objective == "conditional" else None
 
     def decode(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts (shape: [N, K]) -> KPI means (normalised, [N, D]) and the nowcast ([N])."""
@@ -226,25 +253,42 @@ class SDLGM(nn.Module):
         tau_s: float,
         hard: bool,
         noise: float = 1.0,
+        budget: int | None = None,
+        label: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TrainTerms:
         """One relaxed (or straight-through) pass over rows z, mask (shape: [N, D]).
 
         `noise` scales the Gumbel noise (1: the paper's sampling; towards 0: the argmax
-        codes the edge will send).
+        codes the edge will send). `budget` caps the open gates per row (the slots with the
+        widest gate margin; None: every slot may open). `label` (the scaled target h steps
+        ahead and whether it is observed, [N] each) is the conditional objective's: the
+        codes then come from q(z | x, y) and the KL is taken against the encoder p(z | x).
         """
         alpha, beta = self.encoder(z, mask)
-        c = _gumbel_softmax(alpha, tau_c, hard, noise)
-        s = _gumbel_softmax(beta, tau_s, hard, noise)[..., 1]
-        counts = (s.unsqueeze(-1) * c).sum(1)
-        log_q = alpha.log_softmax(-1)
-        q_c = log_q.exp()
-        q_on = beta.softmax(-1)[..., 1]
-        # The code of a closed gate is never sent, so its KL is weighted by q(s = 1):
-        # KL(q(s, c) || p(s) p(c | s)) with p(c | s = 0) = q(c | s = 0). Closing a gate thus
-        # saves that slot's rate, which lets the number of codes adapt to each measurement.
-        kl_code = ((q_c * log_q).sum(-1) + math.log(self.cfg.K)) * q_on
-        kl_gate = bernoulli_kl(q_on, torch.sigmoid(self.pi_logit))
+        if label is not None and self.recognition is not None:
+            y, seen = label
+            q_alpha, q_beta = self.recognition(
+                torch.cat([z, y[:, None]], -1), torch.cat([mask, seen[:, None]], -1)
+            )
+        else:
+            q_alpha, q_beta = alpha, beta
+        allowed = _allowed(q_beta, budget)
+        counts, q_c, q_on = self._draw(q_alpha, q_beta, allowed, tau_c, tau_s, hard, noise)
+        log_q = q_alpha.log_softmax(-1)
+        if q_alpha is alpha:
+            # The code of a closed gate is never sent, so its KL is weighted by q(s = 1):
+            # KL(q(s, c) || p(s) p(c | s)) with p(c | s = 0) = q(c | s = 0). Closing a gate
+            # thus saves that slot's rate, which lets the number of codes adapt.
+            kl_code = ((q_c * log_q).sum(-1) + math.log(self.cfg.K)) * q_on
+            kl_gate = bernoulli_kl(q_on, torch.sigmoid(self.pi_logit) * allowed)
+            prior = None
+        else:  # KL(q(s, c | x, y) || p(s, c | x)), the same factorisation
+            kl_code = (q_c * (log_q - alpha.log_softmax(-1))).sum(-1) * q_on
+            p_allowed = _allowed(beta, budget)
+            kl_gate = bernoulli_kl(q_on, beta.softmax(-1)[..., 1] * p_allowed)
+            prior = self._draw(alpha, beta, p_allowed, tau_c, tau_s, hard, noise)[0]
         mean, nowcast = self.decode(counts)
+        on = (q_beta[..., 1] > q_beta[..., 0]).float() * allowed
         return TrainTerms(
             counts=counts,
             nowcast=nowcast,
@@ -252,16 +296,49 @@ class SDLGM(nn.Module):
             kl_gate=kl_gate.sum(-1),
             kl_code=kl_code.sum(-1),
             usage=_usage_kl(q_c),
-            gates_on=(beta[..., 1] > beta[..., 0]).float().sum(-1),
+            gates_on=on.sum(-1),
+            open=q_on.sum(-1),
+            prior_counts=prior,
         )
 
+    def _draw(
+        self,
+        alpha: torch.Tensor,
+        beta: torch.Tensor,
+        allowed: torch.Tensor,
+        tau_c: float,
+        tau_s: float,
+        hard: bool,
+        noise: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled counts ([N, K]), q(c) ([N, S, K]) and q(s = 1) ([N, S]) of slots that
+        may open (`allowed`, [N, S]); a slot outside the budget is closed."""
+        c = _gumbel_softmax(alpha, tau_c, hard, noise)
+        s = _gumbel_softmax(beta, tau_s, hard, noise)[..., 1] * allowed
+        q_on = beta.softmax(-1)[..., 1] * allowed
+        return (s.unsqueeze(-1) * c).sum(1), alpha.softmax(-1), q_on
+
     @torch.no_grad()
-    def hard_counts(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Deterministic inference codes as counts (shape: [N, K]) of rows z, mask ([N, D])."""
+    def hard_counts(
+        self, z: torch.Tensor, mask: torch.Tensor, budget: int | None = None
+    ) -> torch.Tensor:
+        """Deterministic inference codes as counts (shape: [N, K]) of rows z, mask ([N, D]):
+        at most `budget` (default L) open gates, those with the widest margins."""
         alpha, beta = self.encoder(z, mask)
         c = F.one_hot(alpha.argmax(-1), self.cfg.K).to(z.dtype)
-        s = (beta[..., 1] > beta[..., 0]).to(z.dtype)
+        cap = self.cfg.L if budget is None else budget
+        s = (beta[..., 1] > beta[..., 0]).to(z.dtype) * _allowed(beta, cap)
         return (s.unsqueeze(-1) * c).sum(1)
+
+
+def _allowed(beta: torch.Tensor, budget: int | None) -> torch.Tensor:
+    """1 for the `budget` slots of each row with the widest gate margin, else 0 (shape:
+    [N, S], beta's dtype); all ones when the budget covers every slot (or is None)."""
+    slots = beta.shape[-2]
+    if budget is None or budget >= slots:
+        return torch.ones(beta.shape[:-1], dtype=beta.dtype, device=beta.device)
+    top = (beta[..., 1] - beta[..., 0]).topk(budget, dim=-1).indices
+    return torch.zeros(beta.shape[:-1], dtype=beta.dtype, device=beta.device).scatter(-1, top, 1.0)
 
 
 def _gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool, noise: float) -> torch.Tensor:
@@ -311,7 +388,7 @@ class EdgeEncoder(nn.Module):
         self.register_buffer("std", torch.tensor([n.std for n in norms], dtype=dtype))
         self.register_buffer("log", torch.tensor([n.log for n in norms], dtype=torch.bool))
         self.clip = float(normaliser.clip)
-        self.K = model.cfg.K
+        self.K, self.L, self.slots = model.cfg.K, model.cfg.L, model.cfg.n_slots
         enc = Encoder(model.cfg)
         enc.load_state_dict(model.encoder.state_dict())
         self.encoder = enc.to(dtype).eval()
@@ -324,9 +401,11 @@ class EdgeEncoder(nn.Module):
         z = torch.clamp((f - self.mean) / self.std, -self.clip, self.clip)
         alpha, beta = self.encoder(z, observed.to(torch.float64))
         on = beta[..., 1] > beta[..., 0]
+        if self.slots > self.L:  # the L widest gate margins may open, as in training
+            on = on & (_allowed(beta, self.L) > 0)
         codes = torch.where(on, alpha.argmax(-1), torch.full_like(on, self.K, dtype=torch.int64))
-        codes, _ = torch.sort(codes, dim=-1)
-        return codes, on.to(torch.int64).sum(-1)
+        codes, _ = torch.sort(codes, dim=-1)  # sent codes first, padding K last
+        return codes[:, : self.L], on.to(torch.int64).sum(-1)
 
 
 CHECKPOINT_FILE = "checkpoint.pt"

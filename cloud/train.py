@@ -26,7 +26,7 @@ from sparsetel.shared.kpi import parse_kpi_list, parse_sentinels
 from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE
 
 from .data import Dataset, load_dataset, split_sessions
-from .model import CHECKPOINT_FILE
+from .model import CHECKPOINT_FILE, OBJECTIVES
 from .normaliser import Normaliser, Windows, fit_normaliser, fit_target_scaler, make_windows
 from .trainer import Trainer
 
@@ -77,6 +77,13 @@ class TrainOptions:
     usage_weight: float = 1.0
     nowcast_weight: float = 10.0
     progress: bool | None = None
+    objective: Literal["generative", "discriminative", "conditional"] = "generative"
+    sparsity: Literal["fixed", "adaptive"] = "fixed"
+    slots: int | None = None  # code slots of the adaptive schedule (None: 4 L, at most 255)
+    budget_tolerance: float = 0.02
+    # nats charged per sent code in training: the wire's price of a code, so a gate stays
+    # open only where its code buys more likelihood and prediction than that
+    code_cost: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -92,6 +99,11 @@ class TrainOptions:
             "likelihood": self.likelihood in ("gaussian", "student"),
             "tau_end": 0 < self.tau_end <= self.tau_start,
             "noise_end": 0 <= self.noise_end <= 1,
+            "objective": self.objective in OBJECTIVES,
+            "sparsity": self.sparsity in ("fixed", "adaptive"),
+            "slots": self.slots is None or self.L <= self.slots <= 255,
+            "budget_tolerance": self.budget_tolerance >= 0,
+            "code_cost": self.code_cost >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -104,10 +116,14 @@ class TrainOptions:
                 raise ConfigError(f"out of range: {value}", key=f"train.{key}")
 
     def resolved(self) -> TrainOptions:
-        """The options with every None size replaced by its DEFAULT or QUICK value."""
+        """The options with every None size replaced by its DEFAULT or QUICK value, and the
+        slots the sparsity schedule trains with (L when fixed)."""
         preset = QUICK if self.quick else DEFAULT
         sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
-        return replace(self, **sizes)
+        slots = self.L
+        if self.sparsity == "adaptive":
+            slots = self.slots if self.slots is not None else min(255, 4 * self.L)
+        return replace(self, **sizes, slots=slots)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> TrainOptions:
@@ -116,10 +132,8 @@ class TrainOptions:
             raise ConfigError("--kpis is required", key="train.kpis")
         if not args.target:
             raise ConfigError("--target is required", key="train.target")
-        given = {
-            k: getattr(args, k, None)
-            for k in ("horizon", "L", "K", "window", "seed", "steps", "sentinels")
-        }
+        names = ("horizon", "L", "K", "window", "seed", "steps", "sentinels", "objective")
+        given = {k: getattr(args, k, None) for k in (*names, "sparsity", "slots", "code_cost")}
         return cls(
             data=args.data,
             kpis=parse_kpi_list(args.kpis),
@@ -172,12 +186,15 @@ def train_run(options: TrainOptions) -> Path:
         torch.set_num_threads(opts.threads)
     _seed_everything(opts.seed)
     log.info(
-        "training seed %d, L=%d K=%d W=%d h=%d",
+        "training seed %d, L=%d K=%d W=%d h=%d, %s objective, %s sparsity (%d slots)",
         opts.seed,
         opts.L,
         opts.K,
         opts.window,
         opts.horizon,
+        opts.objective,
+        opts.sparsity,
+        opts.slots,
     )
     train, val, test = _load(opts)
     x_train = np.concatenate([s.kpis for s in train.sessions])

@@ -6,16 +6,34 @@ all B * W measurements with Gumbel-softmax (straight-through by default), and mi
     NLL(x | decoder(z)) + w_kl(t) * [KL(q(s) || Bernoulli(pi)) + q(s=1) KL(q(c) || U(K))]
     + usage_weight * sum_l KL(mean_x q(c_l | x) || U(K))
     + nowcast_weight * MSE(target now) + pred_weight * MSE(target at t + h)
+    + code_cost * E[number of open gates]
 
 beside the raw ceiling predictor's own MSE. Fine-tune phase: the encoder is frozen and the
 decoder and predictor learn from the exact codes the edge will send (no noise), which removes
 the gap between the relaxed training codes and the argmax inference codes.
+
+The objective (the paper's supervised variants) decides what shapes the codes:
+- generative (default): the codes generate both the KPIs and the target, as above;
+- discriminative: only the target terms (prediction, nowcast) and the rate shape the codes;
+  the decoder still learns the KPIs, from detached codes, so the cloud can show them;
+- conditional: in training the codes come from a recognition encoder q(z | x, y) that also
+  reads the target h steps ahead, with KL(q(z | x, y) || p(z | x)) against the edge's
+  encoder; the prediction and nowcast terms are also taken on codes drawn from p(z | x)
+  (the "hybrid" objective of conditional VAEs), as that is the path the edge runs.
+
+With the adaptive sparsity schedule (after SPARLING) the encoder has `slots` > L code
+slots and a budget of open gates per measurement that starts at `slots`. At every
+validation in the joint phase the budget tightens by a quarter (at least one) when the
+validation score held (within `budget_tolerance` of the best seen), and in any case as far
+as a linear plan that reaches L at BUDGET_DEADLINE of the joint steps. Only models at the
+final budget L can be kept as the best.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +49,9 @@ from .normaliser import Normaliser, TargetScaler, Windows
 if TYPE_CHECKING:
     from .train import TrainOptions
 
-__all__ = ["Trainer"]
+__all__ = ["BUDGET_DEADLINE", "Trainer"]
+
+BUDGET_DEADLINE = 0.6  # share of the joint steps by which the adaptive budget reaches L
 
 
 class _Tensors:
@@ -46,6 +66,12 @@ class _Tensors:
         self.ends = torch.from_numpy(w.ends).to(device)
         self.offsets = torch.arange(1 - w.window, 1, device=device)
         self.horizon = w.horizon
+
+    def labels(self, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target h steps after each row of the windows ending at `ends` and whether
+        it is observed ([B * W] each): what the conditional objective's q(z | x, y) reads."""
+        rows = (ends[:, None] + self.offsets).flatten() + self.horizon
+        return self.y[rows], self.y_seen[rows]
 
     def batch(self, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Windows ending at `ends` ([B]): z, mask (shape: [B, W, D]) and target ([B])."""
@@ -94,6 +120,8 @@ class Trainer:
             window=opts.window,
             hidden=opts.hidden,
             likelihood=opts.likelihood,
+            slots=opts.slots or 0,
+            objective=opts.objective,
         )
         self.model = SDLGM(cfg).to(self.device)
         with_target = opts.target in opts.kpis
@@ -107,6 +135,9 @@ class Trainer:
         )
         self.gen = torch.Generator().manual_seed(opts.seed)
         self.best: dict[str, Any] = {"score": float("inf"), "raw_r2": -float("inf")}
+        # the adaptive schedule's budget of open gates (None: fixed at L)
+        self.budget: int | None = cfg.n_slots if cfg.n_slots > cfg.L else None
+        self.held = float("inf")  # the best validation score at any budget
 
     def _schedule(self, step: int) -> tuple[float, float, float]:
         """(temperature, noise scale, KL weight) at `step`: exponential annealing of the
@@ -124,20 +155,29 @@ class Trainer:
         ends = t.ends[pick]
         z, mask, y = t.batch(ends)
         tau, noise, kl_w = self._schedule(step)
-        terms = m.sample(z.flatten(0, 1), mask.flatten(0, 1), tau, tau, o.hard, noise)
-        sup = torch.mean((m.predict(terms.counts.view(o.batch, o.window, -1)) - y) ** 2)
+        zs, masks = z.flatten(0, 1), mask.flatten(0, 1)
+        label = t.labels(ends) if o.objective == "conditional" else None
+        terms = m.sample(zs, masks, tau, tau, o.hard, noise, self.budget, label)
+        sup = self._sup(terms.counts, y)
         sup_raw = torch.mean((t.raw_predict(self.raw, ends) - y) ** 2)
         kl = (terms.kl_gate + terms.kl_code).mean()
         now = t.nowcast_mse(ends, terms.nowcast)
-        loss = terms.nll.mean() + kl_w * kl + o.usage_weight * terms.usage
+        nll = terms.nll.mean()
+        if o.objective == "discriminative":  # the KPIs must not shape the codes
+            nll = m.nll(zs, masks, m.decode(terms.counts.detach())[0]).mean()
+        loss = nll + kl_w * kl + o.usage_weight * terms.usage + o.code_cost * terms.open.mean()
         loss = loss + o.pred_weight * sup + o.nowcast_weight * now
+        if terms.prior_counts is not None:  # the edge's path p(z | x) predicts too
+            prior_now = t.nowcast_mse(ends, m.decode(terms.prior_counts)[1])
+            loss = loss + o.pred_weight * self._sup(terms.prior_counts, y)
+            loss = loss + o.nowcast_weight * prior_now
         self.optim.zero_grad(set_to_none=True)
         (loss + sup_raw).backward()
         self.optim.step()
         self.sched.step()
         return {
             "loss": loss.item(),
-            "nll": terms.nll.mean().item(),
+            "nll": nll.item(),
             "kl": kl.item(),
             "sup": sup.item(),
             "sup_raw": sup_raw.item(),
@@ -149,13 +189,18 @@ class Trainer:
             "nowcast": now.item(),
         }
 
+    def _sup(self, counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """MSE of the code predictor on counts of B windows (shape: [B * W, K])."""
+        o = self.opts
+        return torch.mean((self.model.predict(counts.view(len(y), o.window, -1)) - y) ** 2)
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Deterministic codes on the validation sessions: NMSE, nnz and target R²."""
+        """Deterministic codes on the validation sessions (at most the current budget of
+        them, L once the adaptive schedule is done): NMSE, nnz and target R²."""
         m, v = self.model.eval(), self.val
-        counts = torch.cat(
-            [m.hard_counts(z, k) for z, k in zip(v.z.split(8192), v.mask.split(8192), strict=True)]
-        )
+        chunks = zip(v.z.split(8192), v.mask.split(8192), strict=True)
+        counts = torch.cat([m.hard_counts(z, k, self.budget) for z, k in chunks])
         mean = torch.cat([m.decode(c)[0] for c in counts.split(8192)])
         nmse = float((v.mask * (mean - v.z) ** 2).sum() / (v.mask * v.z**2).sum())
         rows = v.ends[:, None] + v.offsets
@@ -169,18 +214,34 @@ class Trainer:
             "val_raw_target_r2": raw_r2,
             "val_nnz": float(counts.sum(-1).mean()),
             "val_codewords": int((counts.sum(0) > 0).sum()),
+            "budget": float(self.budget or self.model.cfg.L),
         }
 
     def _keep_best(self, step: int, val: dict[str, float]) -> None:
         # Reconstruction and prediction count alike: both are a share of variance missed.
         score = val["val_nmse"] + (1 - val["val_target_r2"])
-        if score < self.best["score"]:
+        if self.budget is not None:  # still denser than L: only steers the schedule
+            self._tighten(step, score)
+        elif score < self.best["score"]:
             keep = {k: val[k] for k in ("val_nmse", "val_target_r2", "val_nnz")}
             state = copy.deepcopy(self.model.state_dict())
             self.best.update(score=score, step=step, model=state, **keep)
         if val["val_raw_target_r2"] > self.best["raw_r2"]:
             raw = copy.deepcopy(self.raw.state_dict())
             self.best.update(raw_r2=val["val_raw_target_r2"], raw=raw)
+
+    def _tighten(self, step: int, score: float) -> None:
+        """The adaptive schedule after a validation at `step` scored `score` (lower is better)."""
+        assert self.budget is not None and self.opts.steps is not None
+        L, slots = self.model.cfg.L, self.model.cfg.n_slots
+        held = score <= self.held * (1 + self.opts.budget_tolerance)
+        self.held = min(self.held, score)
+        progress = min(1.0, step / (BUDGET_DEADLINE * self.opts.steps))
+        planned = math.ceil(slots - (slots - L) * progress)
+        budget = self.budget - max(1, self.budget // 4) if held else self.budget
+        self.budget = max(L, min(budget, planned))
+        if self.budget == L:
+            self.budget = None
 
     def _start_finetune(self) -> None:
         """Freeze the encoder; from now on the decoder and predictor see the exact codes."""
@@ -219,6 +280,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + val
             bar.update()
             if (step + 1) % every == 0 or step + 1 == steps:
+                if step + 1 == steps:  # the phase ends at the final budget, whatever it held
+                    self.budget = None
                 n = (step % every) + 1
                 row = {"phase": name, "step": step + 1, **{k: s / n for k, s in sums.items()}}
                 row.update(self.validate(), seconds=round(time.monotonic() - self.started, 2))
