@@ -87,6 +87,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (default: the model's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a small, fast model (demo, tests)")
+    p.add_argument(
+        "--objective",
+        choices=("generative", "discriminative", "conditional"),
+        help="what shapes the codes: KPIs and target (generative, the default), the target "
+        "only (discriminative), or the target through q(z | x, y) (conditional)",
+    )
+    p.add_argument(
+        "--sparsity",
+        choices=("fixed", "adaptive"),
+        help="fixed: L code slots throughout (default); adaptive: start with --slots open "
+        "gates and tighten to L while validation holds",
+    )
+    p.add_argument("--slots", type=int, help="code slots of the adaptive schedule (default 4 L)")
+    p.add_argument(
+        "--code-cost",
+        type=float,
+        help="nats charged per sent code in training (default 0): above 0, gates close where "
+        "a code buys less, so the codes per measurement adapt",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .supervised import objective_lines
+
 if TYPE_CHECKING:
     from .runner import BenchResult
 
@@ -281,6 +283,9 @@ def render_markdown(result: BenchResult) -> str:
         _r2_lines(rows, refs),
         [f"## Bytes on the wire per measurement ({_FRAMING})", "", *_wire_table(rows, refs)],
     ]
+    objectives = objective_lines(rows)
+    if objectives:
+        sections.insert(4, objectives)
     if result.missing:
         sections.append([f"Not run (module absent): {', '.join(result.missing)}."])
     return "\n\n".join("\n".join(section) for section in sections) + "\n"

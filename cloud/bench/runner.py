@@ -74,6 +74,7 @@ SOURCES = (
     ("classic", "classic_methods"),
     ("learned", "learned_methods"),
     ("sdlgm", "sdlgm_methods"),
+    ("supervised", "supervised_methods"),
 )
 TOPIC = data_topic("fleet", "edge-0001")  # a typical DATA topic, as `cloud.evaluate` uses
 DELTA_BYTES_REGULAR = 0  # per record at regular 1 Hz timing (see shared/wire.py)
@@ -288,9 +289,14 @@ def _records(
     head = {"method": method.family, "setting": method.setting, "L": method.L}
     head["lossy"] = bool(method.lossy)
     seeds = list(predictors)
+    bind, own = getattr(method, "bind", None), getattr(method, "own_scores", None)
+    if callable(bind):  # a method that trains on the target too (`supervised`)
+        bind(data, windows)
     out = []
     for fit_seed in seeds if method.seeded else seeds[:1]:
         record, recon = _measure(method, data, fit_seed)
+        if callable(own):  # its own KPI predictor, beside the common one
+            record.update(own(windows))
         for seed in [fit_seed] if method.seeded else seeds:
             scores = score_stream(predictors[seed], windows, recon)
             out.append({**head, "seed": seed, **record, **scores})
