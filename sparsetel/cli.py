@@ -119,7 +119,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("benchmark", help="compare every codec on the same split and seeds")
-    _add_data_args(p)
+    _add_data_args(p, required=False)
+    p.add_argument(
+        "--task",
+        choices=("codecs", "multilabel"),
+        default="codecs",
+        help="codecs: every codec on --data (default); multilabel: the paper's supervised "
+        "SDLGMs against logistic, softmax and sparsemax on --datasets (no --data needed)",
+    )
+    p.add_argument("--datasets", default="yeast,simulator", help="multilabel data sets")
+    p.add_argument(
+        "--code-cost", type=float, default=0.0, help="multilabel: nats per sent code in training"
+    )
     p.add_argument("--L", default="1,2,4,8", help="comma-separated caps on nonzeros to compare")
     p.add_argument("--K", type=int, default=128, help="codebook / dictionary size")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to average over")
@@ -368,6 +379,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from sparsetel.cloud.bench.runner import BenchOptions, run_benchmark
 
+    if args.task == "multilabel":
+        return _multilabel(args)
+    if args.data is None:
+        from sparsetel.shared.errors import ConfigError
+
+        raise ConfigError("--data is required", key="benchmark.data")
     options = BenchOptions.from_cli(args)
     rows = run_benchmark(options)
     if args.json:
@@ -377,6 +394,28 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         for row in rows:
             values = (f"{k} {row[k]:.4g}" if row.get(k) is not None else f"{k} -" for k in keys)
             print(f"{row['method']} {row['setting']}: " + ", ".join(values))
+        print(f"wrote {options.out / 'results.md'}")
+    return 0
+
+
+def _multilabel(args: argparse.Namespace) -> int:
+    from sparsetel.cloud.bench.multilabel import MultilabelOptions, format_table, run_multilabel
+    from sparsetel.cloud.bench.runner import parse_ints
+
+    options = MultilabelOptions(  # ValueError on a bad option: exit 2 with its message
+        datasets=tuple(d.strip() for d in args.datasets.split(",")),
+        seeds=parse_ints(args.seeds, "seeds"),
+        Ls=parse_ints(args.L, "L"),
+        K=args.K,
+        quick=bool(args.quick),
+        out=args.out,
+        code_cost=args.code_cost,
+    )
+    results = run_multilabel(options)
+    if args.json:
+        _print_json(results)
+    else:
+        print(format_table(results))
         print(f"wrote {options.out / 'results.md'}")
     return 0
 

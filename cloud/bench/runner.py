@@ -63,6 +63,7 @@ __all__ = [
     "json_reference",
     "load_methods",
     "measure",
+    "parse_ints",
     "run_benchmark",
     "wire_bytes",
 ]
@@ -131,9 +132,9 @@ class BenchOptions:
             kpis=parse_kpi_list(args.kpis),
             target=args.target,
             horizon=1 if args.horizon is None else args.horizon,
-            Ls=_ints(args.L, "L"),
+            Ls=parse_ints(args.L, "L"),
             K=args.K,
-            seeds=_ints(args.seeds, "seeds"),
+            seeds=parse_ints(args.seeds, "seeds"),
             window=args.window,
             sentinels=args.sentinels,
             quick=bool(args.quick),
@@ -161,7 +162,7 @@ class BenchResult:
     missing: list[str] = field(default_factory=list)
 
 
-def _ints(text: str, key: str) -> tuple[int, ...]:
+def parse_ints(text: str, key: str) -> tuple[int, ...]:
     """``"1,2,4"`` -> (1, 2, 4); ConfigError naming `key` otherwise."""
     try:
         return tuple(int(part) for part in str(text).split(","))
