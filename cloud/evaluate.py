@@ -12,6 +12,11 @@ whole (``"split": "all"``).
 - bits_per_measurement: mean code payload bits (`shared.wire.record_bits`);
   wire_bytes_per_measurement: frames of 50 records at 1 Hz with MQTT framing, as the agent
   publishes them (`shared.wire.wire_bytes_per_measurement`).
+- sparsity (`codestats.sparsity_report`): codes used per measurement (histogram 0..L, mean,
+  share at the cap) overall and per regime: by the size of the change from the previous
+  measurement (tertiles: steady, moderate, changing), by the level of `level_column` (default
+  the target; tertiles low, mid, high) and, when the data has hidden labels in
+  `state_column`, per state with how well the code sets recover the states.
 - target metrics, in raw units, over the rows t that end a full window of W measurements of
   one session and whose target at t + h is observed: the code predictor (target_*), the
   same predictor on raw KPI windows (raw_target_*, the ceiling) and persistence
@@ -40,7 +45,8 @@ from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import code_bits, wire_bytes_per_measurement
 
 from .codec import CloudCodec
-from .data import Session, load_dataset, split_sessions
+from .codestats import read_labels, sparsity_report
+from .data import Session, load_dataset, parse_cells, split_sessions
 from .export import encode_onnx, export_run
 from .model import Checkpoint
 from .normaliser import Windows, make_windows
@@ -170,6 +176,27 @@ def _rate(codec: CloudCodec, codes: np.ndarray, nnz: np.ndarray) -> dict[str, An
     }
 
 
+def _level(
+    sessions: Sequence[Session], data: Path, names: tuple[str, ...], target: str, column: str
+) -> np.ndarray:
+    """The values of `column` (a KPI, the target or any numeric column of the data) on the
+    evaluated rows (float64, shape: [N], NaN = missing)."""
+    if column in names:
+        return np.concatenate([s.kpis[:, names.index(column)] for s in sessions]).astype(float)
+    if column == target:
+        return np.concatenate([s.target for s in sessions]).astype(np.float64)
+    labels = read_labels(data, [s.name for s in sessions], column, [len(s) for s in sessions])
+    return np.concatenate([parse_cells(v, column)[0] for v in labels])
+
+
+def _states(sessions: Sequence[Session], data: Path, column: str | None) -> np.ndarray | None:
+    """The hidden labels in `column` on the evaluated rows (object [N]), None without one."""
+    if not column:
+        return None
+    lengths = [len(s) for s in sessions]
+    return np.concatenate(read_labels(data, [s.name for s in sessions], column, lengths))
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: str | Path,
@@ -177,11 +204,15 @@ def evaluate_run(
     target: str | None = None,
     horizon: int | None = None,
     sentinels: str | None = None,
+    level_column: str | None = None,
+    state_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run in `run_dir` on `data` (a CSV or a folder); see the module docstring.
 
     `kpis` and `target` name the data's columns for the model's KPIs (default: the model's
-    names); `horizon`, if given, must be the model's. Returns one flat JSON-able dict.
+    names); `horizon`, if given, must be the model's. `level_column` (default: the target)
+    and `state_column` (default: none) name the data's columns for the sparsity regimes.
+    Returns one JSON-able dict, flat but for the per-KPI errors and "sparsity".
     """
     run = Path(run_dir)
     if not (run / ENCODER_FILE).exists() or not (run / MANIFEST_FILE).exists():
@@ -191,6 +222,7 @@ def evaluate_run(
     if horizon is not None and horizon != m.horizon:
         raise ModelMismatchError(f"the model predicts {m.horizon} steps ahead, not {horizon}")
     names, target_name = _resolve_names(codec, kpis, target)
+    level = level_column or target_name
     sessions, split = _sessions(run, Path(data), names, target_name, sentinels)
     x = np.concatenate([s.kpis for s in sessions]).astype(np.float32)
     if len(x) == 0:
@@ -213,6 +245,15 @@ def evaluate_run(
         **_reconstruction(codec, x, codes),
         **_rate(codec, codes, nnz),
         **_target_metrics(codec, ckpt, w, codec.counts(codes)),
+        "sparsity": sparsity_report(
+            codec.counts(codes),
+            m.L,
+            codec.normalise(x),
+            [len(s) for s in sessions],
+            level=_level(sessions, Path(data), names, target_name, level),
+            level_name=level,
+            states=_states(sessions, Path(data), state_column),
+        ),
         "target": m.target,
         "horizon": m.horizon,
         "seed": m.seed,

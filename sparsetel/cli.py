@@ -116,6 +116,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run on sessions it never saw")
     p.add_argument("--model", type=Path, required=True, help="run directory")
     _add_data_args(p)
+    p.add_argument(
+        "--level-column",
+        help="column whose tertiles (low, mid, high) split the codes-used report "
+        "(default: the target)",
+    )
+    p.add_argument(
+        "--state-column",
+        help="column of hidden state labels (the simulator's 'state'): codes used per state "
+        "and how well the codes recover the states",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("benchmark", help="compare every codec on the same split and seeds")
@@ -366,6 +376,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         target=args.target,
         horizon=args.horizon,
         sentinels=args.sentinels,
+        level_column=args.level_column,
+        state_column=args.state_column,
     )
     if args.json:
         _print_json(result)
@@ -373,7 +385,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for key, value in result.items():
             if not isinstance(value, dict | list):
                 print(f"{key:>30}  {value}")
+        _print_sparsity(result.get("sparsity") or {})
     return 0
+
+
+def _print_sparsity(report: dict[str, Any]) -> None:
+    """The codes-used lines of `sparsetel evaluate`: overall, then per regime and state."""
+    if report.get("mean_codes") is None:
+        return
+    print(f"{'codes used per measurement':>30}  {report['mean_codes']:.3f} (at most {report['L']})")
+    for key in ("by_change", "by_level"):
+        regimes = (report.get(key) or {}).get("regimes") or {}
+        cells = ", ".join(
+            f"{k} {v['mean_codes']:.2f}"
+            for k, v in regimes.items()
+            if v.get("mean_codes") is not None
+        )
+        if cells:
+            print(f"{'codes used ' + key.replace('_', ' '):>30}  {cells}")
+    states = (report.get("by_state") or {}).get("states") or {}
+    cells = ", ".join(
+        f"{k} {v['mean_codes']:.2f}" for k, v in states.items() if v.get("mean_codes") is not None
+    )
+    if cells:
+        print(f"{'codes used by state':>30}  {cells}")
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
