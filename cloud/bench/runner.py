@@ -41,6 +41,7 @@ from sparsetel.shared.kpi import parse_kpi_list
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import HEADER_SIZE, mqtt_publish_overhead
 
+from ..codestats import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
 from ..normaliser import Windows
 from .dataset import BenchData, load_bench_data
 from .method import Method, frames
@@ -60,6 +61,7 @@ __all__ = [
     "TOPIC",
     "BenchOptions",
     "BenchResult",
+    "codes_by_regime",
     "json_reference",
     "load_methods",
     "measure",
@@ -280,7 +282,34 @@ def _measure(method: Method, data: BenchData, seed: int) -> tuple[dict[str, Any]
     stats = getattr(method, "stats", None)
     if callable(stats):
         record.update({k: float(v) for k, v in stats().items()})
+    used = getattr(method, "nnz_per_measurement", None)
+    if callable(used):
+        record.update(codes_by_regime(data, np.asarray(used()), method.L))
     return record, recon
+
+
+def codes_by_regime(
+    data: BenchData, used: np.ndarray, L: int | None = None
+) -> dict[str, float | None]:
+    """Codes used per test measurement (shape: [R], the test sessions in order) by change
+    regime (`codestats`: tertiles of the RMS change from the previous measurement) and by
+    the target's level, with the Spearman correlations: whether busy, changing
+    measurements get more codes than steady ones."""
+    z = np.concatenate([np.where(s.mask, s.x, np.nan) for s in data.test])
+    lengths = [len(s) for s in data.test]
+    out: dict[str, float | None] = {}
+    level = np.concatenate([s.target for s in data.test]).astype(np.float64)
+    for key, values, names in (
+        ("change", change_sizes(z, lengths), CHANGE_REGIMES),
+        ("level", level, LEVEL_REGIMES),
+    ):
+        if not np.isfinite(values).any():
+            continue
+        report = regime_report(used, values, L or int(used.max(initial=0)), names)
+        out[f"codes_{key}_spearman"] = report["spearman"]
+        for name, regime in report["regimes"].items():
+            out[f"codes_{key}_{name}"] = regime["mean_codes"]
+    return out
 
 
 def _records(

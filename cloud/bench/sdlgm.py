@@ -209,6 +209,10 @@ class SDLGMCodec:
             out[t] = np.clip(prev, -span, span)
         return out
 
+    def nnz_per_measurement(self) -> np.ndarray:
+        """Words sent per coded measurement (key word included), in coding order."""
+        return np.concatenate(self._nnz) if self._nnz else np.zeros(0, dtype=np.int64)
+
     def stats(self) -> dict[str, float]:
         nnz = np.concatenate(self._nnz) if self._nnz else np.zeros(1)
         return {

@@ -140,6 +140,10 @@ class SupervisedCodec:
         mae, r2 = target_scores(w.y[w.ends + w.horizon], scaler.inverse(np.concatenate(preds)))
         return {"own_target_mae": mae, "own_target_r2": r2}
 
+    def nnz_per_measurement(self) -> np.ndarray:
+        """Codes sent per coded measurement, in coding order."""
+        return np.concatenate(self._nnz) if self._nnz else np.zeros(0, dtype=np.int64)
+
     def stats(self) -> dict[str, Any]:
         """Codes used per measurement over the coded test stream: mean, max, share of
         measurements at each count 0..L (nnz_share_<n>), and unused codewords."""

@@ -181,6 +181,8 @@ def test_the_benchmark_scores_each_objective_with_its_own_predictor(data: Path) 
         shares = [row[f"nnz_share_{n}"] for n in range(3)]
         assert sum(shares) == pytest.approx(1.0) and row["max_nonzeros"] <= 2
         assert row["bits_per_measurement"] == pytest.approx(2 + row["mean_nonzeros"] * 4)
+        regimes = [row[f"codes_change_{r}"] for r in ("steady", "moderate", "changing")]
+        assert all(0 <= c <= 2 for c in regimes) and "codes_level_high" in row
     assert "## Training objectives" in render_markdown(result)
 
 
