@@ -79,6 +79,9 @@ SOURCES = (
     ("sdlgm", "sdlgm_methods"),
     ("supervised", "supervised_methods"),
 )
+# Sources whose families run only when `--methods` names them: the training-objective
+# study trains the deployed codec once per objective, L and seed (minutes each on real data).
+ON_REQUEST = frozenset({"supervised"})
 TOPIC = data_topic("fleet", "edge-0001")  # a typical DATA topic, as `cloud.evaluate` uses
 DELTA_BYTES_REGULAR = 0  # per record at regular 1 Hz timing (see shared/wire.py)
 
@@ -176,10 +179,13 @@ def parse_ints(text: str, key: str) -> tuple[int, ...]:
 
 def load_methods(options: BenchOptions) -> tuple[list[Method], list[str]]:
     """(methods of the wanted families, sources that could not be imported). ConfigError
-    when `options.methods` names a family no source has."""
+    when `options.methods` names a family no source has. Without `options.methods`, every
+    family but those of the `ON_REQUEST` sources."""
     found: list[Method] = []
     missing: list[str] = []
     for module, name in SOURCES:
+        if module in ON_REQUEST and not options.methods:
+            continue
         try:
             source = getattr(importlib.import_module(f"{__package__}.{module}"), name)
         except ModuleNotFoundError as exc:

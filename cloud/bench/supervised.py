@@ -10,9 +10,10 @@ measurement, no entropy coding):
 - "sdlgm-adaptive": the generative objective with the adaptive sparsity schedule, 4 L
   slots tightened to L (compare it with "sdlgm-generative" at the same L: equal final budget).
 
-Each is scored twice: as every codec is (the benchmark's common predictor fed the decoded
-KPIs: target_mae, target_r2) and by its own code predictor, the one its objective trained
-(own_target_mae, own_target_r2), which is what the cloud runs on that model's codes.
+They run only when `--methods` names them (`runner.ON_REQUEST`). Each is scored twice: as
+every codec is (the benchmark's common predictor fed the decoded KPIs: target_mae,
+target_r2) and by its own code predictor, the one its objective trained (own_target_mae,
+own_target_r2), which is what the cloud runs on that model's codes.
 `stats()` adds the distribution of codes used per measurement.
 """
 

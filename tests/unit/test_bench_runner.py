@@ -173,6 +173,13 @@ def test_unknown_family_is_a_config_error(data_dir: Path, monkeypatch: pytest.Mo
         runner.load_methods(_options(data_dir, methods=("nope",)))
 
 
+def test_the_training_objective_families_run_only_when_named(data_dir: Path) -> None:
+    every, _ = runner.load_methods(_options(data_dir))
+    assert not any(m.family.startswith("sdlgm-generative") for m in every)
+    named, _ = runner.load_methods(_options(data_dir, methods=("sdlgm-adaptive",)))
+    assert {m.family for m in named} == {"sdlgm-adaptive"}
+
+
 def test_missing_column_is_a_data_error(data_dir: Path) -> None:
     with pytest.raises(DataError, match="RSRP"):
         run_benchmark(_options(data_dir, kpis=("RSRP",)), [Identity()])
