@@ -135,7 +135,7 @@ class Trainer:
         )
         self.gen = torch.Generator().manual_seed(opts.seed)
         self.best: dict[str, Any] = {"score": float("inf"), "raw_r2": -float("inf")}
-        # the adaptive schedule's budget of open gates (None: fixed at L)
+        # the adaptive schedule's budget of open gates, ending at L (None: fixed L slots)
         self.budget: int | None = cfg.n_slots if cfg.n_slots > cfg.L else None
         self.held = float("inf")  # the best validation score at any budget
 
@@ -220,8 +220,8 @@ class Trainer:
     def _keep_best(self, step: int, val: dict[str, float]) -> None:
         # Reconstruction and prediction count alike: both are a share of variance missed.
         score = val["val_nmse"] + (1 - val["val_target_r2"])
-        if self.budget is not None:  # still denser than L: only steers the schedule
-            self._tighten(step, score)
+        if self.budget is not None and self.budget > self.model.cfg.L:
+            self._tighten(step, score)  # still denser than L: only steers the schedule
         elif score < self.best["score"]:
             keep = {k: val[k] for k in ("val_nmse", "val_target_r2", "val_nnz")}
             state = copy.deepcopy(self.model.state_dict())
@@ -240,8 +240,6 @@ class Trainer:
         planned = math.ceil(slots - (slots - L) * progress)
         budget = self.budget - max(1, self.budget // 4) if held else self.budget
         self.budget = max(L, min(budget, planned))
-        if self.budget == L:
-            self.budget = None
 
     def _start_finetune(self) -> None:
         """Freeze the encoder; from now on the decoder and predictor see the exact codes."""
@@ -280,8 +278,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + val
             bar.update()
             if (step + 1) % every == 0 or step + 1 == steps:
-                if step + 1 == steps:  # the phase ends at the final budget, whatever it held
-                    self.budget = None
+                if step + 1 == steps and self.budget is not None:
+                    self.budget = self.model.cfg.L  # the phase ends at the final budget
                 n = (step % every) + 1
                 row = {"phase": name, "step": step + 1, **{k: s / n for k, s in sums.items()}}
                 row.update(self.validate(), seconds=round(time.monotonic() - self.started, 2))

@@ -124,8 +124,11 @@ def test_adaptive_schedule_tightens_the_budget_to_L_and_the_edge_sends_at_most_L
     data: Path, tmp_path: Path
 ) -> None:
     run = _train(data, tmp_path / "adaptive", sparsity="adaptive", slots=8, steps=60)
-    budgets = [r["budget"] for r in _log(run) if r["phase"] == "joint"]
+    joint = [r for r in _log(run) if r["phase"] == "joint"]
+    budgets = [r["budget"] for r in joint]
     assert budgets[0] == 8 and budgets[-1] == 2 and budgets == sorted(budgets, reverse=True)
+    # once at L, training opens at most L gates too (the last rows are all at the budget)
+    assert joint[-1]["gates_on"] <= 2 < joint[0]["gates_on"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_step"] > max(r["step"] for r in _log(run) if r["budget"] > 2)
     manifest = export_run(run)
