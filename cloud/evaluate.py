@@ -228,6 +228,7 @@ def evaluate_run(
     if len(x) == 0:
         raise DataError(f"{data}: no rows to evaluate")
     codes, nnz = encode_onnx(run / ENCODER_FILE, x)
+    counts = codec.counts(codes)
     ckpt = codec.checkpoint
     w = make_windows(
         [s.kpis for s in sessions],
@@ -244,9 +245,9 @@ def evaluate_run(
         "K": m.K,
         **_reconstruction(codec, x, codes),
         **_rate(codec, codes, nnz),
-        **_target_metrics(codec, ckpt, w, codec.counts(codes)),
+        **_target_metrics(codec, ckpt, w, counts),
         "sparsity": sparsity_report(
-            codec.counts(codes),
+            counts,
             m.L,
             codec.normalise(x),
             [len(s) for s in sessions],

@@ -38,7 +38,7 @@ from ..trainer import Trainer
 from .dataset import BenchData
 from .method import Coded, TrainData
 
-__all__ = ["FAMILIES", "SupervisedCodec", "objective_lines", "supervised_methods"]
+__all__ = ["FAMILIES", "SupervisedCodec", "supervised_methods"]
 
 FAMILIES = {
     "sdlgm-generative": {"objective": "generative"},
@@ -148,7 +148,7 @@ class SupervisedCodec:
     def stats(self) -> dict[str, Any]:
         """Codes used per measurement over the coded test stream: mean, max, share of
         measurements at each count 0..L (nnz_share_<n>), and unused codewords."""
-        nnz = np.concatenate(self._nnz) if self._nnz else np.zeros(1, dtype=np.int64)
+        nnz = self.nnz_per_measurement() if self._nnz else np.zeros(1, dtype=np.int64)
         shares = np.bincount(nnz, minlength=self.L + 1) / len(nnz)
         return {
             "mean_nonzeros": float(nnz.mean()),
@@ -167,41 +167,3 @@ def _windows(part: Dataset, data: BenchData, window: int, horizon: int) -> Windo
 def supervised_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[SupervisedCodec]:
     """Every objective family at every L, codebook K."""
     return [SupervisedCodec(f, L, K, quick) for f in FAMILIES for L in Ls]
-
-
-_OBJECTIVES = (
-    "family", "L", "own target MAE", "own target R²", "common R²", "nmse", "codes used",
-    "at cap", "bits/meas",
-)  # fmt: skip
-
-
-def objective_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """results.md's section on these families: each at each L, own predictor first."""
-    mine = sorted((r for r in rows if r["method"] in FAMILIES), key=lambda r: (r["L"], r["method"]))
-    if not mine:
-        return []
-
-    def pm(r: dict[str, Any], key: str, spec: str) -> str:
-        v, sd = r.get(key), r.get(f"{key}_std")
-        if v is None:
-            return "—"
-        return f"{v:{spec}}" + (f" ± {sd:{spec}}" if sd else "")
-
-    lines = ["|".join(("", *_OBJECTIVES, "")), "|" + "---|" * len(_OBJECTIVES)]
-    for r in mine:
-        cap = r.get(f"nnz_share_{r['L']}")
-        cells = (
-            r["method"], str(r["L"]), pm(r, "own_target_mae", ".4g"), pm(r, "own_target_r2", ".3f"),
-            pm(r, "target_r2", ".3f"), pm(r, "nmse", ".3f"), pm(r, "mean_nonzeros", ".2f"),
-            "—" if cap is None else f"{cap:.0%}", pm(r, "bits_per_measurement", ".1f"),
-        )  # fmt: skip
-        lines.append("|".join(("", *cells, "")))
-    return [
-        "## Training objectives and sparsity schedule (the deployed codec)",
-        "",
-        "Own: the code predictor trained with the model (what the cloud runs on its codes); "
-        "common: the benchmark's predictor fed the decoded KPIs. sdlgm-adaptive starts with "
-        "4 L slots and tightens to L: compare it with sdlgm-generative at the same L.",
-        "",
-        *lines,
-    ]
