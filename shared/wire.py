@@ -1,10 +1,12 @@
 """Wire frames: the only code that turns a batch of sparse codes into bytes or back.
 
-A frame carries many measurements of one edge device coded by one model: a 37-byte header,
-the record times (only when irregular), the bit-packed codes and an optional audit section
-with raw measurements. docs/wire-format.md is the specification; this module implements it.
-Every frame has exactly one encoding: the decoder rejects anything else with a WireError whose
-`reason` tag says what was wrong.
+A frame carries many measurements of one edge device coded by one model: a 40-byte header
+(and a header extension, empty today), the record times (only when irregular), the bit-packed
+codes, an optional audit section with raw measurements, and a CRC-32 over all of it.
+docs/wire-format.md is the specification; this module implements it. Frames are written as
+version 2; version 1 frames (no codec id, no extension, no CRC) are still read. Every frame has
+exactly one encoding: the decoder rejects anything else with a WireError whose `reason` tag
+says what was wrong.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,14 +22,19 @@ from typing import NamedTuple
 from .errors import WireError
 
 __all__ = [
+    "CODEC_PACKED",
+    "CRC_SIZE",
     "FLAG_AUDIT",
     "FLAG_HISTORICAL",
     "FLAG_IRREGULAR",
+    "FRAME_OVERHEAD",
     "HEADER_SIZE",
+    "HEADER_SIZE_V1",
     "MAGIC",
     "MAX_FRAME_BYTES",
     "MAX_RECORDS",
     "VERSION",
+    "VERSIONS",
     "Frame",
     "Record",
     "code_bits",
@@ -37,8 +45,10 @@ __all__ = [
     "wire_bytes_per_measurement",
 ]
 
-VERSION = 1
+VERSION = 2  # what encode_frame writes unless a frame says 1
+VERSIONS = (1, 2)  # what decode_frame reads
 MAGIC = b"ST"
+CODEC_PACKED = 0  # the payload: bit-packed codes (the only codec so far)
 FLAG_HISTORICAL = 0x01
 FLAG_AUDIT = 0x02
 FLAG_IRREGULAR = 0x04
@@ -46,8 +56,13 @@ MAX_FRAME_BYTES = 262144
 MAX_RECORDS = 4096
 
 _KNOWN_FLAGS = FLAG_HISTORICAL | FLAG_AUDIT | FLAG_IRREGULAR
-_HEADER = struct.Struct(">2sBB8sIIQIHBH")
-HEADER_SIZE = _HEADER.size  # 37
+_HEADER_V1 = struct.Struct(">2sBB8sIIQIHBH")
+_HEADER_TAIL = struct.Struct(">BH")  # version 2 only: codec, extension length
+HEADER_SIZE_V1 = _HEADER_V1.size  # 37
+HEADER_SIZE = HEADER_SIZE_V1 + _HEADER_TAIL.size  # 40
+CRC_SIZE = 4
+FRAME_OVERHEAD = HEADER_SIZE + CRC_SIZE  # 44 bytes a version 2 frame adds to its sections
+_MAX_EXTENSION = 65535
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 _MQTT_MAX_REMAINING = 268_435_455  # four remaining-length bytes (MQTT 3.1.1, 2.2.3)
@@ -71,6 +86,9 @@ class Frame:
 
     `period_ms` is the nominal sampling period; records at exactly that spacing cost no time
     bytes on the wire. `historical` marks records replayed from the spool, not live ones.
+    `version` is the wire version the frame is written as (and was read as: 1 for an old
+    frame). `extension` holds the bytes of a version 2 header extension (none today); a
+    decoder skips their meaning but keeps them, so a re-encoded frame has the same bytes.
     """
 
     model_ref: bytes
@@ -81,6 +99,8 @@ class Frame:
     period_ms: int
     records: tuple[Record, ...]
     historical: bool = False
+    version: int = VERSION
+    extension: bytes = b""
 
 
 def _fail(reason: str, message: str) -> WireError:
@@ -124,11 +144,16 @@ def encode_frame(frame: Frame) -> bytes:
     parts.append(_pack_codes(records, L, K))
     if has_audit:
         parts.append(_pack_audit(records))
-    header = _HEADER.pack(
-        MAGIC, VERSION, flags, frame.model_ref, frame.bd_seq, frame.seq, times[0], period,
+    header = _HEADER_V1.pack(
+        MAGIC, frame.version, flags, frame.model_ref, frame.bd_seq, frame.seq, times[0], period,
         len(records), L, K,
     )  # fmt: skip
-    data = header + b"".join(parts)
+    if frame.version == 1:
+        data = header + b"".join(parts)
+    else:
+        tail = _HEADER_TAIL.pack(CODEC_PACKED, len(frame.extension))
+        data = b"".join((header, tail, frame.extension, *parts))
+        data += zlib.crc32(data).to_bytes(CRC_SIZE, "big")
     if len(data) > MAX_FRAME_BYTES:
         raise _fail("too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
     return data
@@ -137,9 +162,15 @@ def encode_frame(frame: Frame) -> bytes:
 def _check_header_fields(frame: Frame) -> None:
     if not isinstance(frame.model_ref, bytes) or len(frame.model_ref) != 8:
         raise _fail("model_ref", "model_ref must be 8 bytes")
-    for name in ("bd_seq", "seq", "period_ms", "L", "K"):
+    for name in ("version", "bd_seq", "seq", "period_ms", "L", "K"):
         if type(getattr(frame, name)) is not int:
             raise _fail("field_type", f"{name} must be an int")
+    if frame.version not in VERSIONS:
+        raise _fail("version", f"version must be one of {VERSIONS}, got {frame.version}")
+    if not isinstance(frame.extension, bytes):
+        raise _fail("field_type", "extension must be bytes")
+    if len(frame.extension) > (_MAX_EXTENSION if frame.version > 1 else 0):
+        raise _fail("extension", "a header extension is 0..65535 bytes, and none in version 1")
     for name in ("bd_seq", "seq", "period_ms"):
         if not 0 <= getattr(frame, name) <= _U32:
             raise _fail("field_range", f"{name} must be in 0..2**32-1")
@@ -231,20 +262,25 @@ def _pack_audit(records: Sequence[Record]) -> bytes:
 
 
 def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
-    """Parse one frame strictly; WireError(reason=tag) on anything the format does not allow."""
+    """Parse one frame strictly; WireError(reason=tag) on anything the format does not allow.
+
+    A version 2 frame's CRC is checked before any field after the version is read, so a
+    changed byte is rejected as "crc", never read as another bdSeq, seq or time."""
     data = bytes(data)
-    end = len(data)
-    if end > MAX_FRAME_BYTES:
-        raise _fail("too_large", f"frame of {end} bytes exceeds {MAX_FRAME_BYTES}")
-    if end < HEADER_SIZE:
-        raise _fail("truncated", f"header needs {HEADER_SIZE} bytes, got {end}")
-    magic, version, flags, model_ref, bd_seq, seq, base, period, count, L, K = _HEADER.unpack_from(
-        data
-    )
-    if magic != MAGIC:
-        raise _fail("magic", f"bad magic {magic!r}")
-    if version != VERSION:
+    if len(data) > MAX_FRAME_BYTES:
+        raise _fail("too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(data) < HEADER_SIZE_V1:
+        raise _fail("truncated", f"header needs {HEADER_SIZE_V1} bytes, got {len(data)}")
+    if data[:2] != MAGIC:
+        raise _fail("magic", f"bad magic {data[:2]!r}")
+    version = data[2]
+    if version == 2:
+        data, start, extension = _open_v2(data)
+    elif version == 1:
+        start, extension = HEADER_SIZE_V1, b""
+    else:
         raise _fail("version", f"unknown version {version}")
+    _, _, flags, model_ref, bd_seq, seq, base, period, count, L, K = _HEADER_V1.unpack_from(data)
     if flags & ~_KNOWN_FLAGS:
         raise _fail("flags", f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x}")
     if not 1 <= count <= MAX_RECORDS:
@@ -254,20 +290,37 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     if K < 2:
         raise _fail("K_range", f"K is {K}")
     if flags & FLAG_IRREGULAR:
-        times, pos = _read_times(data, HEADER_SIZE, count, base, period)
+        times, pos = _read_times(data, start, count, base, period)
     else:
         if base + (count - 1) * period > _U64:
             raise _fail("time_range", "last record time exceeds 2**64-1")
-        times, pos = [base + i * period for i in range(count)], HEADER_SIZE
+        times, pos = [base + i * period for i in range(count)], start
     codes, pos = _read_codes(data, pos, count, L, K)
     audits: list[tuple[float, ...] | None] = [None] * count
     if flags & FLAG_AUDIT:
         pos = _read_audit(data, pos, audits)
-    if pos != end:
-        raise _fail("trailing", f"{end - pos} bytes after the end of the frame")
+    if pos != len(data):
+        raise _fail("trailing", f"{len(data) - pos} bytes after the end of the frame")
     records = tuple(map(Record, times, codes, audits))
     historical = bool(flags & FLAG_HISTORICAL)
-    return Frame(model_ref, bd_seq, seq, L, K, period, records, historical)
+    return Frame(model_ref, bd_seq, seq, L, K, period, records, historical, version, extension)
+
+
+def _open_v2(data: bytes) -> tuple[bytes, int, bytes]:
+    """A version 2 frame checked up to its sections: (the frame without its CRC, where the
+    sections start, the header extension)."""
+    if len(data) < FRAME_OVERHEAD:
+        raise _fail("truncated", f"a version 2 frame needs {FRAME_OVERHEAD} bytes, got {len(data)}")
+    body = data[:-CRC_SIZE]
+    if zlib.crc32(body) != int.from_bytes(data[-CRC_SIZE:]):
+        raise _fail("crc", "the CRC-32 does not match the frame")
+    codec, ext_len = _HEADER_TAIL.unpack_from(body, HEADER_SIZE_V1)
+    if codec != CODEC_PACKED:
+        raise _fail("codec", f"unknown codec {codec}")
+    start = HEADER_SIZE + ext_len
+    if start > len(body):
+        raise _fail("extension", f"a header extension of {ext_len} bytes runs past the frame")
+    return body, start, body[HEADER_SIZE:start]
 
 
 def _read_times(data: bytes, pos: int, count: int, base: int, period: int) -> tuple[list[int], int]:
@@ -415,7 +468,7 @@ def wire_bytes_per_measurement(
         if max(map(len, part)) > L:
             raise ValueError(f"a measurement has more than L={L} codes")
         bits = nnz_bits * len(part) + index_bits * sum(map(len, part))
-        size = HEADER_SIZE + math.ceil(bits / 8)
+        size = FRAME_OVERHEAD + math.ceil(bits / 8)
         if size > MAX_FRAME_BYTES:
             raise ValueError(f"a frame of {batch} records exceeds {MAX_FRAME_BYTES} bytes")
         total += size + mqtt_publish_overhead(topic, size, qos=1)

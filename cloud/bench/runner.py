@@ -9,11 +9,11 @@ normalised space, ``nmse = sum (x_hat - x)² / sum x²`` and ``snr_db = -10 log1
 seed's KPI predictor fed the decoded stream (`predict`); ``method.stats()`` when it has one;
 fit and code seconds. An unseeded method is coded once and scored by every seed's predictor.
 
-Wire bytes per measurement, frames as the agent publishes them: per frame the header
-(`wire.HEADER_SIZE`), no time deltas (records at a regular 1 Hz cost none: FLAG_IRREGULAR
-stays unset), ceil(payload bits / 8), plus one QoS 1 MQTT PUBLISH to the DATA topic of a
-typical edge, all over the frame's measurements. The JSON reference is what a naive agent
-publishes: one compact JSON object ``{"ts": ms, kpi: value, ...}`` per measurement, one
+Wire bytes per measurement, frames as the agent publishes them: per frame the header and
+CRC (`wire.FRAME_OVERHEAD`), no time deltas (records at a regular 1 Hz cost none:
+FLAG_IRREGULAR stays unset), ceil(payload bits / 8), plus one QoS 1 MQTT PUBLISH to the DATA
+topic of a typical edge, all over the frame's measurements. The JSON reference is what a naive
+agent publishes: one compact JSON object ``{"ts": ms, kpi: value, ...}`` per measurement, one
 PUBLISH each. `report.aggregate_rows` turns the per-seed records into one row per setting;
 the references (the predictor on raw KPIs, persistence, JSON) and the run's wall time go
 beside the rows in results.json. Every seed sees the same session split (`dataset`).
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.kpi import parse_kpi_list
 from sparsetel.shared.topics import data_topic
-from sparsetel.shared.wire import HEADER_SIZE, mqtt_publish_overhead
+from sparsetel.shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead
 
 from ..codestats import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
 from ..normaliser import Windows
@@ -212,8 +212,8 @@ def _select(methods: list[Method], families: Sequence[str]) -> list[Method]:
 
 
 def _frame_bytes(bits: int, records: int) -> int:
-    """One published frame's size: header, time deltas, payload padded to whole bytes."""
-    return int(HEADER_SIZE) + DELTA_BYTES_REGULAR * records + math.ceil(bits / 8)
+    """One published frame's size: header and CRC, time deltas, payload padded to whole bytes."""
+    return FRAME_OVERHEAD + DELTA_BYTES_REGULAR * records + math.ceil(bits / 8)
 
 
 def wire_bytes(frame_bits: Sequence[int], frame_sizes: Sequence[int]) -> tuple[float, float]:

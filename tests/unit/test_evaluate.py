@@ -75,7 +75,7 @@ def test_evaluate_counts_the_bits_the_wire_format_spends(result: dict[str, Any])
     nnz_mean, L, K = result["mean_nonzeros"], result["L"], result["K"]
     lo, hi = record_bits(0, L, K), record_bits(L, L, K)
     assert result["bits_per_measurement"] == pytest.approx(lo + (hi - lo) / L * nnz_mean)
-    # A frame of 50 records costs a 37-byte header plus MQTT framing: more than the codes alone.
+    # A frame of 50 records costs a 40-byte header, a CRC and MQTT framing: more than the codes.
     assert result["wire_bytes_per_measurement"] > result["bits_per_measurement"] / 8
 
 

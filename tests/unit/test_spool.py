@@ -9,12 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sparsetel.edge.spool import Spool, SpoolError, SpoolLimits, as_historical
-from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
+from sparsetel.shared.wire import FLAG_HISTORICAL, Frame, Record, decode_frame, encode_frame
 
 
 def frame(seq: int, bd_seq: int = 3, records: int = 5) -> bytes:
@@ -111,6 +112,20 @@ def test_historical_flag_changes_nothing_else() -> None:
     assert not a.historical and b.historical
     assert (a.bd_seq, a.seq, a.records, a.model_ref) == (b.bd_seq, b.seq, b.records, b.model_ref)
     assert as_historical(old) == old
+
+
+def test_historical_flag_keeps_a_version_1_frame_version_1() -> None:
+    v1 = encode_frame(replace(decode_frame(frame(4)), version=1))
+    old = decode_frame(as_historical(v1))
+    assert old.version == 1 and old.historical
+    assert as_historical(v1) == v1[:3] + bytes([v1[3] | FLAG_HISTORICAL]) + v1[4:]
+
+
+def test_a_damaged_spooled_frame_goes_out_as_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    damaged = bytearray(frame(4))
+    damaged[17] ^= 0x04  # a bit of seq, flipped on disk: the CRC no longer matches
+    assert as_historical(bytes(damaged)) == damaged  # for the cloud to reject, not a crash
+    assert "damaged" in caplog.text
 
 
 def test_acknowledgements_from_another_thread(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Wire frames: golden bytes from docs/wire-format.md, round trips, and hostile input."""
+"""Wire frames: golden bytes from docs/wire-format.md (version 2, and version 1 still read),
+round trips, the CRC against every flipped bit and byte, and hostile input."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import math
 import random
 import re
 import struct
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,9 @@ from hypothesis import strategies as st
 
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.wire import (
+    FRAME_OVERHEAD,
     HEADER_SIZE,
+    HEADER_SIZE_V1,
     MAX_FRAME_BYTES,
     MAX_RECORDS,
     Frame,
@@ -53,23 +60,52 @@ GOLDEN_FRAMES = {
     ), historical=True),
 }  # fmt: skip
 
+GOLDEN_FRAMES |= {f"v1_{name}": replace(f, version=1) for name, f in GOLDEN_FRAMES.items()}
+
 GOLDEN_HEX = {
     "regular": """
+        53 54 02 00 01 23 45 67 89 ab cd ef 00 00 00 07
+        00 00 00 2a 00 00 01 8b cf e5 68 00 00 00 03 e8
+        00 03 04 00 80 00 00 00 60 c8 da 0c 28 5f e0 51
+        6a 71 a1""",
+    "irregular": """
+        53 54 02 04 01 23 45 67 89 ab cd ef 00 00 00 07
+        00 00 00 2b 00 00 01 8b cf e5 73 b8 00 00 03 e8
+        00 04 03 03 e8 00 00 00 00 e8 07 fa 01 d0 0f 40
+        18 02 f9 cc 00 00 20 00 2a 6d 61 f1""",
+    "audit": """
+        53 54 02 03 01 23 45 67 89 ab cd ef 00 00 00 06
+        00 00 00 09 00 00 01 8b cf e5 40 f0 00 00 03 e8
+        00 03 02 00 10 00 00 00 52 1f 00 00 02 a0 c2 bf
+        00 00 7f c0 00 00 41 44 00 00 40 40 00 00 d0 b3
+        42 32""",
+    "v1_regular": """
         53 54 01 00 01 23 45 67 89 ab cd ef 00 00 00 07
         00 00 00 2a 00 00 01 8b cf e5 68 00 00 00 03 e8
         00 03 04 00 80 60 c8 da 0c 28 5f e0""",
-    "irregular": """
+    "v1_irregular": """
         53 54 01 04 01 23 45 67 89 ab cd ef 00 00 00 07
         00 00 00 2b 00 00 01 8b cf e5 73 b8 00 00 03 e8
         00 04 03 03 e8 00 e8 07 fa 01 d0 0f 40 18 02 f9
         cc 00 00 20 00""",
-    "audit": """
+    "v1_audit": """
         53 54 01 03 01 23 45 67 89 ab cd ef 00 00 00 06
         00 00 00 09 00 00 01 8b cf e5 40 f0 00 00 03 e8
         00 03 02 00 10 52 1f 00 00 02 a0 c2 bf 00 00 7f
         c0 00 00 41 44 00 00 40 40 00 00""",
 }
 GOLDEN = {name: bytes.fromhex(text) for name, text in GOLDEN_HEX.items()}
+V2_NAMES = ("regular", "irregular", "audit")
+
+
+def seal(body: bytes) -> bytes:
+    """A version 2 frame: `body` (everything before the CRC) and its CRC-32, big-endian."""
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def as_v2(v1: bytes) -> bytes:
+    """The version 1 frame `v1` as version 2: codec 0, no header extension, the CRC."""
+    return seal(v1[:2] + b"\x02" + v1[3:HEADER_SIZE_V1] + b"\x00\x00\x00" + v1[HEADER_SIZE_V1:])
 
 
 def canon(frame: Frame) -> Frame:
@@ -79,8 +115,7 @@ def canon(frame: Frame) -> Frame:
         return None if audit is None else tuple(-1e300 if math.isnan(v) else v for v in audit)
 
     records = tuple(Record(r.t_ms, tuple(r.codes), fix(r.audit)) for r in frame.records)
-    return Frame(frame.model_ref, frame.bd_seq, frame.seq, frame.L, frame.K, frame.period_ms,
-                 records, frame.historical)  # fmt: skip
+    return replace(frame, records=records)
 
 
 def has_nan(frame: Frame) -> bool:
@@ -119,8 +154,34 @@ def test_audit_golden_carries_nan_as_missing() -> None:
     assert first is not None and first[0] == -95.5 and math.isnan(first[1])
 
 
-def test_header_is_37_bytes() -> None:
-    assert HEADER_SIZE == 37
+def test_header_is_40_bytes_and_a_frame_adds_44_with_its_crc() -> None:
+    assert (HEADER_SIZE, FRAME_OVERHEAD, HEADER_SIZE_V1) == (40, 44, 37)
+
+
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_v2_frame_is_the_v1_frame_with_codec_extension_length_and_crc(name: str) -> None:
+    v1, v2 = GOLDEN[f"v1_{name}"], GOLDEN[name]
+    body = v1[:2] + b"\x02" + v1[3:37] + b"\x00" + b"\x00\x00" + v1[37:]
+    assert v2 == body + zlib.crc32(body).to_bytes(4, "big") == as_v2(v1)
+
+
+def test_crc_is_crc32_iso_hdlc_as_zlib_computes_it() -> None:
+    assert zlib.crc32(b"123456789") == 0xCBF43926  # the check value the spec quotes
+
+
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_v1_frames_are_still_read_as_version_1(name: str) -> None:
+    frame = decode_frame(GOLDEN[f"v1_{name}"])
+    assert frame.version == 1 and decode_frame(GOLDEN[name]).version == 2
+    assert canon(replace(frame, version=2)) == canon(decode_frame(GOLDEN[name]))
+
+
+def test_header_extension_is_skipped_and_kept() -> None:
+    frame = replace(GOLDEN_FRAMES["regular"], extension=b"\xa5\x00\x01")
+    data = encode_frame(frame)
+    assert data[37:43] == b"\x00\x00\x03\xa5\x00\x01"
+    assert data[43:-4] == GOLDEN["regular"][40:-4]  # the sections, after the extension
+    assert decode_frame(data) == frame
 
 
 # --------------------------------------------------------------------------- round trips
@@ -153,7 +214,10 @@ def frames(draw: st.DrawFn, max_records: int = 300) -> Frame:
         records.append(Record(t, codes, audit))
     ref = draw(st.binary(min_size=8, max_size=8))
     bd_seq, seq = draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1))
-    return Frame(ref, bd_seq, seq, L, K, period, tuple(records), draw(st.booleans()))  # fmt: skip
+    version = draw(st.sampled_from([2, 2, 1]))
+    extension = draw(st.just(b"") | st.binary(max_size=40)) if version == 2 else b""
+    return Frame(ref, bd_seq, seq, L, K, period, tuple(records), draw(st.booleans()), version,
+                 extension)  # fmt: skip
 
 
 AUDIT_VALUES = [0.0, -0.0, NAN, math.inf, -math.inf, 1e-45, 3.4028234663852886e38, -95.5]
@@ -177,14 +241,14 @@ def test_largest_frame_round_trips() -> None:
     )
     frame = Frame(REF, 1, 2, L, K, 1000, records)
     data = encode_frame(frame)
-    assert len(data) == HEADER_SIZE + math.ceil(n * record_bits(L, L, K) / 8)
+    assert len(data) == FRAME_OVERHEAD + math.ceil(n * record_bits(L, L, K) / 8)
     assert decode_frame(data) == frame
 
 
 def test_max_records_of_empty_codes_round_trip() -> None:
     frame = Frame(REF, 1, 2, 1, 2, 5, tuple(Record(5 * i, ()) for i in range(MAX_RECORDS)))
     data = encode_frame(frame)
-    assert len(data) == HEADER_SIZE + MAX_RECORDS // 8
+    assert len(data) == FRAME_OVERHEAD + MAX_RECORDS // 8
     assert decode_frame(data) == frame
 
 
@@ -207,25 +271,27 @@ def bits(text: str) -> bytes:
     return int(digits or "0", 2).to_bytes(len(digits) // 8, "big")
 
 
-REGULAR, AUDIT = GOLDEN["regular"], GOLDEN["audit"]
+# Version 1 bytes: the checks after the header are the same in both versions
+# (`test_decode_rejects_malformed_v2_frame_with_a_good_crc_as_v1`).
+REGULAR, AUDIT = GOLDEN["v1_regular"], GOLDEN["v1_audit"]
 IRR2 = header(flags=0x04, count=2)  # two irregular records, then varints and codes "000 000"
 EMPTY2 = bits("000 000")
-AUDIT_HEAD = AUDIT[: HEADER_SIZE + 3]  # header and codes of the audit golden
+AUDIT_HEAD = AUDIT[: HEADER_SIZE_V1 + 3]  # header and codes of the audit golden
 MALFORMED = [
     ("too_large", REGULAR + bytes(MAX_FRAME_BYTES), "too_large"),
     ("empty", b"", "truncated"),
-    ("header_cut", REGULAR[: HEADER_SIZE - 1], "truncated"),
+    ("header_cut", REGULAR[: HEADER_SIZE_V1 - 1], "truncated"),
     ("codes_cut", header(count=1) + bits("011 0000011"), "truncated"),
     ("varint_cut", IRR2 + b"\x00\xe8", "truncated"),
     ("audit_values_cut", AUDIT[:-1], "truncated"),
     ("bad_magic", b"SX" + REGULAR[2:], "magic"),
-    ("version_0", header(version=0) + REGULAR[HEADER_SIZE:], "version"),
-    ("version_2", header(version=2) + REGULAR[HEADER_SIZE:], "version"),
-    ("reserved_flag", header(flags=0x08) + REGULAR[HEADER_SIZE:], "flags"),
+    ("version_0", header(version=0) + REGULAR[HEADER_SIZE_V1:], "version"),
+    ("version_3", header(version=3) + REGULAR[HEADER_SIZE_V1:], "version"),
+    ("reserved_flag", header(flags=0x08) + REGULAR[HEADER_SIZE_V1:], "flags"),
     ("no_records", header(count=0), "n_records"),
     ("too_many_records", header(count=MAX_RECORDS + 1) + bytes(2000), "n_records"),
-    ("L_zero", header(L=0) + REGULAR[HEADER_SIZE:], "L_range"),
-    ("K_one", header(K=1) + REGULAR[HEADER_SIZE:], "K_range"),
+    ("L_zero", header(L=0) + REGULAR[HEADER_SIZE_V1:], "L_range"),
+    ("K_one", header(K=1) + REGULAR[HEADER_SIZE_V1:], "K_range"),
     ("varint_11_bytes", IRR2 + b"\x00" + b"\x80" * 10 + b"\x01" + EMPTY2, "varint_overflow"),
     ("varint_above_u64", IRR2 + b"\x00" + b"\xff" * 9 + b"\x02" + EMPTY2, "varint_overflow"),
     ("varint_not_minimal", IRR2 + b"\x00\xe8\x87\x00" + EMPTY2, "varint_overlong"),
@@ -240,7 +306,8 @@ MALFORMED = [
     ("indices_descending", header(count=1) + bits("010 0000101 0000011"), "unsorted"),
     ("index_120_of_K_100", header(count=1, K=100) + bits("001 1111000"), "index_ge_K"),
     ("padding_bit_set", REGULAR[:-1] + b"\xe1", "padding"),
-    ("audit_D_zero", header(flags=2, L=2, K=16) + AUDIT[37:40] + b"\x00\x00\xa0", "audit_dim"),
+    ("audit_D_zero", header(flags=2, L=2, K=16) + AUDIT_HEAD[HEADER_SIZE_V1:] + b"\x00\x00\xa0",
+     "audit_dim"),
     ("bitmap_spare_bit", AUDIT_HEAD + b"\x00\x02\xa1" + AUDIT[-16:], "bitmap_padding"),
     ("audit_flag_no_audit", AUDIT_HEAD + b"\x00\x02\x00", "audit_empty"),
     ("trailing_byte", REGULAR + b"\x00", "trailing"),
@@ -256,20 +323,106 @@ def test_decode_rejects_malformed_frame(data: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
+V2 = GOLDEN["regular"]
+V2_SECTIONS = V2[HEADER_SIZE:-4]  # the codes of the regular golden
+MALFORMED_V2 = [
+    ("v2_shorter_than_header_and_crc", V2[: FRAME_OVERHEAD - 1], "truncated"),
+    ("crc_bit_flipped", V2[:-1] + bytes([V2[-1] ^ 0x01]), "crc"),
+    ("crc_of_another_frame", V2[:-4] + GOLDEN["audit"][-4:], "crc"),
+    ("byte_after_the_crc", V2 + b"\x00", "crc"),
+    ("crc_little_endian", V2[:-4] + V2[-4:][::-1], "crc"),
+    ("version_3_with_a_crc", seal(b"ST\x03" + V2[3:-4]), "version"),
+    ("codec_1", seal(V2[:HEADER_SIZE_V1] + b"\x01\x00\x00" + V2_SECTIONS), "codec"),
+    ("codec_255", seal(V2[:HEADER_SIZE_V1] + b"\xff\x00\x00" + V2_SECTIONS), "codec"),
+    ("extension_past_the_end",
+     seal(V2[:HEADER_SIZE_V1] + b"\x00\x00\x08" + V2_SECTIONS), "extension"),
+    ("extension_of_65535", seal(V2[:HEADER_SIZE_V1] + b"\x00\xff\xff" + V2_SECTIONS),
+     "extension"),
+    ("extension_eats_the_codes",
+     seal(V2[:HEADER_SIZE_V1] + b"\x00\x00\x07" + V2_SECTIONS), "truncated"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"), [m[1:] for m in MALFORMED_V2], ids=[m[0] for m in MALFORMED_V2]
+)
+def test_decode_rejects_malformed_v2_frame(data: bytes, reason: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode_frame(data)
+    assert info.value.reason == reason
+
+
+SHARED = [m for m in MALFORMED if len(m[1]) >= HEADER_SIZE_V1 and m[1][2] == 1]
+
+
+@pytest.mark.parametrize(("data", "reason"), [m[1:] for m in SHARED], ids=[m[0] for m in SHARED])
+def test_decode_rejects_malformed_v2_frame_with_a_good_crc_as_v1(data: bytes, reason: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode_frame(as_v2(data))
+    assert info.value.reason == reason
+
+
 def test_every_documented_reject_reason_has_a_malformed_case() -> None:
     text = DOC.read_text(encoding="utf-8").split("### Reject reasons")[1].split("\n## ")[0]
     table = text.split("| tag")[1].split("\n\n")[0]
     documented = set(re.findall(r"^\| `(\w+)`", table, re.MULTILINE))
-    assert documented == {m[2] for m in MALFORMED}
+    assert documented == {m[2] for m in MALFORMED + MALFORMED_V2}
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN))
-def test_decode_of_every_cut_raises_truncated(name: str) -> None:
-    data = GOLDEN[name]
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_decode_of_every_cut_of_a_v1_frame_raises_truncated(name: str) -> None:
+    data = GOLDEN[f"v1_{name}"]
     for size in range(len(data)):
         with pytest.raises(WireError) as info:
             decode_frame(data[:size])
         assert info.value.reason == "truncated", size
+
+
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_decode_of_every_cut_of_a_v2_frame_is_truncated_or_fails_the_crc(name: str) -> None:
+    data = GOLDEN[name]
+    for size in range(len(data)):
+        with pytest.raises(WireError) as info:
+            decode_frame(data[:size])
+        assert info.value.reason == ("truncated" if size < FRAME_OVERHEAD else "crc"), size
+
+
+def flip_outcomes(data: bytes, changes: Callable[[int], Iterable[int]]) -> Counter[str]:
+    """How each changed copy of `data` fails: byte i replaced by every value changes(i) gives,
+    counted by reject reason ("decoded" for a copy that decodes)."""
+    outcomes: Counter[str] = Counter()
+    for i in range(len(data)):
+        for value in changes(data[i]):
+            try:
+                decode_frame(data[:i] + bytes([value]) + data[i + 1 :])
+            except WireError as exc:
+                outcomes[exc.reason] += 1
+            else:
+                outcomes["decoded"] += 1
+    return outcomes
+
+
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_every_single_bit_flip_of_a_v2_frame_is_rejected(name: str) -> None:
+    data = GOLDEN[name]
+    outcomes = flip_outcomes(data, lambda byte: [byte ^ (1 << b) for b in range(8)])
+    # The magic and version bytes are read before the CRC; every other flip fails the CRC.
+    assert outcomes == {"magic": 16, "version": 8, "crc": 8 * (len(data) - 3)}
+
+
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_every_single_byte_change_of_a_v2_frame_is_rejected(name: str) -> None:
+    data = GOLDEN[name]
+    outcomes = flip_outcomes(data, lambda byte: [v for v in range(256) if v != byte])
+    assert "decoded" not in outcomes
+    assert outcomes["crc"] == 255 * (len(data) - 3) and outcomes["magic"] == 2 * 255
+    # A version byte of 1 reads the frame as version 1 (no CRC): it fails that parse instead.
+    assert outcomes["version"] == 254 and outcomes.total() == 255 * len(data)
+
+
+def test_a_v1_frame_has_no_such_protection() -> None:
+    outcomes = flip_outcomes(GOLDEN["v1_regular"], lambda byte: [byte ^ (1 << b) for b in range(8)])
+    assert outcomes["decoded"] > 200  # of 352: what version 2 exists for
 
 
 @settings(max_examples=40, deadline=None)
@@ -294,7 +447,11 @@ def check_decodes_or_rejects(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300) | st.binary(max_size=300).map(lambda b: b"ST\x01" + b))
+@given(
+    st.binary(max_size=300)
+    | st.binary(max_size=300).map(lambda b: b"ST\x01" + b)
+    | st.binary(max_size=300).map(lambda b: seal(b"ST\x02" + b))  # past the CRC
+)
 def test_random_bytes_decode_or_raise_wire_error(data: bytes) -> None:
     check_decodes_or_rejects(data)
 
@@ -306,22 +463,35 @@ MUTATIONS = st.lists(
 )  # fmt: skip
 
 
+def mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    out = bytearray(data)
+    for kind, where, value in mutations:
+        at = where % (len(out) + 1)
+        if kind == "insert":
+            out.insert(at, value)
+        elif at < len(out):
+            if kind == "delete":
+                del out[at]
+            else:
+                out[at] = value if kind == "set" else out[at] ^ (1 << (value % 8))
+    return bytes(out)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames(max_records=40), MUTATIONS)
 def test_mutated_frames_decode_or_raise_wire_error(
     frame: Frame, mutations: list[tuple[str, int, int]]
 ) -> None:
-    data = bytearray(encode_frame(frame))
-    for kind, where, value in mutations:
-        at = where % (len(data) + 1)
-        if kind == "insert":
-            data.insert(at, value)
-        elif at < len(data):
-            if kind == "delete":
-                del data[at]
-            else:
-                data[at] = value if kind == "set" else data[at] ^ (1 << (value % 8))
-    check_decodes_or_rejects(bytes(data))
+    check_decodes_or_rejects(mutate(encode_frame(frame), mutations))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(max_records=40), MUTATIONS)
+def test_mutated_v2_frames_with_a_fixed_crc_decode_or_raise_wire_error(
+    frame: Frame, mutations: list[tuple[str, int, int]]
+) -> None:
+    data = encode_frame(replace(frame, version=2))
+    check_decodes_or_rejects(seal(mutate(data[:-4], mutations)))
 
 
 # --------------------------------------------------------------------------- encoder checks
@@ -363,6 +533,12 @@ ENCODE_REJECTS = [
     ("audit_not_number", golden(records=(Record(0, (), ("x",)),)), "audit_value"),  # type: ignore[arg-type]
     ("too_large", golden(L=255, K=65535, records=recs(*[tuple(range(255))] * 600)),
      "too_large"),
+    ("version_3", golden(version=3), "version"),
+    ("version_0", golden(version=0), "version"),
+    ("version_not_int", golden(version=2.0), "field_type"),
+    ("extension_not_bytes", golden(extension=bytearray(2)), "field_type"),
+    ("extension_over_u16", golden(extension=bytes(65536)), "extension"),
+    ("extension_in_version_1", golden(version=1, extension=b"\x01"), "extension"),
 ]  # fmt: skip
 
 
