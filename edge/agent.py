@@ -3,7 +3,8 @@
 `run_agent(cfg)` is what ``sparsetel edge`` runs. It fails fast, with a one-line reason,
 before touching the network: ids are checked, the model's sha256, self-test and KPI schema
 are verified and the source is opened (`edge.framer.Framer`); bdSeq (``state_dir/bdseq``)
-is incremented and persisted, so every run has a new bdSeq even after a crash. Then it
+is incremented and persisted, so every run has a new bdSeq even after a crash (a new state
+directory, by default a per-user folder, starts at a random one; see `edge.state`). Then it
 connects: a broker that does not answer within `connect_timeout_s` is retried in the
 background (with jittered backoff) while the agent measures into its spool; one that refuses
 it is fatal. At the end of the source, or on SIGTERM/SIGINT, it flushes the partial batch,
@@ -38,7 +39,7 @@ from .delivery import Delivery
 from .framer import AgentStats, Framer
 from .publisher import Publisher
 from .spool import Spool, SpoolLimits
-from .state import lock_state_dir, next_bd_seq
+from .state import BDSEQ_FILE, lock_state_dir, next_bd_seq
 from .updater import Updater
 
 __all__ = ["AgentStats", "EdgeConfig", "run_agent"]
@@ -73,6 +74,7 @@ def _finish(agent: Framer, delivery: Delivery, stats: AgentStats) -> None:
     stats.model_sha256 = agent.encoder.model_sha256
     stats.rejects.update(agent.source.stats.rejects)
     stats.cells.update(agent.source.stats.cells)
+    stats.invalid_cells.update(agent.source.stats.invalid_cells)
     spool = delivery.spool
     stats.replayed = delivery.stats.replayed
     stats.deferred = delivery.stats.deferred
@@ -107,12 +109,17 @@ def run_agent(
     stats.elapsed_s = round(time.monotonic() - started, 3)
     if stats.bd_seq is not None:
         log.info(
-            "edge %s: %s measurements in %s frames (%s bytes), %s acked, rejects %s",
+            "edge %s: %s measurements in %s frames (%s bytes), %s acked, %s confirmed, "
+            "%s deferred to the spool, %s dropped by the spool, %s left in it, rejects %s",
             cfg.edge_id,
             stats.measurements,
             stats.frames,
             stats.bytes_sent,
             stats.acked,
+            stats.confirmed,
+            stats.deferred,
+            stats.spool_dropped,
+            stats.spool_depth,
             dict(stats.rejects),
         )
     if print_json:
@@ -130,7 +137,15 @@ def _run(cfg: EdgeConfig, stats: AgentStats, stdin: IO[bytes] | None) -> int:
     state_dir = cfg.resolved_state_dir
     try:
         with lock_state_dir(state_dir):
+            fresh = not (state_dir / BDSEQ_FILE).exists()
             agent.bd_seq = stats.bd_seq = next_bd_seq(state_dir)
+            log.info(
+                "edge %s: state dir %s (%s), bdSeq %s",
+                cfg.edge_id,
+                state_dir.resolve(),
+                "new: bdSeq drawn at random" if fresh else "bdSeq carried on",
+                agent.bd_seq,
+            )
             agent.birth()  # a birth the broker would carry must be valid before we connect
             limits = SpoolLimits(cfg.spool_max_bytes, cfg.spool_max_age_s)
             spool = Spool(state_dir / SPOOL_FILE, limits)

@@ -8,15 +8,17 @@ The model's L, K and KPI schema are not settings: the agent reads them from the 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsetel.shared.config import BrokerConfig, load_config
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.kpi import parse_kpi_list
+from sparsetel.shared.topics import validate_id
 from sparsetel.shared.wire import MAX_RECORDS
 
-__all__ = ["EdgeConfig", "edge_config_from_flags"]
+__all__ = ["EdgeConfig", "default_state_dir", "edge_config_from_flags"]
 
 _U32 = 2**32 - 1
 
@@ -32,7 +34,10 @@ class EdgeConfig:
     - `limit`: stop after this many measurements; None = the whole source.
     - `batch`: measurements per frame (1..4096); `max_batch_delay_s`: a frame leaves at the
       latest this long after its first measurement.
-    - `state_dir`: where bdSeq persists; None = ``.sparsetel/<edge_id>``.
+    - `state_dir`: where bdSeq, the spool and deployed models persist; None = a per-user
+      folder, ``$XDG_STATE_HOME/sparsetel/edges/<edge_id>`` (``~/.local/state/...`` when
+      XDG_STATE_HOME is unset), never the working directory: an agent started from another
+      folder must find the same bdSeq and spool (`default_state_dir`).
     - `period_ms`: the nominal spacing of measurements without a rate.
     - `broker`: where to publish (credentials from the environment, see shared.config).
     - `kpis`: the source's KPI names, checked against the model's; None = the model's.
@@ -45,9 +50,10 @@ class EdgeConfig:
     - `loop`: replay the CSV again at its end; `connect_timeout_s`: how long to wait for
       the broker before measuring offline into the spool (it keeps retrying);
       `ack_timeout_s`: how long to wait for acks (and receipts) at the end.
-    - `confirm`: when a frame may leave the spool: "broker" (its PUBACK) or "store" (the
-      cloud's receipt that the database has it; see `sparsetel.shared.receipt`), which
-      survives a broker restart; `confirm_wait_s`: with "store", how long a frame the broker
+    - `confirm`: when a frame may leave the spool: "store" (default: the cloud's receipt
+      that the database has it; see `sparsetel.shared.receipt`), which survives a broker or
+      decoder restart and a broker that drops a full queue, or "broker" (its PUBACK only: for
+      a cloud that sends no receipts); `confirm_wait_s`: with "store", how long a frame the broker
       took waits for its receipt before it is published again (doubling per try).
     - `audit_share`: the share of measurements (drawn at random) that also travel raw in
       their frame (audit samples), so the cloud can measure its live reconstruction and
@@ -82,7 +88,7 @@ class EdgeConfig:
     range_margin: float | None = 1.0
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 10.0
-    confirm: str = "broker"
+    confirm: str = "store"
     audit_share: float = 0.0
     confirm_wait_s: float = 30.0
     max_queued_frames: int = 10_000
@@ -119,7 +125,29 @@ class EdgeConfig:
 
     @property
     def resolved_state_dir(self) -> Path:
-        return self.state_dir if self.state_dir is not None else Path(".sparsetel") / self.edge_id
+        """`state_dir`, or the per-user default for this edge (`default_state_dir`)."""
+        return self.state_dir if self.state_dir is not None else default_state_dir(self.edge_id)
+
+
+def default_state_dir(edge_id: str) -> Path:
+    """``$XDG_STATE_HOME/sparsetel/edges/<edge_id>``; ``~/.local/state`` stands in for an
+    unset or relative XDG_STATE_HOME (the XDG base directory rules).
+
+    XDG_STATE_HOME, not XDG_DATA_HOME: what is kept here belongs to this device (a bdSeq
+    counter, frames not yet delivered), like /var/lib for the system unit; data folders are
+    what users copy to other machines, and a copied bdSeq would collide in the cloud.
+    ValueError for a bad edge id; ConfigError when there is no home folder to use.
+    """
+    validate_id(edge_id)
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if base and os.path.isabs(base):
+        root = Path(base)
+    else:
+        try:
+            root = Path.home() / ".local" / "state"
+        except RuntimeError as exc:  # no HOME and no passwd entry
+            raise ConfigError(f"no home folder for the state: {exc}", key="state_dir") from exc
+    return root / "sparsetel" / "edges" / edge_id
 
 
 def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:

@@ -4,7 +4,8 @@ leaves the spool only when the broker has acknowledged it -- or, with ``confirm 
 
 - `deliver` spools a frame (with the source position it reaches, in the same transaction, so a
   restarted replay resumes right after it) and hands it to the publisher. When the publisher's
-  in-memory queue is full (a long outage) the frame waits in the spool: it is *deferred*.
+  in-memory queue is full (a long outage) the frame waits in the spool: it is *deferred*, not
+  dropped, and counted as such (`DeliveryStats.deferred`; logged once per backlog).
 - `resend` publishes deferred frames again, oldest first, flagged historical, whenever the
   memory queue has drained to half.
 - `replay` publishes what earlier runs left in the spool (broker away, agent killed) before
@@ -81,9 +82,20 @@ class Delivery:
             log.error("frame bdSeq %s seq %s dropped: %s", bd_seq, seq, exc)
             return "spool"
         if not self.publisher.publish_frame(payload, tag=tag):
-            self.deferred.append(tag)  # resent once the queue drains, or by the next run
-            self.stats.deferred += 1
+            self._defer(tag)
         return None
+
+    def _defer(self, tag: int) -> None:
+        """The memory queue had no room for the frame spooled under `tag`: it waits in the
+        spool, resent once the queue drains (or by the next run)."""
+        if not self.deferred:
+            log.warning(
+                "the broker is behind: new frames wait in the spool (%s frames there) and are "
+                "sent as it catches up",
+                self.spool.depth,
+            )
+        self.deferred.append(tag)
+        self.stats.deferred += 1
 
     def on_broker_ack(self, tag: int) -> None:
         """The broker has the frame spooled under `tag` (paho's thread)."""
@@ -134,9 +146,12 @@ class Delivery:
         while self.deferred and self.publisher.has_room():
             tag = self.deferred.popleft()
             frame = self.spool.get(tag)
-            if frame is not None:
-                self.publisher.publish_frame(as_historical(frame.payload), tag=tag)
-                self.stats.resent += 1
+            if frame is None:
+                continue
+            if not self.publisher.publish_frame(as_historical(frame.payload), tag=tag):
+                self.deferred.appendleft(tag)  # paho refused it: try again next time
+                return
+            self.stats.resent += 1
 
     def replay(self, stopping: threading.Event) -> None:
         """Publish what earlier runs left in the spool, oldest first, flagged historical."""
@@ -149,8 +164,7 @@ class Delivery:
                 if self.publisher.publish_frame(as_historical(old.payload), tag=old.id):
                     self.stats.replayed += 1
                 else:  # the memory queue is full (a long outage): resent once it drains
-                    self.deferred.append(old.id)
-                    self.stats.deferred += 1
+                    self._defer(old.id)
             after = chunk[-1].id
         if self.stats.replayed:
             log.info("replayed %s spooled frames, flagged historical", self.stats.replayed)

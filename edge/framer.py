@@ -58,6 +58,7 @@ class AgentStats:
     failed: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     cells: Counter[str] = field(default_factory=Counter)
+    invalid_cells: Counter[str] = field(default_factory=Counter)  # by KPI: not numbers, now NaN
     bd_seq: int | None = None
     next_seq: int = 0
     connects: int = 0
@@ -80,6 +81,7 @@ class AgentStats:
         data = dict(self.__dict__)
         data["rejects"] = dict(self.rejects)
         data["cells"] = dict(self.cells)
+        data["invalid_cells"] = dict(self.invalid_cells)
         return data
 
 

@@ -53,7 +53,9 @@ QOS = 1
 
 @dataclass
 class PublisherStats:
-    """Counters of one publisher: frames published, acknowledged and refused; sessions."""
+    """Counters of one publisher: frames published, acknowledged, and refused by the broker
+    (a PUBACK with a failure reason code, MQTT 5); sessions. A frame `publish_frame` could not
+    queue is not counted here: it is not lost, its caller keeps it (the spool)."""
 
     published: int = 0
     acked: int = 0
@@ -204,18 +206,17 @@ class Publisher:
         raise ConnectionError(f"broker {self._host}:{self._port}: {self._refused}")
 
     def publish_frame(self, payload: bytes, tag: int | None = None) -> bool:
-        """Queue one frame (QoS 1) on the DATA topic; False when the in-memory queue is full.
-        `tag` comes back through `on_frame_acked` once the broker has the frame."""
+        """Queue one frame (QoS 1) on the DATA topic; False, queueing nothing, when the
+        in-memory queue is full or paho refuses it: the caller keeps the frame and sends it
+        again later. `tag` comes back through `on_frame_acked` once the broker has it."""
         with self._cond:
             backlog = self._frames_pending
         if 0 < self._max_queued <= backlog:
-            self.stats.failed += 1
-            log.warning("frame dropped: %s frames await the broker already", backlog)
+            log.debug("memory queue full: %s frames await the broker", backlog)
             return False
         info = self._client.publish(self._data_topic, payload, qos=QOS)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            self.stats.failed += 1
-            log.warning("frame not queued: %s", mqtt.error_string(info.rc))
+            log.warning("frame not queued, kept for later: %s", mqtt.error_string(info.rc))
             return False
         self.stats.published += 1
         self.stats.bytes_sent += len(payload)

@@ -1,8 +1,9 @@
 """File and stream sources for the edge agent: CSV replay and JSON lines (stdin).
 
-Both follow the base's rules in `sparsetel.edge.source` (one cell rule, bad input counted in
-`stats.rejects` and skipped, times that never go backwards). `open_source` turns the agent's
-``source`` setting into one of them: ``"-"`` reads JSON lines from stdin,
+Both follow the base's rules in `sparsetel.edge.source` (one cell rule: a cell that is not a
+number is missing and counted, its measurement kept; a row or line that cannot be read is
+counted in `stats.rejects` and skipped; times never go backwards). `open_source` turns the
+agent's ``source`` setting into one of them: ``"-"`` reads JSON lines from stdin,
 ``"py:MODULE:FUNCTION"`` calls a custom collector (`sparsetel.edge.source.CallableSource`),
 anything else is a CSV file to replay.
 
@@ -235,8 +236,9 @@ class JsonLinesSource(MeasurementSource):
     A line is an object ``{"kpis": {"RSRP": -90.0, ...}, "t_ms": 1700000000000}`` (t_ms
     optional; KPI names matched exactly or by `column_key`; an absent KPI or null is missing;
     an unknown name rejects the line) or a list of D values in the order of `kpis`. Values
-    may be numbers, numeric strings or null. Without a t_ms the time is the wall clock when
-    the line is read. `stream` yields str or bytes lines (bytes must be UTF-8).
+    may be numbers, numeric strings or null (anything else is missing, counted as invalid).
+    Without a t_ms the time is the wall clock when the line is read. `stream` yields str or
+    bytes lines (bytes must be UTF-8).
     """
 
     def __init__(

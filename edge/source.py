@@ -1,9 +1,11 @@
 """Measurement sources: where the edge agent's KPI vectors come from; the base and the hook.
 
 Every source yields `Measurement`s (a time in ms and D float32 KPI values, NaN = missing) for
-a fixed tuple of KPI names, and follows one cell rule, `sparsetel.shared.kpi.parse_value`:
-missing tokens and sentinel values become NaN and are counted; a measurement with a
-non-numeric cell, the wrong number of KPIs or unreadable JSON is counted by reason in
+a fixed tuple of KPI names, and follows one cell rule, `sparsetel.shared.kpi.parse_value`, as
+training does (`sparsetel.cloud.data`): missing tokens, sentinel values and cells that are not
+numbers become NaN and are counted (`stats.cells` by status, `stats.invalid_cells` by KPI),
+and the measurement is kept with that KPI missing. Only a measurement that cannot be read at
+all (the wrong number of KPIs, unreadable JSON, an unusable time) is counted by reason in
 `stats.rejects` and skipped. A source never raises for bad input once it has started.
 
 - `MeasurementSource` is the base: limit, stop, clock and counters.
@@ -56,16 +58,19 @@ class Measurement:
 
 @dataclass
 class SourceStats:
-    """What a source read: measurements emitted, cells by status, rejects by reason."""
+    """What a source read: measurements emitted, cells by status (missing, sentinel, invalid),
+    invalid cells (not numbers, now NaN) by KPI, rejected measurements by reason."""
 
     measurements: int = 0
     cells: Counter[str] = field(default_factory=Counter)
+    invalid_cells: Counter[str] = field(default_factory=Counter)
     rejects: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "measurements": self.measurements,
             "cells": dict(self.cells),
+            "invalid_cells": dict(self.invalid_cells),
             "rejects": dict(self.rejects),
         }
 
@@ -215,25 +220,36 @@ class MeasurementSource:
         log.debug("measurement rejected: %s", reason)
 
     def _parse_cell(self, cell: object, name: str) -> tuple[float, str]:
+        if isinstance(cell, np.generic):  # a numpy scalar from a collector
+            cell = cell.item()
         if not (cell is None or isinstance(cell, str | int | float)):
             return math.nan, INVALID
         return parse_value(cell, name, self.sentinels)
 
     def _parse_cells(self, cells: Sequence[object]) -> np.ndarray | None:
-        """D raw cells -> values (shape: [D], float32); None (counted) when one is invalid."""
+        """D raw cells -> values (shape: [D], float32, NaN = missing); None (counted) when
+        there are not D cells. A cell that is not a number is NaN, counted by KPI."""
         if len(cells) != len(self.kpis):
             self._reject("width")
             return None
         values = np.empty(len(self.kpis), dtype=np.float32)
-        statuses = []
         for j, (cell, name) in enumerate(zip(cells, self.kpis, strict=True)):
             values[j], status = self._parse_cell(cell, name)
-            statuses.append(status)
-        if INVALID in statuses:
-            self._reject("non_numeric")
-            return None
-        self.stats.cells.update(s for s in statuses if s != OK)
+            if status != OK:
+                self.stats.cells[status] += 1
+            if status == INVALID:
+                self._invalid(name, cell)
         return values
+
+    def _invalid(self, name: str, cell: object) -> None:
+        """Count a cell of KPI `name` that is not a number; the first one per KPI is logged."""
+        self.stats.invalid_cells[name] += 1
+        if self.stats.invalid_cells[name] == 1:
+            log.warning(
+                "KPI %r: %.40r is not a number, taken as missing (further ones are counted)",
+                name,
+                cell,
+            )
 
 
 Collected = Sequence[float] | np.ndarray | Measurement | None
@@ -303,12 +319,8 @@ class CallableSource(MeasurementSource):
             got = got.values
         else:
             t_ms = max(t, self._last_ms) if t is not None else self._wall_time()
-        try:
-            cells = np.asarray(got, dtype=np.float64).tolist()
-        except (TypeError, ValueError):
-            self._reject("non_numeric")
-            return None
-        if not isinstance(cells, list):
+        cells = _cells_of(got)
+        if cells is None:
             self._reject("width")
             return None
         values = self._parse_cells(cells)
@@ -316,3 +328,16 @@ class CallableSource(MeasurementSource):
             return None
         self._last_ms = t_ms
         return Measurement(t_ms, values)
+
+
+def _cells_of(got: object) -> list[object] | None:
+    """A collector's values as a flat list of cells (each parsed on its own, so one bad cell
+    costs only itself); None when `got` is not one row of values."""
+    try:
+        row = got if isinstance(got, np.ndarray) else np.asarray(got, dtype=object)
+    except (TypeError, ValueError):
+        return None
+    if row.ndim != 1:
+        return None
+    cells: list[object] = row.tolist()
+    return cells

@@ -117,6 +117,7 @@ def _agent_memory(run: Path, kpis: tuple[str, ...], work: Path, broker: str) -> 
     cmd += ["--source", str(stream)]
     cmd += ["--group", "bench", "--edge-id", f"mem-{os.getpid()}", "--broker", broker]
     cmd += ["--state-dir", str(work / "state"), "--json"]
+    cmd += ["--confirm", "broker"]  # no decoder here sends receipts
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     peak = 0.0

@@ -222,6 +222,7 @@ def test_clients_without_valid_credentials_over_tls_are_refused(
     agent = EdgeConfig(
         group="site-a", edge_id="e1", model=model, source=str(_csv(tmp_path)),
         state_dir=tmp_path / "state", broker=cfg, connect_timeout_s=2.0, ack_timeout_s=0.5,
+        confirm="broker",
     )  # fmt: skip
     code = run_agent(agent, stats=stats)
     # A refused login is fatal (exit 1). A failed TLS handshake looks like an unreachable
@@ -262,6 +263,7 @@ def test_the_real_protocol_passes_and_only_the_cloud_can_deploy(
     agent_cfg = EdgeConfig(
         group="site-a", edge_id="e1", model=old, source="-", state_dir=tmp_path / "state",
         broker=fleet.login("e1"), trust_key=public, batch=1, fetch_timeout_s=5.0,
+        confirm="broker",
     )  # fmt: skip
     read, write = _pipe()
     stats = AgentStats()

@@ -38,7 +38,7 @@ __all__ = ["own_broker"]  # a fixture, used by name
 
 N = 10_000
 RATE_HZ = 800
-T0_MS = 1_700_000_000_000
+T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
 GROUP, EDGE = "chaos", "site-1"
 
 
@@ -94,6 +94,8 @@ def test_every_measurement_is_stored_once_through_broker_restarts_and_an_agent_k
     service = DecoderService(ServeConfig(broker=cloud, group=GROUP, models=(run,), db=str(db)))
     service.start()
     state = tmp_path / "edge-state"
+    state.mkdir()
+    (state / "bdseq").write_text("0\n")  # runs 1 and 2 (a new folder would draw one at random)
     log: list[str] = []
     try:
         first = _agent(run, tmp_path / "kpis.csv", own_broker.url, state)
@@ -107,7 +109,7 @@ def test_every_measurement_is_stored_once_through_broker_restarts_and_an_agent_k
         time.sleep(1.0)
         own_broker.start()
         log.append("broker back")
-        _wait_for_frames(db, bd_seq=1)  # the second agent is through: its live frames land
+        _wait_for_frames(db, bd_seq=2)  # the second agent is through: its live frames land
         time.sleep(1.0)
         _restart(own_broker, 1.5)  # restart 2, while the second agent streams
         log.append("broker restarted")

@@ -95,7 +95,8 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def _write_csv(path: Path, n: int) -> np.ndarray:
-    """n good rows of the tiny model's KPIs (some missing) plus one bad row; the rows."""
+    """n rows of the tiny model's KPIs (some missing) and, after the fourth, one more whose
+    RSRP is not a number; all n + 1 rows as the agent reads them (that RSRP missing)."""
     rng = np.random.default_rng(7)
     rows = rng.integers(-20, 20, size=(n, 3)).astype(np.float32)
     rows[::6, 2] = np.nan
@@ -105,7 +106,7 @@ def _write_csv(path: Path, n: int) -> np.ndarray:
         if i == 3:
             lines.append("x,12 dBm,1,2")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return rows
+    return np.insert(rows, 4, [np.nan, 1, 2], axis=0)
 
 
 def _config(model_dir: Path, group: str, broker: BrokerConfig, **fields: Any) -> EdgeConfig:
@@ -117,6 +118,7 @@ def _config(model_dir: Path, group: str, broker: BrokerConfig, **fields: Any) ->
         "state_dir": model_dir.parent / "state",
         "broker": broker,
         "max_batch_delay_s": 30.0,
+        "confirm": "broker",  # no decoder sends receipts here
     }
     base.update(fields)
     return EdgeConfig(**base)
@@ -152,27 +154,30 @@ def test_agent_streams_a_csv_as_frames_between_birth_and_death(
     cfg = _config(model_dir, group, mqtt_broker, source=str(tmp_path / "kpis.csv"), batch=5)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats) == 0
-    frames, states = _collect(listener, 23)
+    frames, states = _collect(listener, 24)
     listener.close()
 
     encoder = OnnxEncoder(model_dir)
+    bd_seq = stats.bd_seq
     assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
-    assert [len(f.records) for f in frames] == [5, 5, 5, 5, 3]
+    assert [len(f.records) for f in frames] == [5, 5, 5, 5, 4]
     assert {(f.bd_seq, f.model_ref, f.L, f.K, f.period_ms) for f in frames} == {
-        (0, encoder.model_ref, encoder.L, encoder.K, 1000)
+        (bd_seq, encoder.model_ref, encoder.L, encoder.K, 1000)
     }
     records = [r for f in frames for r in f.records]
     assert [r.codes for r in records] == encoder.encode_records(rows)
-    assert np.diff([r.t_ms for r in records]).tolist() == [1000] * 22
+    assert np.diff([r.t_ms for r in records]).tolist() == [1000] * 23
 
     birth, death = states[0], states[-1]
-    assert birth.online and birth.bd_seq == 0 and birth.edge == EDGE and birth.group == group
+    assert birth.online and birth.bd_seq == bd_seq and birth.edge == EDGE and birth.group == group
     assert birth.model_sha256 == encoder.model_sha256
     assert birth.kpi_schema_hash == encoder.manifest.kpi_schema_hash
-    assert not death.online and death.bd_seq == 0
-    assert (stats.measurements, stats.frames, stats.acked, stats.bd_seq) == (23, 5, 5, 0)
-    assert stats.rejects == {"non_numeric": 1}
-    assert stats.cells == {"missing": 4}
+    assert not death.online and death.bd_seq == bd_seq
+    assert (stats.measurements, stats.frames, stats.acked) == (24, 5, 5)
+    # the row with "12 dBm" is kept with its RSRP missing, as training keeps it
+    assert stats.rejects == {}
+    assert stats.cells == {"missing": 4, "invalid": 1}
+    assert stats.invalid_cells == {"RSRP": 1}
     assert stats.bytes_sent == sum(len(encode_frame(f)) for f in frames)
 
     late = Listener(broker, state_topic(group, EDGE))
@@ -190,14 +195,16 @@ def test_a_second_run_has_the_next_bd_seq_and_restarts_seq(
     for _ in range(2):
         listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
         assert run_agent(cfg) == 0
-        seen.append(_collect(listener, 6))
+        seen.append(_collect(listener, 7))
         listener.close()
     (first_frames, first_states), (second_frames, second_states) = seen
-    assert [s.bd_seq for s in first_states] == [0, 0]
-    assert [s.bd_seq for s in second_states] == [1, 1]
-    assert [(f.bd_seq, f.seq) for f in first_frames] == [(0, 0), (0, 1)]
-    assert [(f.bd_seq, f.seq) for f in second_frames] == [(1, 0), (1, 1)]
-    assert (model_dir.parent / "state" / "bdseq").read_text().strip() == "1"
+    first = first_states[0].bd_seq  # drawn at random: the state folder was new
+    second = (first + 1) % 2**32
+    assert [s.bd_seq for s in first_states] == [first, first]
+    assert [s.bd_seq for s in second_states] == [second, second]
+    assert [(f.bd_seq, f.seq) for f in first_frames] == [(first, 0), (first, 1)]
+    assert [(f.bd_seq, f.seq) for f in second_frames] == [(second, 0), (second, 1)]
+    assert (model_dir.parent / "state" / "bdseq").read_text().strip() == str(second)
 
 
 def test_retained_birth_while_running_and_rebirth_on_command(
@@ -218,20 +225,21 @@ def test_retained_birth_while_running_and_rebirth_on_command(
         late = Listener(broker, state_topic(group, EDGE))
         retained = late.next("the retained birth")
         birth = parse_state(bytes(retained.payload))
-        assert retained.retain and birth.online and birth.bd_seq == 0
+        assert retained.retain and birth.online
         assert birth.model_sha256 == OnnxEncoder(model_dir).model_sha256
 
         late.publish(ncmd_topic(group, EDGE), b"rebirth")
         late.close()
         again = parse_state(bytes(listener.next("the rebirth").payload))
-        assert again.online and again.bd_seq == 0 and again.timestamp_ms >= birth.timestamp_ms
+        assert again.online and again.bd_seq == birth.bd_seq
+        assert again.timestamp_ms >= birth.timestamp_ms
     finally:
         os.close(write_fd)
         agent.join(TIMEOUT)
     assert not agent.is_alive() and codes == [0]
     death = parse_state(bytes(listener.next("the death").payload))
     listener.close()
-    assert not death.online and death.bd_seq == 0
+    assert not death.online and death.bd_seq == birth.bd_seq
 
 
 AGENT_MAIN = """
@@ -242,7 +250,7 @@ from sparsetel.shared.config import BrokerConfig
 a = json.loads(sys.argv[1])
 cfg = EdgeConfig(group=a["group"], edge_id=a["edge"], model=Path(a["model"]), source="-",
                  batch=2, max_batch_delay_s=60.0, state_dir=Path(a["state"]),
-                 broker=BrokerConfig(url=a["url"]))
+                 broker=BrokerConfig(url=a["url"]), confirm="broker")
 raise SystemExit(run_agent(cfg, print_json=True))
 """
 
@@ -301,7 +309,7 @@ def test_the_broker_publishes_the_death_when_the_agent_dies_abruptly(
         proc.kill()
         proc.communicate()
     listener.close()
-    assert birth.online and not will.online and will.bd_seq == birth.bd_seq == 0
+    assert birth.online and not will.online and will.bd_seq == birth.bd_seq
 
 
 def test_an_agent_booting_without_its_broker_measures_offline_and_delivers_later(
@@ -327,7 +335,7 @@ def test_an_agent_booting_without_its_broker_measures_offline_and_delivers_later
         late.join()
         broker.stop()
     assert stats.error is None and stats.connects == 1
-    assert (stats.measurements, stats.frames, stats.acked) == (30, 6, 6)
+    assert (stats.measurements, stats.frames, stats.acked) == (31, 7, 7)
     assert stats.spool_depth == 0  # everything measured offline reached the broker
 
 

@@ -53,7 +53,8 @@ a = json.loads(sys.argv[1])
 cfg = EdgeConfig(group=a["group"], edge_id=a["edge"], model=Path(a["model"]), source="-",
                  batch=2, max_batch_delay_s=60.0, state_dir=Path(a["state"]),
                  broker=BrokerConfig(url=a["url"]), probation_frames=3, fetch_timeout_s=5.0,
-                 trust_key=Path(a["key"]) if a["key"] else None, health_interval_s=3600)
+                 trust_key=Path(a["key"]) if a["key"] else None, health_interval_s=3600,
+                 confirm="broker")
 raise SystemExit(run_agent(cfg, print_json=True))
 """
 

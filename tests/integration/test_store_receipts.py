@@ -43,7 +43,9 @@ def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them
         run, source, broker_url, group, "by-store", tmp_path / "a",
         "--confirm", "store", "--confirm-wait", "1", "--ack-timeout", "30",
     )  # fmt: skip
-    trusting = _agent(run, source, broker_url, group, "by-broker", tmp_path / "b")
+    trusting = _agent(
+        run, source, broker_url, group, "by-broker", tmp_path / "b", "--confirm", "broker"
+    )
     db = tmp_path / "cloud.db"
     service = DecoderService(
         ServeConfig(broker=BrokerConfig(url=broker_url), group=group, models=(run,), db=str(db))

@@ -24,7 +24,7 @@ CSV_TEXT = (
     "t0,-90,-10,1500\n"
     "t1,-,-11,1600\n"  # missing
     "t2,-91,2147483647,1700\n"  # sentinel
-    "t3,-92,12 dB,1800\n"  # non-numeric: rejected
+    "t3,-92,12 dB,1800\n"  # non-numeric: that cell is missing, the row kept
     "t4,-93,-12\n"  # short row: rejected
     "\n"
     "t5,-94,-13,1900\n"
@@ -37,21 +37,44 @@ def _csv(tmp_path: Path, text: str = CSV_TEXT) -> Path:
     return path
 
 
-def test_csv_replay_parses_rows_counts_missing_and_sentinels(tmp_path: Path) -> None:
+def test_csv_replay_parses_rows_counts_missing_sentinels_and_invalid_cells(
+    tmp_path: Path,
+) -> None:
     source = CsvReplaySource(_csv(tmp_path), KPIS, start_ms=5000)
     got = list(source)
     values = np.stack([m.values for m in got])
-    expected = [[-90, -10, 1500], [np.nan, -11, 1600], [-91, np.nan, 1700], [-94, -13, 1900]]
+    expected = [
+        [-90, -10, 1500],
+        [np.nan, -11, 1600],
+        [-91, np.nan, 1700],
+        [-92, np.nan, 1800],
+        [-94, -13, 1900],
+    ]
     np.testing.assert_array_equal(values, np.array(expected, np.float32))
     assert values.dtype == np.float32
-    assert source.stats.measurements == 4
-    assert source.stats.cells == {"missing": 1, "sentinel": 1}
-    assert source.stats.rejects == {"non_numeric": 1, "width": 1}
+    assert source.stats.measurements == 5
+    assert source.stats.cells == {"missing": 1, "sentinel": 1, "invalid": 1}
+    assert source.stats.invalid_cells == {"RSRQ": 1}
+    assert source.stats.rejects == {"width": 1}
+
+
+def test_a_bad_cell_keeps_its_row_with_that_kpi_missing_and_is_counted_per_kpi(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "RSRP,RSRQ,DL bitrate\n-90,n/a?,1\n-91,-9,x\n-92,bad,y\n"
+    source = CsvReplaySource(_csv(tmp_path, text), KPIS)
+    got = [m.values.tolist() for m in source]
+    nan = math.nan
+    np.testing.assert_array_equal(got, [[-90, nan, 1], [-91, -9, nan], [-92, nan, nan]])
+    assert source.stats.invalid_cells == {"RSRQ": 2, "DL bitrate": 2}
+    assert source.stats.rejects == {}
+    warned = [r.getMessage() for r in caplog.records if "not a number" in r.getMessage()]
+    assert len(warned) == 2, "the first bad cell of each KPI is logged, the rest counted"
 
 
 def test_csv_replay_as_fast_as_possible_uses_a_regular_synthetic_clock(tmp_path: Path) -> None:
     source = CsvReplaySource(_csv(tmp_path), KPIS, period_ms=250, start_ms=10_000)
-    assert [m.t_ms for m in source] == [10_000, 10_250, 10_500, 10_750]
+    assert [m.t_ms for m in source] == [10_000, 10_250, 10_500, 10_750, 11_000]
     assert source.period_ms == 250
 
 
@@ -70,14 +93,14 @@ def test_csv_replay_loops_over_the_file_until_the_limit(tmp_path: Path) -> None:
     source = CsvReplaySource(_csv(tmp_path), KPIS, loop=True, limit=10, start_ms=0)
     got = list(source)
     assert len(got) == 10
-    assert got[4].values[0] == -90 and got[9].values[2] == 1600
+    assert got[5].values[0] == -90 and got[9].values[0] == -94
     assert [m.t_ms for m in got] == [i * 1000 for i in range(10)]
 
 
 def test_csv_replay_loop_ends_on_a_file_without_a_good_row(tmp_path: Path) -> None:
-    source = CsvReplaySource(_csv(tmp_path, "RSRP,RSRQ,DL bitrate\nx,y,z\n"), KPIS, loop=True)
+    source = CsvReplaySource(_csv(tmp_path, "RSRP,RSRQ,DL bitrate\nx,y\n"), KPIS, loop=True)
     assert list(source) == []
-    assert source.stats.rejects == {"non_numeric": 1}
+    assert source.stats.rejects == {"width": 1}
 
 
 def test_csv_replay_fails_fast_on_a_missing_column_listing_the_columns(tmp_path: Path) -> None:
@@ -92,12 +115,13 @@ def test_csv_replay_fails_fast_on_an_empty_or_missing_file(tmp_path: Path) -> No
         CsvReplaySource(tmp_path / "absent.csv", KPIS)
 
 
-def test_csv_replay_counts_undecodable_bytes_as_non_numeric(tmp_path: Path) -> None:
+def test_csv_replay_counts_undecodable_bytes_as_an_invalid_cell(tmp_path: Path) -> None:
     path = tmp_path / "kpis.csv"
     path.write_bytes(b"RSRP,RSRQ,DL bitrate\n-90,\xff\xfe,1\n-91,-9,2\n")
     source = CsvReplaySource(path, KPIS)
-    assert len(list(source)) == 1
-    assert source.stats.rejects == {"non_numeric": 1}
+    got = [m.values.tolist() for m in source]
+    np.testing.assert_array_equal(got, [[-90, math.nan, 1], [-91, -9, 2]])
+    assert source.stats.invalid_cells == {"RSRQ": 1} and source.stats.rejects == {}
 
 
 def test_source_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -116,9 +140,9 @@ def test_csv_replay_at_a_rate_paces_and_stamps_the_wall_clock(tmp_path: Path) ->
     source = CsvReplaySource(_csv(tmp_path), KPIS, rate_hz=100.0)
     times = [m.t_ms for m in source]
     elapsed = time.monotonic() - started
-    assert elapsed >= 3 / 100.0 * 0.9, "4 measurements at 100 Hz span 3 periods"
+    assert elapsed >= 4 / 100.0 * 0.9, "5 measurements at 100 Hz span 4 periods"
     assert source.period_ms == 10
-    assert np.diff(times).tolist() == [10, 10, 10]
+    assert np.diff(times).tolist() == [10, 10, 10, 10]
     assert before_ms - 5 <= times[0] <= time.time() * 1000
 
 
@@ -169,11 +193,6 @@ def test_json_lines_without_t_ms_stamps_the_wall_clock_when_read() -> None:
         ('{"values": [1, 2, 3]}', "shape"),
         ("[1, 2]", "width"),
         ("[1, 2, 3, 4]", "width"),
-        ('[1, "12 dBm", 3]', "non_numeric"),
-        ("[1, true, 3]", "non_numeric"),
-        ("[1, [2], 3]", "non_numeric"),
-        ("[1, 1e999, 3]", "non_numeric"),
-        ("[1, " + "9" * 400 + ", 3]", "non_numeric"),
         ('{"kpis": {"RSPR": -90}}', "unknown_kpi"),
         ('{"kpis": {"RSRP": -90}, "t_ms": -1}', "bad_time"),
         ('{"kpis": {"RSRP": -90}, "t_ms": "now"}', "bad_time"),
@@ -185,6 +204,25 @@ def test_json_lines_counts_and_skips_a_bad_line(line: str, reason: str) -> None:
     got = list(source)
     assert len(got) == 1 and got[0].values.tolist() == [1, 2, 3]
     assert source.stats.rejects == {reason: 1}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '[1, "12 dBm", 3]',
+        "[1, true, 3]",
+        "[1, [2], 3]",
+        '[1, {"v": 2}, 3]',
+        "[1, 1e999, 3]",
+        "[1, " + "9" * 400 + ", 3]",
+        '{"kpis": {"RSRP": 1, "RSRQ": "12 dBm", "DL bitrate": 3}}',
+    ],
+)
+def test_json_lines_keeps_a_line_with_a_bad_cell_and_counts_it(line: str) -> None:
+    source = _json_source([line])
+    (got,) = list(source)
+    np.testing.assert_array_equal(got.values, np.array([1, np.nan, 3], np.float32))
+    assert source.stats.invalid_cells == {"RSRQ": 1} and source.stats.rejects == {}
 
 
 def test_json_lines_rejects_a_time_that_goes_backwards() -> None:
@@ -210,6 +248,9 @@ def test_callable_source_collects_until_none_and_survives_collector_errors() -> 
         RuntimeError("modem busy"),
         np.array([4.0, np.nan, 6.0]),
         [1.0, 2.0],
+        np.array([[1.0, 2.0, 3.0]]),
+        "1,2,3",
+        (np.float32(5.0), "x", None),
         Measurement(t_ms=10**15, values=np.array([7.0, 8.0, 9.0], np.float32)),
         None,
         [0.0, 0.0, 0.0],
@@ -223,10 +264,11 @@ def test_callable_source_collects_until_none_and_survives_collector_errors() -> 
 
     source = CallableSource(collect, KPIS)
     got = list(source)
-    assert [m.values.tolist()[0] for m in got] == [1.0, 4.0, 7.0]
-    assert got[2].t_ms == 10**15 and got[0].t_ms <= got[1].t_ms <= got[2].t_ms
-    assert source.stats.rejects == {"collector_error": 1, "width": 1}
-    assert source.stats.cells == {"missing": 1}
+    assert [m.values.tolist()[0] for m in got] == [1.0, 4.0, 5.0, 7.0]
+    assert got[3].t_ms == 10**15 and got[0].t_ms <= got[1].t_ms <= got[3].t_ms
+    assert source.stats.rejects == {"collector_error": 1, "width": 3}
+    assert source.stats.cells == {"missing": 2, "invalid": 1}
+    assert source.stats.invalid_cells == {"RSRQ": 1}
     assert len(script) == 1, "the source ends at the first None"
 
 
@@ -250,9 +292,9 @@ def test_a_py_source_spec_opens_the_named_collector(
     monkeypatch.syspath_prepend(str(tmp_path))
     source = open_source("py:my_modem:read", KPIS)
     assert isinstance(source, CallableSource)
-    got = list(source)
-    assert [m.values.tolist() for m in got] == [[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]]
-    assert source.stats.rejects == {"non_numeric": 1}
+    got = [m.values.tolist() for m in source]
+    np.testing.assert_array_equal(got, [[1, 2, 3], [4, math.nan, 6], [7, 8, 9]])
+    assert source.stats.invalid_cells == {"RSRQ": 1} and source.stats.rejects == {}
 
 
 @pytest.mark.parametrize(
