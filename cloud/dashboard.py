@@ -12,7 +12,8 @@
   in the model's normalised space (squared training standard deviations; ``mse_per_kpi`` of
   ``sparsetel evaluate``), not the NMSE, which a KPI whose level shifted would dilute: the
   shift raises the true values' power as much as the error. A model without an evaluation
-  has no threshold; the page says so.
+  has no threshold; the page says so. A pair is ``judged`` when it has a threshold and enough
+  values; with none judged, ``not_judged`` says why, and the page shows no all-clear.
 - ``codebook``: per model, what each code means -- the KPIs it decodes to on its own, in
   units -- and how often the edges send it (`Store.code_usage`).
 """
@@ -43,12 +44,8 @@ __all__ = ["Dashboard", "DashboardOptions", "ModelCatalogue", "load_benchmark"]
 log = logging.getLogger(__name__)
 
 SERIES_EDGES = 8  # per KPI chart: the edges with the highest recent error, at most
-# Options that must be finite and > 0, and the command-line flag that sets each.
-_POSITIVE = {
-    "accuracy_window_s": "--accuracy-window",
-    "drift_window_s": "--drift-window",
-    "drift_ratio": "--drift-ratio",
-}
+# Windows (seconds, as `status.check_window`) and the command-line flag that sets each.
+_WINDOWS = {"accuracy_window_s": "--accuracy-window", "drift_window_s": "--drift-window"}
 
 
 @dataclass(frozen=True)
@@ -64,10 +61,17 @@ class DashboardOptions:
 
     def __post_init__(self) -> None:
         check_window(self.window_s)  # the same check and message as `sparsetel status`
-        for name, flag in _POSITIVE.items():
+        for name, flag in _WINDOWS.items():
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag} must be > 0, got {value}")
+            if not isinstance(value, int | float):
+                raise ConfigError(f"{flag} must be a number, got {value!r}")
+            try:
+                check_window(value, flag)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        ratio = self.drift_ratio
+        if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0):
+            raise ConfigError(f"--drift-ratio must be > 0, got {ratio}")
         if self.drift_min_values < 1 or self.usage_per_edge < 1:
             raise ConfigError("drift-min-values and usage-per-edge must be >= 1")
 
@@ -206,7 +210,8 @@ class Dashboard:
 
     def drift(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         """Each edge's error per model and KPI over the last `drift_window_s`, with its
-        ``threshold`` (None without an offline reference) and ``alert``."""
+        ``threshold`` (None without an offline reference), ``judged`` (a threshold and at
+        least `drift_min_values` values) and ``alert``."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         return self._drift(self._thresholds(self.catalogue.models()), now_ms)
 
@@ -225,13 +230,25 @@ class Dashboard:
         for r in recent:
             limit = thresholds.get((r["model_ref"], r["kpi"]))
             r["threshold"] = limit
-            r["alert"] = bool(
-                limit is not None
-                and r["mse"] is not None
-                and r["n"] >= o.drift_min_values
-                and r["mse"] > limit
+            r["judged"] = bool(
+                limit is not None and r["mse"] is not None and r["n"] >= o.drift_min_values
             )
+            r["alert"] = bool(r["judged"] and r["mse"] > limit)
         return recent
+
+    def _not_judged(self, recent: list[dict[str, Any]]) -> str | None:
+        """Why no edge and KPI could be judged for drift; None when some were."""
+        o = self.options
+        if any(r["judged"] for r in recent):
+            return None
+        if not recent:
+            return f"no audited values arrived in the last {o.drift_window_s:g} s"
+        if all(r["threshold"] is None for r in recent):
+            return "no drift thresholds: no model of these edges has an offline evaluation"
+        return (
+            f"fewer than {o.drift_min_values} audited values per KPI "
+            f"in the last {o.drift_window_s:g} s"
+        )
 
     def _kpis(self, models: dict[str, _Model], since: int, now_ms: int) -> dict[str, Any]:
         thresholds = self._thresholds(models)
@@ -256,6 +273,8 @@ class Dashboard:
             "series": series,
             "recent": recent,
             "alerts": [r for r in recent if r["alert"]],
+            "judged": sum(r["judged"] for r in recent),
+            "not_judged": self._not_judged(recent),
             "unreferenced_models": sorted(
                 ref for ref, m in models.items() if not (m.evaluation or {}).get("mse_per_kpi")
             ),

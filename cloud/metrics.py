@@ -15,21 +15,25 @@
 - per edge, model and KPI over the drift window (`cloud.dashboard`):
   ``sparsetel_live_kpi_mse`` (normalised space), ``sparsetel_kpi_drift_threshold_mse`` (where
   the model has an offline reference), ``sparsetel_kpi_drift_alert`` (1 while the edge's
-  error on that KPI is above it), and ``sparsetel_kpi_drift_alerts``, their count.
+  error on that KPI is above it), and ``sparsetel_kpi_drift_alerts``, their count, with
+  ``sparsetel_kpi_drift_judged``: how many edge and KPI pairs were judged (a threshold and
+  enough values). Zero alerts is an all-clear only when that is above zero.
 
 `monitor_app` serves them beside the dashboard page (``/``, `cloud.page`) and its data as
-JSON (``/api/dashboard``).
+JSON (``/api/dashboard``); `run_monitor` serves it with `cloud.webserver.WebServer`, so idle
+or slow clients cost a socket each and never hold a scrape up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,11 +41,13 @@ from prometheus_client.registry import Collector
 
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.manifest import MANIFEST_FILE
+from sparsetel.shared.signals import stop_on_signals
 
 from .dashboard import Dashboard, DashboardOptions, ModelCatalogue, load_benchmark
 from .page import render_page
-from .status import fleet_status
-from .store import Store, open_store
+from .status import fleet_status, open_existing_store
+from .store import Store
+from .webserver import WebServer
 
 __all__ = ["FleetCollector", "monitor_app", "run_monitor"]
 
@@ -150,7 +156,13 @@ class FleetCollector(Collector):
                 alert.add_metric(values, float(r["alert"]))
         count = GaugeMetricFamily("sparsetel_kpi_drift_alerts", "edge and KPI pairs in drift now")
         count.add_metric([], float(sum(r["alert"] for r in rows)))
-        return (mse, limit, alert, count)
+        judged = GaugeMetricFamily(
+            "sparsetel_kpi_drift_judged",
+            "edge and KPI pairs judged for drift now (a threshold and enough audited values); "
+            "0 means no drift alert can fire",
+        )
+        judged.add_metric([], float(sum(r["judged"] for r in rows)))
+        return (mse, limit, alert, count, judged)
 
 
 def monitor_app(
@@ -185,9 +197,7 @@ def monitor_app(
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+MAX_REFRESH_S = 86_400.0
 
 
 def run_monitor(
@@ -200,23 +210,33 @@ def run_monitor(
     benchmarks: Sequence[Path] = (),
     refresh_s: float = 15.0,
 ) -> int:
-    """``sparsetel monitor``: serve the dashboard and the metrics until interrupted; 0, or
-    ConfigError (exit 2) for a bad option or benchmark file."""
+    """``sparsetel monitor``: serve the dashboard and the metrics until SIGTERM or SIGINT;
+    0, 1 when the address cannot be bound, or ConfigError / ValueError (exit 2) for a bad
+    option, benchmark file or a database that is not there."""
     options = options or DashboardOptions()
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {port}")
+    if not (math.isfinite(refresh_s) and 0 <= refresh_s <= MAX_REFRESH_S):
+        raise ValueError(f"--refresh must be in 0..{MAX_REFRESH_S:g} s, got {refresh_s}")
     curves = [load_benchmark(b) for b in benchmarks]
     for run in models:
         if not (Path(run) / MANIFEST_FILE).is_file():
             raise ConfigError(f"--model {run}: no manifest.json (run `sparsetel export` first)")
     catalogue = ModelCatalogue(list(models), models_dir)
-    with open_store(db) as store:
+    with open_existing_store(db) as store:
         dashboard = Dashboard(store, catalogue, curves, options)
-        app = monitor_app(store, dashboard, refresh_s)
-        server = make_server(host, port, app, handler_class=_QuietHandler)
-        log.info("sparsetel monitor: http://%s:%s/ (metrics at /metrics)", host, server.server_port)
+        server = WebServer(monitor_app(store, dashboard, refresh_s), host, port)
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+            server.start()
+        except OSError as exc:
+            log.error("sparsetel monitor: cannot listen on %s:%s: %s", host, port, exc)
+            return 1
+        log.info("sparsetel monitor: http://%s:%s/ (metrics at /metrics)", host, server.port)
+        stopping = threading.Event()
+        try:
+            with stop_on_signals(stopping.set):
+                while not stopping.wait(0.5):
+                    pass
         finally:
-            server.server_close()
+            server.stop()
     return 0

@@ -27,6 +27,7 @@ text-align:right;white-space:nowrap}th{background:#eee}td.text,th.text{text-alig
 .offline-no{color:#b00}.online-yes{color:#080}.alert{background:#fde2e1}
 #alert-banner{background:#c62828;color:#fff;padding:8px 12px;margin:8px 0;font-weight:600}
 #ok-banner{background:#2e7d32;color:#fff;padding:8px 12px;margin:8px 0}
+#unjudged-banner{background:#e0e0e0;color:#333;padding:8px 12px;margin:8px 0}
 .chart{background:#fff;border:1px solid #ddd}.plot-area{fill:#fff;stroke:#bbb}
 .grid{stroke:#eee}.tick{font-size:10px;fill:#555}.axis-label{font-size:11px;fill:#333}
 .legend-text{font-size:10px;fill:#333}.above{color:#b00}.below{color:#06c}
@@ -42,7 +43,7 @@ def render_page(data: dict[str, Any], refresh_s: float = 15.0) -> str:
         f"{'refreshes every ' + format(refresh_s, 'g') + ' s; ' if refresh_s > 0 else ''}"
         "data as JSON at <a href='/api/dashboard'>/api/dashboard</a>, "
         "Prometheus metrics at <a href='/metrics'>/metrics</a></p>",
-        _banner(data["kpis"]["alerts"]),
+        _banner(data["kpis"]),
         _fleet(data["fleet"]),
         sparsity_panel(data["sparsity"]),
         kpi_panel(data["kpis"], data["options"]),
@@ -56,9 +57,24 @@ def render_page(data: dict[str, Any], refresh_s: float = 15.0) -> str:
     )
 
 
-def _banner(alerts: Sequence[dict[str, Any]]) -> str:
+def _banner(kpis: dict[str, Any]) -> str:
+    """Red with the drift alerts; green only when some edge and KPI were judged against a
+    threshold; else grey, saying why drift was not judged (never an all-clear by default)."""
+    alerts: Sequence[dict[str, Any]] = kpis["alerts"]
+    if not alerts and kpis["not_judged"]:
+        return (
+            f"<div id='unjudged-banner' data-judged='0'>Drift not judged: "
+            f"{escape(kpis['not_judged'])}.</div>"
+        )
     if not alerts:
-        return "<div id='ok-banner'>No KPI error drift.</div>"
+        judged = kpis["judged"]
+        unjudged = len(kpis["recent"]) - judged
+        rest = f"; {unjudged} more not judged (no threshold or too few values)" if unjudged else ""
+        return (
+            f"<div id='ok-banner' data-judged='{judged}'>No KPI error drift: {judged} edge and "
+            f"KPI pair{'s' if judged != 1 else ''} within {'their' if judged != 1 else 'its'} "
+            f"threshold{rest}.</div>"
+        )
     which = ", ".join(sorted({f"{a['edge']} ({a['kpi']})" for a in alerts}))
     return (
         f"<div id='alert-banner' data-alerts='{len(alerts)}'>{len(alerts)} drift "

@@ -5,17 +5,19 @@ next beat follows soon).
 A beat carries the edge, group and bdSeq, a timestamp and the uptime, the model running, the
 counters (measurements, next seq, frames sent and acknowledged, replayed, rejects by reason),
 the spool (depth, bytes, frames dropped) and the encode latency since the previous beat: mean
-milliseconds per measurement and the slowest batch (`EncodeClock`).
+milliseconds per measurement and the slowest batch (`EncodeClock`). Every beat is built
+through the schema the cloud reads it with (`sparsetel.shared.health`), so it validates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from sparsetel.shared.health import beat_payload
 
 __all__ = ["EncodeClock", "Heartbeat"]
 
@@ -65,7 +67,8 @@ class Heartbeat:
         self.interval_s = interval_s
 
     def payload(self) -> bytes:
-        """The next beat's JSON; reads (and resets) the encode latency."""
+        """The next beat's JSON; reads (and resets) the encode latency. ValueError when the
+        counters do not fit the schema (the beat is skipped and logged, see `run`)."""
         per, worst = self.clock.take()
         body = {
             "timestamp_ms": time.time_ns() // 1_000_000,
@@ -74,7 +77,7 @@ class Heartbeat:
             "encode_ms_per_measurement": per,
             "encode_batch_ms_max": worst,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        return beat_payload(body)
 
     def run(self, stopping: threading.Event) -> None:
         """Thread body: one beat now, then one every `interval_s` until `stopping`."""

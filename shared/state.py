@@ -2,6 +2,11 @@
 
 A birth says which model an edge runs, so a decoder can check every frame's model_ref and
 shape against it; the matching death (the MQTT last will) carries the same `bd_seq`.
+
+A state is at most `MAX_STATE_BYTES` of JSON (a birth is about 400 bytes), and every field is
+typed and bounded (versions: 1-64 printable characters). What a decoder keeps of a birth is
+the validated `EdgeState` (`state_record`), never the document as it came; a kept one is read
+back through `read_birth`.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ from .manifest import ModelManifest
 from .topics import validate_id
 
 __all__ = [
+    "MAX_STATE_BYTES",
     "EdgeState",
     "birth_payload",
     "death_payload",
     "parse_state",
+    "read_birth",
     "state_from_manifest",
+    "state_record",
 ]
+
+MAX_STATE_BYTES = 4 * 1024
+MAX_VERSION = 64  # characters of agent_version and runtime_version
 
 _DEATH_KEYS = ("online", "edge", "group", "bd_seq", "timestamp_ms")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -89,8 +100,9 @@ def _problems(data: dict[str, Any], birth: bool) -> str | None:
             if not isinstance(value, str) or len(value) != digits or not _HEX.fullmatch(value):
                 return f"{key} must be {digits} lowercase hex digits"
         for key in ("agent_version", "runtime_version"):
-            if not isinstance(data[key], str):
-                return f"{key} must be a string"
+            value = data[key]
+            if not isinstance(value, str) or len(value) > MAX_VERSION or not value.isprintable():
+                return f"{key} must be at most {MAX_VERSION} printable characters"
     return None
 
 
@@ -119,14 +131,22 @@ def death_payload(edge: str, group: str, bd_seq: int, timestamp_ms: int) -> byte
 
 
 def parse_state(payload: bytes | bytearray | memoryview) -> EdgeState:
-    """A birth or death read back; WireError(reason="state") on bad JSON or fields.
+    """A birth or death read back; WireError(reason="state") when it is over
+    MAX_STATE_BYTES, not JSON, or its fields are missing or bad.
 
     Keys this version does not know are ignored, so newer edges can add some.
     """
+    raw = bytes(payload)
+    if len(raw) > MAX_STATE_BYTES:
+        raise WireError(f"STATE payload of {len(raw)} bytes, over {MAX_STATE_BYTES}", "state")
     try:
-        data = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or an endless number
         raise WireError(f"STATE payload is not UTF-8 JSON: {exc}", reason="state") from exc
+    return _state(data)
+
+
+def _state(data: Any) -> EdgeState:
     if not isinstance(data, dict):
         raise WireError("STATE payload is not a JSON object", reason="state")
     birth = data.get("online") is True
@@ -140,3 +160,18 @@ def parse_state(payload: bytes | bytearray | memoryview) -> EdgeState:
     if problem:
         raise WireError(f"bad STATE payload: {problem}", reason="state")
     return EdgeState(**known)
+
+
+def state_record(state: EdgeState) -> dict[str, Any]:
+    """What a decoder keeps of a birth: its validated fields, nothing else it carried."""
+    return asdict(state)
+
+
+def read_birth(record: Any) -> EdgeState | None:
+    """A kept birth read back (`state_record`, or a document kept verbatim before); None
+    when it is not a valid birth."""
+    try:
+        state = _state(record)
+    except WireError:
+        return None
+    return state if state.online else None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cli import main
+from sparsetel.cloud.store import open_store
 
 
 def test_version_and_help_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,3 +92,53 @@ def test_a_spool_or_health_bound_that_is_not_positive_names_its_key(
     assert "health_interval_s" in capsys.readouterr().err
     assert main([*args, "--connect-timeout", "0"]) == 2
     assert "connect_timeout_s" in capsys.readouterr().err
+
+
+READERS = (
+    ["status"],
+    ["query", "--edge", "e1", "--kpi", "RSRP"],
+    ["monitor", "--port", "0"],
+)
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("prefix", ["", "sqlite:///"])
+def test_a_reader_refuses_a_database_that_is_not_there_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], prefix: str
+) -> None:
+    missing = tmp_path / "typo" / "x.db"
+    assert main([command[0], "--db", prefix + str(missing), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"sparsetel {command[0]}: no database at {missing} (`sparsetel serve --db` creates one)"
+    )
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["status", "--window", "inf"], "--window must be > 0 and at most 3153600000 s, got inf"),
+        (["status", "--window", "nan"], "--window must be > 0"),
+        (["status", "--window", "1e300"], "--window must be > 0"),
+        (["monitor", "--window", "1e300"], "--window must be > 0"),
+        (["monitor", "--accuracy-window", "1e300"], "--accuracy-window must be > 0 and at most"),
+        (["monitor", "--drift-window", "inf"], "--drift-window must be > 0 and at most"),
+        (["monitor", "--drift-window", "nan"], "--drift-window must be > 0 and at most"),
+        (["monitor", "--drift-ratio", "inf"], "--drift-ratio must be > 0"),
+        (["monitor", "--drift-min-values", "0"], "drift-min-values and usage-per-edge"),
+        (["monitor", "--port", "99999999999999999999"], "--port must be in 0..65535"),
+        (["monitor", "--port", "-1"], "--port must be in 0..65535"),
+        (["monitor", "--refresh", "nan"], "--refresh must be in 0..86400 s, got nan"),
+        (["monitor", "--refresh", "1e300"], "--refresh must be in 0..86400 s"),
+    ],
+)
+def test_a_numeric_flag_of_status_or_monitor_out_of_range_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    db = tmp_path / "fleet.db"
+    open_store(db).close()
+    assert main([argv[0], "--db", str(db), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import Store, open_store
 from sparsetel.cloud.svgplot import Series, chart
 from sparsetel.shared.errors import ConfigError
+from tests.helpers import ANY_TIME
 from tests.unit.test_accuracy import T
 from tests.unit.test_accuracy import _frame as audited_frame
 from tests.unit.test_metrics import _samples
@@ -59,7 +60,7 @@ class FakeCatalogue(ModelCatalogue):
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = open_store(tmp_path / "dash.db")
-    ingest = FrameIngest(ModelRegistry([FakeCodec()]), s, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), s, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, audited_frame(0, 0, {})) == "stored"  # codes (1,), (2,), (3,)
     audits = {4: (1.0, 100.0, 3.0), 5: (2.0, 200.0, float("nan"))}
     assert ingest.handle(TOPIC, audited_frame(1, 3, audits)) == "stored"  # (4,), (5,), (6,)
@@ -187,7 +188,46 @@ def test_the_page_shows_the_numbers_of_its_data(store: Store, tmp_path: Path) ->
     assert "<tr data-edge='e1'>" in page and "id='codebook-" + REF.hex() + "'" in page
     assert '<meta http-equiv="refresh" content="5">' in page
     quiet = render_page(_dashboard(store, evaluation=None).data(NOW), refresh_s=0)
-    assert "id='ok-banner'" in quiet and "http-equiv" not in quiet and "id='unreferenced'" in quiet
+    assert "http-equiv" not in quiet and "id='unreferenced'" in quiet
+
+
+CALM = {**EVALUATION, "mse_per_kpi": {"RSRP": 1.0, "SNR": 1000.0, "CQI": 1.0}}  # no drift
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "min_values", "now_ms", "why"),
+    [
+        (None, 2, NOW, "no drift thresholds: no model of these edges has an offline evaluation"),
+        (CALM, 3, NOW, "fewer than 3 audited values per KPI in the last 1e+09 s"),
+        (CALM, 2, NOW + 10**12, "no audited values arrived in the last 1e+09 s"),
+    ],
+)
+def test_the_banner_says_drift_was_not_judged_instead_of_an_all_clear(
+    store: Store, evaluation: dict[str, Any] | None, min_values: int, now_ms: int, why: str
+) -> None:
+    data = _dashboard(store, min_values, evaluation=evaluation).data(now_ms)
+    page = render_page(data, refresh_s=0)
+    assert data["kpis"]["judged"] == 0 and data["kpis"]["not_judged"] == why
+    assert "id='ok-banner'" not in page and "id='alert-banner'" not in page
+    assert f"<div id='unjudged-banner' data-judged='0'>Drift not judged: {why}.</div>" in page
+
+
+def test_the_banner_is_green_only_when_every_shown_pair_was_checked(store: Store) -> None:
+    data = _dashboard(store, evaluation=CALM).data(NOW)
+    page = render_page(data, refresh_s=0)
+    assert data["kpis"]["judged"] == 2 and data["kpis"]["not_judged"] is None  # RSRP, SNR
+    assert "<div id='ok-banner' data-judged='2'>No KPI error drift: 2 edge and KPI pairs " in page
+    assert "id='unjudged-banner'" not in page
+
+
+@pytest.mark.parametrize(("evaluation", "judged"), [(None, 0.0), (CALM, 2.0), (EVALUATION, 2.0)])
+def test_the_metrics_say_how_many_pairs_were_judged_for_drift(
+    store: Store, evaluation: dict[str, Any] | None, judged: float
+) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store, 3600, 10**9, _dashboard(store, evaluation=evaluation)))
+    got = _samples(generate_latest(registry).decode())
+    assert got[("sparsetel_kpi_drift_judged", ())] == judged
 
 
 def test_a_chart_places_points_in_order_and_skips_what_it_cannot_draw() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,13 +16,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.metrics import FleetCollector
+from sparsetel.cloud.metrics import FleetCollector, monitor_app
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.webserver import WebServer
 from tests.conftest import free_port
+from tests.helpers import ANY_TIME
 from tests.unit.test_accuracy import _frame as audited_frame
 from tests.unit.test_service import REF, TOPIC, FakeCodec
-from tests.unit.test_status import EDGE, GROUP, _fleet
+from tests.unit.test_status import EDGE, GROUP, _fleet, write_old_rows
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,7 +44,7 @@ def _scrape(store: Store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 def test_the_fleet_and_its_live_accuracy_are_metrics_in_base_units(tmp_path: Path) -> None:
     with open_store(tmp_path / "m.db") as store:
         _fleet(store)  # e1: online, 6 measurements, a gap, spool 4; e2: a heartbeat
-        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
         audit = {4: (1.0, 100.0, 3.0)}
         for seq, first, audits in ((10, 0, {}), (11, 3, audit)):
             assert ingest.handle(TOPIC, audited_frame(seq, first, audits)) == "stored"
@@ -91,3 +94,49 @@ def test_sparsetel_monitor_serves_the_metrics_over_http(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     got = _samples(body)
     assert got[("sparsetel_edge_measurements_total", (("edge", EDGE), ("group", GROUP)))] == 6.0
+
+
+def test_the_monitor_answers_every_page_over_old_bad_rows(tmp_path: Path) -> None:
+    with open_store(tmp_path / "old.db") as store:
+        _fleet(store)
+        write_old_rows(store)  # heartbeats with rejects [1,2,3], "abc", 1e400; a 5 MB birth
+        server = WebServer(monitor_app(store), "127.0.0.1", 0)
+        server.start()
+        try:
+            base = f"http://127.0.0.1:{server.port}"
+            answers = {}
+            for path in ("/", "/api/dashboard", "/metrics"):
+                with urllib.request.urlopen(base + path, timeout=10) as r:
+                    answers[path] = (r.status, r.read().decode())
+        finally:
+            server.stop()
+    assert {path: status for path, (status, _) in answers.items()} == dict.fromkeys(answers, 200)
+    data = json.loads(answers["/api/dashboard"][1])
+    shown = {e["edge"]: e for e in data["fleet"]["edges"]}
+    assert shown["x2"]["spool_depth"] is None and shown["x6"]["L"] is None
+    assert "<tr data-edge='x1'>" in answers["/"][1]
+    got = _samples(answers["/metrics"][1])
+    x1 = (("edge", "x1"), ("group", GROUP))
+    assert got[("sparsetel_edge_spool_frames", x1)] == 5.0
+    assert ("sparsetel_edge_rejected_measurements", x1) not in got  # unknown, not 0
+
+
+FIT = """
+import resource, sys
+from sparsetel.cloud.webserver import WebServer
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, int(sys.argv[1])))
+server = WebServer(lambda e, r: [], "127.0.0.1", 0, connection_limit=1024)
+server.start()
+print(server.connection_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+server.stop()
+"""
+
+
+@pytest.mark.parametrize(("hard", "expected"), [(256, "128 256"), (4096, "1024 1152")])
+def test_the_web_servers_connection_cap_fits_the_open_files_limit(hard: int, expected: str) -> None:
+    """Raised towards the hard limit when it can be, else the cap comes down: a process out
+    of descriptors spins on its listening socket instead of waiting below the cap."""
+    run = subprocess.run(
+        [sys.executable, "-c", FIT, str(hard)], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.split() == expected.split()

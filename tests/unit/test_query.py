@@ -30,6 +30,16 @@ def test_times_are_epoch_ms_or_iso_8601_in_utc_by_default() -> None:
         parse_time("yesterday")
 
 
+def test_times_at_the_ends_of_what_the_store_holds_are_asked_for(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["query", "--db", db, "--edge", "edge-1", "--kpi", "RSRP", "--json"]
+    assert main([*argv, "--from", str(-(2**63)), "--to", str(2**63 - 1)]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 5
+    assert main([*argv, "--from", "9999-12-31T23:59:59Z"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 0
+
+
 def test_the_series_prints_as_csv_with_blanks_where_unknown(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -53,7 +63,13 @@ def test_the_series_prints_as_one_json_object(db: str, capsys: pytest.CaptureFix
     [
         (["--kpi", "DL_bitrate"], "no registered model has the KPI 'DL_bitrate'"),
         (["--kpi", "RSRP", "--from", "soon"], "not a time"),
-        (["--kpi", "RSRP", "--limit", "0"], "--limit must be >= 1"),
+        (["--kpi", "RSRP", "--limit", "0"], "--limit must be in 1..9223372036854775807, got 0"),
+        (["--kpi", "RSRP", "--limit", "1" + "0" * 30], "--limit must be in 1.."),
+        (["--kpi", "RSRP", "--from", "99999999999999999999999"], "--from: 999999999999999999"),
+        (["--kpi", "RSRP", "--from", "-99999999999999999999"], "outside -9223372036854775808.."),
+        (["--kpi", "RSRP", "--to", "9223372036854775808"], "--to: 9223372036854775808 is outside"),
+        (["--kpi", "RSRP", "--to", "9" * 5000], "--to: 999999999999999999999999..."),
+        (["--kpi", "RSRP", "--to", "later"], "--to: not a time"),
     ],
 )
 def test_bad_requests_exit_2_with_the_reason(

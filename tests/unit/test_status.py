@@ -42,7 +42,8 @@ def test_heartbeats_are_kept_latest_first_and_bad_ones_rejected(store: Store) ->
     assert ingest.handle(topic, _beat("e2")) == "health_invalid"  # another edge's body
     assert ingest.handle(topic, b"[1, 2]") == "health_invalid"
     assert ingest.handle(topic, _beat(pad="x" * 70_000)) == "health_invalid"
-    assert ingest.stats.rejects() == {"health_invalid": 4}
+    assert ingest.handle(topic, _beat(rejects=[1, 2, 3])) == "health_invalid"
+    assert ingest.stats.rejects() == {"health_invalid": 5}
 
 
 def _fleet(store: Store) -> None:
@@ -89,6 +90,59 @@ def test_the_fleet_summary_has_each_edges_numbers(store: Store) -> None:
     assert table[-1] == (
         "1 of 2 edges online; 6 measurements stored, 0.1/s over the last 60 s; 1 frames missing"
     )
+
+
+OLD_BEATS = {  # heartbeats kept before they were validated, one edge each
+    "x1": {"edge": "x1", "rejects": [1, 2, 3], "spool_depth": 5},
+    "x2": {"spool_depth": "abc", "rejects": {"nan": 2}},
+    "x3": {"spool_depth": float("inf"), "rejects": {"a": float("nan")}},  # as 1e400 was kept
+    "x4": {"a": "x"},
+    "x5": {},
+}
+
+
+def write_old_rows(store: Store) -> None:
+    """Rows as an older decoder kept them, written straight into the store: the heartbeats
+    above, and a 5 MB birth kept verbatim whose L is a string."""
+    for edge, body in OLD_BEATS.items():
+        store.set_health(GROUP, edge, body, NOW - 5_000)
+    codec = FakeCodec()
+    birth = state_from_manifest(
+        codec.manifest, edge="x6", group=GROUP, bd_seq=0, agent_version="0.1",
+        runtime_version="ort", timestamp_ms=5,
+    )  # fmt: skip
+    doc = {**json.loads(birth_payload(birth)), "L": "3", "pad": "x" * 5_000_000}
+    store.set_edge_state(GROUP, "x6", True, 0, codec.manifest.model_sha256, doc, NOW - 1_000)
+
+
+def test_status_shows_edges_of_old_bad_rows_with_those_fields_unknown(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fleet(store)
+    write_old_rows(store)
+    status = fleet_status(store, now_ms=NOW, window_s=60)
+    by_edge = {e["edge"]: e for e in status["edges"]}
+    assert set(by_edge) == {EDGE, "e2", "x1", "x2", "x3", "x4", "x5", "x6"}
+    assert (by_edge["x1"]["edge_rejects"], by_edge["x1"]["spool_depth"]) == (None, 5)
+    assert (by_edge["x2"]["edge_rejects"], by_edge["x2"]["spool_depth"]) == (2, None)
+    assert (by_edge["x3"]["edge_rejects"], by_edge["x3"]["spool_depth"]) == (None, None)
+    assert by_edge["x5"]["heartbeat_age_s"] == 5.0 and by_edge["x5"]["spool_depth"] is None
+    assert by_edge["x6"]["online"] is True and by_edge["x6"]["L"] is None
+    assert by_edge[EDGE]["edge_rejects"] == 3 and by_edge[EDGE]["L"] == 3  # the good ones
+    json.dumps(status, allow_nan=False)  # no NaN or infinity reaches the JSON
+    assert "x6" in format_status(status)
+
+
+def test_status_answers_over_old_bad_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "old.db"
+    with open_store(db) as store:
+        write_old_rows(store)
+    assert main(["status", "--db", str(db)]) == 0
+    assert main(["status", "--db", str(db), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("x6") == 2
 
 
 def test_status_prints_the_table_or_json_and_refuses_a_bad_window(
