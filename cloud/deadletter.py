@@ -34,7 +34,12 @@ UNKNOWN = "_unknown"
 
 class TokenBucket:
     """Per key: `rate` events per second on average, `burst` at once; `allow(key)` says
-    whether one more may pass now (and takes its token)."""
+    whether one more may pass now (and takes its token).
+
+    A key left alone for burst/rate seconds has a full bucket again, the same as a key never
+    seen, so it is forgotten: a sweep, at most once per that time (and per second), drops
+    them. Keys that come once and never again (an edge id made up per message) hold no
+    memory for long."""
 
     def __init__(
         self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
@@ -44,9 +49,16 @@ class TokenBucket:
         self.rate, self.burst = rate, burst
         self._clock = clock
         self._state: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._full_s = burst / rate  # untouched this long, a key's bucket is full again
+        self._sweep_at = clock() + max(self._full_s, 1.0)
+
+    def __len__(self) -> int:
+        return len(self._state)
 
     def allow(self, key: str) -> bool:
         now = self._clock()
+        if now >= self._sweep_at:
+            self._sweep(now)
         tokens, then = self._state.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - then) * self.rate)
         if tokens < 1.0:
@@ -54,6 +66,13 @@ class TokenBucket:
             return False
         self._state[key] = (tokens - 1.0, now)
         return True
+
+    def _sweep(self, now: float) -> None:
+        """Forget the keys whose bucket is full again (into a new dict: a dict keeps its
+        size after deletes)."""
+        recent = now - self._full_s
+        self._state = {k: v for k, v in self._state.items() if v[1] > recent}
+        self._sweep_at = now + max(self._full_s, 1.0)
 
 
 def dead_letter(topic: str, payload: bytes, reason: str, received_ms: int) -> tuple[str, bytes]:

@@ -3,7 +3,9 @@
 `FrameIngest` takes each message through topic -> frame -> model (by the frame's model ref)
 -> decoded KPIs and predictions -> one store transaction, and never raises: a bad message is
 logged (rate-limited), counted by reason in `ServiceStats` and dropped; the database drops
-repeats by the key (edge, bd_seq, seq).
+repeats by the key (edge, bd_seq, seq). A frame whose key is stored with other content (by
+its digest, `cloud.digest`) is no repeat but a clone: counted, logged and kept in the store's
+``clone_frames`` for an operator (and dead-lettered), never dropped as a duplicate.
 
 A frame of a model the registry does not know is parked in the store, exactly as it came,
 not dropped; once the model is registered (found in the registry's `models_dir` when a later
@@ -13,42 +15,54 @@ Predictions need the last W measurements of an edge: the ingest keeps each edge'
 count rows for the next frame of the same session (bd_seq). A frame that does not follow the
 last one this worker saw (another worker took that one, or it came late) reads the W-1 rows
 before it from the store instead; the window restarts only at a frame missing there.
+
+What senders can make the ingest keep is bounded (`IngestLimits`): parked frames and clones
+per edge and in all (beyond, no receipt: a confirming edge keeps the frame and sends it
+again later), the in-memory state of edges gone quiet (released), and the times a frame may
+carry (outside the window: refused for good, with a receipt).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sparsetel.shared.errors import WireError
-from sparsetel.shared.state import parse_state
+from sparsetel.shared.health import MAX_BEAT_BYTES, parse_beat
+from sparsetel.shared.state import parse_state, state_record
 from sparsetel.shared.topics import parse_topic
 from sparsetel.shared.wire import Frame, decode_frame
 
 from .accuracy import AccuracyRow, audit_accuracy
 from .deadletter import TokenBucket
+from .digest import frame_digest
+from .limits import HeldCounts, IngestLimits
 from .receipts import Receipts
 from .registry import Decoder, ModelRegistry
 from .stats import ServiceStats, Throttle
 from .store import FrameRow, MeasurementRow, Store
 
-__all__ = ["ACCEPTED", "FrameIngest", "ServiceStats", "Throttle", "decode_many"]
+__all__ = ["ACCEPTED", "FrameIngest", "IngestLimits", "ServiceStats", "Throttle", "decode_many"]
 
 # What `FrameIngest.handle` returns for a message it did not reject.
 ACCEPTED = frozenset(
     {"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored", "health"}
 )
-MAX_HEALTH_BYTES = 64 * 1024
+MAX_HEALTH_BYTES = MAX_BEAT_BYTES  # a heartbeat (`sparsetel.shared.health`)
 # Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
-FINAL = frozenset({"stored", "duplicate", "parked", "model_mismatch", "decode_error"})
+# Not final: what may pass ("store_error", "flood", "park_full", "clone_full", "internal")
+# and a malformed frame (its bytes may have been damaged on the way; its header is not
+# trusted to name it).
+FINAL = frozenset(
+    {"stored", "duplicate", "parked", "model_mismatch", "decode_error", "time_window", "clone"}
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,7 @@ class _Track:
     last_seq: int = -1
     rows: np.ndarray | None = None  # count rows (shape: [<= W-1, K])
     max_seq: dict[int, int] = field(default_factory=dict)  # bd_seq -> highest seq stored
+    touched: float = 0.0  # the ingest's clock when the edge's last frame was stored
 
 
 class FrameIngest:
@@ -70,7 +85,11 @@ class FrameIngest:
     `handle` returns what happened: "stored", "duplicate", "parked" (its model is unknown
     yet), "birth", "death", "stale_death", "ignored", or the reason the message was rejected
     (a WireError reason such as "truncated", or "flood", "model_mismatch", "state_mismatch",
-    "decode_error", "store_error", "internal"). It never raises.
+    "decode_error", "time_window", "clone" (kept), "clone_full", "park_full",
+    "store_error", "internal"). It never raises.
+
+    `limits`: the bounds on what senders can make it keep (`IngestLimits()` by default);
+    `clock`: monotonic seconds, for releasing the state of quiet edges.
     """
 
     def __init__(
@@ -81,6 +100,8 @@ class FrameIngest:
         flood: TokenBucket | None = None,
         track_gaps: bool = True,
         batch_commits: bool | None = None,
+        limits: IngestLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -95,6 +116,13 @@ class FrameIngest:
         self._tracks: dict[str, _Track] = {}
         self._known: set[bytes] = set()  # models whose KPI names are in the store
         self._throttle = Throttle(log)
+        self.limits = IngestLimits() if limits is None else limits
+        lim = self.limits
+        self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, {})
+        self._clones = HeldCounts(lim.clones_per_edge, lim.clones_total, {})
+        self._count_held()  # what the store holds already
+        self._clock = clock
+        self._sweep_at = clock() + self.limits.idle_s / 4
 
     def handle(
         self,
@@ -105,6 +133,7 @@ class FrameIngest:
     ) -> str:
         """One message; `ahead`: its frame and KPIs, already decoded (see `handle_batch`)."""
         now_ms = int(time.time() * 1000) if received_ms is None else received_ms
+        self._sweep()
         try:
             parts = parse_topic(topic)
             kind = str(parts.kind).upper()
@@ -154,6 +183,7 @@ class FrameIngest:
             )
             self.receipts.discard()  # (a note lost here costs the edge one resend)
             self._known.clear()  # a model registered in the batch is registered again
+            self._count_held()  # what the batch parked, kept or unparked was rolled back
             return [self.handle(t, p, ms) for t, p, ms in messages]
 
     def _decode_ahead(
@@ -201,6 +231,11 @@ class FrameIngest:
         now_ms: int,
         kpis: np.ndarray | None = None,
     ) -> str:
+        if getattr(frame, "version", 1) == 1:
+            self.stats.add("frames_v1")
+        outside = self.limits.time_window_error(frame, now_ms)
+        if outside is not None:
+            return self._reject("time_window", "%s seq %s: %s", edge, frame.seq, outside)
         codec = self._decoder(frame.model_ref)
         if codec is None:
             return self._park(topic, edge, frame, payload, now_ms)
@@ -227,9 +262,10 @@ class FrameIngest:
             )
             for i, r in enumerate(frame.records)
         ]  # fmt: skip
+        digest = frame_digest(frame)
         row = FrameRow(
             edge, frame.bd_seq, frame.seq, frame.model_ref, len(rows), len(payload),
-            frame.historical, now_ms,
+            frame.historical, now_ms, digest,
         )  # fmt: skip
         try:
             if frame.model_ref not in self._known:  # so its KPIs can be queried by name
@@ -240,11 +276,42 @@ class FrameIngest:
         except Exception as exc:
             return self._reject("store_error", "%s seq %s: %r", edge, frame.seq, exc)
         if not stored:
-            self.stats.add("duplicates")
-            return "duplicate"
+            return self._repeat(topic, edge, frame, payload, now_ms, digest)
+        track.touched = self._clock()
         self._tracks[edge] = track
         self._count_stored(edge, frame, sum(p is not None for p in predictions))
         return "stored"
+
+    def _repeat(
+        self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int, digest: str
+    ) -> str:
+        """A frame whose key is stored: a duplicate when the stored frame says the same (or
+        predates digests), else a clone, kept while the clone bounds allow."""
+        try:
+            stored = self.store.stored_digest(edge, frame.bd_seq, frame.seq)
+        except Exception as exc:
+            return self._reject("store_error", "%s seq %s: %r", edge, frame.seq, exc)
+        if stored is None or stored == digest:
+            self.stats.add("duplicates")
+            return "duplicate"
+        self.stats.add("clones")
+        where = f"{edge} bdSeq {frame.bd_seq} seq {frame.seq}"
+        if self._clones.full(edge):
+            return self._reject(
+                "clone_full", "%s: a clone, not kept (%d kept of this edge, %d in all)",
+                where, self._clones.of(edge), self._clones.total,
+            )  # fmt: skip
+        try:
+            key = (edge, frame.bd_seq, frame.seq)
+            kept = self.store.keep_clone(key, digest, topic, payload, now_ms)
+        except Exception as exc:
+            return self._reject("store_error", "%s: cannot keep a clone: %r", where, exc)
+        if kept:  # (not when this very clone is kept already)
+            self._clones.add(edge)
+        return self._reject(
+            "clone", "%s is stored with other content: a clone (two agents with one edge id? "
+            "a state folder lost?), kept in clone_frames", where,
+        )  # fmt: skip
 
     def _decoder(self, model_ref: bytes) -> Decoder | None:
         """The decoder for `model_ref`: registered, or found in the models folder now (and
@@ -258,10 +325,17 @@ class FrameIngest:
 
     def _park(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
         ref = frame.model_ref
+        if self._parked.full(edge):
+            return self._reject(
+                "park_full", "%s: model %s is not registered and %d frames of this edge (%d "
+                "in all) are parked: not parked, no receipt", edge, ref.hex(),
+                self._parked.of(edge), self._parked.total,
+            )  # fmt: skip
         try:
             self.store.park_frame(edge, ref, topic, payload, now_ms)
         except Exception as exc:
             return self._reject("store_error", "%s: cannot park a frame: %r", edge, exc)
+        self._parked.add(edge)
         self.stats.add("parked")
         self._throttle.warning(
             "parked", "%s: model %s is not registered; frame parked until it is", edge, ref.hex()
@@ -280,11 +354,38 @@ class FrameIngest:
             for _, topic, payload, received_ms in batch:
                 self.handle(topic, payload, received_ms)
             self.store.drop_parked([item[0] for item in batch])
+            for _, topic, _, _ in batch:
+                self._parked.remove(parse_topic(topic).edge)
             done += len(batch)
         if done:
             self.stats.add("unparked", done)
             log.info("model %s registered: %d parked frames handled", model_ref.hex(), done)
         return done
+
+    def _count_held(self) -> None:
+        """Count the parked frames and clones the store holds, per edge (at start, and after
+        a batch that did not commit); when the store cannot say, the counts stay as they are
+        (off by what a batch rolled back, until the next count)."""
+        lim = self.limits
+        try:
+            parked, clones = (
+                self.store.held_per_edge(t) for t in ("parked_frames", "clone_frames")
+            )
+        except Exception as exc:
+            self._throttle.warning("held", "cannot count the held frames: %r", exc)
+            return
+        self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, parked)
+        self._clones = HeldCounts(lim.clones_per_edge, lim.clones_total, clones)
+
+    def _sweep(self) -> None:
+        """Release the prediction history of edges quiet for `limits.idle_s` (their next
+        frame reads it back from the store); a scan at most every quarter of that time."""
+        now = self._clock()
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + self.limits.idle_s / 4
+        quiet = now - self.limits.idle_s  # a new dict: a dict keeps its size after deletes
+        self._tracks = {e: track for e, track in self._tracks.items() if track.touched >= quiet}
 
     def _predict(
         self, edge: str, frame: Frame, codec: Decoder
@@ -376,8 +477,9 @@ class FrameIngest:
             return self._reject(
                 "state_mismatch", "topic %s/%s carries %s/%s", group, edge, state.group, state.edge
             )
+        # What is kept of a birth: its validated fields, never the document as it came.
         sha, birth = (
-            (state.model_sha256 or None, json.loads(payload)) if state.online else (None, None)
+            (state.model_sha256 or None, state_record(state)) if state.online else (None, None)
         )
         try:
             applied = self.store.set_edge_state(
@@ -398,15 +500,12 @@ class FrameIngest:
         return "birth"
 
     def _health(self, group: str, edge: str, payload: bytes, now_ms: int) -> str:
-        """Keep an edge's heartbeat (`edge.health`) for `sparsetel status` and the monitor."""
+        """Keep an edge's heartbeat, as the schema normalises it (`shared.health`), for
+        `sparsetel status` and the monitor; a bad one is refused whole."""
         try:
-            if len(payload) > MAX_HEALTH_BYTES:
-                raise ValueError(f"{len(payload)} bytes, over {MAX_HEALTH_BYTES}")
-            body = json.loads(payload)
-            if not isinstance(body, dict) or body.get("edge", edge) != edge:
-                raise ValueError("not a heartbeat of this edge")
-        except (ValueError, RecursionError) as exc:
-            return self._reject("health_invalid", "%s heartbeat: %s", edge, exc)
+            body = parse_beat(payload, group, edge)
+        except WireError as exc:
+            return self._reject(exc.reason, "%s heartbeat: %s", edge, exc)
         try:
             self.store.set_health(group, edge, body, now_ms)
         except Exception as exc:

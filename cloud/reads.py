@@ -42,6 +42,37 @@ class StoreReads:
             rows = self._query("SELECT model_ref, COUNT(*) FROM parked_frames GROUP BY model_ref")
         return {str(ref): int(n) for ref, n in rows}
 
+    def held_per_edge(self, table: str) -> dict[str, int]:
+        """Frames held per edge in ``parked_frames`` or ``clone_frames`` (an index on edge
+        serves it); what the ingest's bounds start from."""
+        if table not in ("parked_frames", "clone_frames"):
+            raise ValueError(f"not a table of held frames: {table!r}")
+        with self._lock:
+            rows = self._query(f"SELECT edge, COUNT(*) FROM {table} GROUP BY edge")
+        return {str(edge): int(n) for edge, n in rows}
+
+    def stored_digest(self, edge: str, bd_seq: int, seq: int) -> str | None:
+        """The content digest stored with a frame (None: not stored, or stored before
+        digests were)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT digest FROM frames WHERE edge = ? AND bd_seq = ? AND seq = ?",
+                (edge, bd_seq, seq),
+            )
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
+    def clones(self, edge: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Clones kept (oldest first): id, edge, bd_seq, seq, digest, topic, payload (the
+        frame's bytes as they came) and received_ms, for an operator to recover."""
+        where, params = ("WHERE edge = ? ", [edge]) if edge is not None else ("", [])
+        names = ("id", "edge", "bd_seq", "seq", "digest", "topic", "payload", "received_ms")
+        with self._lock:
+            rows = self._query(
+                f"SELECT {', '.join(names)} FROM clone_frames {where}ORDER BY id LIMIT ?",
+                [*params, int(limit)],
+            )
+        return [{**dict(zip(names, row, strict=True)), "payload": bytes(row[6])} for row in rows]
+
     # -- measurements --------------------------------------------------------------------------
 
     def schema_version(self) -> int:

@@ -98,7 +98,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self.models_dir = models_dir
         self._load = load
-        self._looked: dict[bytes, float] = {}  # ref -> when models_dir was last searched
+        self._looked = -RESCAN_S  # when models_dir was last searched (time.monotonic)
+        self._found: dict[bytes, list[Path]] = {}  # what it held then: ref -> run dirs
         for decoder in decoders:
             self.add(decoder)
 
@@ -134,23 +135,22 @@ class ModelRegistry:
         return self.add(self._load(Path(run_dir)))
 
     def resolve(self, model_ref: bytes) -> Decoder | None:
-        """The decoder for `model_ref`, looking in `models_dir` (at most every `RESCAN_S`
-        per ref) when it is not registered; None when it is nowhere."""
+        """The decoder for `model_ref`, looking in `models_dir` when it is not registered;
+        None when it is nowhere. The folder is read at most every `RESCAN_S`, whatever refs
+        frames name: a stream of made-up refs costs neither a search each nor memory."""
         ref = bytes(model_ref)
         known = self.get(ref)
         if known is not None or self.models_dir is None:
             return known
         now = time.monotonic()
-        if now - self._looked.get(ref, -RESCAN_S) < RESCAN_S:
-            return None
-        self._looked[ref] = now
-        for manifest_path in sorted(self.models_dir.glob("*/manifest.json")):
+        if now - self._looked >= RESCAN_S:
+            self._looked = now
+            self._found = _runs_by_ref(self.models_dir)
+        for run_dir in self._found.pop(ref, []):
             try:
-                if ModelManifest.load(manifest_path).model_ref != ref:
-                    continue
-                self.add_run(manifest_path.parent)
+                self.add_run(run_dir)
             except Exception as exc:  # a broken run must not stop the search or the service
-                log.warning("cannot load model %s from %s: %s", ref.hex(), manifest_path, exc)
+                log.warning("cannot load model %s from %s: %s", ref.hex(), run_dir, exc)
                 continue
             return self.get(ref)
         return None
@@ -169,3 +169,17 @@ class ModelRegistry:
 
     def __contains__(self, model_ref: object) -> bool:
         return isinstance(model_ref, bytes | bytearray) and bytes(model_ref) in self._by_ref
+
+
+def _runs_by_ref(models_dir: Path) -> dict[bytes, list[Path]]:
+    """The run directories in `models_dir` by the model ref of their manifest (a manifest
+    that cannot be read is logged and left out)."""
+    found: dict[bytes, list[Path]] = {}
+    for manifest_path in sorted(models_dir.glob("*/manifest.json")):
+        try:
+            ref = ModelManifest.load(manifest_path).model_ref
+        except Exception as exc:  # a broken run must not stop the search or the service
+            log.warning("cannot read the manifest %s: %s", manifest_path, exc)
+            continue
+        found.setdefault(ref, []).append(manifest_path.parent)
+    return found

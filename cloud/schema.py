@@ -81,6 +81,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             kpi TEXT NOT NULL, n INTEGER NOT NULL, se {real} NOT NULL, ss {real} NOT NULL,
             se_raw {real} NOT NULL, PRIMARY KEY (edge, model_ref, bucket_ms, kpi))""",
     ),
+    (  # 7: each frame's content digest (NULL before), to tell a clone from a repeat
+        # (cloud.digest); clones kept for an operator; parked frames counted per edge
+        "ALTER TABLE frames ADD COLUMN digest TEXT",
+        """CREATE TABLE clone_frames (
+            id {serial} PRIMARY KEY, edge TEXT NOT NULL, bd_seq {bigint} NOT NULL,
+            seq {bigint} NOT NULL, digest TEXT NOT NULL, topic TEXT NOT NULL,
+            payload {blob} NOT NULL, received_ms {bigint} NOT NULL,
+            CONSTRAINT clone_frames_key UNIQUE (edge, bd_seq, seq, digest))""",
+        "CREATE INDEX parked_frames_edge ON parked_frames (edge)",
+    ),
 )
 
 MEASUREMENT_COLUMNS = (

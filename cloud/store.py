@@ -50,7 +50,8 @@ _ADD_KPI_ACCURACY = (
 
 @dataclass(frozen=True)
 class FrameRow:
-    """One received frame, as the ``frames`` table keeps it (model_ref: the 8 wire bytes)."""
+    """One received frame, as the ``frames`` table keeps it (model_ref: the 8 wire bytes;
+    digest: `cloud.digest.frame_digest`, None when not known)."""
 
     edge: str
     bd_seq: int
@@ -60,6 +61,7 @@ class FrameRow:
     n_bytes: int
     historical: bool
     received_ms: int
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ class Store(StoreReads):
         with self._transaction():
             inserted = self._execute(
                 "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, "
-                "historical, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "historical, received_ms, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (edge, bd_seq, seq) DO NOTHING",
                 (
                     frame.edge,
@@ -235,6 +237,7 @@ class Store(StoreReads):
                     frame.n_bytes,
                     frame.historical,
                     frame.received_ms,
+                    frame.digest,
                 ),
             )
             if inserted == 0:
@@ -353,6 +356,23 @@ class Store(StoreReads):
         """Forget parked frames (they were handled)."""
         with self._transaction():
             self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
+
+    def keep_clone(
+        self, key: tuple[str, int, int], digest: str, topic: str, payload: bytes, received_ms: int
+    ) -> bool:
+        """Keep a clone (a frame whose key (edge, bd_seq, seq) is stored with other content)
+        exactly as it came; False when this very clone is kept already."""
+        edge, bd_seq, seq = key
+        with self._transaction():
+            return (
+                self._execute(
+                    "INSERT INTO clone_frames (edge, bd_seq, seq, digest, topic, payload, "
+                    "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (edge, bd_seq, seq, digest) DO NOTHING",
+                    (edge, bd_seq, seq, digest, topic, payload, received_ms),
+                )
+                > 0
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ from sparsetel.shared.wire import Frame, Record, encode_frame
 pytestmark = pytest.mark.integration
 
 L, K, W = 4, 32, 2
+T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
 
 
 class FakeCodec:
@@ -99,7 +100,7 @@ def publisher(broker_url: str) -> Iterator[Publisher]:
 
 
 def _frame(seq: int, bd_seq: int = 0, n: int = 2, ref: bytes = REF) -> bytes:
-    t0 = 1_700_000_000_000 + seq * n * 1000
+    t0 = T0_MS + seq * n * 1000
     records = tuple(Record(t0 + 1000 * i, (i % K, (seq + 3) % K)) for i in range(n))
     codes = tuple(Record(r.t_ms, tuple(sorted(r.codes))) for r in records)
     return encode_frame(Frame(ref, bd_seq, seq, L, K, 1000, codes))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from tests.helpers import ANY_TIME
 
 pytestmark = pytest.mark.integration
 
@@ -186,9 +187,37 @@ def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: st
 
     with open_store(pg_url) as store:
         check(store)  # frames 0 and 1 stored, no audits
-        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+        ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
         assert ingest.handle(TOPIC, audited_frame(2, 6, {7: (1.0, 2.0, 3.0)})) == "stored"
         (pooled,) = store.accuracy(by_edge=False)
         (edge,) = store.accuracy()
     assert pooled["edges"] == 1 and pooled["edge"] is None and pooled["audits"] == 1
     assert pooled["nmse"] == pytest.approx(edge["nmse"])
+
+
+def test_postgres_keeps_digests_and_clones_and_counts_held_frames(pg_url: str) -> None:
+    from tests.unit.test_store import (
+        test_a_frame_keeps_its_digest_and_a_clone_is_kept_once as check,
+    )
+
+    with open_store(pg_url) as store:
+        check(store)
+
+
+def test_postgres_frames_stored_before_the_digest_migration_have_no_digest(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sparsetel.cloud.store as store_module
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
+    with open_store(pg_url) as old:  # a frame as the code before digests stored it
+        old._execute(
+            "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, "
+            "received_ms) VALUES (?, ?, 0, ?, 2, 42, ?, 1)",
+            ("pg-edge", 1, REF.hex(), False),
+        )
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with open_store(pg_url) as new:
+        assert new.schema_version() == len(MIGRATIONS)
+        assert new.stored_digest("pg-edge", 1, 0) is None
+        assert new.count_frames() == 1

@@ -13,6 +13,7 @@ from sparsetel.cloud.ingest import FrameIngest, ServiceStats
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import Store, open_store
 from sparsetel.shared.wire import Frame, Record, encode_frame
+from tests.helpers import ANY_TIME
 from tests.unit.test_service import EDGE, REF, TOPIC, FakeCodec, K, L
 
 T = 1_700_000_000_000  # in one minute bucket with the next 40 s
@@ -33,7 +34,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_audits_give_the_live_nmse_and_the_targets_prediction_error(store: Store) -> None:
     """FakeCodec: decode -> [nnz, sum of indices, NaN], normalise -> x / 10, target SNR
     (column 1), W=3, H=2; a prediction reads the first index of each row of its window."""
-    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0, 0, {})) == "stored"
     audits = {4: (1.0, 100.0, 3.0), 5: (2.0, 200.0, math.nan)}
     assert ingest.handle(TOPIC, _frame(1, 3, audits)) == "stored"
@@ -71,7 +72,7 @@ def test_audits_give_the_live_nmse_and_the_targets_prediction_error(store: Store
 
 
 def test_code_usage_counts_each_models_codes_over_the_latest_measurements(store: Store) -> None:
-    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0, 0, {})) == "stored"  # codes (1,), (2,), (3,)
     assert ingest.handle(TOPIC, _frame(1, 3, {})) == "stored"  # (4,), (5,), (6,)
     usage = store.code_usage(since_ms=0)
@@ -82,7 +83,7 @@ def test_code_usage_counts_each_models_codes_over_the_latest_measurements(store:
 
 
 def test_frames_without_audits_add_nothing(store: Store) -> None:
-    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0, 0, {})) == "stored"
     assert store.accuracy() == []
 
@@ -90,7 +91,7 @@ def test_frames_without_audits_add_nothing(store: Store) -> None:
 def test_a_failing_audit_is_counted_and_the_frame_still_stored(store: Store) -> None:
     codec = FakeCodec()
     codec.normalise = lambda x: (_ for _ in ()).throw(RuntimeError("bad norms"))  # type: ignore[method-assign]
-    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0, 0, {1: (1.0, 2.0, 3.0)})) == "stored"
     assert store.accuracy() == [] and ingest.stats.get("accuracy_errors") == 1
     assert store.count_measurements() == 3

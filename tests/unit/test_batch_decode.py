@@ -17,6 +17,7 @@ from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import Store, open_store
 from sparsetel.shared.topics import state_topic
 from sparsetel.shared.wire import decode_frame
+from tests.helpers import ANY_TIME
 from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec, _frame
 
 
@@ -61,8 +62,8 @@ def test_a_batch_decodes_once_per_model_and_matches_one_at_a_time(
     stores: tuple[Store, Store],
 ) -> None:
     codec = CountingCodec()
-    batched = FrameIngest(ModelRegistry([codec]), stores[0], ServiceStats())
-    alone = FrameIngest(ModelRegistry([FakeCodec()]), stores[1], ServiceStats())
+    batched = FrameIngest(ModelRegistry([codec]), stores[0], ServiceStats(), limits=ANY_TIME)
+    alone = FrameIngest(ModelRegistry([FakeCodec()]), stores[1], ServiceStats(), limits=ANY_TIME)
     outcomes = batched.handle_batch(_messages())
     assert outcomes == [alone.handle(t, p, ms) for t, p, ms in _messages()]
     assert outcomes.count("stored") == 3 and "parked" in outcomes
@@ -72,7 +73,7 @@ def test_a_batch_decodes_once_per_model_and_matches_one_at_a_time(
 
 def test_a_frame_that_does_not_decode_fails_alone(stores: tuple[Store, Store]) -> None:
     codec = CountingCodec()
-    ingest = FrameIngest(ModelRegistry([codec]), stores[0], ServiceStats())
+    ingest = FrameIngest(ModelRegistry([codec]), stores[0], ServiceStats(), limits=ANY_TIME)
     msgs = [(TOPIC, _frame(s, [(s + 5,)]), 0) for s in range(4)]  # seq 2 holds code 7
     assert ingest.handle_batch(msgs) == ["stored", "stored", "decode_error", "stored"]
     assert codec.passes == [4, 1, 1, 1, 1]  # the batch, then each frame alone
@@ -106,8 +107,8 @@ def test_garbage_in_a_batch_gets_the_outcome_it_gets_alone(batch: list[bytes]) -
     with tempfile.TemporaryDirectory() as tmp:
         a, b = open_store(Path(tmp) / "a.db"), open_store(Path(tmp) / "b.db")
         try:
-            batched = FrameIngest(ModelRegistry([FakeCodec()]), a, ServiceStats())
-            alone = FrameIngest(ModelRegistry([FakeCodec()]), b, ServiceStats())
+            batched = FrameIngest(ModelRegistry([FakeCodec()]), a, ServiceStats(), limits=ANY_TIME)
+            alone = FrameIngest(ModelRegistry([FakeCodec()]), b, ServiceStats(), limits=ANY_TIME)
             msgs = [(TOPIC, p, 0) for p in batch]
             assert batched.handle_batch(msgs) == [alone.handle(*m) for m in msgs]
             assert a.fetch_measurements() == b.fetch_measurements()

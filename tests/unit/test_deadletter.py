@@ -12,6 +12,7 @@ from sparsetel.cloud.deadletter import MAX_COPY, TokenBucket, dead_letter
 from sparsetel.cloud.ingest import FrameIngest, ServiceStats
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.store import open_store
+from tests.helpers import ANY_TIME
 from tests.unit.test_service import TOPIC, FakeCodec, _frame
 
 
@@ -56,7 +57,11 @@ def test_frames_beyond_an_edges_flood_limit_are_rejected(tmp_path) -> None:  # t
     clock = Clock()
     store = open_store(tmp_path / "flood.db")
     ingest = FrameIngest(
-        ModelRegistry([FakeCodec()]), store, ServiceStats(), TokenBucket(1.0, 2.0, clock)
+        ModelRegistry([FakeCodec()]),
+        store,
+        ServiceStats(),
+        TokenBucket(1.0, 2.0, clock),
+        limits=ANY_TIME,
     )
     outcomes = [ingest.handle(TOPIC, _frame(seq)) for seq in range(3)]
     clock.now += 1.0

@@ -16,6 +16,7 @@ from sparsetel.cloud.store import Store, open_store
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
 from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import state_topic
+from tests.helpers import ANY_TIME
 from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec, _frame
 
 NEW_SHA = "cd" * 32
@@ -49,7 +50,7 @@ def loader() -> Loader:
 def ingest(store: Store, loader: Loader, tmp_path: Path) -> FrameIngest:
     (tmp_path / "models").mkdir()
     registry = ModelRegistry([FakeCodec()], models_dir=tmp_path / "models", load=loader)
-    return FrameIngest(registry, store, ServiceStats())
+    return FrameIngest(registry, store, ServiceStats(), limits=ANY_TIME)
 
 
 def _deploy_run(models: Path, name: str = "r2") -> None:

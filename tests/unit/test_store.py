@@ -273,3 +273,46 @@ def test_records_are_counted_from_the_frames_table(store: Store) -> None:
     store.store_frame(_frame(1, edge="edge-2"), _rows())
     store.store_frame(_frame(0, n=3), _rows(3))  # a repeat counts once
     assert store.count_records() == store.count_measurements() == 5
+
+
+def test_a_frame_keeps_its_digest_and_a_clone_is_kept_once(store: Store) -> None:
+    row = FrameRow("edge-1", 0, 0, REF, 2, 42, False, 1, digest="ab" * 16)
+    assert store.store_frame(row, _rows())
+    assert store.stored_digest("edge-1", 0, 0) == "ab" * 16
+    assert store.stored_digest("edge-1", 0, 1) is None  # not stored
+    topic = "sparsetel/v1/g/DATA/edge-1"
+    payload = bytes(range(256))  # every byte value comes back
+    assert store.keep_clone(("edge-1", 0, 0), "cd" * 16, topic, payload, 7)
+    assert not store.keep_clone(("edge-1", 0, 0), "cd" * 16, topic, payload, 8)  # once
+    assert store.keep_clone(("edge-1", 0, 0), "ef" * 16, topic, b"third", 9)
+    assert [(c["digest"], c["payload"], c["received_ms"]) for c in store.clones()] == [
+        ("cd" * 16, payload, 7),
+        ("ef" * 16, b"third", 9),
+    ]
+    assert store.clones(edge="edge-2") == []
+    store.park_frame("edge-1", REF, topic, b"p", 1)
+    store.park_frame("edge-2", REF, topic.replace("edge-1", "edge-2"), b"p", 1)
+    assert store.held_per_edge("parked_frames") == {"edge-1": 1, "edge-2": 1}
+    assert store.held_per_edge("clone_frames") == {"edge-1": 2}
+    with pytest.raises(ValueError):
+        store.held_per_edge("frames")
+
+
+def test_frames_stored_before_the_digest_migration_have_no_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sparsetel.cloud.store as store_module
+
+    path = tmp_path / "v6.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
+    with open_store(path) as old:  # a frame as the code before digests stored it
+        old._execute(
+            "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, "
+            "received_ms) VALUES (?, ?, 0, ?, 2, 42, ?, 1)",
+            ("edge-1", 0, REF.hex(), False),
+        )
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with open_store(path) as new:
+        assert new.schema_version() == len(MIGRATIONS)
+        assert new.stored_digest("edge-1", 0, 0) is None
+        assert new.count_frames() == 1
