@@ -1,10 +1,17 @@
 """`sparsetel serve`: the decoder service, from MQTT frames to stored KPIs and predictions.
 
-paho's network thread only enqueues (a bounded queue; it never blocks or raises); one worker
-thread owns the store and takes each message through `FrameIngest` (see `ingest`). Messages
-are acknowledged (QoS 1, manual ack) once handled, so the broker holds back what the worker
-has not taken yet. With a fixed `broker.client_id` the MQTT session is persistent: frames
-published while the service is down wait at the broker.
+paho's network thread only queues (`inbox.Inbox`, bounded in messages and bytes; it never
+raises); one worker thread owns the store and takes each message through `FrameIngest` (see
+`ingest`). A QoS 1 message is acknowledged (manual ack) only once committed, never because it
+could not be queued: when the queue is full the network thread waits for room, paho stops
+reading the socket and TCP holds the broker back. MQTT 5's Receive Maximum (the queue's
+size) bounds what the broker sends ahead; over 3.1.1 Mosquitto's ``max_inflight_messages``
+plays that role, but Mosquitto 2.0.11 keeps to it only until acknowledgements flow (18,867
+unacknowledged messages reached a slow client under ``max_inflight_messages 100``), so the
+wait is what holds. A payload larger than any valid one of its kind is rejected before it
+is queued. The session is persistent and its
+client id stable (`session`): frames published while the service is down wait at the
+broker. ``metrics``: the counters as Prometheus metrics while it runs (`servemetrics`).
 """
 
 from __future__ import annotations
@@ -12,18 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from sparsetel.shared.config import BrokerConfig, load_config, parse_broker_url
 from sparsetel.shared.errors import ConfigError, SparsetelError
@@ -37,16 +40,20 @@ from sparsetel.shared.topics import (
 )
 
 from .deadletter import COPY_BURST, COPY_RATE, TokenBucket, dead_letter
-from .ingest import ACCEPTED, FrameIngest, ServiceStats, Throttle
+from .inbox import Acknowledger, Inbox, Message, payload_limit
+from .ingest import ACCEPTED, FrameIngest, IngestLimits, ServiceStats, Throttle
 from .registry import ModelRegistry
+from .servemetrics import parse_listen, serve_metrics
+from .session import MAX_RECEIVE_MAXIMUM, TakeoverWatch, connect_properties, serve_client_id
 from .store import Store, open_store
+from .webserver import WebServer
 
 __all__ = ["DecoderService", "ServeConfig", "run_service", "serve_config_from_flags"]
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 64  # messages stored in one transaction at most (those already waiting)
-SESSION_EXPIRY_S = 86_400  # MQTT 5 persistent session, when a client_id is configured
+PUT_WAIT_S = 0.2  # the network thread looks whether the service is stopping this often
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,17 @@ class ServeConfig:
     """The decoder service. `models`: exported run directories; `models_dir`: a folder of
     run directories searched for the model of a frame no loaded model decodes (its frames
     are parked meanwhile, see `cloud.ingest`); `db`: a path, sqlite:///
-    or postgresql:// URL; `group`: one group id or "+" for all; `queue_size`: messages
-    waiting for the worker (1..1e6); `stop_after_records`: stop once this many measurements
-    are stored (demo, tests); `idle_timeout_s`: stop after this long without a message;
-    `shared`: take DATA through the MQTT 5 shared subscription ``$share/decoders/...``, so
-    several services (processes, hosts) split the frames while each sees every STATE;
-    `workers`: run that many shared services as processes (`cloud.workers`)."""
+    or postgresql:// URL; `group`: one group id or "+" for all; `queue_size` and
+    `queue_bytes`: messages, and their bytes, waiting for the worker (1..1e6; 1 MiB..16 GiB;
+    MQTT 5's Receive Maximum is `queue_size`, at most 65535); `stop_after_records`: stop once
+    this many measurements are stored (demo, tests); `idle_timeout_s`: stop after this long
+    without a message; `shared`: take DATA through the MQTT 5 shared subscription
+    ``$share/decoders/...``, so several services (processes, hosts) split the frames while
+    each sees every STATE; `workers`: run that many shared services as processes
+    (`cloud.workers`); `clean_session`: a throwaway MQTT session with a random client id
+    (tools), instead of the persistent one of a stable id (`session`); `metrics`:
+    ``HOST:PORT`` to serve the counters on as Prometheus metrics (worker i of `workers`: PORT+i);
+    `limits`: what senders can make the ingest keep (``[limits]``, `cloud.limits`)."""
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     group: str = "+"
@@ -67,11 +79,15 @@ class ServeConfig:
     models_dir: Path | None = None
     db: str = "sparsetel.db"
     queue_size: int = 10_000
+    queue_bytes: int = 64 * 1024 * 1024
     stop_after_records: int | None = None
     idle_timeout_s: float | None = None
     flood_frames_per_s: float = 5000.0
     shared: bool = False
     workers: int = 1
+    clean_session: bool = False
+    metrics: str | None = None
+    limits: IngestLimits = field(default_factory=IngestLimits)
 
     def __post_init__(self) -> None:
         if self.group != "+":
@@ -81,6 +97,12 @@ class ServeConfig:
                 raise ConfigError(f"must be '+' or an id: {exc}", key="group") from exc
         if not 1 <= self.queue_size <= 1_000_000:
             raise ConfigError("must be in 1..1000000", key="queue_size")
+        if not 2**20 <= self.queue_bytes <= 2**34:
+            raise ConfigError("must be in 1 MiB..16 GiB (bytes)", key="queue_bytes")
+        if self.metrics is not None:
+            _, port = parse_listen(self.metrics)
+            if port and port + self.workers - 1 > 65535:
+                raise ConfigError("worker i serves on PORT+i: PORT is too high", key="metrics")
         if not self.flood_frames_per_s > 0:
             raise ConfigError("must be > 0", key="flood_frames_per_s")
         if not 1 <= self.workers <= 64:
@@ -97,21 +119,13 @@ class ServeConfig:
             raise ConfigError("must name a database", key="db")
 
 
-class _Message(NamedTuple):
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    received_ms: int
-
-
 class DecoderService:
     """The service in-process: `start()`, then `wait()` / `wait_for_records()`, `stop()`.
 
-    `start()` connects and subscribes (raising SparsetelError with a one-line reason when it
-    cannot), then opens the store in the worker thread, which owns it: the database file
-    appears once the service is subscribed. With ``start(connect=False)`` nothing touches
-    MQTT and messages come only from `submit()`.
+    `start()` connects, opens the store in the worker thread, which owns it (the database
+    file appears once the broker answered), and waits until subscribed, raising
+    SparsetelError with a one-line reason when it cannot. With ``start(connect=False)``
+    nothing touches MQTT and messages come only from `submit()`.
     """
 
     def __init__(self, cfg: ServeConfig, registry: ModelRegistry | None = None) -> None:
@@ -121,8 +135,12 @@ class DecoderService:
         self.registry = registry
         self._stats = ServiceStats()
         self._copies = TokenBucket(COPY_RATE, COPY_BURST)  # dead letters per edge
-        self._queue: queue.Queue[_Message] = queue.Queue(maxsize=cfg.queue_size)
+        self._inbox = Inbox(cfg.queue_size, cfg.queue_bytes)
+        self._acks = Acknowledger()
+        self._takeovers = TakeoverWatch()
         self._client: mqtt.Client | None = None
+        self._client_id = ""
+        self._metrics: WebServer | None = None
         self._worker: threading.Thread | None = None
         self._halt = threading.Event()  # the worker drains the queue and ends
         self._closing = threading.Event()  # stop() began: take no new message
@@ -146,14 +164,23 @@ class DecoderService:
         if self._worker is not None:
             raise RuntimeError("the service was already started")
         self._last_message = time.monotonic()
-        if connect:
-            self._connect(timeout)
-        self._worker = threading.Thread(target=self._work, name="sparsetel-decoder")
-        self._worker.start()
-        self._store_ready.wait()
-        if self._store_error is not None:
+        try:
+            if self.cfg.metrics is not None:
+                self._serve_metrics(self.cfg.metrics)
+            if connect:
+                self._connect()
+            # The worker runs before the subscription is confirmed: a kept session delivers
+            # its backlog first, and a full queue holds paho's thread until the worker takes.
+            self._worker = threading.Thread(target=self._work, name="sparsetel-decoder")
+            self._worker.start()
+            self._store_ready.wait()
+            if self._store_error is not None:
+                raise SparsetelError(f"cannot open store {self.cfg.db}: {self._store_error}")
+            if connect:
+                self._wait_until_subscribed(timeout)
+        except BaseException:
             self.stop()
-            raise SparsetelError(f"cannot open store {self.cfg.db}: {self._store_error}")
+            raise
         log.info("decoder service running: %d model(s), store %s", len(self.registry), self.cfg.db)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -167,7 +194,10 @@ class DecoderService:
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
-            self._client = None
+            self._client = self._acks.client = None
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
         self._finish("stopped")
 
     def request_stop(self) -> None:
@@ -188,12 +218,31 @@ class DecoderService:
 
     def stats(self) -> dict[str, Any]:
         out = self._stats.snapshot()
-        out["queue_depth"] = self._queue.qsize()
+        out["queue_depth"], out["queue_bytes"] = len(self._inbox), self._inbox.nbytes
+        out["queue_capacity"], out["queue_capacity_bytes"] = (
+            self.cfg.queue_size,
+            self.cfg.queue_bytes,
+        )
+        out["connected"] = int(self._subscribed.is_set())
+        out["client_id"] = self._client_id or None
         out["models"] = [ref.hex() for ref in self.registry.refs()]
         if self._store_gaps is not None:
             out["gaps"] = self._store_gaps
         out["stopped_because"] = self._done_reason or None
         return out
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics are served on (None without `metrics`)."""
+        return self._metrics.port if self._metrics is not None else None
+
+    def _serve_metrics(self, listen: str) -> None:
+        try:
+            self._metrics = serve_metrics(self.stats, listen)
+        except OSError as exc:
+            raise SparsetelError(f"cannot serve metrics on {listen}: {exc}") from exc
+        log.info("serving metrics on http://%s:%d/metrics", listen.rsplit(":", 1)[0],
+                 self._metrics.port)  # fmt: skip
 
     def _finish(self, reason: str) -> None:
         if not self._done.is_set():
@@ -204,20 +253,44 @@ class DecoderService:
     # -- messages ---------------------------------------------------------------------------
 
     def submit(self, topic: str, payload: bytes | bytearray, mid: int = 0, qos: int = 0) -> bool:
-        """Queue one message for the worker (what on_message does); False when the queue is
-        full, in which case it is counted and dropped."""
+        """Queue one message for the worker, as on_message does. A payload larger than any
+        valid one of its topic kind is rejected here ("too_large"; its dead letter queued in
+        its place, so it is acknowledged in turn). When the queue is full, a QoS 0 message is
+        dropped and counted ("queue_full"); a QoS 1 message waits for room until the service
+        stops. False when it was not queued: then it is never acknowledged."""
         self._last_message = time.monotonic()
         self._stats.add("messages")
-        try:
-            now_ms = int(time.time() * 1000)
-            self._queue.put_nowait(_Message(topic, bytes(payload), mid, qos, now_ms))
+        msg = self._message(topic, payload, mid, qos)
+        if self._inbox.put(msg, timeout=0):
             return True
-        except queue.Full:
+        if qos == 0:
             self._stats.add("queue_full")
-            self._throttle.warning(
-                "queue_full", "queue full (%d): message dropped", self.cfg.queue_size
-            )
+            self._throttle.warning("queue_full", "queue full: QoS 0 message on %s dropped", topic)
             return False
+        return self._wait_for_room(msg)
+
+    def _message(self, topic: str, payload: bytes | bytearray, mid: int, qos: int) -> Message:
+        now_ms = int(time.time() * 1000)
+        conn = self._acks.current
+        limit = payload_limit(topic)
+        if len(payload) <= limit:
+            return Message(topic, bytes(payload), mid, qos, now_ms, conn)
+        self._stats.reject("too_large")
+        self._throttle.warning(
+            "too_large", "%s: payload of %d bytes > %d: rejected", topic, len(payload), limit
+        )
+        dead = dead_letter(topic, bytes(payload), "too_large", now_ms)  # a truncated copy
+        return Message(topic, b"", mid, qos, now_ms, conn, dead)
+
+    def _wait_for_room(self, msg: Message) -> bool:
+        """Back-pressure: paho's thread waits here, so it reads no more from the broker."""
+        self._stats.add("queue_waits")
+        started = time.monotonic()
+        while not self._closing.is_set():
+            if self._inbox.put(msg, PUT_WAIT_S):
+                self._stats.add("queue_wait_ms", int(1000 * (time.monotonic() - started)))
+                return True
+        return False
 
     def _work(self) -> None:
         try:
@@ -229,45 +302,46 @@ class DecoderService:
         rate = self.cfg.flood_frames_per_s
         flood = TokenBucket(rate, 5 * rate)
         # Shared: this worker sees only some of an edge's frames, so gaps come from the store.
-        ingest = FrameIngest(self.registry, store, self._stats, flood, not self.cfg.shared)
+        ingest = FrameIngest(
+            self.registry, store, self._stats, flood, not self.cfg.shared, limits=self.cfg.limits
+        )
         self._store_ready.set()
         try:
-            while True:
-                try:
-                    batch = [self._queue.get(timeout=0.2)]
-                except queue.Empty:
-                    if self._halt.is_set():
-                        return
-                    self._check_idle()
-                    continue
-                batch += self._more(BATCH_MAX - 1)
-                outcomes = ingest.handle_batch([(m.topic, m.payload, m.received_ms) for m in batch])
-                self._stats.add("receipts", ingest.receipts.publish(self._client))
-                for msg, outcome in zip(batch, outcomes, strict=True):
-                    if outcome not in ACCEPTED:
-                        self._dead_letter(msg, outcome)
-                    self._ack(msg)  # only now: what was taken is committed
-                limit = self.cfg.stop_after_records
-                if limit is not None and self._stats.get("records_stored") >= limit:
-                    self._finish(f"stored {limit} records")
+            self._drain(ingest)
+        except Exception as exc:  # the network thread would wait for room forever
+            log.exception("the decoder worker failed")
+            self._finish(f"worker failed: {exc!r}")
         finally:
             if self.cfg.shared:
                 self._store_gaps = _gaps_or_none(store)
             store.close()
 
-    def _more(self, n: int) -> list[_Message]:
-        """Up to `n` more messages that are already waiting (never waits)."""
-        out: list[_Message] = []
-        while len(out) < n:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return out
+    def _drain(self, ingest: FrameIngest) -> None:
+        """Take batches off the inbox until halted and empty; acknowledge each message once
+        its batch is committed."""
+        while True:
+            first = self._inbox.get(timeout=0.2)
+            if first is None:
+                if self._halt.is_set():
+                    return
+                self._check_idle()
+                continue
+            batch = [first, *self._inbox.take(BATCH_MAX - 1)]
+            todo = [(m.topic, m.payload, m.received_ms) for m in batch if m.dead is None]
+            done = iter(ingest.handle_batch(todo) if todo else [])
+            outcomes = [next(done) if m.dead is None else "too_large" for m in batch]
+            self._stats.add("receipts", ingest.receipts.publish(self._client))
+            for msg, outcome in zip(batch, outcomes, strict=True):
+                if outcome not in ACCEPTED:
+                    self._dead_letter(msg, outcome)
+                self._ack(msg)  # only now: what was taken is committed
+            limit = self.cfg.stop_after_records
+            if limit is not None and self._stats.get("records_stored") >= limit:
+                self._finish(f"stored {limit} records")
 
-    def _dead_letter(self, msg: _Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str) -> None:
         """Copy a rejected message to its DEAD topic (rate-limited per edge)."""
-        topic, body = dead_letter(msg.topic, msg.payload, reason, msg.received_ms)
+        topic, body = msg.dead or dead_letter(msg.topic, msg.payload, reason, msg.received_ms)
         if not self._copies.allow(topic):
             self._stats.add("dead_letters_held")
             return
@@ -281,22 +355,27 @@ class DecoderService:
         if idle is not None and time.monotonic() - self._last_message > idle:
             self._finish(f"no message for {idle} s")
 
-    def _ack(self, msg: _Message) -> None:
-        client = self._client
-        if client is not None and msg.qos > 0:
-            client.ack(msg.mid, msg.qos)  # a lost connection is fine: the broker resends
+    def _ack(self, msg: Message) -> None:
+        acked = self._acks.ack(msg)  # not on a later connection: the broker resends it
+        if acked is not None:
+            self._stats.add("acks" if acked else "acks_stale")
 
     # -- MQTT (paho's thread) ---------------------------------------------------------------
 
-    def _connect(self, timeout: float) -> None:
+    def _connect(self) -> None:
         b = self.cfg.broker
         tls, host, port = parse_broker_url(b.url)
-        persistent = b.client_id is not None  # a fixed id keeps its session and queued frames
-        client_id = b.client_id or f"sparsetel-serve-{uuid.uuid4().hex[:12]}"
+        persistent = not self.cfg.clean_session  # the broker keeps what comes while we are away
+        self._client_id = serve_client_id(
+            b.client_id,
+            self.cfg.group,
+            clean_session=self.cfg.clean_session,
+            shared=self.cfg.shared,
+        )
         v5 = b.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=self._client_id,
             clean_session=None if v5 else not persistent,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             manual_ack=True,
@@ -311,30 +390,34 @@ class DecoderService:
         client.on_message = self._on_message
         client.reconnect_delay_set(1, 30)
         v5_args: dict[str, Any] = {}
-        if v5:
+        if v5:  # the broker sends at most a queue's worth ahead of our acks
             v5_args["clean_start"] = not persistent
-            if persistent:
-                v5_args["properties"] = props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = SESSION_EXPIRY_S
+            window = min(self.cfg.queue_size, MAX_RECEIVE_MAXIMUM)
+            v5_args["properties"] = connect_properties(persistent, window)
         try:
             client.connect(host, port, keepalive=b.keepalive, **v5_args)
         except (OSError, ValueError) as exc:
             raise SparsetelError(f"cannot connect to broker {b.url}: {exc}") from exc
-        self._client = client
+        self._client = self._acks.client = client
         client.loop_start()
+
+    def _wait_until_subscribed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not self._subscribed.wait(0.05) and not self._done.is_set():
             if self._connect_error or time.monotonic() > deadline:
-                self.stop()
                 reason = self._connect_error or f"not subscribed within {timeout} s"
-                raise SparsetelError(f"broker {b.url}: {reason}")
+                raise SparsetelError(f"broker {self.cfg.broker.url}: {reason}")
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             self._connect_error = f"connection refused: {rc}"
             log.warning("broker refused the connection: %s", rc)
             return
+        self._acks.connection_changed()
+        self._takeovers.connected()
         self._stats.add("connects")
+        log.info("connected as %s (session kept by the broker: %s)", self._client_id,
+                 bool(getattr(flags, "session_present", False)))  # fmt: skip
         client.subscribe(
             [
                 (self._data_filter, 1),
@@ -354,17 +437,27 @@ class DecoderService:
         self._subscribed.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._acks.connection_changed()  # what came on that connection is not acked on the next
         self._subscribed.clear()
-        if rc.is_failure:
-            self._stats.add("disconnects")
-            log.warning("lost the broker (%s); paho reconnects", rc)
+        if not rc.is_failure:
+            return
+        self._stats.add("disconnects")
+        log.warning("lost the broker (%s); paho reconnects", rc)
+        before = self._takeovers.total
+        if self._takeovers.lost(getattr(rc, "value", None)):
+            log.error(
+                "client id %s: another client took this session over %d times within %.0f s: "
+                "two services with one id take frames from each other; give each its own "
+                "broker.client_id (or run them as one serve --workers N)",
+                self._client_id, self._takeovers.times, self._takeovers.window_s,
+            )  # fmt: skip
+        self._stats.add("takeovers", self._takeovers.total - before)
 
-    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             if self._closing.is_set():
                 return  # stopping: not taken, not acknowledged, so delivered again later
-            if not self.submit(msg.topic, msg.payload, msg.mid, msg.qos):
-                client.ack(msg.mid, msg.qos)  # dropped for good: do not wedge the broker
+            self.submit(msg.topic, msg.payload, msg.mid, msg.qos)  # waits while the queue is full
         except Exception as exc:  # a callback must never raise into paho's loop
             self._stats.reject("internal")
             self._throttle.warning("on_message", "cannot queue a message: %r", exc)
@@ -400,6 +493,8 @@ def serve_config_from_flags(args: argparse.Namespace) -> ServeConfig:
         "idle_timeout_s": getattr(args, "idle_timeout", None),
         "workers": getattr(args, "workers", None),
         "shared": True if getattr(args, "shared", False) else None,
+        "clean_session": True if getattr(args, "clean_session", False) else None,
+        "metrics": getattr(args, "metrics", None),
         "broker": {
             "url": getattr(args, "broker", None),
             "protocol": "5" if getattr(args, "shared", False) else None,
@@ -454,4 +549,5 @@ def run_service_stats(cfg: ServeConfig) -> tuple[int, dict[str, Any]]:
         return 1, {}
     stats = service.stats()
     short = cfg.stop_after_records is not None and stats["records_stored"] < cfg.stop_after_records
-    return (1 if short and stats["stopped_because"] != "requested" else 0), stats
+    failed = str(stats["stopped_because"]).startswith("worker failed")
+    return (1 if failed or (short and stats["stopped_because"] != "requested") else 0), stats

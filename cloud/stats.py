@@ -50,8 +50,10 @@ class ServiceStats:
 
     def snapshot(self) -> dict[str, Any]:
         names = ("messages", "frames_ok", "records_stored", "duplicates", "predictions")
-        more = ("births", "deaths", "stale_deaths", "missing_frames", "late_frames", "queue_full")
+        more: tuple[str, ...] = ("births", "deaths", "stale_deaths", "missing_frames")
+        more = (*more, "late_frames", "queue_full")
         more = (*more, "parked", "unparked", "dead_letters", "dead_letters_held")
+        more = (*more, "acks", "acks_stale", "queue_waits", "connects", "takeovers")
         with self._lock:
             out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
             out.update({k: v for k, v in self._counts.items() if k not in out})

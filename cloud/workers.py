@@ -4,9 +4,10 @@ Each worker is a `DecoderService` with ``shared=True``: MQTT 5, DATA through the
 subscription ``$share/decoders/sparsetel/v1/{group}/DATA/+`` (the broker hands each frame to
 one of them), STATE subscribed by every worker. They write to the same store; its key (edge,
 bd_seq, seq) keeps any frame from landing twice, whichever worker it reached and however often.
-A configured `client_id` gets a ``-w<i>`` suffix per worker, so each keeps a persistent session
-of its own. Separate hosts scale the same way: run ``sparsetel serve`` with ``shared = true``
-on each.
+Each worker's client id is the service's (configured, or derived from its group: see
+`session`) with a ``-w<i>`` suffix, so each keeps a persistent session of its own; with
+``metrics = "HOST:PORT"`` worker i serves its metrics on PORT+i. Separate hosts scale the same
+way: run ``sparsetel serve`` with ``shared = true`` on each.
 
 The parent starts the workers (spawned, so none inherits the parent's threads), forwards
 SIGTERM/SIGINT to them, stops them all once `stop_after_records` are in the store, and sums
@@ -31,7 +32,9 @@ from typing import Any
 
 from sparsetel.shared.signals import stop_on_signals
 
+from .servemetrics import parse_listen
 from .service import ServeConfig, run_service_stats
+from .session import serve_client_id
 from .store import Store, open_store
 
 __all__ = ["run_workers", "torch_threads", "worker_configs"]
@@ -39,21 +42,33 @@ __all__ = ["run_workers", "torch_threads", "worker_configs"]
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 20  # killed workers started again, in all, before giving up on restarting
-_SUMMED = ("messages", "frames_ok", "records_stored", "duplicates", "predictions", "parked")
+_SUMMED = (
+    *("messages", "frames_ok", "records_stored", "duplicates", "predictions", "parked"),
+    *("acks", "queue_waits", "queue_full", "takeovers"),
+)
 
 
 def worker_configs(cfg: ServeConfig) -> list[ServeConfig]:
     """The configuration of each of the `cfg.workers` workers."""
+    base = cfg.broker.client_id
+    if base is None and not cfg.clean_session:  # a clean session keeps its random ids
+        base = serve_client_id(None, cfg.group)
     out = []
     for i in range(cfg.workers):
-        client_id = cfg.broker.client_id
-        broker = replace(
-            cfg.broker,
-            protocol="5",
-            client_id=None if client_id is None else f"{client_id}-w{i}",
-        )
-        out.append(replace(cfg, broker=broker, shared=True, workers=1, stop_after_records=None))
+        client_id = None if base is None else f"{base}-w{i}"
+        broker = replace(cfg.broker, protocol="5", client_id=client_id)
+        worker = replace(cfg, broker=broker, shared=True, workers=1, stop_after_records=None)
+        if cfg.metrics is not None:
+            worker = replace(worker, metrics=_worker_metrics(cfg.metrics, i))
+        out.append(worker)
     return out
+
+
+def _worker_metrics(listen: str, i: int) -> str:
+    """Worker i's metrics address: PORT+i (port 0, any free port, stays 0)."""
+    host, port = parse_listen(listen)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + i if port else 0}"
 
 
 def torch_threads(workers: int, cores: int | None = None) -> int:

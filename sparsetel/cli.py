@@ -46,8 +46,12 @@ def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def _add_store_arg(parser: argparse.ArgumentParser) -> None:
-    """--db for the commands that read the decoder's store."""
-    parser.add_argument("--db", required=True, help="the store: SQLite path or postgresql:// URL")
+    """--db for the commands that read the decoder's store (only `serve` creates one)."""
+    parser.add_argument(
+        "--db",
+        required=True,
+        help="the store `sparsetel serve` writes: an existing SQLite file or a postgresql:// URL",
+    )
 
 
 def _add_window_arg(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +171,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="stop after this many measurements")
     p.add_argument("--batch", type=int, help="measurements per frame (default 50)")
     p.add_argument(
-        "--state-dir", type=Path, help="where bdSeq and the spool persist (default .sparsetel/EDGE)"
+        "--state-dir",
+        type=Path,
+        help="where bdSeq, the spool and deployed models persist (default "
+        "$XDG_STATE_HOME/sparsetel/edges/EDGE, i.e. ~/.local/state/sparsetel/edges/EDGE; "
+        "a new folder starts bdSeq at a random value)",
     )
     p.add_argument("--health-interval", type=float, help="seconds between heartbeats (default 30)")
     p.add_argument(
@@ -184,8 +192,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--confirm",
         choices=("broker", "store"),
-        help="a frame leaves the spool on the broker's ack (default) or only on the cloud's "
-        "receipt that it is stored (survives a broker restart)",
+        help="a frame leaves the spool only on the cloud's receipt that it is stored (default; "
+        "survives a broker or decoder restart) or already on the broker's ack",
     )
     p.add_argument(
         "--confirm-wait",
@@ -245,6 +253,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--shared",
         action="store_true",
         help="take DATA through the shared subscription, to split it with services elsewhere",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve the counters as Prometheus metrics at http://HOST:PORT/metrics while "
+        "running (e.g. 127.0.0.1:9108; default off); with --workers N, worker i on PORT+i",
+    )
+    p.add_argument(
+        "--clean-session",
+        action="store_true",
+        help="a throwaway MQTT session with a random client id (tools, tests) instead of the "
+        "persistent session of a stable id, which keeps frames while serve is away",
     )
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the service's counters as JSON")

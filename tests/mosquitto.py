@@ -16,9 +16,18 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["OwnBroker", "free_port", "own_broker"]
+__all__ = ["OwnBroker", "free_port", "own_broker", "shipped_limits"]
 
 START_TIMEOUT_S = 10.0
+DEV_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "dev.conf"
+_LIMITS = ("max_inflight_messages", "max_queued", "max_packet_size", "persistent_client_expiration")
+
+
+def shipped_limits() -> str:
+    """The queue and packet limits of the shipped deploy/mosquitto/dev.conf, as `extra` lines
+    for an `OwnBroker` (its listener and persistence stay the test's own)."""
+    lines = DEV_CONF.read_text().splitlines()
+    return "".join(f"{line}\n" for line in lines if line.startswith(_LIMITS))
 
 
 def free_port() -> int:
@@ -30,7 +39,9 @@ def free_port() -> int:
 class OwnBroker:
     """Mosquitto on a free loopback port with persistence in `tmp`, its log in
     ``tmp/mosquitto.log``; `extra` lines are appended to its configuration. With `conf`, that
-    configuration file is run as it is, and `port` must be the one it listens on."""
+    configuration file is run as it is, and `port` must be the one it listens on.
+    `persistence_location`: another folder for its database; `run_as`: the user Mosquitto
+    drops to when started as root (default: the test's own user)."""
 
     def __init__(
         self,
@@ -40,6 +51,8 @@ class OwnBroker:
         *,
         conf: Path | None = None,
         port: int | None = None,
+        persistence_location: Path | None = None,
+        run_as: str | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.log = tmp / "mosquitto.log"
@@ -55,8 +68,8 @@ class OwnBroker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if anonymous else 'false'}\n"
-            f"persistence true\npersistence_location {tmp}/\n"
-            f"user {getpass.getuser()}\n{extra}"
+            f"persistence true\npersistence_location {persistence_location or tmp}/\n"
+            f"user {run_as or getpass.getuser()}\n{extra}"
         )
 
     @property

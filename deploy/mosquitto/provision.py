@@ -21,7 +21,10 @@ allowed). The script writes into `--out`:
   a pattern for a name with ``/``, and the group is part of the topic.
 - ``mosquitto.conf``: one TLS listener, no anonymous clients, those files, and persistence in
   `--data` (which must be writable by the user Mosquitto runs as: `--run-as`; otherwise
-  sessions silently do not survive a restart).
+  sessions silently do not survive a restart). The broker holds, not drops, what waits for a
+  client (`BROKER_LIMITS`: up to a million messages or 1 GiB per client, where Mosquitto's
+  default of 1000 messages drops a burst silently) and refuses packets over 8 MiB (a frame is
+  at most 256 KiB, a model bundle about 1.6 MB for the default codec).
 
 Needs the `cryptography` package (sparsetel's edge and cloud extras have it) and
 ``mosquitto_passwd``. Exit 0 ok, 1 a tool failed, 2 bad input.
@@ -34,6 +37,7 @@ import csv
 import datetime as dt
 import ipaddress
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -47,6 +51,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CLOUD_USER = "sparsetel-cloud"
+# Queues and packet sizes: every shipped Mosquitto config sets these (dev.conf too).
+BROKER_LIMITS = (
+    "max_inflight_messages 100",  # sent ahead of a client's acks (3.1.1; MQTT 5 says its own)
+    "max_queued_messages 1000000",  # held for a client away or slow, not dropped ...
+    "max_queued_bytes 1073741824",  # ... up to 1 GiB per client
+    "max_packet_size 8388608",  # frames <= 262,144 bytes; model bundles a few MB
+    "persistent_client_expiration 7d",  # sessions of clients gone a week are dropped
+)
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _DAYS = 3650
 
@@ -113,10 +125,26 @@ def conf_text(out: Path, port: int, bind: str, data: Path, run_as: str) -> str:
             f"acl_file {out / 'acl'}",
             "persistence true",
             f"persistence_location {data}/",
-            "max_inflight_messages 100",
-            "max_queued_messages 100000",
+            *BROKER_LIMITS,
             "",
         ]
+    )
+
+
+def data_warning(data: Path, run_as: str) -> str | None:
+    """Why Mosquitto, running as `run_as`, could not keep its sessions in `data` (None when
+    nothing on this machine says so: the folder may live on the broker host only)."""
+    try:
+        user = pwd.getpwnam(run_as)
+        info = data.stat()
+    except (KeyError, OSError):
+        return None
+    group_writes = info.st_gid == user.pw_gid and info.st_mode & 0o020
+    if info.st_uid == user.pw_uid or group_writes or info.st_mode & 0o002:
+        return None
+    return (
+        f"{data} is not writable by {run_as}: Mosquitto would lose its sessions and queued "
+        f"messages on a restart (chown {run_as} {data})"
     )
 
 
@@ -226,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"provision: {exc.cmd[0]} failed: {exc.stderr.decode().strip()}", file=sys.stderr)
         return 1
+    warning = data_warning(args.data.resolve(), args.run_as)
+    if warning is not None:
+        print(f"provision: warning: {warning}", file=sys.stderr)
     print(f"broker for {len(fleet)} edges written to {out} (mosquitto -c {out}/mosquitto.conf)")
     return 0
 

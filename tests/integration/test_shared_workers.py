@@ -27,6 +27,7 @@ from tests.quickrun import quick_exported_run, quick_run
 __all__ = ["publisher"]  # a fixture, used by name
 
 pytestmark = pytest.mark.integration
+T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
 
 
 def _birth(group: str, edge: str) -> bytes:
@@ -41,13 +42,14 @@ def test_two_shared_workers_split_the_frames_and_store_each_once(
     broker_url: str, group: str, publisher: Publisher, tmp_path: Path
 ) -> None:
     db = tmp_path / "shared.db"
-    broker = BrokerConfig(url=broker_url, protocol="5")
+    # Two shared services on one host: each its own client id (a derived one names the host).
+    brokers = [BrokerConfig(url=broker_url, protocol="5", client_id=f"{group}-{i}") for i in (0, 1)]
     workers = [
         DecoderService(
             ServeConfig(broker=broker, group=group, db=str(db), shared=True),
             ModelRegistry([CODEC]),
         )
-        for _ in range(2)
+        for broker in brokers
     ]
     for worker in workers:
         worker.start(timeout=15)
@@ -98,7 +100,7 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
                 manifest.L,
                 manifest.K,
                 1000,
-                tuple(Record(1_700_000_000_000 + 1000 * (5 * seq + i), (i, 7)) for i in range(5)),
+                tuple(Record(T0_MS + 1000 * (5 * seq + i), (i, 7)) for i in range(5)),
             )
         )
         for seq in range(20)

@@ -1,10 +1,12 @@
-"""What deploy/ ships: service units that start real sparsetel commands, and the broker
-provisioning script's fleet parsing and ACL."""
+"""What deploy/ ships: service units that start real sparsetel commands, the broker
+provisioning script's fleet parsing and ACL, and broker configs that hold, not drop, what
+waits (persistence, deep queues) and refuse oversized packets."""
 
 from __future__ import annotations
 
 import configparser
 import importlib.util
+import os
 import shlex
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from sparsetel.cli import _build_parser
+from sparsetel.shared.wire import MAX_FRAME_BYTES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = sorted(DEPLOY.glob("systemd/*.service"))
@@ -86,4 +89,59 @@ def test_the_example_configs_load_and_the_edge_confirms_by_the_store() -> None:
     edge = load_config(EdgeConfig, DEPLOY / "examples" / "edge.toml", environ={})
     assert (edge.confirm, edge.confirm_wait_s) == ("store", 30.0)
     serve = load_config(ServeConfig, DEPLOY / "examples" / "serve.toml", environ={})
-    assert serve.group in ("+", edge.group) and serve.broker.client_id is not None
+    assert serve.group in ("+", edge.group) and serve.metrics == "127.0.0.1:9108"
+    assert not serve.clean_session  # a persistent session under a stable, derived id
+
+
+def _options(text: str) -> dict[str, str]:
+    """A Mosquitto config's options (the last of each), comments left out."""
+    pairs = (line.split(None, 1) for line in text.splitlines() if line.strip())
+    return {key: value.strip() for key, value in pairs if not key.startswith("#")}
+
+
+def _shipped_broker_configs(tmp_path: Path) -> dict[str, dict[str, str]]:
+    conf = _provision().conf_text(tmp_path, 8883, "0.0.0.0", Path("/var/lib/mosquitto"), "mosq")
+    return {
+        "dev.conf": _options((DEPLOY / "mosquitto" / "dev.conf").read_text()),
+        "provision.py": _options(conf),
+    }
+
+
+def test_every_shipped_broker_config_keeps_sessions_and_holds_what_waits(tmp_path: Path) -> None:
+    for name, options in _shipped_broker_configs(tmp_path).items():
+        assert options["persistence"] == "true", name
+        assert Path(options["persistence_location"]).is_absolute(), name
+        assert int(options["max_queued_messages"]) >= 100_000, name  # the default 1000 drops
+        assert int(options["max_queued_bytes"]) >= 64 * 2**20, name
+        assert int(options["max_inflight_messages"]) <= 1000, name
+        assert options["persistent_client_expiration"].endswith("d"), name
+
+
+def test_every_shipped_broker_config_bounds_packets_above_a_frame_and_a_bundle(
+    tmp_path: Path,
+) -> None:
+    for name, options in _shipped_broker_configs(tmp_path).items():
+        size = int(options["max_packet_size"])
+        # a frame plus MQTT's fixed header, topic and packet id; a default model bundle
+        # (L=4, K=128) is 1.6 MB
+        assert MAX_FRAME_BYTES + 1024 < size <= 16 * 2**20, name
+        assert size >= 4 * 2**20, name
+
+
+def test_the_dev_broker_keeps_its_database_where_anyone_can_write() -> None:
+    options = _options((DEPLOY / "mosquitto" / "dev.conf").read_text())
+    folder = Path(options["persistence_location"])
+    assert folder.is_dir() and os.access(folder, os.W_OK)
+    assert folder.stat().st_mode & 0o1002 == 0o1002  # world-writable with the sticky bit
+
+
+def test_provision_warns_when_mosquitto_could_not_write_its_database(tmp_path: Path) -> None:
+    provision = _provision()
+    data = tmp_path / "mosquitto"
+    data.mkdir(mode=0o700)
+    if os.getuid() == 65534:
+        pytest.skip("the test runs as nobody, the user it needs as a stranger")
+    assert "not writable by nobody" in provision.data_warning(data, "nobody")
+    data.chmod(0o1777)
+    assert provision.data_warning(data, "nobody") is None
+    assert provision.data_warning(data, "no-such-user-here") is None

@@ -40,6 +40,7 @@ from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, receipt_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, code_bits, encode_frame
+from tests.helpers import ANY_TIME
 
 L, K, W, H = 3, 16, 3, 2
 GROUP, EDGE = "g1", "e1"
@@ -128,13 +129,13 @@ def codec() -> FakeCodec:
 
 @pytest.fixture
 def ingest(store: Store, codec: FakeCodec) -> FrameIngest:
-    return FrameIngest(ModelRegistry([codec]), store, ServiceStats())
+    return FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
 
 
 def test_raw_frame_helper_matches_the_encoder() -> None:
-    assert _raw_frame([(1,), (2,)]) == encode_frame(
-        Frame(REF, 0, 0, L, K, 1000, (Record(1000, (1,)), Record(2000, (2,))))
-    )
+    records = (Record(1000, (1,)), Record(2000, (2,)))  # built by hand as version 1
+    frame = Frame(REF, 0, 0, L, K, 1000, records, version=1)
+    assert _raw_frame([(1,), (2,)]) == encode_frame(frame)
 
 
 def test_valid_frame_is_decoded_and_stored(ingest: FrameIngest, store: Store) -> None:
@@ -328,12 +329,18 @@ def test_shared_workers_continue_each_others_windows_from_the_store(
     hands them out), predict what one worker taking them all predicts."""
     frames = [_frame(s, [(s + 1,), (s + 2,)]) for s in range(5)]
     frames.append(_frame(6, [(9,), (8,)]))  # seq 5 never came: a gap, the window restarts
-    one = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    one = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
     for payload in frames:
         one.handle(TOPIC, payload)
     shared_store = open_store(tmp_path / "shared.db")
     workers = [
-        FrameIngest(ModelRegistry([FakeCodec()]), shared_store, ServiceStats(), track_gaps=False)
+        FrameIngest(
+            ModelRegistry([FakeCodec()]),
+            shared_store,
+            ServiceStats(),
+            track_gaps=False,
+            limits=ANY_TIME,
+        )
         for _ in range(2)
     ]
     for i, payload in enumerate(frames):
@@ -397,7 +404,7 @@ def test_birth_of_a_model_the_service_lacks_is_counted(ingest: FrameIngest) -> N
 def test_a_failing_decoder_is_a_reject_not_a_crash(store: Store) -> None:
     codec = FakeCodec()
     codec.decode = lambda codes: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
-    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0)) == "decode_error"
     assert store.count_frames() == 0
 
@@ -405,7 +412,7 @@ def test_a_failing_decoder_is_a_reject_not_a_crash(store: Store) -> None:
 def test_a_failing_predictor_still_stores_the_kpis(store: Store) -> None:
     codec = FakeCodec()
     codec.predict = lambda windows: (_ for _ in ()).throw(RuntimeError("nan"))  # type: ignore[method-assign]
-    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats())
+    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
     assert ingest.handle(TOPIC, _frame(0, [(1,), (2,), (3,)])) == "stored"
     assert [r["prediction"] for r in store.fetch_measurements()] == [None, None, None]
     assert ingest.stats.get("prediction_errors") == 1
@@ -422,7 +429,7 @@ def test_a_store_failure_is_counted_and_the_worker_goes_on(
 @pytest.fixture(scope="module")
 def fuzz_ingest(tmp_path_factory: pytest.TempPathFactory) -> FrameIngest:
     store = open_store(tmp_path_factory.mktemp("fuzz") / "f.db")
-    return FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
+    return FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
 
 
 @settings(
@@ -467,6 +474,7 @@ def test_the_worker_still_stores_after_a_stream_of_garbage(ingest: FrameIngest) 
 
 
 def _cfg(tmp_path: Path, **kw: object) -> ServeConfig:
+    kw = {"limits": ANY_TIME, **kw}  # the frames here carry times of 2023
     return ServeConfig(db=str(tmp_path / "svc.db"), **kw)  # type: ignore[arg-type]
 
 

@@ -1,4 +1,5 @@
-"""`serve --workers N` and `--shared`: configuration only (the running is integration)."""
+"""`serve --workers N`, `--shared`, `--metrics`, `--clean-session`: configuration only (the
+running is integration)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,28 @@ def test_each_worker_is_shared_over_mqtt5_with_a_session_of_its_own() -> None:
     assert [w.broker.client_id for w in workers] == ["dec-w0", "dec-w1", "dec-w2"]
     assert all(w.shared and w.workers == 1 and w.broker.protocol == "5" for w in workers)
     assert all(w.stop_after_records is None for w in workers)  # the parent counts the store
-    assert [w.broker.client_id for w in worker_configs(ServeConfig(workers=2))] == [None, None]
+    derived = [w.broker.client_id for w in worker_configs(ServeConfig(workers=2))]
+    assert derived == ["sparsetel-serve-all-w0", "sparsetel-serve-all-w1"]  # stable, not random
+
+
+def test_worker_i_serves_its_metrics_on_port_plus_i() -> None:
+    cfg = ServeConfig(workers=3, metrics="0.0.0.0:9108")
+    assert [w.metrics for w in worker_configs(cfg)] == [
+        "0.0.0.0:9108", "0.0.0.0:9109", "0.0.0.0:9110",
+    ]  # fmt: skip
+    assert [w.metrics for w in worker_configs(ServeConfig(workers=2, metrics="[::1]:0"))] == [
+        "[::1]:0", "[::1]:0",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="metrics"):
+        ServeConfig(workers=4, metrics="127.0.0.1:65534")
+
+
+def test_the_serve_flags_set_metrics_and_a_clean_session() -> None:
+    args = _build_parser().parse_args(["serve", "--metrics", "127.0.0.1:9108", "--clean-session"])
+    cfg = serve_config_from_flags(args)
+    assert cfg.metrics == "127.0.0.1:9108" and cfg.clean_session
+    default = serve_config_from_flags(_build_parser().parse_args(["serve"]))
+    assert default.metrics is None and not default.clean_session
 
 
 @pytest.mark.parametrize(
