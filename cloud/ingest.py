@@ -5,7 +5,8 @@
 logged (rate-limited), counted by reason in `ServiceStats` and dropped; the database drops
 repeats by the key (edge, bd_seq, seq). A frame whose key is stored with other content (by
 its digest, `cloud.digest`) is no repeat but a clone: counted, logged and kept in the store's
-``clone_frames`` for an operator (and dead-lettered), never dropped as a duplicate.
+``held_frames`` for an operator (and dead-lettered), never dropped as a duplicate. So is a
+frame whose times lie outside the window the store takes.
 
 A frame of a model the registry does not know is parked in the store, exactly as it came,
 not dropped; once the model is registered (found in the registry's `models_dir` when a later
@@ -16,10 +17,10 @@ count rows for the next frame of the same session (bd_seq). A frame that does no
 last one this worker saw (another worker took that one, or it came late) reads the W-1 rows
 before it from the store instead; the window restarts only at a frame missing there.
 
-What senders can make the ingest keep is bounded (`IngestLimits`): parked frames and clones
+What senders can make the ingest keep is bounded (`IngestLimits`): parked and held frames
 per edge and in all (beyond, no receipt: a confirming edge keeps the frame and sends it
 again later), the in-memory state of edges gone quiet (released), and the times a frame may
-carry (outside the window: refused for good, with a receipt).
+carry (outside the window: held, and refused for good with a receipt).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ ACCEPTED = frozenset(
 )
 MAX_HEALTH_BYTES = MAX_BEAT_BYTES  # a heartbeat (`sparsetel.shared.health`)
 # Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
-# Not final: what may pass ("store_error", "flood", "park_full", "clone_full", "internal")
+# Not final: what may pass ("store_error", "flood", "park_full", "held_full", "internal")
 # and a malformed frame (its bytes may have been damaged on the way; its header is not
 # trusted to name it).
 FINAL = frozenset(
@@ -85,7 +86,7 @@ class FrameIngest:
     `handle` returns what happened: "stored", "duplicate", "parked" (its model is unknown
     yet), "birth", "death", "stale_death", "ignored", or the reason the message was rejected
     (a WireError reason such as "truncated", or "flood", "model_mismatch", "state_mismatch",
-    "decode_error", "time_window", "clone" (kept), "clone_full", "park_full",
+    "decode_error", "time_window" and "clone" (both held), "held_full", "park_full",
     "store_error", "internal"). It never raises.
 
     `limits`: the bounds on what senders can make it keep (`IngestLimits()` by default);
@@ -119,7 +120,7 @@ class FrameIngest:
         self.limits = IngestLimits() if limits is None else limits
         lim = self.limits
         self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, {})
-        self._clones = HeldCounts(lim.clones_per_edge, lim.clones_total, {})
+        self._held = HeldCounts(lim.held_per_edge, lim.held_total, {})
         self._count_held()  # what the store holds already
         self._clock = clock
         self._sweep_at = clock() + self.limits.idle_s / 4
@@ -235,7 +236,7 @@ class FrameIngest:
             self.stats.add("frames_v1")
         outside = self.limits.time_window_error(frame, now_ms)
         if outside is not None:
-            return self._reject("time_window", "%s seq %s: %s", edge, frame.seq, outside)
+            return self._hold("time_window", edge, frame, (topic, payload, now_ms), outside)
         codec = self._decoder(frame.model_ref)
         if codec is None:
             return self._park(topic, edge, frame, payload, now_ms)
@@ -286,7 +287,7 @@ class FrameIngest:
         self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int, digest: str
     ) -> str:
         """A frame whose key is stored: a duplicate when the stored frame says the same (or
-        predates digests), else a clone, kept while the clone bounds allow."""
+        predates digests), else a clone, held while the held bounds allow."""
         try:
             stored = self.store.stored_digest(edge, frame.bd_seq, frame.seq)
         except Exception as exc:
@@ -295,23 +296,35 @@ class FrameIngest:
             self.stats.add("duplicates")
             return "duplicate"
         self.stats.add("clones")
+        why = "stored with other content (two agents with one edge id? a state folder lost?)"
+        return self._hold("clone", edge, frame, (topic, payload, now_ms), why, digest)
+
+    def _hold(
+        self,
+        reason: str,
+        edge: str,
+        frame: Frame,
+        message: tuple[str, bytes, int],
+        why: str,
+        digest: str | None = None,
+    ) -> str:
+        """Refuse a frame for `reason` (final: a clone, a time outside the window) but keep
+        it in the store's ``held_frames`` for an operator, so it is not lost with its
+        receipt; beyond the held bounds "held_full" (no receipt: a confirming edge keeps it)."""
         where = f"{edge} bdSeq {frame.bd_seq} seq {frame.seq}"
-        if self._clones.full(edge):
+        if self._held.full(edge):
             return self._reject(
-                "clone_full", "%s: a clone, not kept (%d kept of this edge, %d in all)",
-                where, self._clones.of(edge), self._clones.total,
+                "held_full", "%s: %s: %s; not kept (%d held of this edge, %d in all)",
+                where, reason, why, self._held.of(edge), self._held.total,
             )  # fmt: skip
         try:
             key = (edge, frame.bd_seq, frame.seq)
-            kept = self.store.keep_clone(key, digest, topic, payload, now_ms)
+            digest = digest or frame_digest(frame)
+            if self.store.hold_frame(key, reason, digest, message):
+                self._held.add(edge)  # (not when this very frame is held already)
         except Exception as exc:
-            return self._reject("store_error", "%s: cannot keep a clone: %r", where, exc)
-        if kept:  # (not when this very clone is kept already)
-            self._clones.add(edge)
-        return self._reject(
-            "clone", "%s is stored with other content: a clone (two agents with one edge id? "
-            "a state folder lost?), kept in clone_frames", where,
-        )  # fmt: skip
+            return self._reject("store_error", "%s: cannot hold a frame: %r", where, exc)
+        return self._reject(reason, "%s: %s; kept in held_frames", where, why)
 
     def _decoder(self, model_ref: bytes) -> Decoder | None:
         """The decoder for `model_ref`: registered, or found in the models folder now (and
@@ -363,19 +376,17 @@ class FrameIngest:
         return done
 
     def _count_held(self) -> None:
-        """Count the parked frames and clones the store holds, per edge (at start, and after
+        """Count the parked and held frames the store holds, per edge (at start, and after
         a batch that did not commit); when the store cannot say, the counts stay as they are
         (off by what a batch rolled back, until the next count)."""
         lim = self.limits
         try:
-            parked, clones = (
-                self.store.held_per_edge(t) for t in ("parked_frames", "clone_frames")
-            )
+            parked, held = (self.store.held_per_edge(t) for t in ("parked_frames", "held_frames"))
         except Exception as exc:
             self._throttle.warning("held", "cannot count the held frames: %r", exc)
             return
         self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, parked)
-        self._clones = HeldCounts(lim.clones_per_edge, lim.clones_total, clones)
+        self._held = HeldCounts(lim.held_per_edge, lim.held_total, held)
 
     def _sweep(self) -> None:
         """Release the prediction history of edges quiet for `limits.idle_s` (their next

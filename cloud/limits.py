@@ -1,16 +1,17 @@
 """Bounds on what senders outside the decoder service can make it keep (`IngestLimits`).
 
 Anyone who may publish on a DATA topic can name a model nobody has (its frame is parked), an
-(edge, bdSeq, seq) that is stored already with other content (a clone, kept for an operator),
-an edge id never seen before (per-edge state in memory), or a time millions of years away.
-Each of these is bounded here:
+(edge, bdSeq, seq) that is stored already with other content (a clone), a time millions of
+years away, or an edge id never seen before (per-edge state in memory). Each of these is
+bounded here:
 
-- parked frames and clones, per edge and in all (`HeldCounts`, counted in memory and seeded
+- parked frames, and held frames (refused but kept for an operator: clones, and frames
+  outside the time window), per edge and in all (`HeldCounts`, counted in memory and seeded
   from the store at start, so no COUNT runs per frame). Beyond a bound the frame is refused
   without a receipt: a confirming edge keeps it in its spool and sends it again later.
 - per-edge state in memory is released once an edge is quiet for `idle_s`.
-- a frame whose records lie outside a window around its arrival is refused for good, with a
-  receipt (`time_window_error`), so no edge resends it forever.
+- a frame whose records lie outside a window around its arrival is held and refused for
+  good, with a receipt (`time_window_error`), so no edge resends it forever.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ class IngestLimits:
       edge and in all (10,000 per edge: about three hours of an edge sending a frame a
       second, as it does at 1 Hz; 1,000,000 in all: a hundred edges' worth, a few hundred
       MB at a few hundred bytes a frame). Beyond: refused "park_full", no receipt.
-    - `clones_per_edge`, `clones_total`: clones kept in ``clone_frames`` the same way
-      (refused "clone_full" beyond, no receipt). A clone is an accident (two agents with one
-      edge id, a re-imaged device), so fewer are kept.
+    - `held_per_edge`, `held_total`: frames refused but kept in ``held_frames`` (clones,
+      frames outside the time window), bounded the same way (refused "held_full" beyond,
+      no receipt). Every frame of an edge whose clock is years off is held: 10,000 is
+      about six days of it at 50 measurements a frame and 1 Hz.
     - `frame_max_age_s`: a record older than this at arrival refuses its frame for good
-      ("time_window", with a receipt). The edge's spool keeps frames 7 days
+      ("time_window", held, with a receipt). The edge's spool keeps frames 7 days
       (`spool_max_age_s`); 8 days leaves a day for clock skew. Raise it (up to 100 years) to
       store a replay of old data (``sparsetel edge --time-column``).
     - `frame_max_ahead_s`: the same for a record this far ahead of arrival (1 day).
@@ -52,8 +54,8 @@ class IngestLimits:
 
     parked_per_edge: int = 10_000
     parked_total: int = 1_000_000
-    clones_per_edge: int = 1_000
-    clones_total: int = 100_000
+    held_per_edge: int = 10_000
+    held_total: int = 1_000_000
     frame_max_age_s: float = 8 * DAY_S
     frame_max_ahead_s: float = DAY_S
     idle_s: float = 600.0
@@ -65,9 +67,9 @@ class IngestLimits:
             ("parked_per_edge", 0 <= self.parked_per_edge <= 10**7, "0..10000000"),
             ("parked_total", self.parked_per_edge <= self.parked_total <= 10**9,
              "parked_per_edge..1000000000"),
-            ("clones_per_edge", 0 <= self.clones_per_edge <= 10**7, "0..10000000"),
-            ("clones_total", self.clones_per_edge <= self.clones_total <= 10**9,
-             "clones_per_edge..1000000000"),
+            ("held_per_edge", 0 <= self.held_per_edge <= 10**7, "0..10000000"),
+            ("held_total", self.held_per_edge <= self.held_total <= 10**9,
+             "held_per_edge..1000000000"),
             ("frame_max_age_s", 0 < self.frame_max_age_s <= 100 * _YEAR_S, "(0, 100 years]"),
             ("frame_max_ahead_s", 0 < self.frame_max_ahead_s <= 100 * _YEAR_S, "(0, 100 years]"),
             ("idle_s", 1 <= self.idle_s <= 7 * DAY_S, "[1 s, 7 days]"),

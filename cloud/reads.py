@@ -43,9 +43,9 @@ class StoreReads:
         return {str(ref): int(n) for ref, n in rows}
 
     def held_per_edge(self, table: str) -> dict[str, int]:
-        """Frames held per edge in ``parked_frames`` or ``clone_frames`` (an index on edge
-        serves it); what the ingest's bounds start from."""
-        if table not in ("parked_frames", "clone_frames"):
+        """Frames per edge in ``parked_frames`` or ``held_frames`` (an index on edge serves
+        it); what the ingest's bounds start from."""
+        if table not in ("parked_frames", "held_frames"):
             raise ValueError(f"not a table of held frames: {table!r}")
         with self._lock:
             rows = self._query(f"SELECT edge, COUNT(*) FROM {table} GROUP BY edge")
@@ -61,17 +61,22 @@ class StoreReads:
             )
         return None if not rows or rows[0][0] is None else str(rows[0][0])
 
-    def clones(self, edge: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """Clones kept (oldest first): id, edge, bd_seq, seq, digest, topic, payload (the
-        frame's bytes as they came) and received_ms, for an operator to recover."""
-        where, params = ("WHERE edge = ? ", [edge]) if edge is not None else ("", [])
-        names = ("id", "edge", "bd_seq", "seq", "digest", "topic", "payload", "received_ms")
+    def held(
+        self, edge: str | None = None, reason: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Frames refused but kept (oldest first; of one edge, for one reason, or all): id,
+        edge, bd_seq, seq, reason, digest, topic, payload (the frame's bytes as they came)
+        and received_ms, for an operator to recover."""
+        tests = [(name, value) for name, value in (("edge", edge), ("reason", reason)) if value]
+        where = "".join(f"{'AND' if i else 'WHERE'} {n} = ? " for i, (n, _) in enumerate(tests))
+        names = ("id", "edge", "bd_seq", "seq", "reason", "digest", "topic", "payload",
+                 "received_ms")  # fmt: skip
         with self._lock:
             rows = self._query(
-                f"SELECT {', '.join(names)} FROM clone_frames {where}ORDER BY id LIMIT ?",
-                [*params, int(limit)],
+                f"SELECT {', '.join(names)} FROM held_frames {where}ORDER BY id LIMIT ?",
+                [*(v for _, v in tests), int(limit)],
             )
-        return [{**dict(zip(names, row, strict=True)), "payload": bytes(row[6])} for row in rows]
+        return [{**dict(zip(names, row, strict=True)), "payload": bytes(row[7])} for row in rows]
 
     # -- measurements --------------------------------------------------------------------------
 

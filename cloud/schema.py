@@ -82,13 +82,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             se_raw {real} NOT NULL, PRIMARY KEY (edge, model_ref, bucket_ms, kpi))""",
     ),
     (  # 7: each frame's content digest (NULL before), to tell a clone from a repeat
-        # (cloud.digest); clones kept for an operator; parked frames counted per edge
+        # (cloud.digest); frames refused but kept for an operator (a clone, a time outside
+        # the window), exactly as they came; parked frames counted per edge
         "ALTER TABLE frames ADD COLUMN digest TEXT",
-        """CREATE TABLE clone_frames (
+        """CREATE TABLE held_frames (
             id {serial} PRIMARY KEY, edge TEXT NOT NULL, bd_seq {bigint} NOT NULL,
-            seq {bigint} NOT NULL, digest TEXT NOT NULL, topic TEXT NOT NULL,
-            payload {blob} NOT NULL, received_ms {bigint} NOT NULL,
-            CONSTRAINT clone_frames_key UNIQUE (edge, bd_seq, seq, digest))""",
+            seq {bigint} NOT NULL, reason TEXT NOT NULL, digest TEXT NOT NULL,
+            topic TEXT NOT NULL, payload {blob} NOT NULL, received_ms {bigint} NOT NULL,
+            CONSTRAINT held_frames_key UNIQUE (edge, bd_seq, seq, digest))""",
         "CREATE INDEX parked_frames_edge ON parked_frames (edge)",
     ),
 )

@@ -357,19 +357,26 @@ class Store(StoreReads):
         with self._transaction():
             self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
 
-    def keep_clone(
-        self, key: tuple[str, int, int], digest: str, topic: str, payload: bytes, received_ms: int
+    def hold_frame(
+        self,
+        key: tuple[str, int, int],
+        reason: str,
+        digest: str,
+        message: tuple[str, bytes, int],
     ) -> bool:
-        """Keep a clone (a frame whose key (edge, bd_seq, seq) is stored with other content)
-        exactly as it came; False when this very clone is kept already."""
+        """Keep a frame the ingest refused but must not lose (`reason`: "clone", a key
+        (edge, bd_seq, seq) stored with other content; "time_window", a time the store will
+        not take) exactly as it came: `message` is (topic, payload, received_ms). False when
+        this very frame is held already."""
         edge, bd_seq, seq = key
+        topic, payload, received_ms = message
         with self._transaction():
             return (
                 self._execute(
-                    "INSERT INTO clone_frames (edge, bd_seq, seq, digest, topic, payload, "
-                    "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO held_frames (edge, bd_seq, seq, reason, digest, topic, "
+                    "payload, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (edge, bd_seq, seq, digest) DO NOTHING",
-                    (edge, bd_seq, seq, digest, topic, payload, received_ms),
+                    (edge, bd_seq, seq, reason, digest, topic, payload, received_ms),
                 )
                 > 0
             )

@@ -138,7 +138,7 @@ def test_a_clone_is_counted_kept_and_dead_lettered_and_a_historical_resend_is_no
     (letter,) = fleet.dead("clone")
     assert letter["topic"] == data_topic(fleet.group, "site")
     with open_store(db) as store:
-        (kept,) = store.clones()
+        (kept,) = store.held(reason="clone")
         assert (kept["edge"], kept["seq"], kept["payload"]) == ("site", 0, clone)
         rows = store.fetch_measurements("site")
     assert [r["codes"] for r in rows if r["seq"] == 0] == [[1], [2]]  # the first one stays
@@ -162,7 +162,7 @@ def test_frames_of_made_up_models_stop_being_parked_at_the_bound_without_a_recei
         assert sum(store.count_parked().values()) == LIMITS.parked_per_edge
 
 
-def test_frame_times_out_of_any_window_are_refused_with_a_receipt_and_not_stored(
+def test_frame_times_out_of_any_window_are_held_and_refused_with_a_receipt(
     served: tuple[DecoderService, Fleet], db: str
 ) -> None:
     service, fleet = served
@@ -177,3 +177,7 @@ def test_frame_times_out_of_any_window_are_refused_with_a_receipt_and_not_stored
     with open_store(db) as store:
         assert store.count_frames() == 1
         assert [r["seq"] for r in store.fetch_measurements()] == [2]
+        assert sorted((h["reason"], h["seq"]) for h in store.held("skewed")) == [
+            ("time_window", 0),
+            ("time_window", 1),
+        ]

@@ -195,9 +195,9 @@ def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: st
     assert pooled["nmse"] == pytest.approx(edge["nmse"])
 
 
-def test_postgres_keeps_digests_and_clones_and_counts_held_frames(pg_url: str) -> None:
+def test_postgres_keeps_digests_and_held_frames_and_counts_them(pg_url: str) -> None:
     from tests.unit.test_store import (
-        test_a_frame_keeps_its_digest_and_a_clone_is_kept_once as check,
+        test_a_frame_keeps_its_digest_and_a_held_frame_is_kept_once as check,
     )
 
     with open_store(pg_url) as store:

@@ -109,23 +109,23 @@ def test_a_resend_flagged_historical_is_a_duplicate_not_a_clone(store: Store) ->
     ingest = _ingest(store)
     assert ingest.handle(TOPIC, _bytes(0), NOW) == "stored"
     assert ingest.handle(TOPIC, _bytes(0, historical=True), NOW) == "duplicate"
-    assert ingest.stats.get("clones") == 0 and store.clones() == []
+    assert ingest.stats.get("clones") == 0 and store.held(reason="clone") == []
 
 
-def test_a_frame_with_a_stored_key_and_other_content_is_a_kept_clone(store: Store) -> None:
+def test_a_frame_with_a_stored_key_and_other_content_is_a_held_clone(store: Store) -> None:
     ingest = _ingest(store)
     assert ingest.handle(TOPIC, _bytes(0), NOW) == "stored"
     clone = _bytes(0, [(7,), (8,)])
     assert ingest.handle(TOPIC, clone, NOW + 5) == "clone"
     assert "clone" not in ACCEPTED  # so the service dead-letters a copy
-    (kept,) = store.clones()
+    (kept,) = store.held(reason="clone")
     assert (kept["edge"], kept["bd_seq"], kept["seq"], kept["topic"]) == (EDGE, 0, 0, TOPIC)
     assert (kept["payload"], kept["received_ms"]) == (clone, NOW + 5)
     assert [r["codes"] for r in store.fetch_measurements()] == [[1], [2]]  # the first stays
     assert ingest.stats.get("clones") == 1 and ingest.stats.rejects() == {"clone": 1}
     assert _receipted(ingest) == [0, 0]  # kept: the edge may forget it
     assert ingest.handle(TOPIC, clone, NOW + 9) == "clone"  # the same clone again
-    assert len(store.clones()) == 1
+    assert len(store.held(reason="clone")) == 1
 
 
 def test_a_frame_stored_before_digests_repeats_as_a_duplicate(store: Store) -> None:
@@ -135,17 +135,17 @@ def test_a_frame_stored_before_digests_repeats_as_a_duplicate(store: Store) -> N
     assert ingest.stats.get("clones") == 0
 
 
-def test_clones_beyond_their_bound_are_not_kept_and_get_no_receipt(store: Store) -> None:
-    ingest = _ingest(store, clones_per_edge=2)
+def test_clones_beyond_the_held_bound_are_not_kept_and_get_no_receipt(store: Store) -> None:
+    ingest = _ingest(store, held_per_edge=2)
     for seq in range(4):
         assert ingest.handle(TOPIC, _bytes(seq), NOW) == "stored"
     ingest.receipts.discard()
     outcomes = [ingest.handle(TOPIC, _bytes(seq, [(9,)]), NOW) for seq in range(4)]
-    assert outcomes == ["clone", "clone", "clone_full", "clone_full"]
+    assert outcomes == ["clone", "clone", "held_full", "held_full"]
     assert _receipted(ingest) == [0, 1]
-    assert len(store.clones()) == 2 and ingest.stats.get("clones") == 4
-    again = _ingest(store, clones_per_edge=2)  # a restart counts what the store holds
-    assert again.handle(TOPIC, _bytes(3, [(9,)]), NOW) == "clone_full"
+    assert len(store.held(reason="clone")) == 2 and ingest.stats.get("clones") == 4
+    again = _ingest(store, held_per_edge=2)  # a restart counts what the store holds
+    assert again.handle(TOPIC, _bytes(3, [(9,)]), NOW) == "held_full"
 
 
 # -- parked frames --------------------------------------------------------------------------
@@ -243,13 +243,25 @@ TIMES = {
 
 
 @pytest.mark.parametrize("name", sorted(TIMES))
-def test_a_frame_outside_the_time_window_is_refused_for_good(store: Store, name: str) -> None:
+def test_a_frame_outside_the_time_window_is_held_and_refused_for_good(
+    store: Store, name: str
+) -> None:
     ingest = _ingest(store)
     payload = encode_frame(Frame(REF, 0, 4, 3, 16, 1000, (Record(TIMES[name], (1,)),)))
     assert ingest.handle(TOPIC, payload, NOW) == "time_window"
     assert "time_window" not in ACCEPTED  # dead-lettered ...
     assert _receipted(ingest) == [4]  # ... and confirmed: no edge sends it forever
     assert store.count_frames() == 0 and store.count_parked() == {}
+    (held,) = store.held(EDGE)  # ... but not lost with its receipt
+    assert (held["reason"], held["seq"], held["payload"]) == ("time_window", 4, payload)
+
+
+def test_frames_outside_the_window_beyond_the_held_bound_get_no_receipt(store: Store) -> None:
+    ingest = _ingest(store, held_per_edge=1)
+    old = [encode_frame(Frame(REF, 0, s, 3, 16, 1000, (Record(1000 + s, (1,)),))) for s in (0, 1)]
+    assert [ingest.handle(TOPIC, p, NOW) for p in old] == ["time_window", "held_full"]
+    assert _receipted(ingest) == [0]  # the other stays in the edge's spool
+    assert len(store.held()) == 1
 
 
 def test_frames_inside_the_window_are_stored_and_its_bounds_are_configurable(
@@ -274,7 +286,7 @@ def test_a_store_failure_still_gets_no_receipt(store: Store) -> None:
     [
         ({"parked_per_edge": -1}, "parked_per_edge"),
         ({"parked_per_edge": 10, "parked_total": 5}, "parked_total"),
-        ({"clones_total": 10**10}, "clones_total"),
+        ({"held_total": 10**10}, "held_total"),
         ({"frame_max_age_s": 0.0}, "frame_max_age_s"),
         ({"frame_max_ahead_s": 1e12}, "frame_max_ahead_s"),
         ({"idle_s": 0.5}, "idle_s"),

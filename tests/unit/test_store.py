@@ -275,25 +275,27 @@ def test_records_are_counted_from_the_frames_table(store: Store) -> None:
     assert store.count_records() == store.count_measurements() == 5
 
 
-def test_a_frame_keeps_its_digest_and_a_clone_is_kept_once(store: Store) -> None:
+def test_a_frame_keeps_its_digest_and_a_held_frame_is_kept_once(store: Store) -> None:
     row = FrameRow("edge-1", 0, 0, REF, 2, 42, False, 1, digest="ab" * 16)
     assert store.store_frame(row, _rows())
     assert store.stored_digest("edge-1", 0, 0) == "ab" * 16
     assert store.stored_digest("edge-1", 0, 1) is None  # not stored
     topic = "sparsetel/v1/g/DATA/edge-1"
     payload = bytes(range(256))  # every byte value comes back
-    assert store.keep_clone(("edge-1", 0, 0), "cd" * 16, topic, payload, 7)
-    assert not store.keep_clone(("edge-1", 0, 0), "cd" * 16, topic, payload, 8)  # once
-    assert store.keep_clone(("edge-1", 0, 0), "ef" * 16, topic, b"third", 9)
-    assert [(c["digest"], c["payload"], c["received_ms"]) for c in store.clones()] == [
-        ("cd" * 16, payload, 7),
-        ("ef" * 16, b"third", 9),
+    key = ("edge-1", 0, 0)
+    assert store.hold_frame(key, "clone", "cd" * 16, (topic, payload, 7))
+    assert not store.hold_frame(key, "clone", "cd" * 16, (topic, payload, 8))  # once
+    assert store.hold_frame(key, "time_window", "ef" * 16, (topic, b"third", 9))
+    assert [(c["reason"], c["digest"], c["payload"], c["received_ms"]) for c in store.held()] == [
+        ("clone", "cd" * 16, payload, 7),
+        ("time_window", "ef" * 16, b"third", 9),
     ]
-    assert store.clones(edge="edge-2") == []
+    assert [c["digest"] for c in store.held("edge-1", reason="time_window")] == ["ef" * 16]
+    assert store.held(edge="edge-2") == []
     store.park_frame("edge-1", REF, topic, b"p", 1)
     store.park_frame("edge-2", REF, topic.replace("edge-1", "edge-2"), b"p", 1)
     assert store.held_per_edge("parked_frames") == {"edge-1": 1, "edge-2": 1}
-    assert store.held_per_edge("clone_frames") == {"edge-1": 2}
+    assert store.held_per_edge("held_frames") == {"edge-1": 2}
     with pytest.raises(ValueError):
         store.held_per_edge("frames")
 
