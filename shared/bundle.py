@@ -36,7 +36,9 @@ __all__ = [
 
 MAGIC = b"STMB"
 BUNDLE_VERSION = 1
-MAX_BUNDLE_BYTES = 64 * 1024 * 1024  # an encoder is a few hundred KB; refuse absurd sizes
+# 1.6 MB for the default L=4, K=128 codec, 9 MB for L=8, K=512. The shipped brokers refuse
+# packets over 16 MiB (max_packet_size); 64 KiB are left for the MQTT header and topic.
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024 - 64 * 1024
 SIGNATURE_CONTEXT = b"sparsetel model bundle v1\x00"
 _HEAD = struct.Struct(">4sBI")
 

@@ -23,8 +23,8 @@ allowed). The script writes into `--out`:
   `--data` (which must be writable by the user Mosquitto runs as: `--run-as`; otherwise
   sessions silently do not survive a restart). The broker holds, not drops, what waits for a
   client (`BROKER_LIMITS`: up to a million messages or 1 GiB per client, where Mosquitto's
-  default of 1000 messages drops a burst silently) and refuses packets over 8 MiB (a frame is
-  at most 256 KiB, a model bundle about 1.6 MB for the default codec).
+  default of 1000 messages drops a burst silently) and refuses packets over 16 MiB (a frame is
+  at most 256 KiB, a model bundle at most 16 MiB - 64 KiB: 1.6 MB for the default codec).
 
 Needs the `cryptography` package (sparsetel's edge and cloud extras have it) and
 ``mosquitto_passwd``. Exit 0 ok, 1 a tool failed, 2 bad input.
@@ -56,7 +56,7 @@ BROKER_LIMITS = (
     "max_inflight_messages 100",  # sent ahead of a client's acks (3.1.1; MQTT 5 says its own)
     "max_queued_messages 1000000",  # held for a client away or slow, not dropped ...
     "max_queued_bytes 1073741824",  # ... up to 1 GiB per client
-    "max_packet_size 8388608",  # frames <= 262,144 bytes; model bundles a few MB
+    "max_packet_size 16777216",  # frames <= 262,144 bytes; bundles <= 16 MiB - 64 KiB
     "persistent_client_expiration 7d",  # sessions of clients gone a week are dropped
 )
 _ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")

@@ -393,7 +393,7 @@ def test_the_shipped_dev_conf_runs_and_refuses_packets_over_its_limit(tmp_path: 
     broker.start()
     try:
         small = _publish_outcome(port, b"\x00" * 262_144)
-        large = _publish_outcome(port, b"\x00" * (8 * 2**20 + 1))
+        large = _publish_outcome(port, b"\x00" * (16 * 2**20 + 1))
     finally:
         broker.stop()
     log = broker.log.read_text()

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from sparsetel.cli import _build_parser
+from sparsetel.shared.bundle import MAX_BUNDLE_BYTES
 from sparsetel.shared.wire import MAX_FRAME_BYTES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -122,10 +123,9 @@ def test_every_shipped_broker_config_bounds_packets_above_a_frame_and_a_bundle(
 ) -> None:
     for name, options in _shipped_broker_configs(tmp_path).items():
         size = int(options["max_packet_size"])
-        # a frame plus MQTT's fixed header, topic and packet id; a default model bundle
-        # (L=4, K=128) is 1.6 MB
+        # a frame or a bundle plus MQTT's fixed header, topic and packet id; no more
         assert MAX_FRAME_BYTES + 1024 < size <= 16 * 2**20, name
-        assert size >= 4 * 2**20, name
+        assert size > MAX_BUNDLE_BYTES + 1024, name
 
 
 def test_the_dev_broker_keeps_its_database_where_anyone_can_write() -> None:
