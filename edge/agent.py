@@ -85,7 +85,10 @@ def _finish(agent: Framer, delivery: Delivery, stats: AgentStats) -> None:
     if key is not None and agent.intake.done and agent.intake.error is None:
         spool.clear_cursor(key)  # read to its end: a next run starts over
     stats.spool_depth = spool.depth
-    stats.spool_dropped = spool.stats.dropped_full + spool.stats.dropped_age
+    # lost for good: beyond the spool's bounds, or damaged on its disk
+    stats.spool_dropped = (
+        spool.stats.dropped_full + spool.stats.dropped_age + delivery.stats.damaged
+    )
 
 
 def run_agent(

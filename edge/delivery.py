@@ -46,6 +46,7 @@ class DeliveryStats:
     receipts: int = 0
     bad_receipts: int = 0
     unconfirmed_resent: int = 0
+    damaged: int = 0
 
 
 class Delivery:
@@ -124,7 +125,9 @@ class Delivery:
         while self.publisher.connected and self.publisher.has_room():
             late = self.spool.overdue(self.confirm_wait_s, self.chunk)
             for frame in late:
-                self.publisher.publish_frame(as_historical(frame.payload), tag=frame.id)
+                payload = self._historical(frame.id, frame.payload)
+                if payload is not None:
+                    self.publisher.publish_frame(payload, tag=frame.id)
             self.stats.unconfirmed_resent += len(late)
             if len(late) < self.chunk:
                 break
@@ -146,12 +149,24 @@ class Delivery:
         while self.deferred and self.publisher.has_room():
             tag = self.deferred.popleft()
             frame = self.spool.get(tag)
-            if frame is None:
+            payload = None if frame is None else self._historical(tag, frame.payload)
+            if payload is None:
                 continue
-            if not self.publisher.publish_frame(as_historical(frame.payload), tag=tag):
+            if not self.publisher.publish_frame(payload, tag=tag):
                 self.deferred.appendleft(tag)  # paho refused it: try again next time
                 return
             self.stats.resent += 1
+
+    def _historical(self, spool_id: int, payload: bytes) -> bytes | None:
+        """The spooled frame flagged historical; None for a frame damaged on disk, which no
+        decoder would take and no resend can mend: dropped from the spool, counted, logged."""
+        try:
+            return as_historical(payload)
+        except WireError as exc:
+            self.spool.ack([spool_id])
+            self.stats.damaged += 1
+            log.error("spooled frame %s is damaged on disk (%s): dropped", spool_id, exc)
+            return None
 
     def replay(self, stopping: threading.Event) -> None:
         """Publish what earlier runs left in the spool, oldest first, flagged historical."""
@@ -161,7 +176,10 @@ class Delivery:
             if not chunk:
                 break
             for old in chunk:
-                if self.publisher.publish_frame(as_historical(old.payload), tag=old.id):
+                payload = self._historical(old.id, old.payload)
+                if payload is None:
+                    continue
+                if self.publisher.publish_frame(payload, tag=old.id):
                     self.stats.replayed += 1
                 else:  # the memory queue is full (a long outage): resent once it drains
                     self._defer(old.id)

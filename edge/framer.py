@@ -207,8 +207,16 @@ class Framer:
             "rejects": dict(self.stats.rejects + self.source.stats.rejects),
             "spool_depth": spool.depth if spool else 0,
             "spool_bytes": spool.size_bytes if spool else 0,
-            "spool_dropped": spool.stats.dropped_full + spool.stats.dropped_age if spool else 0,
+            "spool_dropped": self._spool_dropped(),
         }
+
+    def _spool_dropped(self) -> int:
+        """Frames lost for good: beyond the spool's bounds, or damaged on its disk."""
+        delivery = self.delivery
+        if delivery is None:
+            return 0
+        spool = delivery.spool.stats
+        return spool.dropped_full + spool.dropped_age + delivery.stats.damaged
 
     def run(self, delivery: Delivery) -> None:
         """The frame loop, from the spool's leftovers to the end of the source or a stop."""

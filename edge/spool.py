@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sparsetel.shared.errors import SparsetelError, WireError
+from sparsetel.shared.errors import SparsetelError
 from sparsetel.shared.wire import decode_frame, encode_frame
 
 __all__ = ["Spool", "SpoolError", "SpoolLimits", "SpoolStats", "Spooled", "as_historical"]
@@ -332,11 +332,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 def as_historical(payload: bytes) -> bytes:
     """The same frame flagged historical: replayed from the spool, not live. A version 1
-    frame stays version 1 (no CRC to vouch for bytes never checked). A frame damaged on disk
-    goes out as it is, for the cloud to reject and count; it must not stop the agent."""
-    try:
-        frame = decode_frame(payload)
-    except WireError as exc:
-        log.warning("a spooled frame is damaged, sent as it is: %s", exc)
-        return payload
+    frame stays version 1 (no CRC to vouch for bytes never checked). WireError when the
+    frame is damaged (on disk: its CRC no longer matches)."""
+    frame = decode_frame(payload)
     return payload if frame.historical else encode_frame(replace(frame, historical=True))

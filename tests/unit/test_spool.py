@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sparsetel.edge.delivery import Delivery
 from sparsetel.edge.spool import Spool, SpoolError, SpoolLimits, as_historical
+from sparsetel.shared.errors import WireError
 from sparsetel.shared.wire import FLAG_HISTORICAL, Frame, Record, decode_frame, encode_frame
 
 
@@ -121,10 +123,38 @@ def test_historical_flag_keeps_a_version_1_frame_version_1() -> None:
     assert as_historical(v1) == v1[:3] + bytes([v1[3] | FLAG_HISTORICAL]) + v1[4:]
 
 
-def test_a_damaged_spooled_frame_goes_out_as_it_is(caplog: pytest.LogCaptureFixture) -> None:
+class _Publisher:
+    """What Delivery needs of a Publisher: room always, and a record of what went out."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def publish_frame(self, payload: bytes, tag: int | None = None) -> bool:
+        self.sent.append(payload)
+        return True
+
+    def has_room(self) -> bool:
+        return True
+
+
+def test_a_frame_damaged_in_the_spool_is_dropped_and_counted_not_resent_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     damaged = bytearray(frame(4))
     damaged[17] ^= 0x04  # a bit of seq, flipped on disk: the CRC no longer matches
-    assert as_historical(bytes(damaged)) == damaged  # for the cloud to reject, not a crash
+    with pytest.raises(WireError, match="crc"):
+        as_historical(bytes(damaged))
+    spool = Spool(tmp_path / "spool.db")
+    for seq, payload in enumerate([frame(3), bytes(damaged), frame(5)]):
+        spool.put(3, seq, payload)
+    publisher = _Publisher()
+    delivery = Delivery(spool, publisher, confirm_wait_s=30.0)  # type: ignore[arg-type]
+    delivery.replay(threading.Event())  # (it raised here before: the agent could not start)
+    assert [decode_frame(p).seq for p in publisher.sent] == [3, 5]
+    assert delivery.stats.damaged == 1 and delivery.stats.replayed == 2
+    assert spool.depth == 2  # the damaged one is gone; the others wait for their receipts
     assert "damaged" in caplog.text
 
 
