@@ -8,7 +8,10 @@ import time
 from collections import Counter
 from typing import Any
 
-__all__ = ["ServiceStats", "Throttle"]
+__all__ = ["MAX_GAP_EDGES", "OTHER_EDGES", "ServiceStats", "Throttle"]
+
+MAX_GAP_EDGES = 10_000  # edges whose sequence gaps are counted one by one
+OTHER_EDGES = "(other edges)"  # where the gaps of the edges beyond are counted
 
 
 class ServiceStats:
@@ -32,7 +35,11 @@ class ServiceStats:
             self._rejects[reason] += 1
 
     def gap(self, edge: str, missing: int) -> None:
+        """Count a sequence gap of `edge`; past MAX_GAP_EDGES edges (one entry each, for as
+        long as the service runs), the gaps of further edges are counted together."""
         with self._lock:
+            if edge not in self._gaps and len(self._gaps) >= MAX_GAP_EDGES:
+                edge = OTHER_EDGES
             self._gaps[edge] += 1
             self._counts["missing_frames"] += missing
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 20  # killed workers started again, in all, before giving up on restarting
 _SUMMED = (
     *("messages", "frames_ok", "records_stored", "duplicates", "predictions", "parked"),
-    *("acks", "queue_waits", "queue_full", "takeovers"),
+    *("acks", "queue_waits", "queue_full", "takeovers", "clones", "frames_v1", "unparked"),
 )
 
 

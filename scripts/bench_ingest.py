@@ -139,7 +139,9 @@ def _own_broker(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     dev = (Path(__file__).parents[1] / "deploy" / "mosquitto" / "dev.conf").read_text()
     conf = work / "mosquitto.conf"
     conf.write_text(
-        dev.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        dev.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1").replace(
+            "persistence_location /var/tmp/", f"persistence_location {work}/"
+        )  # its own database, not the one a dev broker on this machine keeps
         + f"user {getpass.getuser()}\n"
     )
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)

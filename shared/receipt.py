@@ -15,9 +15,11 @@ more resend) after the decoder has committed the frames it names. It is JSON, re
 
 `seqs` are inclusive ranges of seq of that bdSeq, sorted and disjoint. A frame is confirmed
 once its handling is final: stored, a repeat of a stored one, parked for a model not
-registered yet, or refused for a reason that resending cannot change (its model's L or K
-differ, its codes do not decode). A frame refused for a passing reason (the store failed, a
-flood) is not confirmed, so it comes again.
+registered yet, held for an operator (a clone: its key is stored with other content; or its
+times lie outside the window the decoder takes), or refused for a reason that resending
+cannot change (its model's L or K differ, its codes do not decode). A frame refused for a
+passing reason (the store failed, a flood, the parked or held frames are at their bound, its
+bytes were damaged on the way) is not confirmed, so it comes again.
 """
 
 from __future__ import annotations

@@ -359,3 +359,18 @@ def test_old_version_frames_are_counted(store: Store) -> None:
     assert ingest.handle(TOPIC, old, NOW) == "stored"
     assert ingest.handle(TOPIC, _bytes(1), NOW) == "stored"
     assert ingest.stats.get("frames_v1") == 1
+
+
+def test_sequence_gaps_are_counted_per_edge_up_to_a_bound_then_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sparsetel.cloud.stats as stats_module
+
+    monkeypatch.setattr(stats_module, "MAX_GAP_EDGES", 3)
+    stats = stats_module.ServiceStats()
+    for i in range(6):
+        stats.gap(f"e{i}", 2)
+    stats.gap("e0", 1)  # an edge counted already keeps its own entry
+    gaps = stats.snapshot()["gaps"]
+    assert gaps == {"e0": 2, "e1": 1, "e2": 1, stats_module.OTHER_EDGES: 3}
+    assert stats.get("missing_frames") == 13
