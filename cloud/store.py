@@ -26,6 +26,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsetel.shared.errors import SparsetelError
+
 from .accuracy import SUMS, AccuracyRow
 from .reads import StoreReads
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
@@ -410,8 +412,9 @@ def _open_postgresql(url: str) -> Store:
 
     try:
         conn = psycopg.connect(url, autocommit=True)
-    except psycopg.Error as exc:
-        raise RuntimeError(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+    except psycopg.Error as exc:  # one line: libpq's message spans several
+        reason = " ".join(str(exc).split())
+        raise SparsetelError(f"cannot connect to PostgreSQL: {reason}") from exc
     return Store(conn, "postgresql")
 
 

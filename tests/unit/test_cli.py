@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,20 @@ def test_a_reader_refuses_a_database_that_is_not_there_and_creates_nothing(
         == f"sparsetel {command[0]}: no database at {missing} (`sparsetel serve --db` creates one)"
     )
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: c[0])
+def test_a_reader_says_in_one_line_when_postgresql_does_not_answer(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://nobody@127.0.0.1:{port}/none?connect_timeout=2"
+    assert main([command[0], "--db", url, *command[1:]]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sparsetel {command[0]}: cannot connect to PostgreSQL: "), err
+    assert "\n" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
