@@ -7,22 +7,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import HEADER_SIZE, Frame, Record, encode_frame
+from tests.helpers import FakeCodec, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,35 +28,7 @@ L, K = 4, 32
 T0_MS = (int(time.time()) - 600) * 1000  # recent: inside serve's window for frame times
 
 
-class FakeCodec:
-    """A Decoder for tests: KPIs [nnz, sum of indices], prediction = sum of window counts."""
-
-    def __init__(self) -> None:
-        self.manifest = ModelManifest(
-            model_sha256="c1" * 32, L=L, K=K, kpis=("a", "b"),
-            norms=(KpiNorm("a", 0.0, 1.0), KpiNorm("b", 0.0, 1.0)),
-            target="a", horizon=1, window=2, opset=17,
-        )  # fmt: skip
-        self.window, self.horizon = 2, 1
-
-    def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([[len(c), sum(c)] for c in codes], dtype=np.float32)
-
-    def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.zeros((len(codes), K), np.float32)
-        for i, c in enumerate(codes):
-            np.add.at(out[i], list(c), 1.0)
-        return out
-
-    def predict(self, count_windows: np.ndarray) -> np.ndarray:
-        return count_windows.sum(axis=(1, 2))
-
-    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
-        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
-        return self.predict(np.ascontiguousarray(windows))
-
-
-CODEC = FakeCodec()
+CODEC = FakeCodec(L, K, 2, sha="c1")
 
 
 @pytest.fixture
@@ -73,15 +43,6 @@ def client(broker_url: str) -> Iterator[mqtt.Client]:
     yield pub
     pub.disconnect()
     pub.loop_stop()
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_no_header_byte_flip_of_a_frame_is_stored(
@@ -100,7 +61,7 @@ def test_no_header_byte_flip_of_a_frame_is_stored(
         for payload in [*flips, good]:
             client.publish(data_topic(group, "edge-a"), payload, qos=1).wait_for_publish(10)
         assert service.wait_for_records(3, timeout=20)
-        assert _wait_until(lambda: service.stats()["messages"] == len(flips) + 1)
+        assert wait_until(lambda: service.stats()["messages"] == len(flips) + 1, 20.0)
         stats = service.stats()
     finally:
         service.stop()

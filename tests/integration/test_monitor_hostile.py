@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from sparsetel.shared.health import beat_payload
 from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import health_topic, state_topic
 from tests.conftest import free_port
-from tests.helpers import ANY_TIME
+from tests.helpers import ANY_TIME, wait_until
 from tests.unit.test_service import TOPIC, FakeCodec, _frame
 
 pytestmark = pytest.mark.integration
@@ -205,15 +205,6 @@ class _Sender:
         self.client.loop_stop()
 
 
-def _wait_until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _good_birth(group: str, edge: str) -> bytes:
     state = state_from_manifest(
         FakeCodec().manifest, edge=edge, group=group, bd_seq=0, agent_version="it",
@@ -254,8 +245,8 @@ def test_malformed_births_and_heartbeats_are_rejected_and_the_fleet_still_shows(
         sender.send(health_topic(group, "edge-a"), good)
         for topic, payload in bad:
             sender.send(topic, payload)
-        assert _wait_until(lambda: sum(service.stats()["rejects"].values()) == len(bad))
-        assert _wait_until(lambda: service.stats()["dead_letters"] == len(bad))
+        assert wait_until(lambda: sum(service.stats()["rejects"].values()) == len(bad), 30.0)
+        assert wait_until(lambda: service.stats()["dead_letters"] == len(bad), 30.0)
         stats = service.stats()
     finally:
         service.stop()

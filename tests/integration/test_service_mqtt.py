@@ -10,23 +10,21 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.registry import ModelRegistry
 from sparsetel.cloud.service import DecoderService, ServeConfig
 from sparsetel.cloud.store import open_store
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
+from tests.helpers import FakeCodec, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,35 +32,7 @@ L, K, W = 4, 32, 2
 T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
 
 
-class FakeCodec:
-    """A Decoder for tests: KPIs [nnz, sum of indices], prediction = sum of window counts."""
-
-    def __init__(self) -> None:
-        self.manifest = ModelManifest(
-            model_sha256="5e" * 32, L=L, K=K, kpis=("a", "b"),
-            norms=(KpiNorm("a", 0.0, 1.0), KpiNorm("b", 0.0, 1.0)),
-            target="a", horizon=1, window=W, opset=17,
-        )  # fmt: skip
-        self.window, self.horizon = W, 1
-
-    def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([[len(c), sum(c)] for c in codes], dtype=np.float32)
-
-    def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.zeros((len(codes), K), np.float32)
-        for i, c in enumerate(codes):
-            np.add.at(out[i], list(c), 1.0)
-        return out
-
-    def predict(self, count_windows: np.ndarray) -> np.ndarray:
-        return count_windows.sum(axis=(1, 2))
-
-    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
-        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
-        return self.predict(np.ascontiguousarray(windows))
-
-
-CODEC = FakeCodec()
+CODEC = FakeCodec(L, K, W, sha="5e")
 REF = CODEC.manifest.model_ref
 
 
@@ -113,15 +83,6 @@ def _service(url: str, group: str, db: Path, client_id: str | None = None) -> De
     return service
 
 
-def _wait_until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _forget_session(url: str, client_id: str) -> None:
     """Drop the broker's persistent session of `client_id` (clean connect, then leave)."""
     Publisher(url, client_id=client_id, clean=True).close()
@@ -146,7 +107,7 @@ def test_valid_frames_stored_exactly_once_garbage_and_duplicates_counted(
         publisher.send(state, b"{broken json")
         publisher.send(data_topic(group, "edge-b"), _frame(0, n=5))
         assert service.wait_for_records(6 * 2 + 5, timeout=30)
-        assert _wait_until(lambda: service.stats()["messages"] == 12)
+        assert wait_until(lambda: service.stats()["messages"] == 12, 15.0)
         stats = service.stats()
     finally:
         service.stop()
@@ -176,7 +137,7 @@ def test_service_resubscribes_after_the_broker_drops_it(
         # Same client id with a clean session: the broker drops the service and forgets its
         # subscriptions, so frames arrive again only if on_connect subscribes anew.
         _forget_session(broker_url, client_id)
-        assert _wait_until(lambda: service.stats()["connects"] >= 2, timeout=30)
+        assert wait_until(lambda: service.stats()["connects"] >= 2, timeout=30)
         assert service.wait_until_subscribed(timeout=15)
         publisher.send(data_topic(group, "e"), _frame(1))
         assert service.wait_for_records(4, timeout=15)
@@ -201,7 +162,7 @@ def test_frames_sent_while_the_service_is_down_arrive_after_restart(
         second = _service(broker_url, group, db, client_id=client_id)
         try:
             assert second.wait_for_records(8, timeout=30)
-            assert _wait_until(lambda: second.stats()["duplicates"] == 1), second.stats()
+            assert wait_until(lambda: second.stats()["duplicates"] == 1, 15.0), second.stats()
         finally:
             second.stop()
     finally:
@@ -233,8 +194,8 @@ def test_rejected_messages_are_copied_to_the_dead_letter_topic_and_floods_held_b
         publisher.send(edge, garbage)
         for seq in range(70):  # the garbage and frame 0 pass the flood limit, 69 do not
             publisher.send(edge, _frame(seq))
-        assert _wait_until(lambda: service.stats()["messages"] == 71)
-        assert _wait_until(lambda: service.stats()["dead_letters"] >= 50)
+        assert wait_until(lambda: service.stats()["messages"] == 71, 15.0)
+        assert wait_until(lambda: service.stats()["dead_letters"] >= 50, 15.0)
         time.sleep(0.5)
         stats = service.stats()
     finally:
@@ -244,7 +205,7 @@ def test_rejected_messages_are_copied_to_the_dead_letter_topic_and_floods_held_b
     # copies: a burst of 50 per edge (and 10 more a second), the rest counted as held back
     copied = stats["dead_letters"]
     assert copied + stats["dead_letters_held"] == 70 and 50 <= copied < 70
-    assert _wait_until(lambda: len(received) == copied)
+    assert wait_until(lambda: len(received) == copied, 15.0)
     letters = [json.loads(m.payload) for m in received]
     assert {m.topic for m in received} == {f"sparsetel/v1/{group}/DEAD/noisy"}
     first = letters[0]
