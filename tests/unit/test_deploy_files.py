@@ -128,6 +128,19 @@ def test_every_shipped_broker_config_bounds_packets_above_a_frame_and_a_bundle(
         assert size > MAX_BUNDLE_BYTES + 1024, name
 
 
+def test_the_broker_unit_hands_the_persistence_folder_to_the_user_mosquitto_runs_as() -> None:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read(DEPLOY / "mosquitto" / "sparsetel-broker.service")
+    service = parser["Service"]
+    assert shlex.split(service["ExecStart"])[-1] == "/etc/sparsetel/broker/mosquitto.conf"
+    # provision.py's defaults: --data /var/lib/mosquitto, --run-as mosquitto
+    pre = shlex.split(service["ExecStartPre"])
+    assert pre[:2] == ["/usr/bin/install", "-d"] and pre[-1] == "/var/lib/mosquitto"
+    assert pre[pre.index("-o") + 1] == "mosquitto"
+    source = (DEPLOY / "mosquitto" / "provision.py").read_text()
+    assert 'default=Path("/var/lib/mosquitto")' in source and 'default="mosquitto"' in source
+
+
 def test_the_dev_broker_keeps_its_database_where_anyone_can_write() -> None:
     options = _options((DEPLOY / "mosquitto" / "dev.conf").read_text())
     folder = Path(options["persistence_location"])
