@@ -172,7 +172,7 @@ def _report(name: str, db: Path, expected: dict[str, list[int]], **more: Any) ->
 
 # -- a burst through a tiny queue ------------------------------------------------------------
 
-BURST_AGENTS, BURST_ROWS, BURST_QUEUE = 3, 1500, 8
+BURST_AGENTS, BURST_ROWS, BURST_QUEUE = 4, 2500, 8
 
 
 def test_a_burst_of_agent_backlogs_through_a_tiny_queue_is_stored_exactly_once(
