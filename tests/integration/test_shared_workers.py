@@ -21,7 +21,8 @@ from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
 from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
-from tests.integration.test_service_mqtt import CODEC, Publisher, _frame, _wait_until, publisher
+from tests.helpers import wait_until
+from tests.integration.test_service_mqtt import CODEC, Publisher, _frame, publisher
 from tests.quickrun import quick_exported_run, quick_run
 
 __all__ = ["publisher"]  # a fixture, used by name
@@ -65,7 +66,7 @@ def test_two_shared_workers_split_the_frames_and_store_each_once(
         publisher.send(data_topic(group, "a"), _frame(3))  # a repeat, as after a reconnect
         publisher.send(data_topic(group, "b"), _frame(3))
         total = lambda: sum(w.stats()["frames_ok"] + w.stats()["duplicates"] for w in workers)  # noqa: E731
-        assert _wait_until(lambda: total() == 2 * 29 + 2, timeout=20)
+        assert wait_until(lambda: total() == 2 * 29 + 2, timeout=20)
     finally:
         for worker in workers:
             worker.stop()
