@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsetel.shared.errors import WireError
-from sparsetel.shared.health import MAX_BEAT_BYTES, parse_beat
+from sparsetel.shared.health import parse_beat
 from sparsetel.shared.state import parse_state, state_record
 from sparsetel.shared.topics import parse_topic
 from sparsetel.shared.wire import Frame, decode_frame
@@ -56,7 +56,6 @@ __all__ = ["ACCEPTED", "FrameIngest", "IngestLimits", "ServiceStats", "Throttle"
 ACCEPTED = frozenset(
     {"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored", "health"}
 )
-MAX_HEALTH_BYTES = MAX_BEAT_BYTES  # a heartbeat (`sparsetel.shared.health`)
 # Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
 # Not final: what may pass ("store_error", "flood", "park_full", "held_full", "internal")
 # and a malformed frame (its bytes may have been damaged on the way; its header is not
@@ -232,7 +231,7 @@ class FrameIngest:
         now_ms: int,
         kpis: np.ndarray | None = None,
     ) -> str:
-        if getattr(frame, "version", 1) == 1:
+        if frame.version == 1:
             self.stats.add("frames_v1")
         outside = self.limits.time_window_error(frame, now_ms)
         if outside is not None:
