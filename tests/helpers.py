@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sparsetel.cloud.limits import IngestLimits
+from sparsetel.cloud.schema import MIGRATIONS
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 
 # For tests whose frames carry fixed synthetic times (1970, November 2023) rather than times
@@ -56,3 +59,20 @@ class FakeCodec:
     def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
         windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
         return self.predict(np.ascontiguousarray(windows))
+
+
+def store_a_frame_before_digests(
+    url: str | Path, key: tuple[str, int], model_ref: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store frame (edge, bd_seq, 0) in the database at `url` as the code before schema
+    version 7 did (no digest column yet), then put every migration back."""
+    import sparsetel.cloud.store as store_module
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
+    with store_module.open_store(url) as old:
+        old._execute(
+            "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, "
+            "received_ms) VALUES (?, ?, 0, ?, 2, 42, ?, 1)",
+            (*key, model_ref.hex(), False),
+        )
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
-from tests.helpers import ANY_TIME
+from tests.helpers import ANY_TIME, store_a_frame_before_digests
 
 pytestmark = pytest.mark.integration
 
@@ -207,16 +207,7 @@ def test_postgres_keeps_digests_and_held_frames_and_counts_them(pg_url: str) -> 
 def test_postgres_frames_stored_before_the_digest_migration_have_no_digest(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sparsetel.cloud.store as store_module
-
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
-    with open_store(pg_url) as old:  # a frame as the code before digests stored it
-        old._execute(
-            "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, "
-            "received_ms) VALUES (?, ?, 0, ?, 2, 42, ?, 1)",
-            ("pg-edge", 1, REF.hex(), False),
-        )
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    store_a_frame_before_digests(pg_url, ("pg-edge", 1), REF, monkeypatch)
     with open_store(pg_url) as new:
         assert new.schema_version() == len(MIGRATIONS)
         assert new.stored_digest("pg-edge", 1, 0) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from tests.helpers import store_a_frame_before_digests
 
 REF = bytes.fromhex("0123456789abcdef")
 
@@ -303,17 +304,8 @@ def test_a_frame_keeps_its_digest_and_a_held_frame_is_kept_once(store: Store) ->
 def test_frames_stored_before_the_digest_migration_have_no_digest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sparsetel.cloud.store as store_module
-
     path = tmp_path / "v6.db"
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
-    with open_store(path) as old:  # a frame as the code before digests stored it
-        old._execute(
-            "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, "
-            "received_ms) VALUES (?, ?, 0, ?, 2, 42, ?, 1)",
-            ("edge-1", 0, REF.hex(), False),
-        )
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    store_a_frame_before_digests(path, ("edge-1", 0), REF, monkeypatch)
     with open_store(path) as new:
         assert new.schema_version() == len(MIGRATIONS)
         assert new.stored_digest("edge-1", 0, 0) is None
