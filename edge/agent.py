@@ -4,7 +4,7 @@
 before touching the network: ids are checked, the model's sha256, self-test and KPI schema
 are verified and the source is opened (`edge.framer.Framer`); bdSeq (``state_dir/bdseq``)
 is incremented and persisted, so every run has a new bdSeq even after a crash (a new state
-directory, by default a per-user folder, starts at a random one; see `edge.state`). Then it
+directory, by default a per-user folder, starts at a random one; see `edge.statedir`). Then it
 connects: a broker that does not answer within `connect_timeout_s` is retried in the
 background (with jittered backoff) while the agent measures into its spool; one that refuses
 it is fatal. At the end of the source, or on SIGTERM/SIGINT, it flushes the partial batch,
@@ -18,9 +18,9 @@ The parts, each in its module:
 - `edge.delivery` and `edge.spool`: every frame on disk before it is published, until the
   broker acknowledges it; leftovers of earlier runs first, flagged historical; a CSV replay
   resumes after the last spooled frame.
-- `edge.updater` and `edge.models`: signed model deployment, switch between two frames,
+- `edge.updater` and `edge.modelslots`: signed model deployment, switch between two frames,
   automatic and commanded rollback.
-- `edge.health`: heartbeats on HEALTH every `health_interval_s`.
+- `edge.heartbeat`: heartbeats on HEALTH every `health_interval_s`.
 - `edge.publisher`: the paho client (birth, death as last will, NCMD, QoS 1 frames).
 """
 
@@ -31,15 +31,14 @@ import logging
 import time
 from typing import IO
 
-from sparsetel.shared.errors import ConfigError, SparsetelError
-from sparsetel.shared.signals import stop_on_signals
-
-from .config import EdgeConfig
+from ..shared.errors import ConfigError, SparsetelError
+from ..shared.signals import stop_on_signals
 from .delivery import Delivery
 from .framer import AgentStats, Framer
 from .publisher import Publisher
+from .settings import EdgeConfig
 from .spool import Spool, SpoolLimits
-from .state import BDSEQ_FILE, lock_state_dir, next_bd_seq
+from .statedir import BDSEQ_FILE, lock_state_dir, next_bd_seq
 from .updater import Updater
 
 __all__ = ["AgentStats", "EdgeConfig", "run_agent"]

@@ -24,9 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from sparsetel.shared.errors import WireError
-from sparsetel.shared.receipt import decode_receipt
-
+from ..shared.errors import WireError
+from ..shared.receipt import decode_receipt
 from .publisher import Publisher
 from .spool import Spool, SpoolError, as_historical
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE, ModelManifest
+from ..shared.errors import ModelMismatchError
+from ..shared.manifest import ENCODER_FILE, MANIFEST_FILE, ModelManifest
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxEncoder"]
 

@@ -5,7 +5,7 @@ model's sha256, self-test and KPI schema, the source) and runs the loop: gather 
 measurements (`edge.intake`), drop those out of the model's range, encode them in one
 onnxruntime call, build frame seq 0, 1, 2, ... of the bdSeq and hand it to the delivery
 (`edge.delivery`: spool first, then the broker). Between frames it switches to a staged
-model (`edge.models`) and announces it in a fresh birth; a new model failing on probation is
+model (`edge.modelslots`) and announces it in a fresh birth; a new model failing on probation is
 replaced by the previous one and the batch re-encoded. `edge.agent` runs it end to end.
 """
 
@@ -21,21 +21,20 @@ from typing import IO, Any
 
 import numpy as np
 
-from sparsetel import __version__
-from sparsetel.shared.errors import SparsetelError, WireError
-from sparsetel.shared.kpi import parse_sentinels
-from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
-from sparsetel.shared.topics import validate_id
-from sparsetel.shared.wire import Frame, Record, encode_frame
-
-from .config import EdgeConfig
+from .. import __version__
+from ..shared.birth import birth_payload, death_payload, state_from_manifest
+from ..shared.errors import SparsetelError, WireError
+from ..shared.kpi import parse_sentinels
+from ..shared.topics import validate_id
+from ..shared.wire import Frame, Record, encode_frame
 from .delivery import Delivery
 from .encoder import OnnxEncoder
-from .health import Heartbeat
+from .heartbeat import Heartbeat
 from .intake import Intake
-from .models import ModelSlot
+from .modelslots import ModelSlot
 from .publisher import Publisher
 from .replay import open_source
+from .settings import EdgeConfig
 from .source import Measurement
 from .spool import Spool
 from .updater import ModelStore, Updater, load_trust_key
@@ -190,7 +189,7 @@ class Framer:
         return death_payload(self.edge, self.group, self.bd_seq, time.time_ns() // 10**6)
 
     def counters(self, publisher: Publisher) -> dict[str, Any]:
-        """What a heartbeat reports besides time and encode latency (`edge.health`)."""
+        """What a heartbeat reports besides time and encode latency (`edge.heartbeat`)."""
         spool = self.delivery.spool if self.delivery else None
         return {
             "edge": self.edge,

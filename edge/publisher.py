@@ -31,9 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.deployment import parse_command
-from sparsetel.shared.topics import (
+from ..shared.commands import parse_command
+from ..shared.config import BrokerConfig, parse_broker_url
+from ..shared.topics import (
     data_topic,
     deploy_topic,
     health_topic,
@@ -41,7 +41,6 @@ from sparsetel.shared.topics import (
     receipt_topic,
     state_topic,
 )
-
 from .backoff import Backoff
 
 __all__ = ["Publisher", "PublisherStats"]
@@ -83,7 +82,7 @@ class Publisher:
     (0 = unbounded). `on_frame_acked(tag)` is called, from paho's network thread, when the
     broker acknowledges a frame published with a `tag` (the spool's id of the frame).
     `on_command(command)` gets every NCMD command but ``rebirth`` (a dict, see
-    `sparsetel.shared.deployment.parse_command`), also from paho's thread: it must not block.
+    `sparsetel.shared.commands.parse_command`), also from paho's thread: it must not block.
     With `on_receipt(payload)` the client also subscribes to its ACK topic and hands over the
     cloud's store receipts (`sparsetel.shared.receipt`), likewise from paho's thread.
     """

@@ -26,9 +26,8 @@ from typing import IO, Any, TextIO, cast
 
 import numpy as np
 
-from sparsetel.shared.errors import ConfigError, DataError
-from sparsetel.shared.kpi import Sentinels, column_key, match_columns
-
+from ..shared.errors import ConfigError, DataError
+from ..shared.kpi import Sentinels, column_key, match_columns
 from .source import CallableSource, Measurement, MeasurementSource
 
 __all__ = ["MAX_LINE_BYTES", "CsvReplaySource", "JsonLinesSource", "open_source"]

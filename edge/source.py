@@ -2,11 +2,12 @@
 
 Every source yields `Measurement`s (a time in ms and D float32 KPI values, NaN = missing) for
 a fixed tuple of KPI names, and follows one cell rule, `sparsetel.shared.kpi.parse_value`, as
-training does (`sparsetel.cloud.data`): missing tokens, sentinel values and cells that are not
-numbers become NaN and are counted (`stats.cells` by status, `stats.invalid_cells` by KPI),
-and the measurement is kept with that KPI missing. Only a measurement that cannot be read at
-all (the wrong number of KPIs, unreadable JSON, an unusable time) is counted by reason in
-`stats.rejects` and skipped. A source never raises for bad input once it has started.
+training does (`sparsetel.cloud.data.datasets`): missing tokens, sentinel values and cells
+that are not numbers become NaN and are counted (`stats.cells` by status,
+`stats.invalid_cells` by KPI), and the measurement is kept with that KPI missing. Only a
+measurement that cannot be read at all (the wrong number of KPIs, unreadable JSON, an
+unusable time) is counted by reason in `stats.rejects` and skipped. A source never raises
+for bad input once it has started.
 
 - `MeasurementSource` is the base: limit, stop, clock and counters.
 - `CallableSource` is the hook for a custom Python collector (a modem, an SNMP poller, ...).
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsetel.shared.kpi import INVALID, OK, Sentinels, parse_value
+from ..shared.kpi import INVALID, OK, Sentinels, parse_value
 
 __all__ = [
     "CallableSource",

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sparsetel.shared.errors import SparsetelError
-from sparsetel.shared.wire import decode_frame, encode_frame
+from ..shared.errors import SparsetelError
+from ..shared.wire import decode_frame, encode_frame
 
 __all__ = ["Spool", "SpoolError", "SpoolLimits", "SpoolStats", "Spooled", "as_historical"]
 

@@ -1,7 +1,7 @@
 """Model updates on the edge: fetch a signed bundle, check it every way, hand it to the agent,
 and keep the previous model ready to go back to.
 
-A ``deploy`` command on NCMD (`sparsetel.shared.deployment`) names a model; the updater thread
+A ``deploy`` command on NCMD (`sparsetel.shared.commands`) names a model; the updater thread
 fetches its bundle, retained on ``.../MODEL/{model_ref}``, and refuses it (step ``rejected``,
 the running model untouched) unless, in this order:
 
@@ -11,7 +11,7 @@ the running model untouched) unless, in this order:
 3. onnxruntime loads the graph and it has the encoder's inputs and outputs;
 4. its KPI schema is the source's, and it reproduces the manifest's probe codes (self-test).
 
-Then it reports ``verified`` and stages the encoder (`edge.models.ModelSlot`); the agent's
+Then it reports ``verified`` and stages the encoder (`edge.modelslots.ModelSlot`); the agent's
 frame loop switches between two frames (no measurement is dropped: a batch is encoded whole
 by one model), publishes a fresh birth naming the new model, and reports ``switched``. If
 the new model fails within its first `probation_frames` frames, the agent goes back to the
@@ -43,12 +43,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from sparsetel.shared.bundle import Bundle, signed_message, unpack_bundle
-from sparsetel.shared.deployment import DeployReport, Step
-from sparsetel.shared.errors import ConfigError, ModelMismatchError
-from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE
-from sparsetel.shared.topics import model_topic
-
+from ..shared.bundle import Bundle, signed_message, unpack_bundle
+from ..shared.commands import DeployReport, Step
+from ..shared.errors import ConfigError, ModelMismatchError
+from ..shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from ..shared.topics import model_topic
 from .encoder import OnnxEncoder
 
 __all__ = ["SIGNATURE_FILE", "ActiveModels", "ModelStore", "Staged", "Updater", "load_trust_key"]

@@ -38,10 +38,10 @@ GOAL_RSS_MB = 150.0
 
 
 def _model(work: Path) -> Path:
-    from sparsetel.cloud.demo import DEMO_KPIS, DEMO_TARGET
-    from sparsetel.cloud.export import export_run
-    from sparsetel.cloud.simulator import write_sessions
-    from sparsetel.cloud.train import TrainOptions, train_run
+    from sparsetel.cloud.codec.export import export_run
+    from sparsetel.cloud.data.simulator import write_sessions
+    from sparsetel.cloud.demo.pipeline import DEMO_KPIS, DEMO_TARGET
+    from sparsetel.cloud.training.train import TrainOptions, train_run
 
     data = work / "data"
     write_sessions(data, n_sessions=6, rows=1200, seed=0)

@@ -10,7 +10,7 @@ end through the real Mosquitto into SQLite and PostgreSQL with 1, 2 and 4 decode
    the exported ONNX encoder into frames of 50, as an edge would.
 2. Decode only, one thread (torch and numpy on one core): wire decoding plus the model's
    decoder, measurements per second, median of 11 interleaved rounds: as a worker decodes
-   (the frames of a batch of 64 together, `cloud.ingest.decode_many`), one frame at a time,
+   (the frames of a batch of 64 together, `cloud.ingest.handler.decode_many`), one frame at a time,
    and one frame at a time with the predictor.
 3. End to end: `sparsetel serve --workers N` as a process, the frames published QoS 1 by one
    client as fast as the broker takes them, once every worker is subscribed. Throughput is
@@ -48,10 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_edge import _model, _rows  # the same model and simulated sessions as the edge's
 
-from sparsetel.cloud.codec import CloudCodec
-from sparsetel.cloud.ingest import decode_many
-from sparsetel.cloud.service import BATCH_MAX
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.codec.decoder import CloudCodec
+from sparsetel.cloud.ingest.handler import decode_many
+from sparsetel.cloud.ingest.service import BATCH_MAX
+from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import parse_broker_url
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame

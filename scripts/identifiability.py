@@ -3,7 +3,7 @@
 For each seed: simulate the default sessions (`write_sessions`: 6 x 1800 rows) into a temporary
 folder, train a run on the 9 simulator KPIs (target DL_bitrate), encode every session with the
 deterministic edge encoder and score the run's TEST sessions (split.json) against the hidden
-``state`` column with `sparsetel.cloud.codestats`:
+``state`` column with `sparsetel.cloud.training.codeusage`:
 
 - code sets as clusters: number used, purity, AMI, NMI, per-state recall;
 - per-code purity; codes used per measurement;
@@ -36,18 +36,18 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from sparsetel.cloud.codestats import (
+from sparsetel.cloud.codec.export import encode_torch
+from sparsetel.cloud.codec.model import CHECKPOINT_FILE, Checkpoint
+from sparsetel.cloud.data.datasets import load_dataset
+from sparsetel.cloud.data.simulator import KPI_COLUMNS, write_sessions
+from sparsetel.cloud.training.codeusage import (
     kmeans_baseline,
     read_labels,
     sparsity_report,
     transfer_accuracy,
     vote_accuracy,
 )
-from sparsetel.cloud.data import load_dataset
-from sparsetel.cloud.export import encode_torch
-from sparsetel.cloud.model import CHECKPOINT_FILE, Checkpoint
-from sparsetel.cloud.simulator import KPI_COLUMNS, write_sessions
-from sparsetel.cloud.train import TrainOptions, load_split, train_run
+from sparsetel.cloud.training.train import TrainOptions, load_split, train_run
 
 log = logging.getLogger("identifiability")
 

@@ -12,7 +12,7 @@ Layout (integers big-endian)::
 The signature covers `signed_message(manifest_bytes)`: a context string and the manifest's
 exact bytes. The manifest names the encoder's sha256, so a valid signature vouches for the
 encoder too once its hash is checked. Signing and verifying need the `cryptography` package
-and live in `cloud.keys` and `edge.updater`; this module only packs and unpacks bytes.
+and live in `cloud.fleet.keys` and `edge.updater`; this module only packs and unpacks bytes.
 """
 
 from __future__ import annotations

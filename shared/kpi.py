@@ -10,8 +10,8 @@ A KPI cell is text (or, from JSON, a number or null). It becomes a float or NaN 
   globally or for one column (``RSRP=-200``);
 - ``"ok"``: a finite number.
 
-Nothing non-numeric ever becomes a number silently. ``cloud.data`` applies the same rule to whole
-columns with pandas, using `NUMBER_PATTERN` and `MISSING_TOKENS` from here.
+Nothing non-numeric ever becomes a number silently. ``cloud.data.datasets`` applies the same rule
+to whole columns with pandas, using `NUMBER_PATTERN` and `MISSING_TOKENS` from here.
 """
 
 from __future__ import annotations

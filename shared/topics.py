@@ -100,7 +100,7 @@ def model_topic(group: str, model_ref_hex: str) -> str:
 
 
 def dead_letter_topic(group: str, edge: str) -> str:
-    """Where the cloud copies the messages of `edge` it rejected (see `cloud.deadletter`)."""
+    """Where the cloud copies the messages of `edge` it rejected (see `cloud.ingest.deadletter`)."""
     return _topic("DEAD", group, edge)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsetel import __version__
+from . import __version__
 
 __all__ = ["main"]
 
@@ -363,7 +363,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.train import TrainOptions, train_run
+    from .cloud.training.train import TrainOptions, train_run
 
     options = TrainOptions.from_cli(args)
     run = train_run(options)
@@ -376,7 +376,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.export import export_run
+    from .cloud.codec.export import export_run
 
     manifest = export_run(args.run)
     if args.json:
@@ -387,7 +387,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.evaluate import evaluate_run
+    from .cloud.training.evaluate import evaluate_run
 
     result = evaluate_run(
         args.model,
@@ -432,12 +432,12 @@ def _print_sparsity(report: dict[str, Any]) -> None:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.bench.runner import BenchOptions, run_benchmark
+    from .cloud.bench.runner import BenchOptions, run_benchmark
 
     if args.task == "multilabel":
         return _multilabel(args)
     if args.data is None:
-        from sparsetel.shared.errors import ConfigError
+        from .shared.errors import ConfigError
 
         raise ConfigError("--data is required", key="benchmark.data")
     options = BenchOptions.from_cli(args)
@@ -454,8 +454,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _multilabel(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.bench.multilabel import MultilabelOptions, format_table, run_multilabel
-    from sparsetel.cloud.bench.runner import parse_ints
+    from .cloud.bench.multilabel import MultilabelOptions, format_table, run_multilabel
+    from .cloud.bench.runner import parse_ints
 
     options = MultilabelOptions(  # ValueError on a bad option: exit 2 with its message
         datasets=tuple(d.strip() for d in args.datasets.split(",")),
@@ -476,7 +476,7 @@ def _multilabel(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.simulator import write_sessions
+    from .cloud.data.simulator import write_sessions
 
     paths = write_sessions(args.out, n_sessions=args.sessions, rows=args.rows, seed=args.seed)
     print(f"wrote {len(paths)} sessions to {args.out}")
@@ -484,33 +484,33 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_edge(args: argparse.Namespace) -> int:
-    from sparsetel.edge.agent import run_agent
-    from sparsetel.edge.config import edge_config_from_flags
+    from .edge.agent import run_agent
+    from .edge.settings import edge_config_from_flags
 
     return run_agent(edge_config_from_flags(args), print_json=args.json)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.service import run_service, serve_config_from_flags
+    from .cloud.ingest.service import run_service, serve_config_from_flags
 
     return run_service(serve_config_from_flags(args), print_json=args.json)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.query import run_query
+    from .cloud.monitor.query import run_query
 
     return run_query(args.db, args.edge, args.kpi, args.start, args.end, args.limit, args.json)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.status import run_status
+    from .cloud.monitor.status import run_status
 
     return run_status(args.db, args.json, args.window)
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.dashboard import DashboardOptions
-    from sparsetel.cloud.metrics import run_monitor
+    from .cloud.monitor.dashboard import DashboardOptions
+    from .cloud.monitor.server import run_monitor
 
     options = DashboardOptions(
         window_s=args.window,
@@ -532,7 +532,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.keys import keygen
+    from .cloud.fleet.keys import keygen
 
     private_key, public_key = keygen(args.out, force=args.force)
     if args.json:
@@ -559,7 +559,7 @@ def _print_rollout(result: dict[str, Any], success: str) -> None:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.deploy import broker_from_flags, deploy
+    from .cloud.fleet.rollout import broker_from_flags, deploy
 
     result = deploy(
         broker_from_flags(args),
@@ -578,7 +578,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.deploy import broker_from_flags, rollback
+    from .cloud.fleet.rollout import broker_from_flags, rollback
 
     result = rollback(broker_from_flags(args), args.group, edges=args.edges, timeout_s=args.timeout)
     if args.json:
@@ -589,13 +589,13 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.broker import run_broker
+    from .cloud.demo.broker import run_broker
 
     return run_broker(args.host, args.port)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sparsetel.cloud.demo import run_demo
+    from .cloud.demo.pipeline import run_demo
 
     return run_demo(args)
 
@@ -633,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from sparsetel.shared.errors import ConfigError, SparsetelError
+    from .shared.errors import ConfigError, SparsetelError
 
     try:
         return COMMANDS[args.command](args)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sparsetel.cloud.limits import IngestLimits
-from sparsetel.cloud.schema import MIGRATIONS
+from sparsetel.cloud.ingest.limits import IngestLimits
+from sparsetel.cloud.store.schema import MIGRATIONS
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 
 # For tests whose frames carry fixed synthetic times (1970, November 2023) rather than times
@@ -66,7 +66,7 @@ def store_a_frame_before_digests(
 ) -> None:
     """Store frame (edge, bd_seq, 0) in the database at `url` as the code before schema
     version 7 did (no digest column yet), then put every migration back."""
-    import sparsetel.cloud.store as store_module
+    import sparsetel.cloud.store.database as store_module
 
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:6])
     with store_module.open_store(url) as old:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.train import TrainOptions, train_run
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.training.train import TrainOptions, train_run
 
 KPIS = ("RSRP", "RSRQ", "SNR", "CQI", "RSSI", "DL_bitrate", "UL_bitrate", "Speed", "Load")
 TARGET = "DL_bitrate"
@@ -32,7 +32,7 @@ def quick_run(factory: pytest.TempPathFactory) -> Path:
 
 def quick_exported_run(factory: pytest.TempPathFactory) -> Path:
     """`quick_run`, with its encoder exported to ONNX (once) for agents to load."""
-    from sparsetel.cloud.export import export_run
+    from sparsetel.cloud.codec.export import export_run
 
     run = quick_run(factory)
     if not (run / "encoder.onnx").exists():

@@ -19,8 +19,9 @@ import numpy as np
 import zstandard
 from sklearn.decomposition import PCA as _SkPCA
 
-from sparsetel.cloud.bench import entropy, gorilla
-from sparsetel.cloud.bench.method import (
+from ..codec.normaliser import CLIP
+from . import entropy, gorilla
+from .method import (
     FRAME,
     Coded,
     Method,
@@ -28,7 +29,6 @@ from sparsetel.cloud.bench.method import (
     UniformQuantiser,
     frames,
 )
-from sparsetel.cloud.normaliser import CLIP
 
 __all__ = [
     "PCA",

@@ -1,6 +1,6 @@
 """The benchmark's data: one session split and one normaliser, shared by every method and seed.
 
-`load_bench_data` reads a CSV file or folder (`cloud.data.load_dataset`) and splits it by
+`load_bench_data` reads a CSV file or folder (`cloud.data.datasets.load_dataset`) and splits it by
 session file with ``split_sessions(ds, seed=0)`` -- always seed 0, whatever seeds the
 benchmark runs, so every method and every seed sees the very same training, validation and
 test sessions (the seeds vary the methods' and the predictor's own randomness, never the
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsetel.shared.errors import DataError
-from sparsetel.shared.kpi import parse_sentinels
-
-from ..data import Dataset, load_dataset, split_sessions
-from ..normaliser import Normaliser, TargetScaler, fit_normaliser, fit_target_scaler
+from ...shared.errors import DataError
+from ...shared.kpi import parse_sentinels
+from ..codec.normaliser import Normaliser, TargetScaler, fit_normaliser, fit_target_scaler
+from ..data.datasets import Dataset, load_dataset, split_sessions
 from .method import TrainData
 
 __all__ = ["SPLIT_SEED", "BenchData", "TestSession", "load_bench_data"]

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparsetel.shared.errors import DataError
-
-from ..simulator import KPI_COLUMNS, STATES, simulate_sessions
+from ...shared.errors import DataError
+from ..data.simulator import KPI_COLUMNS, STATES, simulate_sessions
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from entmax import sparsemax
 from torch import nn
 
-from ..model import Encoder, ModelConfig, _gumbel_softmax, _usage_kl, bernoulli_kl
+from ..codec.model import Encoder, ModelConfig, _gumbel_softmax, _usage_kl, bernoulli_kl
 
 __all__ = [
     "BASELINES",

@@ -1,7 +1,7 @@
 """The KPI predictor that scores every method's decoded stream: `fit_predictor`, `score_stream`.
 
 One predictor per seed, the project's ceiling architecture (`model.RawPredictor`), trained on
-RAW normalised training windows (`normaliser.make_windows`) exactly as `cloud.trainer` trains
+RAW normalised training windows (`normaliser.make_windows`) exactly as `cloud.training.loop` trains
 its raw predictor (Adam on the scaled target's MSE), with the validation sessions choosing
 the best state. It is then fed each method's DECODED test stream: the decoded KPIs are the
 window inputs and, when the target is one of the KPIs, its decoded value inverse-normalised
@@ -14,7 +14,7 @@ Which KPIs are missing is taken as known (the test mask), for every method alike
 References (`reference_scores`): the same predictor on the raw test stream (the ceiling,
 ``raw_target_*``) and persistence (the floor, ``persistence_target_*``: y[t + h] := the last
 observed y at or before t). Scores are in raw units over the rows t that end a full window of
-W rows of one session and whose target at t + h is observed, as `cloud.evaluate` does.
+W rows of one session and whose target at t + h is observed, as `cloud.training.evaluate` does.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sparsetel.shared.errors import DataError
-
-from ..evaluate import target_scores
-from ..model import ModelConfig, RawPredictor
-from ..normaliser import TargetScaler, Windows, make_windows
+from ...shared.errors import DataError
+from ..codec.model import ModelConfig, RawPredictor
+from ..codec.normaliser import TargetScaler, Windows, make_windows
+from ..training.evaluate import target_scores
 from .dataset import BenchData
 
 __all__ = [

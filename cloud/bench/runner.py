@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sparsetel.shared.errors import ConfigError
-from sparsetel.shared.kpi import parse_kpi_list
-from sparsetel.shared.topics import data_topic
-from sparsetel.shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead
-
-from ..codestats import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
-from ..normaliser import Windows
+from ...shared.errors import ConfigError
+from ...shared.kpi import parse_kpi_list
+from ...shared.topics import data_topic
+from ...shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead
+from ..codec.normaliser import Windows
+from ..training.codeusage import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
 from .dataset import BenchData, load_bench_data
 from .method import Method, frames
 from .predict import (
@@ -82,7 +81,7 @@ SOURCES = (
 # Sources whose families run only when `--methods` names them: the training-objective
 # study trains the deployed codec once per objective, L and seed (minutes each on real data).
 ON_REQUEST = frozenset({"supervised"})
-TOPIC = data_topic("fleet", "edge-0001")  # a typical DATA topic, as `cloud.evaluate` uses
+TOPIC = data_topic("fleet", "edge-0001")  # a typical DATA topic, as `cloud.training.evaluate` uses
 DELTA_BYTES_REGULAR = 0  # per record at regular 1 Hz timing (see shared/wire.py)
 
 

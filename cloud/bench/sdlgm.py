@@ -1,4 +1,4 @@
-"""Our codec in the benchmark: SDLGM with temporal context (`cloud.temporal`) and ablations.
+"""Our codec in the benchmark: SDLGM with temporal context (`cloud.codec.temporal`) and ablations.
 
 Families, each at every L of the sweep:
 - "sdlgm": gated codes, straight-through Gumbel-Softmax, closed-loop temporal context;
@@ -6,7 +6,7 @@ Families, each at every L of the sweep:
 - "sdlgm-relaxed": relaxed (soft) Gumbel-Softmax samples in training instead of
   straight-through;
 - "sdlgm-memoryless": no temporal context, every measurement coded on its own (what the
-  per-measurement SDLGM of `cloud.model` does).
+  per-measurement SDLGM of `cloud.codec.model` does).
 
 L sets the operating point too: the decoder variance aims at ``15 + 7.5 log2 L`` dB (15,
 22.5, 30, 37.5 dB for L = 1, 2, 4, 8), since more codes only pay where finer fidelity is
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import constriction
 import numpy as np
 
-from ..temporal import Codes, TemporalConfig, TemporalSDLGM, code_frames, train_temporal
+from ..codec.temporal import Codes, TemporalConfig, TemporalSDLGM, code_frames, train_temporal
 from .entropy import SymbolTable
 from .method import FRAME, Coded, TrainData, frames
 

@@ -1,4 +1,4 @@
-"""The deployed codec (`cloud.model`) in the benchmark, once per training objective.
+"""The deployed codec (`cloud.codec.model`) in the benchmark, once per training objective.
 
 Families, each at every L of the sweep, all the per-measurement SDLGM that `sparsetel train`
 fits and the edge runs (codes sent as the wire packs them: ``wire.record_bits`` per
@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsetel.shared.wire import record_bits
-
-from ..data import Dataset
-from ..evaluate import target_scores
-from ..model import SDLGM
-from ..normaliser import Windows, make_windows
-from ..train import QUICK, TrainOptions
-from ..trainer import Trainer
+from ...shared.wire import record_bits
+from ..codec.model import SDLGM
+from ..codec.normaliser import Windows, make_windows
+from ..data.datasets import Dataset
+from ..training.evaluate import target_scores
+from ..training.loop import Trainer
+from ..training.train import QUICK, TrainOptions
 from .dataset import BenchData
 from .method import Coded, TrainData
 

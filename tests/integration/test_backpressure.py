@@ -39,8 +39,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import SparsetelError
 from tests.mosquitto import OwnBroker, free_port, shipped_limits

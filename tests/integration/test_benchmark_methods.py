@@ -15,7 +15,7 @@ import pytest
 
 from sparsetel.cli import main
 from sparsetel.cloud.bench.sdlgm import FAMILIES
-from sparsetel.cloud.simulator import simulate_sessions
+from sparsetel.cloud.data.simulator import simulate_sessions
 
 RENAME = {"RSRP": "rsrp (dBm)", "SNR": "snr dB", "CQI": "Cqi", "DL_bitrate": "Thrpt DL"}
 KPIS = ("rsrp (dBm)", "snr dB", "Cqi", "Thrpt DL")

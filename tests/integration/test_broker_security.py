@@ -29,13 +29,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.deploy import deploy
-from sparsetel.cloud.fleet import BrokerLink, discover_edges
-from sparsetel.cloud.keys import keygen
+from sparsetel.cloud.fleet.client import BrokerLink, discover_edges
+from sparsetel.cloud.fleet.keys import keygen
+from sparsetel.cloud.fleet.rollout import deploy
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
+from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
-from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import (
     data_topic,
     deploy_topic,

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig
 from tests.mosquitto import OwnBroker, own_broker
 from tests.quickrun import quick_exported_run

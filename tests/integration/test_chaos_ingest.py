@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.simulator import write_sessions
+from sparsetel.cloud.data.simulator import write_sessions
 from tests.mosquitto import OwnBroker
 from tests.quickrun import quick_exported_run
 

@@ -26,11 +26,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sparsetel.cloud.evaluate import evaluate_run
-from sparsetel.cloud.export import export_run
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.train import TrainOptions, train_run
+from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.training.evaluate import evaluate_run
+from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.shared.config import BrokerConfig
 from tests.conftest import free_port, skip_or_fail
 from tests.quickrun import KPIS, TARGET, quick_run

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.broker import start_embedded_broker
+from sparsetel.cloud.demo.broker import start_embedded_broker
 
 pytestmark = pytest.mark.integration
 

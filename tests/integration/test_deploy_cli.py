@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cli import main
-from sparsetel.cloud.deploy import choose_targets, deploy, rollback
-from sparsetel.cloud.keys import keygen, load_public_key
+from sparsetel.cloud.fleet.keys import keygen, load_public_key
+from sparsetel.cloud.fleet.rollout import choose_targets, deploy, rollback
+from sparsetel.shared.birth import EdgeState, birth_payload
 from sparsetel.shared.bundle import signed_message, unpack_bundle
+from sparsetel.shared.commands import DeployReport, parse_command
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.deployment import DeployReport, parse_command
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
-from sparsetel.shared.state import EdgeState, birth_payload
 from sparsetel.shared.topics import (
     deploy_topic,
     model_topic,

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetel.cloud import registry as registry_module
-from sparsetel.cloud.deploy import deploy
-from sparsetel.cloud.export import export_run
-from sparsetel.cloud.keys import keygen
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.store import open_store
-from sparsetel.cloud.train import TrainOptions, train_run
+from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.fleet.keys import keygen
+from sparsetel.cloud.fleet.rollout import deploy
+from sparsetel.cloud.ingest import registry as registry_module
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
+from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest

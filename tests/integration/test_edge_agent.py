@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.edge.encoder import OnnxEncoder
+from sparsetel.shared.birth import EdgeState, parse_state
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.state import EdgeState, parse_state
 from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
 from sparsetel.shared.wire import Frame, decode_frame, encode_frame
 from tests.mosquitto import OwnBroker

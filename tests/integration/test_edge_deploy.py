@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.cloud.deploy import deploy, rollback
-from sparsetel.cloud.keys import build_bundle, keygen, load_private_key
+from sparsetel.cloud.fleet.keys import build_bundle, keygen, load_private_key
+from sparsetel.cloud.fleet.rollout import deploy, rollback
+from sparsetel.shared.birth import parse_state
 from sparsetel.shared.bundle import Bundle, pack_bundle
+from sparsetel.shared.commands import deploy_command, parse_report
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.deployment import deploy_command, parse_report
 from sparsetel.shared.manifest import MANIFEST_FILE, KpiNorm, ModelManifest
-from sparsetel.shared.state import parse_state
 from sparsetel.shared.topics import (
     data_topic,
     deploy_topic,

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from sparsetel.cloud.simulator import write_sessions
+from sparsetel.cloud.data.simulator import write_sessions
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.shared.config import BrokerConfig
 from tests.quickrun import quick_exported_run

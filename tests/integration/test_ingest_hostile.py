@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.limits import IngestLimits
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.ingest.limits import IngestLimits
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.receipt import decode_receipt
 from sparsetel.shared.topics import PREFIX, data_topic

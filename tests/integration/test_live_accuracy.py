@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetel.cloud.codec import CloudCodec
-from sparsetel.cloud.evaluate import evaluate_run
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.status import fleet_status
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.codec.decoder import CloudCodec
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.monitor.status import fleet_status
+from sparsetel.cloud.store.database import open_store
+from sparsetel.cloud.training.evaluate import evaluate_run
 from sparsetel.shared.config import BrokerConfig
 from tests.quickrun import quick_exported_run
 

@@ -23,15 +23,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cli import main
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.metrics import monitor_app
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.monitor.server import monitor_app
+from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.cloud.webserver import WebServer
+from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.health import beat_payload
-from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import health_topic, state_topic
 from tests.conftest import free_port
 from tests.helpers import ANY_TIME, wait_until

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetel.cloud.codec import CloudCodec
-from sparsetel.cloud.data import load_dataset
-from sparsetel.cloud.evaluate import evaluate_run
-from sparsetel.cloud.export import export_run
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.store import open_store
-from sparsetel.cloud.train import TrainOptions, train_run
+from sparsetel.cloud.codec.decoder import CloudCodec
+from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.data.datasets import load_dataset
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
+from sparsetel.cloud.training.evaluate import evaluate_run
+from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.config import BrokerConfig
 

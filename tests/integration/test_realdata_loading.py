@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetel.cloud.data import Dataset, load_dataset, split_sessions
+from sparsetel.cloud.data.datasets import Dataset, load_dataset, split_sessions
 from sparsetel.shared.kpi import parse_sentinels
 
 pytestmark = pytest.mark.realdata

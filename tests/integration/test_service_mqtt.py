@@ -17,11 +17,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
+from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
-from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.helpers import FakeCodec, wait_until

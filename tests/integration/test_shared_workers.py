@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
+from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
-from sparsetel.shared.state import birth_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.helpers import wait_until

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from sparsetel.cloud.store.database import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
 from tests.helpers import ANY_TIME, store_a_frame_before_digests
 
 pytestmark = pytest.mark.integration
@@ -177,8 +177,8 @@ def test_postgres_sums_live_accuracy_per_bucket(pg_url: str) -> None:
 
 
 def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: str) -> None:
-    from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-    from sparsetel.cloud.registry import ModelRegistry
+    from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+    from sparsetel.cloud.ingest.registry import ModelRegistry
     from tests.unit.test_accuracy import _frame as audited_frame
     from tests.unit.test_accuracy import (
         test_code_usage_counts_each_models_codes_over_the_latest_measurements as check,

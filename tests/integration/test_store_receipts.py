@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.fleet import BrokerLink, discover_edges
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.fleet.client import BrokerLink, discover_edges
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig
 from tests.quickrun import quick_exported_run
 

@@ -1,4 +1,4 @@
-"""Live accuracy from audit samples (`cloud.accuracy`): reconstruction NMSE in the model's
+"""Live accuracy from audit samples (`cloud.ingest.audit`): reconstruction NMSE in the model's
 normalised space and the target's prediction error, summed per minute with their frame."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.helpers import ANY_TIME
 from tests.unit.test_service import EDGE, REF, TOPIC, FakeCodec, K, L

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats, decode_many
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats, decode_many
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.topics import state_topic
 from sparsetel.shared.wire import decode_frame
 from tests.helpers import ANY_TIME

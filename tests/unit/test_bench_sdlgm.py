@@ -1,4 +1,4 @@
-"""SDLGM with temporal context (`cloud.temporal`) and its benchmark adapter (`bench.sdlgm`).
+"""SDLGM with temporal context (`cloud.codec.temporal`) and its benchmark adapter (`bench.sdlgm`).
 
 Synthetic telemetry that behaves like 1 Hz KPIs: each KPI holds its value and now and then
 steps by a multiple of its unit, so most measurements repeat the previous one.
@@ -22,7 +22,12 @@ from sparsetel.cloud.bench.sdlgm import (
     sdlgm_methods,
     target_snr_db,
 )
-from sparsetel.cloud.temporal import TemporalConfig, TemporalSDLGM, code_frames, train_temporal
+from sparsetel.cloud.codec.temporal import (
+    TemporalConfig,
+    TemporalSDLGM,
+    code_frames,
+    train_temporal,
+)
 
 D = 4
 

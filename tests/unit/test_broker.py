@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.broker import (
+from sparsetel.cloud.demo.broker import (
     EmbeddedBroker,
     _connect_packet,
     broker_answers,
@@ -136,7 +136,7 @@ def test_a_taken_port_fails_start_with_a_reason(broker: EmbeddedBroker) -> None:
 def test_run_broker_serves_until_sigterm_and_exits_0() -> None:
     port = free_port()
     code = (
-        "from sparsetel.cloud.broker import run_broker; "
+        "from sparsetel.cloud.demo.broker import run_broker; "
         f"raise SystemExit(run_broker('127.0.0.1', {port}))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.store.database import open_store
 
 
 def test_version_and_help_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:

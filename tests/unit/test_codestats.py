@@ -1,4 +1,5 @@
-"""`cloud.codestats`: codes used per measurement and per regime, and state recovery scores."""
+"""`cloud.training.codeusage`: codes used per measurement and per regime, and state recovery
+scores."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from sparsetel.cloud.codestats import (
+from sparsetel.cloud.data.datasets import load_dataset
+from sparsetel.cloud.data.simulator import KPI_COLUMNS, simulate_sessions, write_sessions
+from sparsetel.cloud.training.codeusage import (
     change_sizes,
     clustering_scores,
     code_purity,
@@ -26,9 +29,7 @@ from sparsetel.cloud.codestats import (
     transfer_accuracy,
     vote_accuracy,
 )
-from sparsetel.cloud.data import load_dataset
-from sparsetel.cloud.evaluate import evaluate_run
-from sparsetel.cloud.simulator import KPI_COLUMNS, simulate_sessions, write_sessions
+from sparsetel.cloud.training.evaluate import evaluate_run
 from sparsetel.shared.errors import DataError
 from tests.quickrun import quick_run
 

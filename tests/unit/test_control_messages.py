@@ -1,4 +1,4 @@
-"""Births and heartbeats against their schemas (`shared.state`, `shared.health`): bounded,
+"""Births and heartbeats against their schemas (`shared.birth`, `shared.health`): bounded,
 typed, kept as validated fields only; a bad one is rejected by reason and never stored."""
 
 from __future__ import annotations
@@ -11,13 +11,20 @@ from typing import Any
 
 import pytest
 
-from sparsetel.cloud.ingest import ACCEPTED, FrameIngest, ServiceStats
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import open_store
-from sparsetel.edge.config import EdgeConfig
+from sparsetel.cloud.ingest.handler import ACCEPTED, FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.store.database import open_store
 from sparsetel.edge.framer import AgentStats, Framer
-from sparsetel.edge.health import Heartbeat
+from sparsetel.edge.heartbeat import Heartbeat
 from sparsetel.edge.publisher import PublisherStats
+from sparsetel.edge.settings import EdgeConfig
+from sparsetel.shared.birth import (
+    MAX_STATE_BYTES,
+    birth_payload,
+    parse_state,
+    read_birth,
+    state_from_manifest,
+)
 from sparsetel.shared.errors import WireError
 from sparsetel.shared.health import (
     MAX_BEAT_BYTES,
@@ -25,13 +32,6 @@ from sparsetel.shared.health import (
     beat_payload,
     parse_beat,
     read_beat,
-)
-from sparsetel.shared.state import (
-    MAX_STATE_BYTES,
-    birth_payload,
-    parse_state,
-    read_birth,
-    state_from_manifest,
 )
 from sparsetel.shared.topics import health_topic, state_topic
 from tests.tinymodel import KPIS, write_tiny_model

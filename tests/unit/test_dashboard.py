@@ -1,5 +1,6 @@
-"""The monitor's dashboard (`cloud.dashboard`, `cloud.page`, `cloud.svgplot`): accuracy against
-sparsity, drift alerts per KPI, the codebook, and the page that shows them."""
+"""The monitor's dashboard (`cloud.monitor.dashboard`, `cloud.monitor.page`,
+`cloud.monitor.svgplot`): accuracy against sparsity, drift alerts per KPI, the codebook, and
+the page that shows them."""
 
 from __future__ import annotations
 
@@ -13,19 +14,19 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sparsetel.cli import main
-from sparsetel.cloud.dashboard import (
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.monitor.dashboard import (
     Dashboard,
     DashboardOptions,
     ModelCatalogue,
     _Model,
     load_benchmark,
 )
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.metrics import FleetCollector
-from sparsetel.cloud.page import render_page
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import Store, open_store
-from sparsetel.cloud.svgplot import Series, chart
+from sparsetel.cloud.monitor.page import render_page
+from sparsetel.cloud.monitor.server import FleetCollector
+from sparsetel.cloud.monitor.svgplot import Series, chart
+from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.errors import ConfigError
 from tests.helpers import ANY_TIME
 from tests.unit.test_accuracy import T

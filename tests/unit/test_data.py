@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsetel.cloud.data import (
+from sparsetel.cloud.data.datasets import (
     Dataset,
     Session,
     load_dataset,
@@ -22,7 +22,7 @@ from sparsetel.cloud.data import (
     parse_times,
     split_sessions,
 )
-from sparsetel.cloud.simulator import SENTINEL, write_sessions
+from sparsetel.cloud.data.simulator import SENTINEL, write_sessions
 from sparsetel.shared.errors import DataError
 from sparsetel.shared.kpi import STATUSES, Sentinels, parse_sentinels, parse_value
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from sparsetel.cloud.deadletter import MAX_COPY, TokenBucket, dead_letter
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.ingest.deadletter import MAX_COPY, TokenBucket, dead_letter
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.store.database import open_store
 from tests.helpers import ANY_TIME
 from tests.unit.test_service import TOPIC, FakeCodec, _frame
 

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sparsetel.cli import main
-from sparsetel.cloud.deploy import broker_from_flags, choose_targets, new_deployment_id
-from sparsetel.cloud.keys import (
+from sparsetel.cloud.fleet.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     build_bundle,
@@ -27,6 +26,7 @@ from sparsetel.cloud.keys import (
     load_private_key,
     load_public_key,
 )
+from sparsetel.cloud.fleet.rollout import broker_from_flags, choose_targets, new_deployment_id
 from sparsetel.shared.bundle import pack_bundle, signed_message, unpack_bundle
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
 from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE
@@ -142,7 +142,7 @@ def test_loading_a_private_key_others_can_read_warns(
     keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     keys[0].chmod(0o640)
-    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.keys"):
+    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.fleet.keys"):
         load_private_key(keys[0])
     assert "readable by others" in caplog.text
 
@@ -206,7 +206,7 @@ def test_no_flags_target_every_online_edge() -> None:
 def test_named_edges_are_targeted_even_when_not_seen_online(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.deploy"):
+    with caplog.at_level(logging.WARNING, logger="sparsetel.cloud.fleet.rollout"):
         targets = choose_targets(["a", "b"], ["b", "ghost", "b"], None, KEY_A)
     assert targets == ["b", "ghost"]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -83,8 +83,8 @@ def test_the_acl_gives_each_edge_its_own_topics_and_the_cloud_all() -> None:
 
 
 def test_the_example_configs_load_and_the_edge_confirms_by_the_store() -> None:
-    from sparsetel.cloud.service import ServeConfig
-    from sparsetel.edge.config import EdgeConfig
+    from sparsetel.cloud.ingest.service import ServeConfig
+    from sparsetel.edge.settings import EdgeConfig
     from sparsetel.shared.config import load_config
 
     edge = load_config(EdgeConfig, DEPLOY / "examples" / "edge.toml", environ={})

@@ -9,10 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from sparsetel.cloud.keys import keygen
+from sparsetel.cloud.fleet.keys import keygen
 from sparsetel.edge.updater import ActiveModels, ModelStore, load_trust_key
 from sparsetel.shared.bundle import Bundle
-from sparsetel.shared.deployment import (
+from sparsetel.shared.commands import (
     DeployReport,
     deploy_command,
     parse_command,

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "pandas")
-KNOWN_EDGE_MODULES = {"agent", "config", "encoder", "publisher", "replay", "source", "state"}
+KNOWN_EDGE_MODULES = {"agent", "settings", "encoder", "publisher", "replay", "source", "statedir"}
 
 # Imports every module of sparsetel.edge (found by pkgutil, so new ones are covered too) and
 # any extra modules given, then reports which edge modules it found and what heavy packages

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from sparsetel.edge import state as edge_state
-from sparsetel.edge.config import EdgeConfig, default_state_dir
-from sparsetel.edge.state import BDSEQ_FILE, lock_state_dir, next_bd_seq
+from sparsetel.edge import statedir as edge_state
+from sparsetel.edge.settings import EdgeConfig, default_state_dir
+from sparsetel.edge.statedir import BDSEQ_FILE, lock_state_dir, next_bd_seq
 from sparsetel.shared.errors import SparsetelError
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sparsetel.cloud.evaluate import evaluate_run, read_evaluation
-from sparsetel.cloud.simulator import write_sessions
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.training.evaluate import evaluate_run, read_evaluation
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.wire import record_bits
 from tests.quickrun import KPIS, quick_run

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from sparsetel.cloud.data import load_dataset, split_sessions
-from sparsetel.cloud.export import encode_onnx, encode_torch, export_run
-from sparsetel.cloud.model import Checkpoint
+from sparsetel.cloud.codec.export import encode_onnx, encode_torch, export_run
+from sparsetel.cloud.codec.model import Checkpoint
+from sparsetel.cloud.data.datasets import load_dataset, split_sessions
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest, file_sha256, schema_hash

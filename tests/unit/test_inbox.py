@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sparsetel.cloud.inbox import (
+from sparsetel.cloud.ingest.inbox import (
     MAX_CONTROL_BYTES,
     Acknowledger,
     Inbox,

@@ -1,4 +1,4 @@
-"""What senders can make the ingest keep is bounded (`cloud.limits`): clones are told from
+"""What senders can make the ingest keep is bounded (`cloud.ingest.limits`): clones are told from
 repeats by a digest of the decoded frame and kept apart, parked frames and clones stop at
 their bounds (without a receipt, so a confirming edge keeps them), the state of quiet edges
 is released, and frame times outside a window around arrival are refused for good."""
@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetel.cloud import registry as registry_module
-from sparsetel.cloud.deadletter import TokenBucket
-from sparsetel.cloud.digest import frame_digest
-from sparsetel.cloud.ingest import ACCEPTED, FrameIngest, ServiceStats
-from sparsetel.cloud.limits import IngestLimits
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import ServeConfig
-from sparsetel.cloud.store import FrameRow, Store, open_store
+from sparsetel.cloud.ingest import registry as registry_module
+from sparsetel.cloud.ingest.deadletter import TokenBucket
+from sparsetel.cloud.ingest.digest import frame_digest
+from sparsetel.cloud.ingest.handler import ACCEPTED, FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.limits import IngestLimits
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import ServeConfig
+from sparsetel.cloud.store.database import FrameRow, Store, open_store
 from sparsetel.shared.config import load_config
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.manifest import MANIFEST_FILE
@@ -364,7 +364,7 @@ def test_old_version_frames_are_counted(store: Store) -> None:
 def test_sequence_gaps_are_counted_per_edge_up_to_a_bound_then_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sparsetel.cloud.stats as stats_module
+    import sparsetel.cloud.ingest.counters as stats_module
 
     monkeypatch.setattr(stats_module, "MAX_GAP_EDGES", 3)
     stats = stats_module.ServiceStats()

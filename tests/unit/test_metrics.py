@@ -1,4 +1,4 @@
-"""Prometheus metrics of the fleet (`cloud.metrics`), read from the store at each scrape, and
+"""Prometheus metrics of the fleet (`cloud.monitor.server`), read from the store at each scrape, and
 ``sparsetel monitor`` serving them over HTTP."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.metrics import FleetCollector, monitor_app
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.monitor.server import FleetCollector, monitor_app
+from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.cloud.webserver import WebServer
 from tests.conftest import free_port
 from tests.helpers import ANY_TIME

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from sparsetel.cloud.codec import CloudCodec
-from sparsetel.cloud.export import export_run
-from sparsetel.cloud.model import SDLGM, Checkpoint, EdgeEncoder, ModelConfig
-from sparsetel.cloud.normaliser import fit_normaliser, make_windows
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.train import TrainOptions, train_run
+from sparsetel.cloud.codec.decoder import CloudCodec
+from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.codec.model import SDLGM, Checkpoint, EdgeEncoder, ModelConfig
+from sparsetel.cloud.codec.normaliser import fit_normaliser, make_windows
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
 from tests.quickrun import KPIS, TARGET, quick_run
 

@@ -33,7 +33,7 @@ from sparsetel.cloud.bench.multilabel import (
     multilabel_f1,
     run_multilabel,
 )
-from sparsetel.cloud.simulator import STATES, simulate_sessions
+from sparsetel.cloud.data.simulator import STATES, simulate_sessions
 from tests.conftest import skip_or_fail
 
 

@@ -15,12 +15,12 @@ from sparsetel.cloud.bench.dataset import load_bench_data
 from sparsetel.cloud.bench.report import render_markdown
 from sparsetel.cloud.bench.runner import BenchOptions, measure
 from sparsetel.cloud.bench.supervised import SupervisedCodec, supervised_methods
-from sparsetel.cloud.export import export_run
-from sparsetel.cloud.model import SDLGM, Checkpoint, EdgeEncoder, ModelConfig
-from sparsetel.cloud.normaliser import fit_normaliser, fit_target_scaler, make_windows
-from sparsetel.cloud.simulator import write_sessions
-from sparsetel.cloud.train import TrainOptions, train_run
-from sparsetel.cloud.trainer import Trainer
+from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.codec.model import SDLGM, Checkpoint, EdgeEncoder, ModelConfig
+from sparsetel.cloud.codec.normaliser import fit_normaliser, fit_target_scaler, make_windows
+from sparsetel.cloud.data.simulator import write_sessions
+from sparsetel.cloud.training.loop import Trainer
+from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.shared.errors import ConfigError
 from tests.quickrun import KPIS, TARGET
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.query import parse_time
-from sparsetel.cloud.store import open_store
+from sparsetel.cloud.monitor.query import parse_time
+from sparsetel.cloud.store.database import open_store
 from tests.unit.test_store import check_kpi_series
 
 

@@ -22,9 +22,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.servemetrics import ServeCollector
-from sparsetel.cloud.service import DecoderService, ServeConfig
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.servemetrics import ServeCollector
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import MAX_FRAME_BYTES

@@ -13,15 +13,15 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import DecoderService, ServeConfig
-from sparsetel.cloud.session import (
+from sparsetel.cloud.ingest.mqttsession import (
     SESSION_EXPIRY_S,
     TakeoverWatch,
     connect_properties,
     serve_client_id,
 )
-from sparsetel.cloud.workers import worker_configs
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
+from sparsetel.cloud.ingest.workers import worker_configs
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import SparsetelError
 

@@ -24,20 +24,20 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.cloud.broker import start_embedded_broker
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.service import (
+from sparsetel.cloud.demo.broker import start_embedded_broker
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.ingest.service import (
     DecoderService,
     ServeConfig,
     run_service,
     serve_config_from_flags,
 )
-from sparsetel.cloud.store import Store, open_store
+from sparsetel.cloud.store.database import Store, open_store
+from sparsetel.shared.birth import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
-from sparsetel.shared.state import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.topics import data_topic, receipt_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, code_bits, encode_frame
 from tests.helpers import ANY_TIME
@@ -625,7 +625,7 @@ def test_run_service_stops_cleanly_on_sigterm_and_prints_json_stats(tmp_path: Pa
     db = tmp_path / "sig.db"
     with start_embedded_broker() as broker:
         code = (
-            "from sparsetel.cloud.service import ServeConfig, run_service\n"
+            "from sparsetel.cloud.ingest.service import ServeConfig, run_service\n"
             "from sparsetel.shared.config import BrokerConfig\n"
             f"cfg = ServeConfig(broker=BrokerConfig(url={broker.url!r}), db={str(db)!r})\n"
             "raise SystemExit(run_service(cfg))\n"

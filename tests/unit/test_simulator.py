@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sparsetel.cloud.simulator import (
+from sparsetel.cloud.data.simulator import (
     KPI_COLUMNS,
     SENTINEL,
     STATES,

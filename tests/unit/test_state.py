@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from sparsetel.shared.errors import WireError
-from sparsetel.shared.manifest import KpiNorm, ModelManifest
-from sparsetel.shared.state import (
+from sparsetel.shared.birth import (
     EdgeState,
     birth_payload,
     death_payload,
     parse_state,
     state_from_manifest,
 )
+from sparsetel.shared.errors import WireError
+from sparsetel.shared.manifest import KpiNorm, ModelManifest
 
 SHA = "0123456789abcdef" + "ab" * 24
 BIRTH = EdgeState(

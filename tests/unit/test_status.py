@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.ingest import FrameIngest, ServiceStats
-from sparsetel.cloud.registry import ModelRegistry
-from sparsetel.cloud.status import fleet_status, format_status
-from sparsetel.cloud.store import Store, open_store
-from sparsetel.shared.state import birth_payload, state_from_manifest
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
+from sparsetel.cloud.monitor.status import fleet_status, format_status
+from sparsetel.cloud.store.database import Store, open_store
+from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.topics import health_topic, state_topic
 from tests.unit.test_service import GROUP, TOPIC, FakeCodec, _frame
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.store import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from sparsetel.cloud.store.database import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
 from tests.helpers import store_a_frame_before_digests
 
 REF = bytes.fromhex("0123456789abcdef")
@@ -257,7 +257,7 @@ def test_kpis_are_stored_as_json_that_gives_back_every_float32_exactly() -> None
 
     import numpy as np
 
-    from sparsetel.cloud.schema import json_floats
+    from sparsetel.cloud.store.schema import json_floats
 
     rng = np.random.default_rng(0)
     values = (rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The temporal SDLGM's lattice (`cloud.temporal`): KPI grids, two-scale levels, the per-KPI
+"""The temporal SDLGM's lattice (`cloud.codec.temporal`): KPI grids, two-scale levels, the per-KPI
 gain, the span clamp and the KPI weights. Small hand-made models; no training."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsetel.cloud.temporal import (
+from sparsetel.cloud.codec.temporal import (
     FINE_LEVELS,
     Grid,
     TemporalConfig,

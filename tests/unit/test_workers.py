@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sparsetel.cli import _build_parser
-from sparsetel.cloud.service import ServeConfig, serve_config_from_flags
-from sparsetel.cloud.workers import torch_threads, worker_configs
+from sparsetel.cloud.ingest.service import ServeConfig, serve_config_from_flags
+from sparsetel.cloud.ingest.workers import torch_threads, worker_configs
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError
 

@@ -1,0 +1,1 @@
+"""`sparsetel demo` and the embedded broker it (and the tests) can run."""

@@ -1,0 +1,1 @@
+"""Operating the fleet: operator keys, signed model rollout and rollback, edge discovery."""

@@ -1,0 +1,2 @@
+"""The decoder service, `sparsetel serve`: MQTT frames in; stored KPIs, predictions and
+receipts out."""

@@ -1,0 +1,1 @@
+"""Watching the fleet: `sparsetel monitor` (dashboard, page, metrics), `status` and `query`."""

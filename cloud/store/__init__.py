@@ -1,0 +1,2 @@
+"""The measurement database: schema and migrations, row types, writes and reads
+(SQLite, PostgreSQL)."""

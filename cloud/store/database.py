@@ -1,0 +1,436 @@
+"""Storage of decoded measurements: SQLite for one machine, PostgreSQL for a fleet.
+
+`open_store` picks the backend from its argument: a path or ``sqlite:///path`` opens SQLite
+(WAL journal, so readers in other processes never block the writer), ``postgresql://...``
+opens PostgreSQL through psycopg 3. The schema is versioned: `MIGRATIONS` is an ordered list
+and the table ``schema_version`` records what has been applied.
+
+Duplicates are the database's business: ``frames`` has the key (edge, bd_seq, seq) and
+`Store.store_frame` writes a frame and its measurements in one transaction that does nothing
+when the key exists, so two decoders sharing one database still store each frame once.
+
+A Store is one connection. Its methods are serialised by a lock, but the service gives the
+connection to a single thread (its writer); other readers should open their own Store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from ...shared.errors import SparsetelError
+from ..ingest.audit import SUMS, AccuracyRow
+from .reads import StoreReads
+from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
+
+__all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
+
+
+_ACCURACY_COLUMNS = ("edge", "model_ref", "L", "bucket_ms", *SUMS)  # AccuracyRow's fields
+_ADD_ACCURACY = (
+    f"INSERT INTO accuracy ({', '.join(_ACCURACY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ACCURACY_COLUMNS))}) "
+    "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
+    + ", ".join(f"{c} = accuracy.{c} + excluded.{c}" for c in SUMS)
+)
+_KPI_SUMS = ("n", "se", "ss", "se_raw")  # KpiError's sums
+_ADD_KPI_ACCURACY = (
+    f"INSERT INTO accuracy_kpi (edge, model_ref, bucket_ms, kpi, {', '.join(_KPI_SUMS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (edge, model_ref, bucket_ms, kpi) DO UPDATE SET "
+    + ", ".join(f"{c} = accuracy_kpi.{c} + excluded.{c}" for c in _KPI_SUMS)
+)
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One received frame, as the ``frames`` table keeps it (model_ref: the 8 wire bytes;
+    digest: `cloud.ingest.digest.frame_digest`, None when not known)."""
+
+    edge: str
+    bd_seq: int
+    seq: int
+    model_ref: bytes
+    n_records: int
+    n_bytes: int
+    historical: bool
+    received_ms: int
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class MeasurementRow:
+    """One decoded record of a frame: `kpis` has D values in raw units, NaN where unknown.
+
+    `audit` is the raw measurement the edge sent beside the code (FLAG_AUDIT), when it did.
+    """
+
+    rec: int
+    t_ms: int
+    nnz: int
+    codes: tuple[int, ...]
+    kpis: tuple[float, ...]
+    prediction: float | None = None
+    predicted_t_ms: int | None = None
+    audit: tuple[float, ...] | None = None
+
+
+class Store(StoreReads):
+    """A connection to the measurement database; use `open_store` to get one."""
+
+    def __init__(self, connection: Any, dialect: str) -> None:
+        if dialect not in TYPES:
+            raise ValueError(f"unknown store dialect {dialect!r}")
+        self.dialect = dialect
+        self._conn = connection
+        self._lock = threading.RLock()
+        self._closed = False
+        self._depth = 0  # nesting of _transaction: > 1 inside a batch
+        self._migrate()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        return int(self._conn.execute(self._sql(sql), tuple(params)).rowcount)
+
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.dialect == "postgresql":
+            with self._conn.cursor() as cursor:
+                cursor.executemany(self._sql(sql), rows)
+        else:
+            self._conn.executemany(sql, rows)
+
+    def _insert_measurements(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Append measurement rows (their frame's insert just succeeded, so none exists yet):
+        COPY on PostgreSQL, the fastest bulk path it has; executemany on SQLite."""
+        if self.dialect == "postgresql":
+            sql = f"COPY measurements ({MEASUREMENT_COLUMNS}) FROM STDIN"
+            with self._conn.cursor() as cursor, cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            self._conn.executemany(
+                f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(self._sql(sql), tuple(params)).fetchall())
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction under the lock: committed on success, rolled back on any error.
+
+        Inside another (`batch`), it is a savepoint: its error undoes only its own writes,
+        and the outer transaction commits the rest at once."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._depth += 1
+            try:
+                if self.dialect == "postgresql":
+                    with self._conn.transaction():  # nested: psycopg makes it a savepoint
+                        yield
+                elif self._depth > 1:
+                    with self._savepoint():
+                        yield
+                else:
+                    with self._sqlite_transaction():
+                        yield
+            finally:
+                self._depth -= 1
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        name = f"sp{self._depth}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        self._conn.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group writes into one transaction (one commit, one disk flush): each write inside
+        still succeeds or fails on its own, as a savepoint."""
+        with self._transaction():
+            yield
+
+    def _migrate(self) -> None:
+        """Apply the migrations this database has not seen yet, each in its own transaction."""
+        with self._transaction():
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_ms {bigint} NOT NULL)".format(
+                    **TYPES[self.dialect]
+                )
+            )
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            with self._transaction():
+                if self.dialect == "postgresql":  # two services starting at once: one migrates
+                    self._execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+                if version <= self.schema_version():
+                    continue
+                for statement in statements:
+                    self._execute(statement.format(**TYPES[self.dialect]))
+                self._execute(
+                    "INSERT INTO schema_version (version, applied_ms) VALUES (?, ?)",
+                    (version, int(time.time() * 1000)),
+                )
+        if self.schema_version() > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {self.schema_version()} is newer than this "
+                f"sparsetel knows ({len(MIGRATIONS)}); upgrade sparsetel"
+            )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def store_frame(
+        self,
+        frame: FrameRow,
+        measurements: Sequence[MeasurementRow],
+        accuracy: Sequence[AccuracyRow] = (),
+    ) -> bool:
+        """Write `frame` and its `measurements` in one transaction, and add its audit
+        `accuracy` sums to their buckets in the same one.
+
+        Returns False, writing nothing, when (edge, bd_seq, seq) is already stored: the
+        database's unique constraint decides, so this holds across processes too.
+        """
+        ref = frame.model_ref.hex()
+        with self._transaction():
+            inserted = self._execute(
+                "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, "
+                "historical, received_ms, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (edge, bd_seq, seq) DO NOTHING",
+                (
+                    frame.edge,
+                    frame.bd_seq,
+                    frame.seq,
+                    ref,
+                    frame.n_records,
+                    frame.n_bytes,
+                    frame.historical,
+                    frame.received_ms,
+                    frame.digest,
+                ),
+            )
+            if inserted == 0:
+                return False
+            rows = [
+                (
+                    frame.edge,
+                    frame.bd_seq,
+                    frame.seq,
+                    m.rec,
+                    m.t_ms,
+                    ref,
+                    m.nnz,
+                    ",".join(str(c) for c in m.codes),
+                    json_floats(m.kpis),
+                    m.prediction
+                    if m.prediction is not None and math.isfinite(m.prediction)
+                    else None,
+                    m.predicted_t_ms,
+                    None if m.audit is None else json_floats(m.audit),
+                )
+                for m in measurements
+            ]
+            self._insert_measurements(rows)
+            if accuracy:
+                self._execute_many(
+                    _ADD_ACCURACY, [[getattr(a, c) for c in _ACCURACY_COLUMNS] for a in accuracy]
+                )
+                per_kpi = [(a.edge, a.model_ref, a.bucket_ms, *astuple(k)) for a in accuracy
+                           for k in a.kpis]  # fmt: skip
+                if per_kpi:
+                    self._execute_many(_ADD_KPI_ACCURACY, per_kpi)
+        return True
+
+    def set_edge_state(
+        self,
+        group: str,
+        edge: str,
+        online: bool,
+        bd_seq: int,
+        model_sha256: str | None = None,
+        birth: Mapping[str, Any] | None = None,
+        updated_ms: int | None = None,
+    ) -> bool:
+        """Record a birth (online) or a death; return False when the change was ignored.
+
+        A birth always wins. A death only applies to the session it names: one whose bd_seq
+        differs from the stored birth's is stale (an old will delivered late) and ignored.
+        A death keeps the model and birth document of the session it ends.
+        """
+        updated = int(time.time() * 1000) if updated_ms is None else updated_ms
+        with self._transaction():
+            changed = self._execute(
+                'INSERT INTO edges (edge, "group", online, bd_seq, model_sha256, birth, '
+                "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (edge) DO UPDATE SET "
+                '"group" = excluded."group", online = excluded.online, '
+                "bd_seq = excluded.bd_seq, "
+                "model_sha256 = COALESCE(excluded.model_sha256, edges.model_sha256), "
+                "birth = COALESCE(excluded.birth, edges.birth), "
+                "updated_ms = excluded.updated_ms "
+                "WHERE excluded.online OR edges.bd_seq = excluded.bd_seq",
+                (
+                    edge,
+                    group,
+                    online,
+                    bd_seq,
+                    model_sha256,
+                    None if birth is None else json.dumps(dict(birth)),
+                    updated,
+                ),
+            )
+        return changed > 0
+
+    def set_health(self, group: str, edge: str, body: Mapping[str, Any], received_ms: int) -> None:
+        """Keep `edge`'s latest heartbeat (a later one replaces it; an older one is ignored)."""
+        with self._transaction():
+            self._execute(
+                'INSERT INTO health (edge, "group", received_ms, body) VALUES (?, ?, ?, ?) '
+                'ON CONFLICT (edge) DO UPDATE SET "group" = excluded."group", '
+                "received_ms = excluded.received_ms, body = excluded.body "
+                "WHERE excluded.received_ms >= health.received_ms",
+                (edge, group, received_ms, json.dumps(dict(body))),
+            )
+
+    def register_model(self, model_ref: bytes, kpis: Sequence[str], target: str) -> None:
+        """Record the KPI names, in order, of the model that `model_ref` names (once)."""
+        with self._transaction():
+            self._execute(
+                "INSERT INTO models (model_ref, kpis, target, registered_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (model_ref) DO NOTHING",
+                (model_ref.hex(), json.dumps(list(kpis)), target, int(time.time() * 1000)),
+            )
+
+    def park_frame(
+        self, edge: str, model_ref: bytes, topic: str, payload: bytes, received_ms: int
+    ) -> None:
+        """Keep a frame whose model is not known yet, exactly as it came."""
+        with self._transaction():
+            self._execute(
+                "INSERT INTO parked_frames (edge, model_ref, topic, payload, received_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (edge, model_ref.hex(), topic, payload, received_ms),
+            )
+
+    def parked(self, model_ref: bytes, limit: int = 500) -> list[tuple[int, str, bytes, int]]:
+        """The oldest parked frames of one model: (id, topic, payload, received_ms)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT id, topic, payload, received_ms FROM parked_frames "
+                "WHERE model_ref = ? ORDER BY id LIMIT ?",
+                (model_ref.hex(), int(limit)),
+            )
+        return [(int(i), str(t), bytes(p), int(ms)) for i, t, p, ms in rows]
+
+    def drop_parked(self, ids: Sequence[int]) -> None:
+        """Forget parked frames (they were handled)."""
+        with self._transaction():
+            self._execute_many("DELETE FROM parked_frames WHERE id = ?", [(i,) for i in ids])
+
+    def hold_frame(
+        self,
+        key: tuple[str, int, int],
+        reason: str,
+        digest: str,
+        message: tuple[str, bytes, int],
+    ) -> bool:
+        """Keep a frame the ingest refused but must not lose (`reason`: "clone", a key
+        (edge, bd_seq, seq) stored with other content; "time_window", a time the store will
+        not take) exactly as it came: `message` is (topic, payload, received_ms). False when
+        this very frame is held already."""
+        edge, bd_seq, seq = key
+        topic, payload, received_ms = message
+        with self._transaction():
+            return (
+                self._execute(
+                    "INSERT INTO held_frames (edge, bd_seq, seq, reason, digest, topic, "
+                    "payload, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (edge, bd_seq, seq, digest) DO NOTHING",
+                    (edge, bd_seq, seq, reason, digest, topic, payload, received_ms),
+                )
+                > 0
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_sqlite(path: str) -> Store:
+    if path != ":memory:":
+        path = str(Path(path).expanduser())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in Store._transaction)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return Store(conn, "sqlite")
+
+
+def _open_postgresql(url: str) -> Store:
+    import psycopg  # only the PostgreSQL backend needs it
+
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:  # one line: libpq's message spans several
+        reason = " ".join(str(exc).split())
+        raise SparsetelError(f"cannot connect to PostgreSQL: {reason}") from exc
+    return Store(conn, "postgresql")
+
+
+def open_store(url_or_path: str | Path) -> Store:
+    """Open (creating and migrating when needed) the store named by `url_or_path`.
+
+    ``postgresql://`` or ``postgres://`` URLs (libpq syntax; ``?options=-csearch_path%3DX``
+    selects a schema) open PostgreSQL; ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a
+    plain path open SQLite (created with its folder when missing).
+    """
+    text = str(url_or_path)
+    if not text:
+        raise ValueError("store location is empty")
+    if text.startswith(("postgresql://", "postgres://")):
+        return _open_postgresql(text)
+    if text.startswith("sqlite:///"):
+        return _open_sqlite(text[len("sqlite:///") :])
+    if "://" in text:
+        raise ValueError(f"unsupported store URL {text!r}: use a path, sqlite:/// or postgresql://")
+    return _open_sqlite(text)

@@ -1,0 +1,1 @@
+"""Training and offline evaluation: `sparsetel train` and `sparsetel evaluate`."""
