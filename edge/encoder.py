@@ -23,7 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..shared.errors import ModelMismatchError
-from ..shared.manifest import ENCODER_FILE, MANIFEST_FILE, ModelManifest
+from ..shared.manifest import ModelManifest
+from ..shared.rundir import ENCODER_FILE, MANIFEST_FILE
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxEncoder"]
 

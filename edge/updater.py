@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from ..shared.bundle import Bundle, signed_message, unpack_bundle
 from ..shared.commands import DeployReport, Step
 from ..shared.errors import ConfigError, ModelMismatchError
-from ..shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from ..shared.rundir import ENCODER_FILE, MANIFEST_FILE
 from ..shared.topics import model_topic
 from .encoder import OnnxEncoder
 

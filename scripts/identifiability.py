@@ -37,7 +37,7 @@ from sklearn.cluster import KMeans
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from sparsetel.cloud.codec.export import encode_torch
-from sparsetel.cloud.codec.model import CHECKPOINT_FILE, Checkpoint
+from sparsetel.cloud.codec.model import Checkpoint
 from sparsetel.cloud.data.datasets import load_dataset
 from sparsetel.cloud.data.simulator import KPI_COLUMNS, write_sessions
 from sparsetel.cloud.training.codeusage import (
@@ -47,7 +47,8 @@ from sparsetel.cloud.training.codeusage import (
     transfer_accuracy,
     vote_accuracy,
 )
-from sparsetel.cloud.training.train import TrainOptions, load_split, train_run
+from sparsetel.cloud.training.train import TrainOptions, train_run
+from sparsetel.shared.rundir import CHECKPOINT_FILE, load_split
 
 log = logging.getLogger("identifiability")
 

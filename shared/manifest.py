@@ -1,8 +1,9 @@
 """The model manifest: what an exported encoder is, so the edge never guesses L, K or the KPIs.
 
-The manifest is a JSON file written beside ``encoder.onnx`` by ``sparsetel export``. The edge
-reads L, K, the KPI schema and the normalisation from it (they are also baked into the ONNX
-graph), and checks the encoder's sha256 against it before use.
+The manifest is a JSON file (``manifest.json``, `shared.rundir`) written beside
+``encoder.onnx`` by ``sparsetel export``. The edge reads L, K, the KPI schema and the
+normalisation from it (they are also baked into the ONNX graph), and checks the encoder's
+sha256 against it before use.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from .errors import ModelMismatchError
 
 __all__ = [
-    "ENCODER_FILE",
-    "MANIFEST_FILE",
     "MANIFEST_VERSION",
     "KpiNorm",
     "ModelManifest",
@@ -26,8 +25,6 @@ __all__ = [
 ]
 
 MANIFEST_VERSION = 1
-ENCODER_FILE = "encoder.onnx"
-MANIFEST_FILE = "manifest.json"
 
 
 def schema_hash(kpis: list[str] | tuple[str, ...]) -> str:

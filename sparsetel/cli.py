@@ -364,10 +364,11 @@ def _print_json(obj: Any) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .cloud.training.train import TrainOptions, train_run
+    from .shared.rundir import read_summary
 
     options = TrainOptions.from_cli(args)
     run = train_run(options)
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(run)
     if args.json:
         _print_json({"run": str(run), **summary})
     else:
@@ -432,7 +433,8 @@ def _print_sparsity(report: dict[str, Any]) -> None:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .cloud.bench.runner import BenchOptions, run_benchmark
+    from .cloud.bench.options import BenchOptions
+    from .cloud.bench.runner import run_benchmark
 
     if args.task == "multilabel":
         return _multilabel(args)
@@ -449,13 +451,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         for row in rows:
             values = (f"{k} {row[k]:.4g}" if row.get(k) is not None else f"{k} -" for k in keys)
             print(f"{row['method']} {row['setting']}: " + ", ".join(values))
-        print(f"wrote {options.out / 'results.md'}")
+        print(f"wrote {args.out / 'results.md'}")
     return 0
 
 
 def _multilabel(args: argparse.Namespace) -> int:
     from .cloud.bench.multilabel import MultilabelOptions, format_table, run_multilabel
-    from .cloud.bench.runner import parse_ints
+    from .cloud.bench.options import parse_ints
 
     options = MultilabelOptions(  # ValueError on a bad option: exit 2 with its message
         datasets=tuple(d.strip() for d in args.datasets.split(",")),
@@ -471,7 +473,7 @@ def _multilabel(args: argparse.Namespace) -> int:
         _print_json(results)
     else:
         print(format_table(results))
-        print(f"wrote {options.out / 'results.md'}")
+        print(f"wrote {args.out / 'results.md'}")
     return 0
 
 
@@ -491,7 +493,8 @@ def _cmd_edge(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .cloud.ingest.service import run_service, serve_config_from_flags
+    from .cloud.ingest.serve import run_service
+    from .cloud.ingest.service import serve_config_from_flags
 
     return run_service(serve_config_from_flags(args), print_json=args.json)
 

@@ -16,13 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from sparsetel.shared.manifest import (
-    ENCODER_FILE,
-    MANIFEST_FILE,
-    KpiNorm,
-    ModelManifest,
-    file_sha256,
-)
+from sparsetel.shared.manifest import KpiNorm, ModelManifest, file_sha256
+from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
 
 __all__ = ["KPIS", "PROBES", "K", "L", "reference_codes", "write_tiny_model"]
 

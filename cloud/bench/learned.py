@@ -78,7 +78,7 @@ class FitCache:
         """The model learnt for (train, seed, key), learning it with `learn` the first time."""
         for known, known_seed, known_key, model in self._entries:
             if known is train and known_seed == seed and known_key == key:
-                return model  # type: ignore[no-any-return]
+                return model
         model = learn()
         self._entries.append((train, seed, key, model))
         return model
@@ -114,6 +114,11 @@ class _SparseCodec:
     family = ""
     lossy = True
     seeded = True
+    # What `stats` reports, set by `_reset_stats` (declared here: `code_frame` reads them first).
+    _rows: int
+    _nonzeros: int
+    _max_nonzeros: int
+    _used: np.ndarray
 
     def __init__(self, L: int, K: int, coef_bits: int, cache: FitCache | None) -> None:
         if not 1 <= L <= K:

@@ -69,9 +69,13 @@ class Method(Protocol):
 
     family: str
     setting: str
-    L: int | None
     lossy: bool
     seeded: bool
+
+    @property
+    def L(self) -> int | None:
+        """Read-only here, so a method may narrow it (PCA's int, QuantZstd's None)."""
+        ...
 
     def fit(self, train: TrainData, seed: int) -> None:
         """Learn whatever the method learns (codebooks, dictionaries, predictors, tables)."""

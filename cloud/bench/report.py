@@ -17,14 +17,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from .options import BenchResult
 from .supervised import FAMILIES as OBJECTIVE_FAMILIES
-
-if TYPE_CHECKING:
-    from .runner import BenchResult
 
 __all__ = [
     "BUDGETS",
@@ -91,8 +89,8 @@ def summarise_references(per_seed: Sequence[dict[str, float | None]]) -> dict[st
     """Mean and ``_std`` over seeds of each reference score (None stays None)."""
     out: dict[str, Any] = {"seeds": len(per_seed)}
     for key in per_seed[0] if per_seed else ():
-        vals = [d[key] for d in per_seed if d.get(key) is not None]
-        mean, std = _spread(vals)  # type: ignore[arg-type]
+        vals = [v for d in per_seed if (v := d.get(key)) is not None]
+        mean, std = _spread(vals)
         out[key], out[f"{key}_std"] = _finite(mean), _finite(std)
     return out
 

@@ -58,7 +58,7 @@ class SAE(nn.Module):
         if self.W_dec.grad is not None:
             along = (self.W_dec.grad * self.W_dec).sum(dim=0)
             self.W_dec.grad -= along * self.W_dec
-        self.W_dec /= self.W_dec.norm(dim=0)
+        self.W_dec.div_(self.W_dec.norm(dim=0))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import constriction
 import numpy as np
@@ -41,7 +42,7 @@ from .method import FRAME, Coded, TrainData, frames
 
 __all__ = ["SDLGMCodec", "sdlgm_methods"]
 
-FAMILIES = {
+FAMILIES: dict[str, dict[str, Any]] = {
     "sdlgm": {},
     "sdlgm-nogates": {"gates": False},
     "sdlgm-relaxed": {"estimator": "relaxed"},
@@ -74,7 +75,7 @@ class SDLGMCodec:
         self.L = L
         snr = target_snr_db(L) if snr_db is None else snr_db
         self.setting = f"L={L}, {snr:g} dB lattice"
-        self._cfg = dict(L=L, steps=steps, batch=batch, snr_db=snr)
+        self._cfg: dict[str, Any] = dict(L=L, steps=steps, batch=batch, snr_db=snr)
         self._cfg.update(FAMILIES[family])
         self.model: TemporalSDLGM | None = None
         self._key_table: SymbolTable | None = None  # the key word of a key measurement
@@ -88,7 +89,7 @@ class SDLGMCodec:
 
     def fit(self, train: TrainData, seed: int) -> None:
         weights = tuple(TARGET_WEIGHT if n == train.target else 1.0 for n in train.names)
-        cfg = TemporalConfig(D=train.D, frame=FRAME, seed=seed, weights=weights, **self._cfg)  # type: ignore[arg-type]
+        cfg = TemporalConfig(D=train.D, frame=FRAME, seed=seed, weights=weights, **self._cfg)
         model = train_temporal(cfg, train.x, train.mask)
         pieces = [
             (x[c], m[c]) for x, m in zip(train.x, train.mask, strict=True) for c in frames(len(x))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...shared.rundir import TRAIN_LOG_FILE
 from ...shared.wire import record_bits
 from ..codec.model import SDLGM
 from ..codec.normaliser import Windows, make_windows
@@ -61,10 +62,10 @@ class SupervisedCodec:
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; one of {sorted(FAMILIES)}")
         self.family, self.L, self.K = family, L, K
-        self.options = dict(FAMILIES[family])
+        self.options: dict[str, Any] = dict(FAMILIES[family])  # TrainOptions fields
         slots = f", {min(255, 4 * L)} slots tightened to L" if "sparsity" in self.options else ""
         self.setting = f"L={L}, K={K}{slots}"
-        self.sizes = QUICK_SIZES if quick else SIZES
+        self.sizes: dict[str, Any] = QUICK_SIZES if quick else SIZES
         self.model: SDLGM | None = None
         self._data: BenchData | None = None
         self._shape = (8, 1)  # predictor window W and horizon h, set by `bind`
@@ -83,12 +84,12 @@ class SupervisedCodec:
             opts = TrainOptions(
                 data=Path(tmp), kpis=data.kpis, target=data.target, out=Path(tmp),
                 horizon=horizon, L=self.L, K=self.K, window=window, seed=seed,
-                progress=False, **self.sizes, **self.options,  # type: ignore[arg-type]
+                progress=False, **self.sizes, **self.options,
             ).resolved()  # fmt: skip
             torch.manual_seed(seed)
             parts = [_windows(part, data, window, horizon) for part in data.parts[:2]]
             trainer = Trainer(opts, data.normaliser, data.scaler, *parts)
-            trainer.fit(Path(tmp) / "train_log.jsonl")
+            trainer.fit(Path(tmp) / TRAIN_LOG_FILE)
         self.model = trainer.model.cpu().eval()
         self._nnz, self._used = [], np.zeros(self.K, dtype=bool)
 

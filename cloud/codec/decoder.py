@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ...shared.errors import ModelMismatchError
-from ...shared.manifest import MANIFEST_FILE, ModelManifest, file_sha256
-from .model import CHECKPOINT_FILE, Checkpoint
+from ...shared.manifest import ModelManifest, file_sha256
+from ...shared.rundir import CHECKPOINT_FILE, MANIFEST_FILE
+from .model import Checkpoint
 
 __all__ = ["CloudCodec"]
 

@@ -28,14 +28,9 @@ import onnxruntime as ort
 import torch
 
 from ... import __version__
-from ...shared.manifest import (
-    ENCODER_FILE,
-    MANIFEST_FILE,
-    ModelManifest,
-    file_sha256,
-    schema_hash,
-)
-from .model import CHECKPOINT_FILE, Checkpoint, EdgeEncoder
+from ...shared.manifest import ModelManifest, file_sha256, schema_hash
+from ...shared.rundir import CHECKPOINT_FILE, ENCODER_FILE, MANIFEST_FILE
+from .model import Checkpoint, EdgeEncoder
 
 __all__ = ["OPSET", "encode_onnx", "encode_torch", "export_run"]
 

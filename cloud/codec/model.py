@@ -29,7 +29,6 @@ from ...shared.manifest import KpiNorm
 from .normaliser import CLIP, Normaliser, TargetScaler
 
 __all__ = [
-    "CHECKPOINT_FILE",
     "OBJECTIVES",
     "SDLGM",
     "Checkpoint",
@@ -379,6 +378,11 @@ class EdgeEncoder(nn.Module):
     are float32 values, so the cast loses nothing.
     """
 
+    # Buffers, registered in __init__ (nn.Module's __getattr__ alone types them Tensor | Module).
+    mean: torch.Tensor
+    std: torch.Tensor
+    log: torch.Tensor
+
     def __init__(self, model: SDLGM, normaliser: Normaliser) -> None:
         super().__init__()
         norms = normaliser.norms
@@ -407,7 +411,6 @@ class EdgeEncoder(nn.Module):
         return codes[:, : self.L], on.to(torch.int64).sum(-1)
 
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 

@@ -130,6 +130,13 @@ class TemporalSDLGM(nn.Module):
     priors per kind of measurement (key, context) and gate priors per slot (learned); the
     sequential slot encoder."""
 
+    # Buffers, registered in __init__ (nn.Module's __getattr__ alone types them Tensor | Module).
+    codebook: torch.Tensor
+    group: torch.Tensor
+    value: torch.Tensor
+    keys: torch.Tensor
+    weight: torch.Tensor
+
     def __init__(self, cfg: TemporalConfig, codebook: torch.Tensor, keys: torch.Tensor) -> None:
         super().__init__()
         if codebook.shape != (cfg.K, cfg.D) or keys.ndim != 2 or keys.shape[1] != cfg.D:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ...shared.rundir import load_split
 from ...shared.topics import data_topic
 from ...shared.wire import mqtt_publish_overhead
 from ..codec.export import export_run
@@ -89,7 +90,7 @@ def _prepare(workdir: Path, measurements: int, seed: int) -> tuple[Path, list[Pa
     _progress("training a small SDLGM codec on simulated KPIs ...")
     train_run(options)
     export_run(run)
-    split = json.loads((run / "split.json").read_text())
+    split = load_split(run)
     test_files = [data / name for name in split["test"]]
     return run, test_files[:N_EDGES] if len(test_files) >= N_EDGES else test_files * N_EDGES
 
@@ -211,13 +212,12 @@ def _report(
     }
 
 
-def _wire_bytes(group: str, i: int, stats: dict[str, Any]) -> float:
+def _wire_bytes(group: str, i: int, stats: dict[str, Any]) -> int:
     """Bytes an edge put on the wire: its frames plus the MQTT PUBLISH framing around each."""
-    frames = max(stats["frames"], 1)
+    frames = max(int(stats["frames"]), 1)
     topic = data_topic(group, f"edge-{i + 1}")
-    return stats["bytes_sent"] + frames * mqtt_publish_overhead(
-        topic, stats["bytes_sent"] // frames
-    )
+    sent = int(stats["bytes_sent"])
+    return sent + frames * mqtt_publish_overhead(topic, sent // frames)
 
 
 def _json_bytes_per_measurement(kpis: tuple[str, ...], x: np.ndarray) -> float:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ...shared.bundle import Bundle, signed_message
 from ...shared.errors import ConfigError, ModelMismatchError
-from ...shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from ...shared.rundir import ENCODER_FILE, MANIFEST_FILE
 
 __all__ = [
     "PRIVATE_KEY_FILE",

@@ -22,48 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ...shared.wire import Frame
+from ..store.rows import SUMS, AccuracyRow, KpiError
 from .registry import Decoder
 
-__all__ = ["BUCKET_MS", "SUMS", "AccuracyRow", "KpiError", "audit_accuracy"]
+__all__ = ["BUCKET_MS", "audit_accuracy"]
 
 BUCKET_MS = 60_000
-# The fields of an AccuracyRow that are sums: a bucket adds them up, row after row.
-SUMS = ("audits", "values_n", "recon_se", "recon_ss", "target_n", "target_ae", "target_se")
-
-
-@dataclass(frozen=True)
-class KpiError:
-    """One KPI's reconstruction sums in a bucket: measured values `n`, squared error `se`
-    and squared true values `ss` in the normalised space, squared error `se_raw` in units."""
-
-    kpi: str
-    n: int
-    se: float
-    ss: float
-    se_raw: float
-
-
-@dataclass(frozen=True)
-class AccuracyRow:
-    """The error sums of one bucket of one edge and model (see the module docstring)."""
-
-    edge: str
-    model_ref: str
-    L: int
-    bucket_ms: int
-    audits: int = 0
-    values_n: int = 0
-    recon_se: float = 0.0
-    recon_ss: float = 0.0
-    target_n: int = 0
-    target_ae: float = 0.0
-    target_se: float = 0.0
-    kpis: tuple[KpiError, ...] = ()
 
 
 def audit_accuracy(
@@ -94,7 +63,7 @@ def audit_accuracy(
     made = {
         r.t_ms + step: p for r, p in zip(frame.records, predictions, strict=True) if p is not None
     }
-    sums: dict[int, dict[str, float]] = {}  # counts stay ints: they start as int 0
+    sums: dict[int, dict[str, Any]] = {}  # counts stay ints (they start as int 0), sums float
     rows_of: dict[int, list[int]] = {}  # bucket -> rows of `audited` in it
     for row, i in enumerate(audited):
         t = frame.records[i].t_ms

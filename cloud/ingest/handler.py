@@ -40,8 +40,9 @@ from ...shared.errors import WireError
 from ...shared.health import parse_beat
 from ...shared.topics import parse_topic
 from ...shared.wire import Frame, decode_frame
-from ..store.database import FrameRow, MeasurementRow, Store
-from .audit import AccuracyRow, audit_accuracy
+from ..store.database import Store
+from ..store.rows import AccuracyRow, FrameRow, MeasurementRow
+from .audit import audit_accuracy
 from .counters import ServiceStats, Throttle
 from .deadletter import TokenBucket
 from .digest import frame_digest

@@ -17,7 +17,6 @@ broker. ``metrics``: the counters as Prometheus metrics while it runs (`servemet
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ from .mqttsession import MAX_RECEIVE_MAXIMUM, TakeoverWatch, connect_properties,
 from .registry import ModelRegistry
 from .servemetrics import parse_listen, serve_metrics
 
-__all__ = ["DecoderService", "ServeConfig", "run_service", "serve_config_from_flags"]
+__all__ = ["DecoderService", "ServeConfig", "run_service_stats", "serve_config_from_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -503,31 +502,6 @@ def serve_config_from_flags(args: argparse.Namespace) -> ServeConfig:
         ServeConfig, getattr(args, "config", None), "SPARSETEL_", overrides
     )
     return cfg
-
-
-def run_service(cfg: ServeConfig, print_json: bool = True) -> int:
-    """`sparsetel serve`: run until SIGINT/SIGTERM, `stop_after_records` or the idle timeout;
-    then print the stats on stdout, as one JSON object when `print_json` (nothing else goes to
-    stdout), else as one summary line. 0 on a clean stop, 1 when it cannot start or the idle
-    timeout came before `stop_after_records` were stored. With `workers` > 1, the workers of
-    `cloud.ingest.workers` do the work."""
-    if cfg.workers > 1:
-        from .workers import run_workers
-
-        return run_workers(cfg, print_json)
-    code, stats = run_service_stats(cfg)
-    if not stats:
-        return code
-    if print_json:
-        print(json.dumps(stats, sort_keys=True), flush=True)
-    else:
-        print(
-            f"sparsetel serve: stored {stats['records_stored']} measurements in "
-            f"{stats['frames_ok']} frames; {stats['duplicates']} duplicates, "
-            f"rejects {stats['rejects'] or 0}, gaps {stats['gaps'] or 0}",
-            flush=True,
-        )
-    return code
 
 
 def run_service_stats(cfg: ServeConfig) -> tuple[int, dict[str, Any]]:

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from ...shared.errors import ConfigError
-from ...shared.manifest import MANIFEST_FILE, ModelManifest
+from ...shared.manifest import ModelManifest
+from ...shared.rundir import MANIFEST_FILE, read_evaluation
 from ..store.database import Store
-from ..training.evaluate import read_evaluation
 from .status import check_window, fleet_status
 
 __all__ = ["Dashboard", "DashboardOptions", "ModelCatalogue", "load_benchmark"]

@@ -48,7 +48,7 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
     gaps = store.sequence_gaps()
     health = store.health()
     births = {e["edge"]: e for e in store.edges()}
-    edges = []
+    edges: list[dict[str, Any]] = []
     for edge in sorted(set(frames) | set(births) | set(health)):
         f, known, heard = frames.get(edge, {}), births.get(edge, {}), health.get(edge, {})
         birth = read_birth(known.get("birth"))

@@ -22,13 +22,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 from ...shared.errors import SparsetelError
-from ..ingest.audit import SUMS, AccuracyRow
 from .reads import StoreReads
+from .rows import SUMS, AccuracyRow, FrameRow, MeasurementRow
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
 
 __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
@@ -47,39 +47,6 @@ _ADD_KPI_ACCURACY = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (edge, model_ref, bucket_ms, kpi) DO UPDATE SET "
     + ", ".join(f"{c} = accuracy_kpi.{c} + excluded.{c}" for c in _KPI_SUMS)
 )
-
-
-@dataclass(frozen=True)
-class FrameRow:
-    """One received frame, as the ``frames`` table keeps it (model_ref: the 8 wire bytes;
-    digest: `cloud.ingest.digest.frame_digest`, None when not known)."""
-
-    edge: str
-    bd_seq: int
-    seq: int
-    model_ref: bytes
-    n_records: int
-    n_bytes: int
-    historical: bool
-    received_ms: int
-    digest: str | None = None
-
-
-@dataclass(frozen=True)
-class MeasurementRow:
-    """One decoded record of a frame: `kpis` has D values in raw units, NaN where unknown.
-
-    `audit` is the raw measurement the edge sent beside the code (FLAG_AUDIT), when it did.
-    """
-
-    rec: int
-    t_ms: int
-    nnz: int
-    codes: tuple[int, ...]
-    kpis: tuple[float, ...]
-    prediction: float | None = None
-    predicted_t_ms: int | None = None
-    audit: tuple[float, ...] | None = None
 
 
 class Store(StoreReads):

@@ -29,7 +29,6 @@ to set beside the live audits.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,14 @@ import torch
 
 from ...shared.errors import DataError, ModelMismatchError
 from ...shared.kpi import parse_kpi_list, parse_sentinels
-from ...shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from ...shared.rundir import (
+    ENCODER_FILE,
+    EVALUATION_FILE,
+    MANIFEST_FILE,
+    load_split,
+    read_config,
+    write_json,
+)
 from ...shared.topics import data_topic
 from ...shared.wire import code_bits, wire_bytes_per_measurement
 from ..codec.decoder import CloudCodec
@@ -51,17 +57,14 @@ from ..data.datasets import Session, load_dataset, parse_cells, split_sessions
 from .codeusage import read_labels, sparsity_report
 
 __all__ = [
-    "EVALUATION_FILE",
     "WIRE_BATCH",
     "WIRE_PERIOD_MS",
     "evaluate_run",
-    "read_evaluation",
     "target_scores",
 ]
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FILE = "evaluation.json"
 WIRE_BATCH = 50  # records per frame: the edge agent's default
 WIRE_PERIOD_MS = 1000  # 1 Hz
 _WINDOW_CHUNK = 4096
@@ -82,11 +85,11 @@ def _sessions(
     run: Path, data: Path, kpis: tuple[str, ...], target: str, sentinels: str | None
 ) -> tuple[tuple[Session, ...], str]:
     """The sessions to evaluate on and the split name ("test" or "all")."""
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config = read_config(run)
     if sentinels is None:
         sentinels = config.get("sentinels")
     ds = load_dataset(data, kpis, target, parse_sentinels(sentinels) if sentinels else None)
-    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    split = load_split(run)
     if Path(data).resolve() != Path(split["data"]).resolve():
         return ds.sessions, "all"
     test = split_sessions(ds, seed=int(split["seed"]))[2]
@@ -103,7 +106,9 @@ def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(err))), r2
 
 
-def _target_metrics(codec: CloudCodec, ckpt: Checkpoint, w: Windows, counts: np.ndarray) -> dict:
+def _target_metrics(
+    codec: CloudCodec, ckpt: Checkpoint, w: Windows, counts: np.ndarray
+) -> dict[str, Any]:
     """Code predictor, raw ceiling and persistence on every full window (raw units)."""
     if len(w.ends) < 2:
         return {
@@ -261,18 +266,5 @@ def evaluate_run(
     }
     log.info("evaluated %s on %d rows (%s): nmse %.4f", run, len(x), split, result["nmse"])
     saved = {**result, "data": str(Path(data).resolve())}
-    (run / EVALUATION_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+    write_json(run / EVALUATION_FILE, saved)
     return result
-
-
-def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's latest `evaluate_run` result (RUN/evaluation.json), or None when it has none
-    or it cannot be read (logged)."""
-    path = Path(run_dir) / EVALUATION_FILE
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("%s: unreadable, ignored: %s", path, exc)
-        return None

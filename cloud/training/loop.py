@@ -47,7 +47,7 @@ from ..codec.model import SDLGM, Checkpoint, ModelConfig, RawPredictor
 from ..codec.normaliser import Normaliser, TargetScaler, Windows
 
 if TYPE_CHECKING:
-    from .train import TrainOptions
+    from .options import TrainOptions
 
 __all__ = ["BUDGET_DEADLINE", "Trainer"]
 
@@ -272,7 +272,8 @@ class Trainer:
 
     def _phase(self, name: str, steps: int, fn: Any, out: Any, bar: Any) -> None:
         """Run `fn(step)` `steps` times, validating every `eval_every` and at the end."""
-        every, sums = self.opts.eval_every or steps, {}
+        every = self.opts.eval_every or steps
+        sums: dict[str, float] = {}
         for step in range(steps):
             for k, val in fn(step).items():
                 sums[k] = sums.get(k, 0.0) + val
@@ -281,7 +282,11 @@ class Trainer:
                 if step + 1 == steps and self.budget is not None:
                     self.budget = self.model.cfg.L  # the phase ends at the final budget
                 n = (step % every) + 1
-                row = {"phase": name, "step": step + 1, **{k: s / n for k, s in sums.items()}}
+                row: dict[str, Any] = {
+                    "phase": name,
+                    "step": step + 1,
+                    **{k: s / n for k, s in sums.items()},
+                }
                 row.update(self.validate(), seconds=round(time.monotonic() - self.started, 2))
                 self._keep_best(self.done + step + 1, row)
                 out.write(json.dumps(row) + "\n")

@@ -9,143 +9,36 @@ train_log.jsonl and summary.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ...shared.errors import ConfigError
-from ...shared.kpi import parse_kpi_list, parse_sentinels
-from ...shared.manifest import ENCODER_FILE, MANIFEST_FILE
-from ..codec.model import CHECKPOINT_FILE, OBJECTIVES
+from ...shared.kpi import parse_sentinels
+from ...shared.rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    TRAIN_LOG_FILE,
+    write_json,
+)
 from ..codec.normaliser import Normaliser, Windows, fit_normaliser, fit_target_scaler, make_windows
 from ..data.datasets import Dataset, load_dataset, split_sessions
 from .loop import Trainer
+from .options import QUICK, TrainOptions
 
-__all__ = ["QUICK", "TrainOptions", "load_split", "train_run"]
+__all__ = ["QUICK", "TrainOptions", "train_run"]
 
 log = logging.getLogger(__name__)
 
 N_PROBES = 16
-
-# Sizes a run gets unless given: the default fits ~3 min on 2 CPU cores for the full
-# uccmisl-5g traces; QUICK (demo, tests) trains in seconds on simulated sessions.
-DEFAULT = {"steps": 2000, "finetune_steps": 500, "batch": 128, "hidden": 256, "eval_every": 250}
-QUICK = {"steps": 600, "finetune_steps": 150, "batch": 64, "hidden": 128, "eval_every": 100}
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """One training run; None means the DEFAULT (or, with `quick`, the QUICK) value."""
-
-    data: Path
-    kpis: tuple[str, ...]
-    target: str
-    out: Path
-    horizon: int = 1
-    L: int = 4
-    K: int = 128
-    window: int = 8
-    seed: int = 0
-    steps: int | None = None
-    finetune_steps: int | None = None
-    batch: int | None = None
-    hidden: int | None = None
-    eval_every: int | None = None
-    quick: bool = False
-    lr: float = 2e-3
-    sentinels: str | None = None
-    time_column: str | None = None
-    device: str = "cpu"
-    threads: int | None = None
-    likelihood: Literal["gaussian", "student"] = "gaussian"
-    hard: bool = True
-    tau_start: float = 1.0
-    tau_end: float = 0.1
-    noise_end: float = 0.1
-    kl_weight: float = 0.01
-    kl_warmup: float = 0.3
-    pred_weight: float = 1.0
-    usage_weight: float = 1.0
-    nowcast_weight: float = 10.0
-    progress: bool | None = None
-    objective: Literal["generative", "discriminative", "conditional"] = "generative"
-    sparsity: Literal["fixed", "adaptive"] = "fixed"
-    slots: int | None = None  # code slots of the adaptive schedule (None: 4 L, at most 255)
-    budget_tolerance: float = 0.02
-    # nats charged per sent code in training: the wire's price of a code, so a gate stays
-    # open only where its code buys more likelihood and prediction than that
-    code_cost: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        if isinstance(self.kpis, str):
-            object.__setattr__(self, "kpis", parse_kpi_list(self.kpis))
-        object.__setattr__(self, "kpis", tuple(self.kpis))
-        checks = {
-            "L": 1 <= self.L <= 255,
-            "K": 2 <= self.K <= 65535,
-            "window": self.window >= 1,
-            "horizon": self.horizon >= 0,
-            "likelihood": self.likelihood in ("gaussian", "student"),
-            "tau_end": 0 < self.tau_end <= self.tau_start,
-            "noise_end": 0 <= self.noise_end <= 1,
-            "objective": self.objective in OBJECTIVES,
-            "sparsity": self.sparsity in ("fixed", "adaptive"),
-            "slots": self.slots is None or self.L <= self.slots <= 255,
-            "budget_tolerance": self.budget_tolerance >= 0,
-            "code_cost": self.code_cost >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"invalid value {getattr(self, key)!r}", key=f"train.{key}")
-        if not self.kpis:
-            raise ConfigError("at least one KPI is needed", key="train.kpis")
-        for key in ("steps", "finetune_steps", "batch", "hidden", "eval_every"):
-            value = getattr(self, key)
-            if value is not None and value < (0 if key == "finetune_steps" else 1):
-                raise ConfigError(f"out of range: {value}", key=f"train.{key}")
-
-    def resolved(self) -> TrainOptions:
-        """The options with every None size replaced by its DEFAULT or QUICK value, and the
-        slots the sparsity schedule trains with (L when fixed)."""
-        preset = QUICK if self.quick else DEFAULT
-        sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in preset.items()}
-        slots = self.L
-        if self.sparsity == "adaptive":
-            slots = self.slots if self.slots is not None else min(255, 4 * self.L)
-        return replace(self, **sizes, slots=slots)
-
-    @classmethod
-    def from_cli(cls, args: argparse.Namespace) -> TrainOptions:
-        """Options from `sparsetel train` flags (flags left out keep their defaults)."""
-        if not args.kpis:
-            raise ConfigError("--kpis is required", key="train.kpis")
-        if not args.target:
-            raise ConfigError("--target is required", key="train.target")
-        names = ("horizon", "L", "K", "window", "seed", "steps", "sentinels", "objective")
-        given = {k: getattr(args, k, None) for k in (*names, "sparsity", "slots", "code_cost")}
-        return cls(
-            data=args.data,
-            kpis=parse_kpi_list(args.kpis),
-            target=args.target,
-            out=args.out,
-            quick=bool(getattr(args, "quick", False)),
-            **{k: v for k, v in given.items() if v is not None},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(data=str(self.data), out=str(self.out), kpis=list(self.kpis))
-        return data
 
 
 def _seed_everything(seed: int) -> None:
@@ -158,11 +51,6 @@ def _load(opts: TrainOptions) -> tuple[Dataset, Dataset, Dataset]:
     sentinels = parse_sentinels(opts.sentinels) if opts.sentinels else None
     ds = load_dataset(opts.data, opts.kpis, opts.target, sentinels, opts.time_column)
     return split_sessions(ds, seed=opts.seed)
-
-
-def load_split(run_dir: Path) -> dict[str, Any]:
-    """The run's split.json: session names per part, data path and seed."""
-    return dict(json.loads((Path(run_dir) / "split.json").read_text(encoding="utf-8")))
 
 
 def _windows(ds: Dataset, norm: Normaliser, window: int, horizon: int) -> Windows:
@@ -218,9 +106,9 @@ def train_run(options: TrainOptions) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (ENCODER_FILE, MANIFEST_FILE):  # an old export no longer describes the run
         (out / stale).unlink(missing_ok=True)
-    _write_json(out / "config.json", opts.to_dict())
-    _write_json(
-        out / "split.json",
+    write_json(out / CONFIG_FILE, opts.to_dict())
+    write_json(
+        out / SPLIT_FILE,
         {
             "data": str(opts.data.resolve()),
             "seed": opts.seed,
@@ -232,13 +120,9 @@ def train_run(options: TrainOptions) -> Path:
     )
     trainer = Trainer(opts, norm, scaler, tw, vw)
     started = time.monotonic()
-    summary = trainer.fit(out / "train_log.jsonl")
+    summary = trainer.fit(out / TRAIN_LOG_FILE)
     summary["seconds"] = round(time.monotonic() - started, 1)
     trainer.checkpoint(_probes(val), summary).save(out / CHECKPOINT_FILE)
-    _write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY_FILE, summary)
     log.info("trained %s in %.1f s: %s", out, summary["seconds"], summary)
     return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -35,7 +35,8 @@ from sparsetel.cloud.fleet.rollout import deploy
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import (
     data_topic,
     deploy_topic,

@@ -29,7 +29,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.mosquitto import OwnBroker, shipped_limits

@@ -32,7 +32,8 @@ from sparsetel.shared.bundle import signed_message, unpack_bundle
 from sparsetel.shared.commands import DeployReport, parse_command
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import (
     deploy_topic,
     model_topic,

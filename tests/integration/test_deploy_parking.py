@@ -24,7 +24,8 @@ from sparsetel.cloud.store.database import open_store
 from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import model_topic, state_topic
 from tests.integration.test_edge_agent import Listener
 from tests.quickrun import KPIS, TARGET, quick_run

@@ -27,7 +27,8 @@ from sparsetel.shared.birth import parse_state
 from sparsetel.shared.bundle import Bundle, pack_bundle
 from sparsetel.shared.commands import deploy_command, parse_report
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.manifest import MANIFEST_FILE, KpiNorm, ModelManifest
+from sparsetel.shared.manifest import KpiNorm, ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import (
     data_topic,
     deploy_topic,

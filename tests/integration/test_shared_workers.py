@@ -18,7 +18,8 @@ from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.helpers import wait_until

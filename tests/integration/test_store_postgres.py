@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sparsetel.cloud.store.database import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from sparsetel.cloud.store.database import MIGRATIONS, Store, open_store
+from sparsetel.cloud.store.rows import FrameRow, MeasurementRow
 from tests.helpers import ANY_TIME, store_a_frame_before_digests
 
 pytestmark = pytest.mark.integration

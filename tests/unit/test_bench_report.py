@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sparsetel.cloud.bench.options import BenchOptions, BenchResult
 from sparsetel.cloud.bench.report import (
     aggregate_rows,
     bits_for_snr,
@@ -15,7 +16,6 @@ from sparsetel.cloud.bench.report import (
     render_markdown,
     write_report,
 )
-from sparsetel.cloud.bench.runner import BenchOptions, BenchResult
 
 
 def _row(method: str, bits: float, nmse: float, L: int | None = None, r2: float = 0.5) -> dict:

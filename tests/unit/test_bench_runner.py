@@ -13,7 +13,8 @@ from sparsetel.cli import main
 from sparsetel.cloud.bench import runner
 from sparsetel.cloud.bench.dataset import load_bench_data
 from sparsetel.cloud.bench.method import Coded, TrainData
-from sparsetel.cloud.bench.runner import BenchOptions, run_benchmark, wire_bytes
+from sparsetel.cloud.bench.options import BenchOptions
+from sparsetel.cloud.bench.runner import run_benchmark, wire_bytes
 from sparsetel.cloud.data.simulator import simulate_sessions
 from sparsetel.shared.errors import ConfigError, DataError
 from sparsetel.shared.wire import Frame, Record, encode_frame, mqtt_publish_overhead

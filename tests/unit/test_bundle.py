@@ -18,7 +18,7 @@ from sparsetel.shared.bundle import (
     unpack_bundle,
 )
 from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
 from tests.tinymodel import write_tiny_model
 
 SMALL = Bundle(b'{"m":1}', bytes(range(64)), b"\x08\x01onnx")

@@ -23,8 +23,8 @@ from sparsetel.cloud.monitor.dashboard import (
     _Model,
     load_benchmark,
 )
+from sparsetel.cloud.monitor.metrics import FleetCollector
 from sparsetel.cloud.monitor.page import render_page
-from sparsetel.cloud.monitor.server import FleetCollector
 from sparsetel.cloud.monitor.svgplot import Series, chart
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.errors import ConfigError

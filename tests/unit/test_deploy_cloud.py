@@ -29,7 +29,7 @@ from sparsetel.cloud.fleet.keys import (
 from sparsetel.cloud.fleet.rollout import broker_from_flags, choose_targets, new_deployment_id
 from sparsetel.shared.bundle import pack_bundle, signed_message, unpack_bundle
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
-from sparsetel.shared.manifest import ENCODER_FILE, MANIFEST_FILE
+from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
 from sparsetel.shared.topics import validate_id
 from tests.tinymodel import write_tiny_model
 

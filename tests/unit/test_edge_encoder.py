@@ -15,13 +15,8 @@ import pytest
 
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import (
-    ENCODER_FILE,
-    MANIFEST_FILE,
-    KpiNorm,
-    ModelManifest,
-    file_sha256,
-)
+from sparsetel.shared.manifest import KpiNorm, ModelManifest, file_sha256
+from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
 from tests.tinymodel import KPIS, PROBES, K, L, reference_codes, write_tiny_model
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from sparsetel.cloud.data.simulator import write_sessions
-from sparsetel.cloud.training.evaluate import evaluate_run, read_evaluation
+from sparsetel.cloud.training.evaluate import evaluate_run
 from sparsetel.shared.errors import ModelMismatchError
+from sparsetel.shared.rundir import read_evaluation
 from sparsetel.shared.wire import record_bits
 from tests.quickrun import KPIS, quick_run
 

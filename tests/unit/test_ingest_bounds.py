@@ -22,10 +22,11 @@ from sparsetel.cloud.ingest.handler import ACCEPTED, FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.limits import IngestLimits
 from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.ingest.service import ServeConfig
-from sparsetel.cloud.store.database import FrameRow, Store, open_store
+from sparsetel.cloud.store.database import Store, open_store
+from sparsetel.cloud.store.rows import FrameRow
 from sparsetel.shared.config import load_config
 from sparsetel.shared.errors import ConfigError
-from sparsetel.shared.manifest import MANIFEST_FILE
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
 from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
-from sparsetel.cloud.monitor.server import FleetCollector, monitor_app
+from sparsetel.cloud.monitor.metrics import FleetCollector
+from sparsetel.cloud.monitor.server import monitor_app
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.cloud.webserver import WebServer
 from tests.conftest import free_port

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from sparsetel.cloud.bench.dataset import load_bench_data
+from sparsetel.cloud.bench.options import BenchOptions
 from sparsetel.cloud.bench.report import render_markdown
-from sparsetel.cloud.bench.runner import BenchOptions, measure
+from sparsetel.cloud.bench.runner import measure
 from sparsetel.cloud.bench.supervised import SupervisedCodec, supervised_methods
 from sparsetel.cloud.codec.export import export_run
 from sparsetel.cloud.codec.model import SDLGM, Checkpoint, EdgeEncoder, ModelConfig

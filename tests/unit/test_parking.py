@@ -14,7 +14,8 @@ from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.birth import birth_payload, state_from_manifest
-from sparsetel.shared.manifest import MANIFEST_FILE, ModelManifest
+from sparsetel.shared.manifest import ModelManifest
+from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import state_topic
 from tests.helpers import ANY_TIME
 from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec, _frame

@@ -27,12 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sparsetel.cloud.demo.broker import start_embedded_broker
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
-from sparsetel.cloud.ingest.service import (
-    DecoderService,
-    ServeConfig,
-    run_service,
-    serve_config_from_flags,
-)
+from sparsetel.cloud.ingest.serve import run_service
+from sparsetel.cloud.ingest.service import DecoderService, ServeConfig, serve_config_from_flags
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.birth import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
@@ -625,7 +621,8 @@ def test_run_service_stops_cleanly_on_sigterm_and_prints_json_stats(tmp_path: Pa
     db = tmp_path / "sig.db"
     with start_embedded_broker() as broker:
         code = (
-            "from sparsetel.cloud.ingest.service import ServeConfig, run_service\n"
+            "from sparsetel.cloud.ingest.serve import run_service\n"
+            "from sparsetel.cloud.ingest.service import ServeConfig\n"
             "from sparsetel.shared.config import BrokerConfig\n"
             f"cfg = ServeConfig(broker=BrokerConfig(url={broker.url!r}), db={str(db)!r})\n"
             "raise SystemExit(run_service(cfg))\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsetel.cloud.store.database import MIGRATIONS, FrameRow, MeasurementRow, Store, open_store
+from sparsetel.cloud.store.database import MIGRATIONS, Store, open_store
+from sparsetel.cloud.store.rows import FrameRow, MeasurementRow
 from tests.helpers import store_a_frame_before_digests
 
 REF = bytes.fromhex("0123456789abcdef")
