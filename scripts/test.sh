@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check CI runs: lint, types, then the whole test suite (unit and integration).
+# Every check CI runs: lint, types, import contracts, then the whole test suite (unit and
+# integration).
 # Starts Mosquitto and PostgreSQL on loopback when they are not answering.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
@@ -32,7 +33,9 @@ fi
 echo "== ruff" >&2
 ruff check .
 ruff format --check .
-echo "== mypy (shared, edge)" >&2
-"$root/scripts/typecheck.sh"
+echo "== mypy" >&2
+mypy
+echo "== import contracts" >&2
+lint-imports --no-cache
 echo "== pytest" >&2
 pytest -q -p no:cacheprovider "$@"
