@@ -1,24 +1,38 @@
-"""Helpers shared by tests (import them; never import one test module from another)."""
+"""Helpers shared by tests (import them; never import one test module from another).
+
+Beside this module, by concern: tests/frames.py (the fake model and the DATA frames fed to
+the decoder), tests/stores.py (store rows, a filled fleet, checks run on SQLite and on
+PostgreSQL), tests/mqttclients.py (MQTT clients on a real broker), tests/agents.py (the edge
+agent's config, input and process), tests/processes.py (child processes, always cleaned up),
+tests/tinymodel.py, tests/quickrun.py and tests/mosquitto.py. Fixtures live in conftest.py
+files: tests/conftest.py (the services), tests/integration/conftest.py.
+"""
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
+from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest.limits import IngestLimits
 from sparsetel.cloud.store.schema import MIGRATIONS
-from sparsetel.shared.manifest import KpiNorm, ModelManifest
 
 # For tests whose frames carry fixed synthetic times (1970, November 2023) rather than times
 # near their arrival: the default window (8 days back, 1 day ahead) would refuse them.
 ANY_TIME = IngestLimits(
     frame_max_age_s=100 * 365 * 86_400.0, frame_max_ahead_s=100 * 365 * 86_400.0
 )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout: float) -> bool:
@@ -29,36 +43,6 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-class FakeCodec:
-    """A Decoder for tests, no model needed: KPIs [nnz, sum of indices], prediction = sum of
-    the window's counts. `sha` tells one fake model from another (its model ref)."""
-
-    def __init__(self, L: int, K: int, window: int, sha: str = "5e") -> None:
-        self.K = K
-        self.manifest = ModelManifest(
-            model_sha256=sha * 32, L=L, K=K, kpis=("a", "b"),
-            norms=(KpiNorm("a", 0.0, 1.0), KpiNorm("b", 0.0, 1.0)),
-            target="a", horizon=1, window=window, opset=17,
-        )  # fmt: skip
-        self.window, self.horizon = window, 1
-
-    def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([[len(c), sum(c)] for c in codes], dtype=np.float32)
-
-    def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.zeros((len(codes), self.K), np.float32)
-        for i, c in enumerate(codes):
-            np.add.at(out[i], list(c), 1.0)
-        return out
-
-    def predict(self, count_windows: np.ndarray) -> np.ndarray:
-        return count_windows.sum(axis=(1, 2))
-
-    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
-        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
-        return self.predict(np.ascontiguousarray(windows))
 
 
 def store_a_frame_before_digests(
@@ -76,3 +60,12 @@ def store_a_frame_before_digests(
             (*key, model_ref.hex(), False),
         )
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus exposition `text` as {(sample name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -7,16 +7,16 @@ away, or need a configuration of their own (no anonymous clients, ACLs), start o
 from __future__ import annotations
 
 import getpass
-import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["OwnBroker", "free_port", "own_broker", "shipped_limits"]
+from tests.helpers import free_port
+
+__all__ = ["OwnBroker", "shipped_limits"]
 
 START_TIMEOUT_S = 10.0
 DEV_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "dev.conf"
@@ -28,12 +28,6 @@ def shipped_limits() -> str:
     for an `OwnBroker` (its listener and persistence stay the test's own)."""
     lines = DEV_CONF.read_text().splitlines()
     return "".join(f"{line}\n" for line in lines if line.startswith(_LIMITS))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OwnBroker:
@@ -95,13 +89,3 @@ class OwnBroker:
             self.proc.terminate()
             self.proc.wait(timeout=START_TIMEOUT_S)
             self.proc = None
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    if shutil.which("mosquitto") is None:
-        pytest.fail("mosquitto is not installed; the test script installs it")
-    b = OwnBroker(tmp_path)
-    b.start()
-    yield b
-    b.stop()

@@ -10,6 +10,7 @@ pytest puts the repository root on sys.path, see ``pythonpath`` in pyproject.tom
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from onnx import TensorProto, helper
 from sparsetel.shared.manifest import KpiNorm, ModelManifest, file_sha256
 from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
 
-__all__ = ["KPIS", "PROBES", "K", "L", "reference_codes", "write_tiny_model"]
+__all__ = ["KPIS", "PROBES", "K", "L", "ranged_model", "reference_codes", "write_tiny_model"]
 
 KPIS = ("RSRP", "RSRQ", "SNR")
 L, K = 4, 16
@@ -111,4 +112,19 @@ def write_tiny_model(
         probe_codes=tuple(tuple(c) for c in probe_codes),
     )
     manifest.save(run_dir / MANIFEST_FILE)
+    return run_dir
+
+
+def ranged_model(run_dir: Path) -> Path:
+    """The tiny model with training ranges in its manifest: RSRP -120..-80, RSRQ -20..-5,
+    and SNR log-scaled over 0..99 (log1p 0..4.6)."""
+    write_tiny_model(run_dir)
+    manifest = ModelManifest.load(run_dir / MANIFEST_FILE)
+    bounds = {"RSRP": (-120.0, -80.0, False), "RSRQ": (-20.0, -5.0, False), "SNR": (0, 99, True)}
+    norms = tuple(
+        KpiNorm(n.name, n.mean, n.std, log=bounds[n.name][2], lo=bounds[n.name][0],
+                hi=bounds[n.name][1])
+        for n in manifest.norms
+    )  # fmt: skip
+    replace(manifest, norms=norms).save(run_dir / MANIFEST_FILE)
     return run_dir

@@ -28,7 +28,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +42,9 @@ from sparsetel.cloud.data.simulator import write_sessions
 from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import SparsetelError
-from tests.mosquitto import OwnBroker, free_port, shipped_limits
+from tests.helpers import free_port
+from tests.mosquitto import OwnBroker, shipped_limits
+from tests.processes import end_process, last_json, sparsetel, stop
 from tests.quickrun import quick_exported_run
 
 pytestmark = pytest.mark.integration
@@ -77,13 +78,12 @@ class Agents:
     def start(self, edge: str, *flags: str) -> None:
         log = open(self.tmp / f"{edge}.log", "w")  # noqa: SIM115 (closed in close())
         self._logs.append(log)
-        self.procs[edge] = subprocess.Popen(
-            [sys.executable, "-m", "sparsetel", "edge", "--model", str(self.run),
-             "--source", str(self.source), "--time-column", "t", "--group", self.group,
-             "--edge-id", edge, "--broker", self.url, "--state-dir", str(self.state(edge)),
-             "--json", *flags],
-            stdout=subprocess.PIPE, stderr=log, text=True,
+        argv = sparsetel(
+            "edge", "--model", str(self.run), "--source", str(self.source), "--time-column", "t",
+            "--group", self.group, "--edge-id", edge, "--broker", self.url,
+            "--state-dir", str(self.state(edge)), "--json", *flags,
         )  # fmt: skip
+        self.procs[edge] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
 
     def state(self, edge: str) -> Path:
         return self.tmp / f"state-{edge}"
@@ -103,14 +103,12 @@ class Agents:
         for edge, proc in self.procs.items():
             stdout, _ = proc.communicate(timeout=timeout)
             assert proc.returncode == 0, (edge, stdout, (self.tmp / f"{edge}.log").read_text())
-            out[edge] = json.loads(stdout.strip().splitlines()[-1])
+            out[edge] = last_json(stdout)
         return out
 
     def close(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            end_process(proc)
         for log in self._logs:
             log.close()
 
@@ -276,8 +274,9 @@ class Serve:
     """``sparsetel serve`` as the README runs it: --model, --db, --broker, nothing more."""
 
     def __init__(self, tmp: Path, run: Path, db: Path, url: str) -> None:
-        self.argv = [sys.executable, "-m", "sparsetel", "serve", "--model", str(run),
-                     "--db", str(db), "--broker", url, "--json"]  # fmt: skip
+        self.argv = sparsetel(
+            "serve", "--model", str(run), "--db", str(db), "--broker", url, "--json"
+        )
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
@@ -299,14 +298,12 @@ class Serve:
 
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
-        return dict(json.loads(out.strip().splitlines()[-1]))
+        out, _ = stop(self.proc, timeout=60)
+        return last_json(out)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            end_process(self.proc)
 
 
 def test_serve_killed_for_five_seconds_and_restarted_without_a_client_id_loses_nothing(

@@ -46,7 +46,8 @@ from sparsetel.shared.topics import (
     receipt_topic,
     state_topic,
 )
-from tests.mosquitto import OwnBroker, free_port
+from tests.helpers import free_port
+from tests.mosquitto import OwnBroker
 from tests.tinymodel import write_tiny_model
 
 pytestmark = pytest.mark.integration

@@ -12,17 +12,14 @@ frame; the store drops repeats by (edge, bdSeq, seq).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,11 +27,11 @@ from sparsetel.cloud.data.simulator import write_sessions
 from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig
-from tests.mosquitto import OwnBroker, own_broker
+from tests.mosquitto import OwnBroker
+from tests.processes import DEVNULL, last_json, sparsetel, started
 from tests.quickrun import quick_exported_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-__all__ = ["own_broker"]  # a fixture, used by name
 
 N = 10_000
 RATE_HZ = 800
@@ -56,13 +53,13 @@ def _csv(path: Path, tmp: Path) -> list[int]:
     return times
 
 
-def _agent(run: Path, source: Path, url: str, state: Path) -> subprocess.Popen[str]:
-    args = [
-        sys.executable, "-m", "sparsetel", "edge", "--model", str(run), "--source", str(source),
+def _agent(run: Path, source: Path, url: str, state: Path) -> list[str]:
+    """The command line of the `sparsetel edge` agent replaying `source`."""
+    return sparsetel(
+        "edge", "--model", str(run), "--source", str(source),
         "--time-column", "t", "--rate", str(RATE_HZ), "--batch", "50", "--group", GROUP,
         "--edge-id", EDGE, "--broker", url, "--state-dir", str(state), "--json",
-    ]  # fmt: skip
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    )  # fmt: skip
 
 
 def _wait_for_frames(db: Path, bd_seq: int, timeout_s: float = 30.0) -> None:
@@ -97,40 +94,38 @@ def test_every_measurement_is_stored_once_through_broker_restarts_and_an_agent_k
     state.mkdir()
     (state / "bdseq").write_text("0\n")  # runs 1 and 2 (a new folder would draw one at random)
     log: list[str] = []
+    agent = _agent(run, tmp_path / "kpis.csv", own_broker.url, state)  # both runs
     try:
-        first = _agent(run, tmp_path / "kpis.csv", own_broker.url, state)
-        time.sleep(2.5)
-        own_broker.stop()  # restart 1: the broker goes away ...
-        time.sleep(1.0)
-        first.send_signal(signal.SIGKILL)  # ... and the agent dies with frames unacknowledged
-        first.wait(timeout=10)
-        log.append("broker down, agent SIGKILLed")
-        second = _agent(run, tmp_path / "kpis.csv", own_broker.url, state)  # boots offline
-        time.sleep(1.0)
-        own_broker.start()
-        log.append("broker back")
-        _wait_for_frames(db, bd_seq=2)  # the second agent is through: its live frames land
-        time.sleep(1.0)
-        _restart(own_broker, 1.5)  # restart 2, while the second agent streams
-        log.append("broker restarted")
-        out, _ = second.communicate(timeout=120)
-        assert second.returncode == 0, out
-        stats: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        store = open_store(str(db))
-        deadline = time.monotonic() + 60
-        while store.count_measurements(EDGE) < N and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(1.0)  # anything late (a repeat) would land now
-        frames = store.count_frames(EDGE)
-        store.close()
-        with sqlite3.connect(db) as conn:
-            stored = [int(t) for (t,) in conn.execute("SELECT t_ms FROM measurements")]
+        with contextlib.ExitStack() as procs:  # the agents, killed on the way out if running
+            first = procs.enter_context(started(agent, stderr=DEVNULL))
+            time.sleep(2.5)
+            own_broker.stop()  # restart 1: the broker goes away ...
+            time.sleep(1.0)
+            first.send_signal(signal.SIGKILL)  # ... and the agent dies with frames unacknowledged
+            first.wait(timeout=10)
+            log.append("broker down, agent SIGKILLed")
+            second = procs.enter_context(started(agent, stderr=DEVNULL))  # boots offline
+            time.sleep(1.0)
+            own_broker.start()
+            log.append("broker back")
+            _wait_for_frames(db, bd_seq=2)  # the second agent is through: its live frames land
+            time.sleep(1.0)
+            _restart(own_broker, 1.5)  # restart 2, while the second agent streams
+            log.append("broker restarted")
+            out, _ = second.communicate(timeout=120)
+            assert second.returncode == 0, out
+            stats = last_json(out)
+            store = open_store(str(db))
+            deadline = time.monotonic() + 60
+            while store.count_measurements(EDGE) < N and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(1.0)  # anything late (a repeat) would land now
+            frames = store.count_frames(EDGE)
+            store.close()
+            with sqlite3.connect(db) as conn:
+                stored = [int(t) for (t,) in conn.execute("SELECT t_ms FROM measurements")]
     finally:
         service.stop()
-        for proc in ("first", "second"):
-            p = locals().get(proc)
-            if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
     counts = Counter(stored)
     summary = {
         "events": log,

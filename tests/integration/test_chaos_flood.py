@@ -18,8 +18,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 from tests.mosquitto import OwnBroker, shipped_limits
+from tests.processes import last_json, sparsetel, started, stop
 from tests.quickrun import quick_exported_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -98,38 +97,33 @@ def test_a_flood_past_the_queue_of_a_default_serve_loses_no_frame(
     broker = OwnBroker(tmp_path, shipped_limits())
     broker.start()
     db, log = tmp_path / "cloud.db", tmp_path / "serve.log"
-    with open(log, "w") as err:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
-             "--broker", broker.url, "--json"],
-            stdout=subprocess.PIPE, stderr=err, text=True,
-        )  # fmt: skip
+    argv = sparsetel(
+        "serve", "--model", str(run), "--db", str(db), "--broker", broker.url, "--json"
+    )
     stats: dict[str, Any] = {}
     try:
-        _wait_for_subscription(log)
-        os.kill(serve.pid, signal.SIGSTOP)  # frozen: the broker takes the flood for it
-        failures: list[str] = []
-        edges = [
-            threading.Thread(target=_publish, args=(broker.port, i, floods[i], failures))
-            for i in range(EDGES)
-        ]
-        for thread in edges:
-            thread.start()
-        for thread in edges:
-            thread.join(180)
-        assert not failures, failures
-        os.kill(serve.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 120
-        while _frames_stored(db) < EDGES * FRAMES and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)  # a frame stored twice would land now
-        serve.send_signal(signal.SIGTERM)
-        out, _ = serve.communicate(timeout=60)
-        stats = json.loads(out.strip().splitlines()[-1])
-    finally:
-        if serve.poll() is None:
+        # Killed on the way out if the test fails: SIGKILL ends a frozen process as well.
+        with open(log, "w") as err, started(argv, stderr=err) as serve:
+            _wait_for_subscription(log)
+            os.kill(serve.pid, signal.SIGSTOP)  # frozen: the broker takes the flood for it
+            failures: list[str] = []
+            edges = [
+                threading.Thread(target=_publish, args=(broker.port, i, floods[i], failures))
+                for i in range(EDGES)
+            ]
+            for thread in edges:
+                thread.start()
+            for thread in edges:
+                thread.join(180)
+            assert not failures, failures
             os.kill(serve.pid, signal.SIGCONT)
-            serve.kill()
+            deadline = time.monotonic() + 120
+            while _frames_stored(db) < EDGES * FRAMES and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)  # a frame stored twice would land now
+            out, _ = stop(serve, timeout=60)
+            stats = last_json(out)
+    finally:
         broker.stop()
     with sqlite3.connect(db) as conn:
         frames = conn.execute("SELECT COUNT(*), COUNT(DISTINCT edge || '/' || seq) FROM frames")

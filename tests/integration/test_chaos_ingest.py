@@ -21,13 +21,13 @@ Set SPARSETEL_CHAOS_CONFIRM=broker to see the loss without receipts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import pytest
 
 from sparsetel.cloud.data.simulator import write_sessions
 from tests.mosquitto import OwnBroker
+from tests.processes import DEVNULL, last_json, sparsetel, started
 from tests.quickrun import quick_exported_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -70,6 +71,11 @@ def _workers_of(parent: int) -> list[int]:
     return sorted(found)
 
 
+def _thaw_workers(parent: int) -> None:
+    for pid in _workers_of(parent):
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_every_measurement_of_four_agents_is_stored_once_through_a_worker_kill_and_broker_restart(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -81,30 +87,30 @@ def test_every_measurement_of_four_agents_is_stored_once_through_a_worker_kill_a
     config = tmp_path / "serve.toml"
     config.write_text(f'[broker]\nurl = "{broker.url}"\nclient_id = "chaos-dec"\nprotocol = "5"\n')
     db = tmp_path / "cloud.db"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
-         "--group", GROUP, "--config", str(config), "--workers", "2",
-         "--stop-after", str(AGENTS * PER_AGENT), "--idle-timeout", "120", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
     agents: list[subprocess.Popen[str]] = []
     agent_stats = []
     events = []
-    try:
+    with contextlib.ExitStack() as cleanup:  # undone in reverse: agents, workers, serve, broker
+        cleanup.callback(broker.stop)
+        serve = cleanup.enter_context(started(sparsetel(
+            "serve", "--model", str(run), "--db", str(db),
+            "--group", GROUP, "--config", str(config), "--workers", "2",
+            "--stop-after", str(AGENTS * PER_AGENT), "--idle-timeout", "120", "--json",
+        ), stderr=DEVNULL))  # fmt: skip
+        cleanup.callback(_thaw_workers, serve.pid)  # a frozen worker could not end
         deadline = time.monotonic() + 60
         while len(_workers_of(serve.pid)) < 2 or not db.exists():
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.2)
         time.sleep(2.0)  # both subscribed: their sessions exist from here on
         for i in range(AGENTS):
-            agents.append(subprocess.Popen(
-                [sys.executable, "-m", "sparsetel", "edge", "--model", str(run),
-                 "--source", str(source), "--time-column", "t", "--rate", str(RATE_HZ),
-                 "--group", GROUP, "--edge-id", f"site-{i}", "--broker", broker.url,
-                 "--state-dir", str(tmp_path / f"edge-{i}"), "--json", "--confirm", CONFIRM,
-                 "--confirm-wait", "3", "--ack-timeout", "90"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            ))  # fmt: skip
+            agents.append(cleanup.enter_context(started(sparsetel(
+                "edge", "--model", str(run),
+                "--source", str(source), "--time-column", "t", "--rate", str(RATE_HZ),
+                "--group", GROUP, "--edge-id", f"site-{i}", "--broker", broker.url,
+                "--state-dir", str(tmp_path / f"edge-{i}"), "--json", "--confirm", CONFIRM,
+                "--confirm-wait", "3", "--ack-timeout", "90",
+            ), stderr=DEVNULL)))  # fmt: skip
         time.sleep(4.0)
         victim = _workers_of(serve.pid)[0]
         os.kill(victim, signal.SIGKILL)
@@ -128,14 +134,7 @@ def test_every_measurement_of_four_agents_is_stored_once_through_a_worker_kill_a
             agent_stats.append(json.loads(agent.communicate(timeout=180)[0]))
             assert agent.returncode == 0
         out, _ = serve.communicate(timeout=180)
-    finally:
-        for pid in _workers_of(serve.pid):
-            os.kill(pid, signal.SIGCONT)
-        for proc in (serve, *agents):
-            if proc.poll() is None:
-                proc.kill()
-        broker.stop()
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT edge, t_ms FROM measurements").fetchall()
     per_edge = {f"site-{i}": 0 for i in range(AGENTS)}

@@ -11,9 +11,11 @@ saved under the test's temporary directory (its path is printed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +34,9 @@ from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.cloud.training.evaluate import evaluate_run
 from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.shared.config import BrokerConfig
-from tests.conftest import free_port, skip_or_fail
+from tests.conftest import skip_or_fail
+from tests.helpers import free_port
+from tests.processes import sparsetel, started
 from tests.quickrun import KPIS, TARGET, quick_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -81,13 +85,15 @@ def _models(tmp_path: Path, factory: pytest.TempPathFactory) -> tuple[Path, Path
     return four, two, data
 
 
-def _edge(run: Path, source: Path, edge: str, group: str, broker: str, tmp: Path, rate: float):
-    return subprocess.Popen(
-        [sys.executable, "-m", "sparsetel", "edge", "--model", str(run), "--source", str(source),
-         "--group", group, "--edge-id", edge, "--broker", broker, "--audit-share", str(SHARE),
-         "--state-dir", str(tmp / edge), "--json", "--health-interval", "0.5",
-         "--rate", str(rate)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _edge(
+    run: Path, source: Path, edge: str, group: str, broker: str, tmp: Path, rate: float
+) -> list[str]:
+    """The command line of a `sparsetel edge` agent auditing a share of its measurements."""
+    return sparsetel(
+        "edge", "--model", str(run), "--source", str(source),
+        "--group", group, "--edge-id", edge, "--broker", broker, "--audit-share", str(SHARE),
+        "--state-dir", str(tmp / edge), "--json", "--health-interval", "0.5",
+        "--rate", str(rate),
     )  # fmt: skip
 
 
@@ -123,8 +129,7 @@ def test_the_dashboard_shows_the_live_fleet_and_accuracy_in_chromium(
     ))  # fmt: skip
     service.start()
     port = free_port()
-    monitor = None
-    edges = {
+    argvs = {
         "site-a": _edge(four, tmp_path / "short.csv", "site-a", group, broker_url, tmp_path, 1000),
         "site-b": _edge(two, tmp_path / "short.csv", "site-b", group, broker_url, tmp_path, 1000),
         "site-drift": _edge(four, tmp_path / "drifted.csv", "site-drift", group, broker_url,
@@ -132,41 +137,41 @@ def test_the_dashboard_shows_the_live_fleet_and_accuracy_in_chromium(
         # still streaming while the page loads: online
         "site-live": _edge(two, steady, "site-live", group, broker_url, tmp_path, 40),
     }  # fmt: skip
+    ending: dict[str, Any] = {"end": signal.SIGTERM, "end_timeout": 20}  # each, if still running
     try:
-        for name in ("site-a", "site-b", "site-drift"):
-            _out, err = edges[name].communicate(timeout=120)
-            assert edges[name].returncode == 0, err[-2000:]
-        assert service.wait_for_records(3 * ROWS + 200, timeout=60)
-        monitor = subprocess.Popen(
-            [sys.executable, "-m", "sparsetel", "monitor", "--db", str(db), "--port", str(port),
-             "--model", str(four), "--model", str(two), "--benchmark", str(bench),
-             "--drift-min-values", "20", "--refresh", "0", "--window", "600"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"{base}/api/dashboard")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert monitor.poll() is None, monitor.stderr.read() if monitor.stderr else ""
-                assert time.monotonic() < deadline, "the monitor never answered"
-                time.sleep(0.3)
-        browser.get(base + "/")
-        expected = _get(f"{base}/api/dashboard")  # what the store says right after the load
-        shot = tmp_path / "dashboard.png"
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1400, height + 40)  # the whole page in one screenshot
-        browser.save_screenshot(str(shot))
-        print("dashboard screenshot:", shot)
-        _check_page(browser, expected)
-        assert edges["site-live"].poll() is None, "the slow edge stopped before the page loaded"
+        with contextlib.ExitStack() as procs:
+            edges = {
+                name: procs.enter_context(started(argv, **ending)) for name, argv in argvs.items()
+            }
+            for name in ("site-a", "site-b", "site-drift"):
+                _out, err = edges[name].communicate(timeout=120)
+                assert edges[name].returncode == 0, err[-2000:]
+            assert service.wait_for_records(3 * ROWS + 200, timeout=60)
+            monitor = procs.enter_context(started(sparsetel(
+                "monitor", "--db", str(db), "--port", str(port),
+                "--model", str(four), "--model", str(two), "--benchmark", str(bench),
+                "--drift-min-values", "20", "--refresh", "0", "--window", "600",
+            ), stdout=None, **ending))  # fmt: skip
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    _get(f"{base}/api/dashboard")
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert monitor.poll() is None, monitor.stderr.read() if monitor.stderr else ""
+                    assert time.monotonic() < deadline, "the monitor never answered"
+                    time.sleep(0.3)
+            browser.get(base + "/")
+            expected = _get(f"{base}/api/dashboard")  # what the store says right after the load
+            shot = tmp_path / "dashboard.png"
+            height = browser.execute_script("return document.documentElement.scrollHeight")
+            browser.set_window_size(1400, height + 40)  # the whole page in one screenshot
+            browser.save_screenshot(str(shot))
+            print("dashboard screenshot:", shot)
+            _check_page(browser, expected)
+            assert edges["site-live"].poll() is None, "the slow edge stopped before the page loaded"
     finally:
-        for proc in (*edges.values(), monitor):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=20)
         service.stop()
 
 

@@ -41,19 +41,12 @@ from sparsetel.shared.topics import (
     parse_topic,
     state_topic,
 )
-from tests.tinymodel import write_tiny_model
+from tests.mqttclients import clear_retained
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 10.0
 Behaviour = Literal["switch", "reject", "stall"]
-
-
-def _client(broker: BrokerConfig) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    return client
 
 
 class Responder:
@@ -149,23 +142,8 @@ class Responder:
 
 
 @pytest.fixture
-def broker(broker_url: str) -> BrokerConfig:
-    return BrokerConfig(url=broker_url)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    return write_tiny_model(tmp_path / "run")
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    return keygen(tmp_path / "keys")
-
-
-@pytest.fixture
 def fleet(
-    broker: BrokerConfig, group: str, run_dir: Path, keys: tuple[Path, Path], tmp_path: Path
+    broker: BrokerConfig, group: str, model_dir: Path, keys: tuple[Path, Path], tmp_path: Path
 ) -> Iterator[Callable[..., Responder]]:
     """Start responders with `fleet(edge, behaviour=..., has_previous=...)`; "reject" ones
     trust another key. Afterwards their births and the model's bundle are cleared."""
@@ -181,13 +159,9 @@ def fleet(
     yield start
     for responder in started:
         responder.close()
-    ref = ModelManifest.load(run_dir / MANIFEST_FILE).model_ref.hex()
-    cleaner = _client(broker)
+    ref = ModelManifest.load(model_dir / MANIFEST_FILE).model_ref.hex()
     topics = [state_topic(group, r.edge) for r in started] + [model_topic(group, ref)]
-    for topic in topics:
-        cleaner.publish(topic, b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
-    cleaner.disconnect()
-    cleaner.loop_stop()
+    clear_retained(broker, topics)
 
 
 def _retained(broker: BrokerConfig, topic: str, wait_s: float) -> bytes | None:
@@ -207,24 +181,24 @@ def _retained(broker: BrokerConfig, topic: str, wait_s: float) -> bytes | None:
         client.loop_stop()
 
 
-def _deploy_args(broker: BrokerConfig, group: str, run_dir: Path, key: Path) -> list[str]:
-    return ["deploy", "--broker", broker.url, "--group", group, "--model", str(run_dir),
+def _deploy_args(broker: BrokerConfig, group: str, model_dir: Path, key: Path) -> list[str]:
+    return ["deploy", "--broker", broker.url, "--group", group, "--model", str(model_dir),
             "--key", str(key), "--timeout", str(TIMEOUT)]  # fmt: skip
 
 
 def test_deploy_switches_the_trusting_edge_and_reports_the_rejecting_one(
     broker: BrokerConfig,
     group: str,
-    run_dir: Path,
+    model_dir: Path,
     keys: tuple[Path, Path],
     fleet: Callable[..., Responder],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     fleet("e-good")
     fleet("e-bad", behaviour="reject")
-    assert main([*_deploy_args(broker, group, run_dir, keys[0]), "--json"]) == 1
+    assert main([*_deploy_args(broker, group, model_dir, keys[0]), "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
-    manifest = ModelManifest.load(run_dir / MANIFEST_FILE)
+    manifest = ModelManifest.load(model_dir / MANIFEST_FILE)
     assert (result["group"], result["model_sha256"]) == (group, manifest.model_sha256)
     assert result["model_ref"] == manifest.model_ref.hex()
     assert result["targets"] == ["e-bad", "e-good"]
@@ -242,19 +216,19 @@ def test_deploy_switches_the_trusting_edge_and_reports_the_rejecting_one(
     }
     retained = _retained(broker, model_topic(group, result["model_ref"]), TIMEOUT)
     assert retained is not None and len(retained) == result["bundle_bytes"]
-    assert unpack_bundle(retained).manifest_bytes == (run_dir / MANIFEST_FILE).read_bytes()
+    assert unpack_bundle(retained).manifest_bytes == (model_dir / MANIFEST_FILE).read_bytes()
 
 
 def test_deploy_to_named_edges_exits_zero_when_all_switch(
     broker: BrokerConfig,
     group: str,
-    run_dir: Path,
+    model_dir: Path,
     keys: tuple[Path, Path],
     fleet: Callable[..., Responder],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     good, bad = fleet("e-good"), fleet("e-bad", behaviour="reject")
-    args = [*_deploy_args(broker, group, run_dir, keys[0]), "--edges", "e-good"]
+    args = [*_deploy_args(broker, group, model_dir, keys[0]), "--edges", "e-good"]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "e-good: switched"
@@ -266,13 +240,13 @@ def test_deploy_to_named_edges_exits_zero_when_all_switch(
 def test_canary_of_half_over_two_edges_commands_exactly_one(
     broker: BrokerConfig,
     group: str,
-    run_dir: Path,
+    model_dir: Path,
     keys: tuple[Path, Path],
     fleet: Callable[..., Responder],
 ) -> None:
     responders = [fleet("e-1"), fleet("e-2")]
-    result = deploy(broker, group, run_dir, keys[0], canary=0.5, timeout_s=TIMEOUT, settle_s=0.5)
-    sha = ModelManifest.load(run_dir / MANIFEST_FILE).model_sha256
+    result = deploy(broker, group, model_dir, keys[0], canary=0.5, timeout_s=TIMEOUT, settle_s=0.5)
+    sha = ModelManifest.load(model_dir / MANIFEST_FILE).model_sha256
     assert result["targets"] == choose_targets(["e-1", "e-2"], None, 0.5, sha)
     assert len(result["targets"]) == 1 and result["switched"] == 1
     commanded = [r.edge for r in responders if r.commands]
@@ -283,13 +257,13 @@ def test_canary_of_half_over_two_edges_commands_exactly_one(
 def test_edges_that_never_finish_or_were_never_seen_time_out(
     broker: BrokerConfig,
     group: str,
-    run_dir: Path,
+    model_dir: Path,
     keys: tuple[Path, Path],
     fleet: Callable[..., Responder],
 ) -> None:
     fleet("e-stuck", behaviour="stall")
     result = deploy(
-        broker, group, run_dir, keys[0], edges=["e-stuck", "e-ghost"], timeout_s=1.5, settle_s=0.5
+        broker, group, model_dir, keys[0], edges=["e-stuck", "e-ghost"], timeout_s=1.5, settle_s=0.5
     )
     assert result["targets"] == ["e-ghost", "e-stuck"]
     assert result["unknown"] == ["e-ghost"]
@@ -302,13 +276,13 @@ def test_edges_that_never_finish_or_were_never_seen_time_out(
 def test_deploy_to_a_group_with_no_online_edge_exits_two_and_publishes_nothing(
     broker: BrokerConfig,
     group: str,
-    run_dir: Path,
+    model_dir: Path,
     keys: tuple[Path, Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(_deploy_args(broker, group, run_dir, keys[0])) == 2
+    assert main(_deploy_args(broker, group, model_dir, keys[0])) == 2
     assert f"no online edge in group {group}" in capsys.readouterr().err
-    ref = ModelManifest.load(run_dir / MANIFEST_FILE).model_ref.hex()
+    ref = ModelManifest.load(model_dir / MANIFEST_FILE).model_ref.hex()
     assert _retained(broker, model_topic(group, ref), 0.5) is None
 
 

@@ -27,7 +27,7 @@ from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import model_topic, state_topic
-from tests.integration.test_edge_agent import Listener
+from tests.mqttclients import clear_retained
 from tests.quickrun import KPIS, TARGET, quick_run
 
 pytestmark = pytest.mark.integration
@@ -109,10 +109,7 @@ def test_frames_of_a_newly_deployed_model_are_parked_then_decoded(
         write.close()
         agent.join(timeout=30)
         service.stop()
-        cleaner = Listener(broker)
-        cleaner.publish(model_topic(group, ref), b"", retain=True)
-        cleaner.publish(state_topic(group, EDGE), b"", retain=True)
-        cleaner.close()
+        clear_retained(broker, [model_topic(group, ref), state_topic(group, EDGE)])
     snapshot = service.stats()
     with open_store(str(db)) as store:
         measured = store.fetch_measurements(EDGE)

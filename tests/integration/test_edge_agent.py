@@ -11,133 +11,26 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
+from sparsetel.edge.agent import AgentStats, run_agent
 from sparsetel.edge.encoder import OnnxEncoder
-from sparsetel.shared.birth import EdgeState, parse_state
+from sparsetel.shared.birth import parse_state
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.topics import data_topic, ncmd_topic, parse_topic, state_topic
-from sparsetel.shared.wire import Frame, decode_frame, encode_frame
+from sparsetel.shared.wire import decode_frame, encode_frame
+from tests.agents import AGENT_MAIN, EDGE, agent_argv, agent_config, collect, write_csv
 from tests.mosquitto import OwnBroker
-from tests.tinymodel import reference_codes, write_tiny_model
-from tests.unit.test_edge_encoder import ranged_model
+from tests.mqttclients import TIMEOUT, Listener
+from tests.processes import PIPE, started, stop
+from tests.tinymodel import ranged_model, reference_codes
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 10.0
-EDGE = "edge-1"
-
-
-@pytest.fixture
-def broker(broker_url: str) -> BrokerConfig:
-    """The suite's real broker (tests/conftest.py skips, or fails under CI, without one)."""
-    return BrokerConfig(url=broker_url)
-
-
-class Listener:
-    """A paho subscriber that queues every message matching its topic filters."""
-
-    def __init__(self, broker: BrokerConfig, *filters: str) -> None:
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex}")
-        if filters:
-            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in filters])
-            self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
-        else:
-            self.client.on_connect = lambda c, u, f, rc, p: subscribed.set()
-        self.client.on_message = lambda c, u, message: self.messages.put(message)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert subscribed.wait(TIMEOUT), "the test subscriber got no SUBACK"
-
-    def next(self, what: str) -> mqtt.MQTTMessage:
-        try:
-            return self.messages.get(timeout=TIMEOUT)
-        except queue.Empty:
-            pytest.fail(f"no message within {TIMEOUT} s while waiting for {what}")
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(TIMEOUT)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def group(group: str, broker: BrokerConfig) -> Iterator[str]:
-    """The suite's unique group; its retained STATE is cleared after the test."""
-    name = group
-    yield name
-    cleaner = Listener(broker)
-    cleaner.publish(state_topic(name, EDGE), b"", retain=True)  # drop the retained state
-    cleaner.close()
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return write_tiny_model(tmp_path / "run")
-
-
-def _write_csv(path: Path, n: int) -> np.ndarray:
-    """n rows of the tiny model's KPIs (some missing) and, after the fourth, one more whose
-    RSRP is not a number; all n + 1 rows as the agent reads them (that RSRP missing)."""
-    rng = np.random.default_rng(7)
-    rows = rng.integers(-20, 20, size=(n, 3)).astype(np.float32)
-    rows[::6, 2] = np.nan
-    lines = ["time,RSRP,RSRQ,SNR"]
-    for i, row in enumerate(rows):
-        lines.append(f"{i}," + ",".join("-" if np.isnan(v) else str(int(v)) for v in row))
-        if i == 3:
-            lines.append("x,12 dBm,1,2")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return np.insert(rows, 4, [np.nan, 1, 2], axis=0)
-
-
-def _config(model_dir: Path, group: str, broker: BrokerConfig, **fields: Any) -> EdgeConfig:
-    base: dict[str, Any] = {
-        "group": group,
-        "edge_id": EDGE,
-        "model": model_dir,
-        "source": "-",
-        "state_dir": model_dir.parent / "state",
-        "broker": broker,
-        "max_batch_delay_s": 30.0,
-        "confirm": "broker",  # no decoder sends receipts here
-    }
-    base.update(fields)
-    return EdgeConfig(**base)
-
-
-def _collect(listener: Listener, n_records: int) -> tuple[list[Frame], list[EdgeState]]:
-    """Frames until `n_records` records have come, and live STATE messages until a death
-    (a retained one is left over from an earlier run)."""
-    frames: list[Frame] = []
-    states: list[EdgeState] = []
-    while sum(len(f.records) for f in frames) < n_records or not states or states[-1].online:
-        message = listener.next(f"{n_records} records and a death")
-        if message.retain:
-            continue
-        if parse_topic(message.topic).kind == "DATA":
-            frames.append(decode_frame(bytes(message.payload)))
-        elif message.payload:
-            states.append(parse_state(bytes(message.payload)))
-    return frames, states
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
@@ -148,13 +41,13 @@ def test_agent_streams_a_csv_as_frames_between_birth_and_death(
     tmp_path: Path,
     protocol: Literal["3.1.1", "5"],
 ) -> None:
-    rows = _write_csv(tmp_path / "kpis.csv", 23)
+    rows = write_csv(tmp_path / "kpis.csv", 23)
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
     mqtt_broker = BrokerConfig(url=broker.url, protocol=protocol)
-    cfg = _config(model_dir, group, mqtt_broker, source=str(tmp_path / "kpis.csv"), batch=5)
+    cfg = agent_config(model_dir, group, mqtt_broker, source=str(tmp_path / "kpis.csv"), batch=5)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats) == 0
-    frames, states = _collect(listener, 24)
+    frames, states = collect(listener, 24)
     listener.close()
 
     encoder = OnnxEncoder(model_dir)
@@ -189,13 +82,13 @@ def test_agent_streams_a_csv_as_frames_between_birth_and_death(
 def test_a_second_run_has_the_next_bd_seq_and_restarts_seq(
     broker: BrokerConfig, group: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    _write_csv(tmp_path / "kpis.csv", 6)
-    cfg = _config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
+    write_csv(tmp_path / "kpis.csv", 6)
+    cfg = agent_config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
     seen = []
     for _ in range(2):
         listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
         assert run_agent(cfg) == 0
-        seen.append(_collect(listener, 7))
+        seen.append(collect(listener, 7))
         listener.close()
     (first_frames, first_states), (second_frames, second_states) = seen
     first = first_states[0].bd_seq  # drawn at random: the state folder was new
@@ -213,7 +106,7 @@ def test_retained_birth_while_running_and_rebirth_on_command(
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
     read_fd, write_fd = os.pipe()
     stdin = os.fdopen(read_fd, "rb")
-    cfg = _config(model_dir, group, broker, batch=2)
+    cfg = agent_config(model_dir, group, broker, batch=2)
     codes: list[int] = []
     agent = threading.Thread(target=lambda: codes.append(run_agent(cfg, stdin=stdin)))
     agent.start()
@@ -242,49 +135,19 @@ def test_retained_birth_while_running_and_rebirth_on_command(
     assert not death.online and death.bd_seq == birth.bd_seq
 
 
-AGENT_MAIN = """
-import json, sys
-from pathlib import Path
-from sparsetel.edge.agent import EdgeConfig, run_agent
-from sparsetel.shared.config import BrokerConfig
-a = json.loads(sys.argv[1])
-cfg = EdgeConfig(group=a["group"], edge_id=a["edge"], model=Path(a["model"]), source="-",
-                 batch=2, max_batch_delay_s=60.0, state_dir=Path(a["state"]),
-                 broker=BrokerConfig(url=a["url"]), confirm="broker")
-raise SystemExit(run_agent(cfg, print_json=True))
-"""
-
-
-def spawn_agent(
-    script: str, model_dir: Path, group: str, url: str, **pipes: Any
-) -> subprocess.Popen[bytes]:
-    """`script` (AGENT_MAIN or a variant taking the same JSON) as an agent process of its
-    own, reading JSON lines from a pipe; `pipes` for its stdout and stderr."""
-    args = {"group": group, "edge": EDGE, "model": str(model_dir), "url": url}
-    args["state"] = str(model_dir.parent / "state")
-    return subprocess.Popen(
-        [sys.executable, "-c", script, json.dumps(args)], stdin=subprocess.PIPE, **pipes
-    )
-
-
 def test_sigterm_flushes_the_partial_batch_publishes_the_death_and_exits_0(
     broker: BrokerConfig, group: str, model_dir: Path
 ) -> None:
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    proc = spawn_agent(
-        AGENT_MAIN, model_dir, group, broker.url, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
+    argv = agent_argv(AGENT_MAIN, model_dir, group, broker.url)
+    with started(argv, stdin=PIPE, text=False) as proc:
         assert proc.stdin is not None
         proc.stdin.write(b"[1, 2, 3]\n[4, 5, 6]\n[7, 8, 9]\n")
         proc.stdin.flush()
         kinds = [parse_topic(listener.next("birth and frame 0").topic).kind for _ in range(2)]
         assert sorted(kinds) == ["DATA", "STATE"]
-        proc.send_signal(signal.SIGTERM)  # stdin stays open: the reader is blocked in it
-        proc.wait(timeout=TIMEOUT * 2)
-    finally:
-        proc.kill()
-    out, err = proc.communicate()
+        # stdin stays open: the reader is blocked in it
+        out, err = stop(proc, timeout=TIMEOUT * 2)
     assert proc.returncode == 0, err.decode()
     frame = decode_frame(bytes(listener.next("the flushed partial batch").payload))
     death = parse_state(bytes(listener.next("the death").payload))
@@ -299,15 +162,12 @@ def test_the_broker_publishes_the_death_when_the_agent_dies_abruptly(
     broker: BrokerConfig, group: str, model_dir: Path
 ) -> None:
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    proc = spawn_agent(AGENT_MAIN, model_dir, group, broker.url)
-    try:
+    argv = agent_argv(AGENT_MAIN, model_dir, group, broker.url)
+    with started(argv, stdin=PIPE, stdout=None, stderr=None, text=False) as proc:
         birth = parse_state(bytes(listener.next("the birth").payload))
         proc.kill()  # no clean disconnect: the broker must send the last will
         proc.wait(timeout=TIMEOUT)
         will = parse_state(bytes(listener.next("the last will").payload))
-    finally:
-        proc.kill()
-        proc.communicate()
     listener.close()
     assert birth.online and not will.online and will.bd_seq == birth.bd_seq
 
@@ -316,8 +176,8 @@ def test_an_agent_booting_without_its_broker_measures_offline_and_delivers_later
     model_dir: Path, tmp_path: Path
 ) -> None:
     broker = OwnBroker(tmp_path)  # its port stays closed for the first second
-    _write_csv(tmp_path / "kpis.csv", 30)
-    cfg = _config(
+    write_csv(tmp_path / "kpis.csv", 30)
+    cfg = agent_config(
         model_dir,
         "g",
         BrokerConfig(url=broker.url),
@@ -346,7 +206,9 @@ def test_an_agent_the_broker_refuses_exits_1_naming_the_refusal(
     broker.start()
     try:
         stats = AgentStats()
-        assert run_agent(_config(model_dir, "g", BrokerConfig(url=broker.url)), stats=stats) == 1
+        assert (
+            run_agent(agent_config(model_dir, "g", BrokerConfig(url=broker.url)), stats=stats) == 1
+        )
     finally:
         broker.stop()
     assert stats.error is not None and "refused" in stats.error and str(broker.port) in stats.error
@@ -354,7 +216,7 @@ def test_an_agent_the_broker_refuses_exits_1_naming_the_refusal(
 
 
 def test_agent_fails_fast_on_a_model_that_does_not_fit_the_source(model_dir: Path) -> None:
-    cfg = _config(model_dir, "g", BrokerConfig(), kpis=("RSRP", "RSRQ", "CQI"))
+    cfg = agent_config(model_dir, "g", BrokerConfig(), kpis=("RSRP", "RSRQ", "CQI"))
     stats = AgentStats()
     assert run_agent(cfg, stats=stats) == 1
     assert stats.error is not None and "CQI" in stats.error
@@ -363,7 +225,7 @@ def test_agent_fails_fast_on_a_model_that_does_not_fit_the_source(model_dir: Pat
 
 def test_agent_rejects_a_bad_edge_id_as_a_config_error(model_dir: Path) -> None:
     stats = AgentStats()
-    assert run_agent(_config(model_dir, "g", BrokerConfig(), edge_id="a/b"), stats=stats) == 2
+    assert run_agent(agent_config(model_dir, "g", BrokerConfig(), edge_id="a/b"), stats=stats) == 2
     assert stats.error is not None and "a/b" in stats.error
 
 
@@ -381,10 +243,10 @@ def test_agent_streams_from_a_custom_python_collector(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    cfg = _config(model_dir, group, broker, source="py:site_probe:collect", batch=2)
+    cfg = agent_config(model_dir, group, broker, source="py:site_probe:collect", batch=2)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats) == 0
-    frames, _ = _collect(listener, 4)
+    frames, _ = collect(listener, 4)
     listener.close()
     rows = np.array([[-90, -11, 5], [-91, -12, 4], [-92, -12, 3], [-93, -13, 2]], np.float32)
     assert [r.codes for f in frames for r in f.records] == OnnxEncoder(model_dir).encode_records(
@@ -400,10 +262,10 @@ def test_measurements_beyond_the_models_range_are_counted_and_the_rest_delivered
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
     rows = [[-100, -10, 5], [-900, -10, 5], [-101, -11, 4], [-102, -12, -3], [-103, -13, 3]]
     lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    cfg = _config(run, group, broker, batch=5)
+    cfg = agent_config(run, group, broker, batch=5)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats, stdin=io.BytesIO(lines)) == 0
-    frames, _ = _collect(listener, 3)
+    frames, _ = collect(listener, 3)
     listener.close()
     kept = np.array([rows[0], rows[2], rows[4]], np.float32)
     assert [r.codes for f in frames for r in f.records] == reference_codes(kept)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,11 +36,12 @@ from sparsetel.shared.topics import (
     state_topic,
 )
 from sparsetel.shared.wire import decode_frame
-from tests.integration.test_edge_agent import EDGE, TIMEOUT, Listener, broker, group
+from tests.agents import EDGE
+from tests.mqttclients import TIMEOUT, Listener
+from tests.processes import PIPE, end_process, python
 from tests.tinymodel import reference_codes, write_tiny_model
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker", "group"]  # fixtures, used by name
 
 NEW_BIAS = (1.0, 5.0, 2.0, 4.0)
 AGENT = """
@@ -61,7 +60,8 @@ raise SystemExit(run_agent(cfg, print_json=True))
 
 
 class Agent:
-    """An agent process reading JSON lines from a pipe, and a listener on its topics."""
+    """An agent process reading JSON lines from a pipe, and a listener on its topics; as a
+    context manager, killed (unless it has finished) and its listener closed at the end."""
 
     def __init__(self, tmp: Path, group: str, broker: BrokerConfig, key: Path | None) -> None:
         self.listener = Listener(
@@ -70,15 +70,22 @@ class Agent:
         args = {"group": group, "edge": EDGE, "model": str(tmp / "old"), "url": broker.url}
         args.update(state=str(tmp / "state"), key=str(key) if key else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", AGENT, json.dumps(args)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            python(AGENT, json.dumps(args)), stdin=PIPE, stdout=PIPE, stderr=PIPE
         )
         self.births: list[str] = []  # model sha256 of every live birth, in order
         self.reports: list[Any] = []
         self.frames: list[Any] = []
-        self.wait_for(lambda: len(self.births) >= 1, "the first birth")
+        try:
+            self.wait_for(lambda: len(self.births) >= 1, "the first birth")
+        except BaseException:
+            self.kill()
+            raise
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
     def send(self, *rows: tuple[int, int, int]) -> None:
         assert self.proc.stdin is not None
@@ -114,29 +121,18 @@ class Agent:
         return stats
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            self.proc.communicate()
+        """The process killed unless it has exited, and the listener closed."""
+        end_process(self.proc)
         self.listener.close()
 
 
 @pytest.fixture
-def models(tmp_path: Path) -> dict[str, Any]:
+def models(tmp_path: Path, keys: tuple[Path, Path]) -> dict[str, Any]:
+    """The agent's model (old), the one deployed to it (new) and the key pair signing it."""
     old = write_tiny_model(tmp_path / "old")
     new = write_tiny_model(tmp_path / "new", bias=NEW_BIAS)
-    private, public = keygen(tmp_path / "keys")
+    private, public = keys
     return {"old": old, "new": new, "private": private, "public": public}
-
-
-@pytest.fixture
-def cleanup(broker: BrokerConfig, group: str) -> Iterator[list[str]]:
-    """Retained topics a test leaves behind (bundles), cleared afterwards."""
-    topics: list[str] = []
-    yield topics
-    cleaner = Listener(broker)
-    for topic in topics:
-        cleaner.publish(topic, b"", retain=True)
-    cleaner.close()
 
 
 def _ref(run_dir: Path) -> str:
@@ -152,11 +148,10 @@ def test_a_signed_model_is_switched_to_between_frames_and_rolled_back_on_command
     group: str,
     models: dict[str, Any],
     tmp_path: Path,
-    cleanup: list[str],
+    retained: list[str],
 ) -> None:
-    cleanup.append(model_topic(group, _ref(models["new"])))
-    agent = Agent(tmp_path, group, broker, models["public"])
-    try:
+    retained.append(model_topic(group, _ref(models["new"])))
+    with Agent(tmp_path, group, broker, models["public"]) as agent:
         agent.send((1, 2, 3), (4, 5, 6), (7, 8, 9))  # frame 0 and half of frame 1
         agent.wait_for(lambda: len(agent.frames) >= 1, "frame 0")
         result = deploy(broker, group, models["new"], models["private"], timeout_s=TIMEOUT)
@@ -167,8 +162,6 @@ def test_a_signed_model_is_switched_to_between_frames_and_rolled_back_on_command
         agent.wait_for(lambda: len(agent.frames) >= 4, "frame 3")
         agent.wait_for(lambda: len(agent.births) >= 3, "the births")
         stats = agent.finish()
-    finally:
-        agent.kill()
 
     assert result["targets"] == [EDGE] and result["switched"] == 1, result
     assert agent.steps(result["deployment"]) == ["received", "verified", "switched"]
@@ -193,23 +186,17 @@ def test_a_restarted_agent_runs_the_model_it_was_last_switched_to(
     group: str,
     models: dict[str, Any],
     tmp_path: Path,
-    cleanup: list[str],
+    retained: list[str],
 ) -> None:
-    cleanup.append(model_topic(group, _ref(models["new"])))
-    agent = Agent(tmp_path, group, broker, models["public"])
-    try:
+    retained.append(model_topic(group, _ref(models["new"])))
+    with Agent(tmp_path, group, broker, models["public"]) as agent:
         result = deploy(broker, group, models["new"], models["private"], timeout_s=TIMEOUT)
         agent.finish()
-    finally:
-        agent.kill()
     assert result["switched"] == 1, result
-    again = Agent(tmp_path, group, broker, models["public"])
-    try:
+    with Agent(tmp_path, group, broker, models["public"]) as again:
         again.send((1, 2, 3), (4, 5, 6))
         again.wait_for(lambda: len(again.frames) >= 1, "frame 0")
         stats = again.finish()
-    finally:
-        again.kill()
     assert again.births == [_sha(models["new"])]
     assert again.frames[0].model_ref.hex() == _ref(models["new"])
     assert stats["model_sha256"] == _sha(models["new"])
@@ -248,15 +235,14 @@ def test_tampered_unsigned_foreign_or_mismatched_models_are_rejected_and_the_old
     group: str,
     models: dict[str, Any],
     tmp_path: Path,
-    cleanup: list[str],
+    retained: list[str],
 ) -> None:
     ref, sha = _ref(models["new"]), _sha(models["new"])
     topic = model_topic(group, ref)
-    cleanup.append(topic)
+    retained.append(topic)
     bad = _bad_bundles(models, tmp_path)
-    agent = Agent(tmp_path, group, broker, models["public"])
     outcomes = {}
-    try:
+    with Agent(tmp_path, group, broker, models["public"]) as agent:
         for name, (bundle, _) in bad.items():
             agent.listener.publish(topic, pack_bundle(bundle), retain=True)
             agent.listener.publish(ncmd_topic(group, EDGE), deploy_command(name, ref, sha))
@@ -264,8 +250,6 @@ def test_tampered_unsigned_foreign_or_mismatched_models_are_rejected_and_the_old
         agent.send((1, 2, 3), (4, 5, 6))
         agent.wait_for(lambda: len(agent.frames) >= 1, "a frame after the rejections")
         stats = agent.finish()
-    finally:
-        agent.kill()
     assert outcomes == dict.fromkeys(bad, "rejected")
     for name, (_, word) in bad.items():
         reasons = [r.reason for r in agent.reports if r.deployment == name and r.reason]
@@ -281,15 +265,12 @@ def test_an_agent_without_a_trust_key_refuses_every_deployment(
     group: str,
     models: dict[str, Any],
     tmp_path: Path,
-    cleanup: list[str],
+    retained: list[str],
 ) -> None:
-    cleanup.append(model_topic(group, _ref(models["new"])))
-    agent = Agent(tmp_path, group, broker, None)
-    try:
+    retained.append(model_topic(group, _ref(models["new"])))
+    with Agent(tmp_path, group, broker, None) as agent:
         result = deploy(broker, group, models["new"], models["private"], timeout_s=TIMEOUT)
         agent.finish()
-    finally:
-        agent.kill()
     assert result["results"][EDGE]["step"] == "rejected"
     assert "trust-key" in result["results"][EDGE]["reason"]
     assert agent.births == [_sha(models["old"])]
@@ -300,15 +281,14 @@ def test_a_model_failing_after_the_switch_is_rolled_back_and_its_batch_reencoded
     group: str,
     models: dict[str, Any],
     tmp_path: Path,
-    cleanup: list[str],
+    retained: list[str],
 ) -> None:
     # Its probes pass, so it verifies; but it does not sort its codes, which the agent's
     # output check catches on the first measurement whose codes come out of order.
     probes = ((1.0, -3.0, 2.0), (1.0, -2.0, 4.0), (1.0, -1.0, 5.0))
     shaky = write_tiny_model(tmp_path / "shaky", broken="unsorted", probes=probes)
-    cleanup.append(model_topic(group, _ref(shaky)))
-    agent = Agent(tmp_path, group, broker, models["public"])
-    try:
+    retained.append(model_topic(group, _ref(shaky)))
+    with Agent(tmp_path, group, broker, models["public"]) as agent:
         result = deploy(broker, group, shaky, models["private"], timeout_s=TIMEOUT)
         agent.send((1, -3, 2), (1, -2, 4))  # fine with the shaky model: frame 0
         agent.send((-5, -7, 40), (0, -3, 9))  # out of order: rolled back, re-encoded
@@ -316,8 +296,6 @@ def test_a_model_failing_after_the_switch_is_rolled_back_and_its_batch_reencoded
         agent.wait_for(lambda: "rolled_back" in agent.steps(result["deployment"]), "rollback")
         agent.wait_for(lambda: len(agent.births) >= 3, "the births")
         stats = agent.finish()
-    finally:
-        agent.kill()
     assert result["switched"] == 1, result
     assert agent.steps(result["deployment"]) == ["received", "verified", "switched", "rolled_back"]
     old = _sha(models["old"])

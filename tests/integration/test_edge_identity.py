@@ -10,12 +10,7 @@ the first's (edge, bdSeq, seq) while its agent was told they were stored.
 
 from __future__ import annotations
 
-import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +22,7 @@ import pytest
 from sparsetel.cloud.data.simulator import write_sessions
 from sparsetel.edge.agent import AgentStats, EdgeConfig, run_agent
 from sparsetel.shared.config import BrokerConfig
+from tests.processes import last_json, sparsetel, started, stop, wait_ready
 from tests.quickrun import quick_exported_run
 
 pytestmark = pytest.mark.integration
@@ -51,23 +47,19 @@ def cloud(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (source,) = write_sessions(work / "sim", n_sessions=1, rows=ROWS, seed=5)
     group = f"t{uuid.uuid4().hex[:12]}"
     db = work / "cloud.db"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--group", group,
-         "--db", str(db), "--broker", broker_url, "--clean-session", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    argv = sparsetel(
+        "serve", "--model", str(run), "--group", group, "--db", str(db),
+        "--broker", broker_url, "--clean-session", "--json",
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not db.exists():  # created once serve is connected and subscribed
-            assert serve.poll() is None, serve.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
-        yield Cloud(group, db, run, broker_url, source)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        out, err = serve.communicate(timeout=30)
+    with started(argv) as serve:
+        # the store is created once serve is connected and subscribed
+        wait_ready(serve, db.exists, 60, "serve")
+        try:
+            yield Cloud(group, db, run, broker_url, source)
+        finally:
+            out, err = stop(serve, timeout=30)
     assert serve.returncode == 0, err[-2000:]
-    assert json.loads(out.strip().splitlines()[-1])["duplicates"] == 0
+    assert last_json(out)["duplicates"] == 0
 
 
 def _agent(cloud: Cloud, edge: str, state_dir: Path | None) -> AgentStats:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import queue
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,23 +22,12 @@ from sparsetel.edge.spool import Spool
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.topics import data_topic, health_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
-from tests.integration.test_edge_agent import (
-    AGENT_MAIN,
-    EDGE,
-    TIMEOUT,
-    Listener,
-    _collect,
-    _config,
-    _write_csv,
-    broker,
-    group,
-    model_dir,
-    spawn_agent,
-)
-from tests.mosquitto import OwnBroker, own_broker
+from tests.agents import AGENT_MAIN, EDGE, agent_argv, agent_config, collect, write_csv
+from tests.mosquitto import OwnBroker
+from tests.mqttclients import TIMEOUT, Listener
+from tests.processes import DEVNULL, PIPE, started
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker", "group", "model_dir", "own_broker"]  # fixtures, used by name
 
 
 def test_frames_left_in_the_spool_go_first_flagged_historical(
@@ -53,12 +41,12 @@ def test_frames_left_in_the_spool_go_first_flagged_historical(
         frame = Frame(encoder.model_ref, 41, seq, encoder.L, encoder.K, 1000, recs)
         old.put(41, seq, encode_frame(frame))
     old.close()
-    _write_csv(tmp_path / "kpis.csv", 6)
+    write_csv(tmp_path / "kpis.csv", 6)
     listener = Listener(broker, data_topic(group, EDGE), state_topic(group, EDGE))
-    cfg = _config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
+    cfg = agent_config(model_dir, group, broker, source=str(tmp_path / "kpis.csv"), batch=4)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats) == 0
-    frames, _ = _collect(listener, 6 + 7)
+    frames, _ = collect(listener, 6 + 7)
     listener.close()
 
     assert [(f.bd_seq, f.seq, f.historical) for f in frames] == [
@@ -77,11 +65,10 @@ def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
 ) -> None:
     broker = BrokerConfig(url=own_broker.url)
     group = "spool"
-    quiet = subprocess.DEVNULL
-    proc = spawn_agent(AGENT_MAIN, model_dir, group, broker.url, stdout=quiet, stderr=quiet)
-    listener = Listener(broker, data_topic(group, EDGE))
-    spool = model_dir.parent / "state" / SPOOL_FILE
-    try:
+    argv = agent_argv(AGENT_MAIN, model_dir, group, broker.url)
+    with started(argv, stdin=PIPE, stdout=DEVNULL, stderr=DEVNULL, text=False) as proc:
+        listener = Listener(broker, data_topic(group, EDGE))
+        spool = model_dir.parent / "state" / SPOOL_FILE
         assert proc.stdin is not None
         proc.stdin.write(b"[1, 2, 3]\n[4, 5, 6]\n")  # frame 0, delivered
         proc.stdin.flush()
@@ -95,15 +82,12 @@ def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
             time.sleep(0.05)
         proc.kill()  # SIGKILL: nothing is flushed, nothing said
         proc.wait(timeout=TIMEOUT)
-    finally:
-        proc.kill()
-        proc.communicate()
     assert first.seq == 0
     assert Spool(spool).depth == 4
 
     own_broker.start()
     listener = Listener(broker, data_topic(group, EDGE))
-    cfg = _config(model_dir, group, broker, source="-", batch=2)
+    cfg = agent_config(model_dir, group, broker, source="-", batch=2)
     stats = AgentStats()
     assert run_agent(cfg, stats=stats, stdin=io.BytesIO(b"")) == 0
     frames = [decode_frame(bytes(listener.next(f"replayed frame {i}").payload)) for i in range(4)]
@@ -124,9 +108,9 @@ def test_frames_of_a_sigkilled_agent_reach_the_cloud_after_the_broker_came_back(
 def test_heartbeats_on_health_carry_the_agents_vital_signs(
     broker: BrokerConfig, group: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    _write_csv(tmp_path / "kpis.csv", 30)
+    write_csv(tmp_path / "kpis.csv", 30)
     listener = Listener(broker, health_topic(group, EDGE))
-    cfg = _config(
+    cfg = agent_config(
         model_dir,
         group,
         broker,
@@ -197,34 +181,27 @@ def test_frames_the_memory_queue_could_not_hold_are_resent_from_the_spool(
             pytest.fail(f"no frame within {TIMEOUT * 2} s while waiting for {what}")
 
     log = model_dir.parent / "agent.log"
-    proc = spawn_agent(
-        AGENT_SMALL_QUEUE,
-        model_dir,
-        group,
-        broker.url,
-        stdout=subprocess.PIPE,
-        stderr=log.open("wb"),
-    )
+    argv = agent_argv(AGENT_SMALL_QUEUE, model_dir, group, broker.url)
     rows = [[i, i, i] for i in range(14)]
     lines = [json.dumps(r).encode() + b"\n" for r in rows]
     try:
-        assert proc.stdin is not None
-        proc.stdin.write(b"".join(lines[:2]))  # frame 0, delivered
-        proc.stdin.flush()
-        frames = [next_frame("frame 0")]
-        own_broker.stop()
-        proc.stdin.write(b"".join(lines[2:]))  # frames 1..6: 2 fit in memory, 4 wait on disk
-        proc.stdin.flush()
-        time.sleep(1.0)
-        own_broker.start()
-        while {f.seq for f in frames} != set(range(7)):
-            frames.append(next_frame("the frames after the outage"))
-        proc.stdin.close()  # the source ends: the agent finishes
-        proc.wait(timeout=TIMEOUT * 2)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
+        with log.open("wb") as err, started(argv, stdin=PIPE, stderr=err, text=False) as proc:
+            assert proc.stdin is not None
+            proc.stdin.write(b"".join(lines[:2]))  # frame 0, delivered
+            proc.stdin.flush()
+            frames = [next_frame("frame 0")]
+            own_broker.stop()
+            proc.stdin.write(b"".join(lines[2:]))  # frames 1..6: 2 fit in memory, 4 wait on disk
+            proc.stdin.flush()
+            time.sleep(1.0)
+            own_broker.start()
+            while {f.seq for f in frames} != set(range(7)):
+                frames.append(next_frame("the frames after the outage"))
+            proc.stdin.close()  # the source ends: the agent finishes
+            proc.wait(timeout=TIMEOUT * 2)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
     finally:
-        proc.kill()
         sub.loop_stop()
     stats = json.loads(out.decode().strip().splitlines()[-1])
     assert proc.returncode == 0, stats

@@ -20,7 +20,8 @@ from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import HEADER_SIZE, Frame, Record, encode_frame
-from tests.helpers import FakeCodec, wait_until
+from tests.frames import SummingCodec
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ L, K = 4, 32
 T0_MS = (int(time.time()) - 600) * 1000  # recent: inside serve's window for frame times
 
 
-CODEC = FakeCodec(L, K, 2, sha="c1")
+CODEC = SummingCodec(L, K, 2, sha="c1")
 
 
 @pytest.fixture

@@ -26,11 +26,9 @@ from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.receipt import decode_receipt
 from sparsetel.shared.topics import PREFIX, data_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
-from tests.integration.test_store_postgres import pg_url
-from tests.unit.test_service import FakeCodec
+from tests.frames import FakeCodec
 
 pytestmark = pytest.mark.integration
-__all__ = ["pg_url"]  # a fixture, used by name
 
 REF = FakeCodec().manifest.model_ref
 LIMITS = IngestLimits(parked_per_edge=50, parked_total=1000)

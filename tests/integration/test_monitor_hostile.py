@@ -7,9 +7,8 @@ answer 200, each scrape within a second."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -33,9 +32,9 @@ from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig, parse_broker_url
 from sparsetel.shared.health import beat_payload
 from sparsetel.shared.topics import health_topic, state_topic
-from tests.conftest import free_port
-from tests.helpers import ANY_TIME, wait_until
-from tests.unit.test_service import TOPIC, FakeCodec, _frame
+from tests.frames import TOPIC, FakeCodec, data_frame
+from tests.helpers import ANY_TIME, free_port, wait_until
+from tests.processes import DEVNULL, sparsetel, started, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +58,7 @@ def _fleet_db(path: Path, frames: int = 3) -> Path:
     with open_store(path) as store:
         ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
         for seq in range(frames):
-            assert ingest.handle(TOPIC, _frame(seq)) == "stored"
+            assert ingest.handle(TOPIC, data_frame(seq)) == "stored"
     return path
 
 
@@ -72,24 +71,21 @@ def monitor_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def monitor(monitor_db: Path) -> Iterator[str]:
     """A real `sparsetel monitor` on a real SQLite store of one edge (`monitor_db`), shared by
     this module's tests; its base URL."""
-    db = monitor_db
     port = free_port()
-    argv = [sys.executable, "-m", "sparsetel", "monitor", "--db", str(db), "--port", str(port)]
-    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    argv = sparsetel("monitor", "--db", str(monitor_db), "--port", str(port))
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                _get(f"{base}/metrics", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "monitor not up"
-                time.sleep(0.1)
+
+    def answers() -> bool:
+        try:
+            _get(f"{base}/metrics", timeout=5)
+        except OSError:
+            return False
+        return True
+
+    # SIGTERM at the end, and at most 10 s to go
+    with started(argv, stdout=None, stderr=DEVNULL, end=signal.SIGTERM, end_timeout=10) as proc:
+        wait_ready(proc, answers, START_S, "monitor")
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _idle_clients(base: str, n: int, stack: ExitStack) -> list[socket.socket]:
@@ -142,7 +138,7 @@ def test_metrics_answer_while_the_decoder_writes(monitor_db: Path, monitor: str)
             )
             seq = 3
             while not done.is_set() and seq < 2000:
-                stored.append(ingest.handle(TOPIC, _frame(seq)))
+                stored.append(ingest.handle(TOPIC, data_frame(seq)))
                 seq += 1
 
     writer = threading.Thread(target=write, daemon=True)

@@ -8,9 +8,8 @@ well as `evaluate` says the model does on the same held-out sessions.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from sparsetel.cloud.training.evaluate import evaluate_run
 from sparsetel.cloud.training.train import TrainOptions, train_run
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.config import BrokerConfig
+from tests.processes import sparsetel, started
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _agent(run: Path, source: Path, broker: str, group: str, edge: str, state: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "sparsetel", "edge", "--model", str(run), "--source", str(source),
+    return sparsetel(
+        "edge", "--model", str(run), "--source", str(source),
         "--group", group, "--edge-id", edge, "--broker", broker, "--limit", str(PER_EDGE),
         "--batch", "50", "--state-dir", str(state), "--json",
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def test_two_agents_store_every_measurement_exactly_once_and_decode_within_tolerance(
@@ -69,16 +69,15 @@ def test_two_agents_store_every_measurement_exactly_once_and_decode_within_toler
     service.start()
     try:
         edges = [f"{group}-e{i}" for i in range(2)]
-        procs = [
-            subprocess.Popen(
-                _agent(run, src, broker_url, group, edge, tmp_path / edge),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for src, edge in zip(sources, edges, strict=True)
-        ]
-        agent_stats = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0]
+        with contextlib.ExitStack() as agents:  # killed on the way out if still running
+            procs = [
+                agents.enter_context(
+                    started(_agent(run, src, broker_url, group, edge, tmp_path / edge), stderr=None)
+                )
+                for src, edge in zip(sources, edges, strict=True)
+            ]
+            agent_stats = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+            assert [p.returncode for p in procs] == [0, 0]
         assert service.wait_for_records(2 * PER_EDGE, timeout=60)
     finally:
         service.stop()

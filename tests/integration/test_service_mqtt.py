@@ -10,75 +10,27 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.birth import birth_payload, state_from_manifest
-from sparsetel.shared.config import BrokerConfig, parse_broker_url
+from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.topics import data_topic, state_topic
-from sparsetel.shared.wire import Frame, Record, encode_frame
-from tests.helpers import FakeCodec, wait_until
+from tests.frames import MQTT_CODEC, recent_frame
+from tests.helpers import wait_until
+from tests.mqttclients import Publisher
 
 pytestmark = pytest.mark.integration
-
-L, K, W = 4, 32, 2
-T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
-
-
-CODEC = FakeCodec(L, K, W, sha="5e")
-REF = CODEC.manifest.model_ref
-
-
-class Publisher:
-    """A paho client that publishes QoS 1 and waits for each PUBACK."""
-
-    def __init__(self, url: str, client_id: str | None = None, clean: bool = True) -> None:
-        _, host, port = parse_broker_url(url)
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"it-pub-{uuid.uuid4().hex[:10]}",
-            clean_session=clean,
-        )
-        connected = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: connected.set()
-        self.client.connect(host, port, keepalive=10)
-        self.client.loop_start()
-        assert connected.wait(10), "no CONNACK from the broker"
-
-    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=10)
-        assert info.is_published(), f"publish to {topic} not acknowledged"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def publisher(broker_url: str) -> Iterator[Publisher]:
-    pub = Publisher(broker_url)
-    yield pub
-    pub.close()
-
-
-def _frame(seq: int, bd_seq: int = 0, n: int = 2, ref: bytes = REF) -> bytes:
-    t0 = T0_MS + seq * n * 1000
-    records = tuple(Record(t0 + 1000 * i, (i % K, (seq + 3) % K)) for i in range(n))
-    codes = tuple(Record(r.t_ms, tuple(sorted(r.codes))) for r in records)
-    return encode_frame(Frame(ref, bd_seq, seq, L, K, 1000, codes))
 
 
 def _service(url: str, group: str, db: Path, client_id: str | None = None) -> DecoderService:
     cfg = ServeConfig(broker=BrokerConfig(url=url, client_id=client_id), group=group, db=str(db))
-    service = DecoderService(cfg, ModelRegistry([CODEC]))
+    service = DecoderService(cfg, ModelRegistry([MQTT_CODEC]))
     service.start(timeout=15)
     return service
 
@@ -94,18 +46,18 @@ def test_valid_frames_stored_exactly_once_garbage_and_duplicates_counted(
     service = _service(broker_url, group, tmp_path / "it.db")
     edge, state = data_topic(group, "edge-a"), state_topic(group, "edge-a")
     birth = state_from_manifest(
-        CODEC.manifest, edge="edge-a", group=group, bd_seq=0, agent_version="it",
+        MQTT_CODEC.manifest, edge="edge-a", group=group, bd_seq=0, agent_version="it",
         runtime_version="none", timestamp_ms=int(time.time() * 1000),
     )  # fmt: skip
     try:
         publisher.send(state, birth_payload(birth), retain=True)
         for seq in range(6):
-            publisher.send(edge, _frame(seq))
+            publisher.send(edge, recent_frame(seq))
         publisher.send(edge, b"\x00 not a frame" * 4)
-        publisher.send(edge, _frame(3))  # a repeat, as after a reconnect
-        publisher.send(edge, _frame(6, ref=bytes(8)))  # nobody's model
+        publisher.send(edge, recent_frame(3))  # a repeat, as after a reconnect
+        publisher.send(edge, recent_frame(6, ref=bytes(8)))  # nobody's model
         publisher.send(state, b"{broken json")
-        publisher.send(data_topic(group, "edge-b"), _frame(0, n=5))
+        publisher.send(data_topic(group, "edge-b"), recent_frame(0, n=5))
         assert service.wait_for_records(6 * 2 + 5, timeout=30)
         assert wait_until(lambda: service.stats()["messages"] == 12, 15.0)
         stats = service.stats()
@@ -132,14 +84,14 @@ def test_service_resubscribes_after_the_broker_drops_it(
     client_id = f"it-svc-{uuid.uuid4().hex[:10]}"
     service = _service(broker_url, group, tmp_path / "re.db", client_id=client_id)
     try:
-        publisher.send(data_topic(group, "e"), _frame(0))
+        publisher.send(data_topic(group, "e"), recent_frame(0))
         assert service.wait_for_records(2, timeout=15)
         # Same client id with a clean session: the broker drops the service and forgets its
         # subscriptions, so frames arrive again only if on_connect subscribes anew.
         _forget_session(broker_url, client_id)
         assert wait_until(lambda: service.stats()["connects"] >= 2, timeout=30)
         assert service.wait_until_subscribed(timeout=15)
-        publisher.send(data_topic(group, "e"), _frame(1))
+        publisher.send(data_topic(group, "e"), recent_frame(1))
         assert service.wait_for_records(4, timeout=15)
     finally:
         service.stop()
@@ -154,11 +106,11 @@ def test_frames_sent_while_the_service_is_down_arrive_after_restart(
     db = tmp_path / "down.db"
     try:
         first = _service(broker_url, group, db, client_id=client_id)
-        publisher.send(data_topic(group, "e"), _frame(0))
+        publisher.send(data_topic(group, "e"), recent_frame(0))
         assert first.wait_for_records(2, timeout=15)
         first.stop()
         for seq in range(5):  # seq 0 again: stored already, so a duplicate
-            publisher.send(data_topic(group, "e"), _frame(seq))
+            publisher.send(data_topic(group, "e"), recent_frame(seq))
         second = _service(broker_url, group, db, client_id=client_id)
         try:
             assert second.wait_for_records(8, timeout=30)
@@ -186,14 +138,14 @@ def test_rejected_messages_are_copied_to_the_dead_letter_topic_and_floods_held_b
         broker=BrokerConfig(url=broker_url), group=group, db=str(tmp_path / "dl.db"),
         flood_frames_per_s=0.4,  # a burst of 2 messages, then one every 2.5 s
     )  # fmt: skip
-    service = DecoderService(cfg, ModelRegistry([CODEC]))
+    service = DecoderService(cfg, ModelRegistry([MQTT_CODEC]))
     service.start(timeout=15)
     edge = data_topic(group, "noisy")
     garbage = b"\x00 not a frame" * 4
     try:
         publisher.send(edge, garbage)
         for seq in range(70):  # the garbage and frame 0 pass the flood limit, 69 do not
-            publisher.send(edge, _frame(seq))
+            publisher.send(edge, recent_frame(seq))
         assert wait_until(lambda: service.stats()["messages"] == 71, 15.0)
         assert wait_until(lambda: service.stats()["dead_letters"] >= 50, 15.0)
         time.sleep(0.5)

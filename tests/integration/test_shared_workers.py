@@ -22,11 +22,12 @@ from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
+from tests.frames import MQTT_CODEC, recent_frame
 from tests.helpers import wait_until
-from tests.integration.test_service_mqtt import CODEC, Publisher, _frame, publisher
+from tests.mqttclients import Publisher
+from tests.processes import sparsetel, started
 from tests.quickrun import quick_exported_run, quick_run
-
-__all__ = ["publisher"]  # a fixture, used by name
+from tests.stores import frame_row, measurement_rows
 
 pytestmark = pytest.mark.integration
 T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
@@ -34,7 +35,7 @@ T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for fr
 
 def _birth(group: str, edge: str) -> bytes:
     state = state_from_manifest(
-        CODEC.manifest, edge=edge, group=group, bd_seq=0, agent_version="it",
+        MQTT_CODEC.manifest, edge=edge, group=group, bd_seq=0, agent_version="it",
         runtime_version="none", timestamp_ms=int(time.time() * 1000),
     )  # fmt: skip
     return birth_payload(state)
@@ -49,7 +50,7 @@ def test_two_shared_workers_split_the_frames_and_store_each_once(
     workers = [
         DecoderService(
             ServeConfig(broker=broker, group=group, db=str(db), shared=True),
-            ModelRegistry([CODEC]),
+            ModelRegistry([MQTT_CODEC]),
         )
         for broker in brokers
     ]
@@ -63,9 +64,9 @@ def test_two_shared_workers_split_the_frames_and_store_each_once(
             if seq == 17:
                 continue  # lost on the way: a gap in edge a's session
             for edge in edges:
-                publisher.send(data_topic(group, edge), _frame(seq))
-        publisher.send(data_topic(group, "a"), _frame(3))  # a repeat, as after a reconnect
-        publisher.send(data_topic(group, "b"), _frame(3))
+                publisher.send(data_topic(group, edge), recent_frame(seq))
+        publisher.send(data_topic(group, "a"), recent_frame(3))  # a repeat, as after a reconnect
+        publisher.send(data_topic(group, "b"), recent_frame(3))
         total = lambda: sum(w.stats()["frames_ok"] + w.stats()["duplicates"] for w in workers)  # noqa: E731
         assert wait_until(lambda: total() == 2 * 29 + 2, timeout=20)
     finally:
@@ -108,22 +109,21 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
         for seq in range(20)
     ]
     db = tmp_path / "workers.db"
-    cmd = [
-        sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
+    cmd = sparsetel(
+        "serve", "--model", str(run), "--db", str(db),
         "--group", group, "--broker", broker_url, "--workers", "2", "--stop-after", "100",
         "--idle-timeout", "60", "--json",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )  # fmt: skip
     subscribed = threading.Semaphore(0)
+    with started(cmd) as proc:
 
-    def watch() -> None:  # each worker logs "subscribed to" once it takes messages
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "subscribed to" in line:
-                subscribed.release()
+        def watch() -> None:  # each worker logs "subscribed to" once it takes messages
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if "subscribed to" in line:
+                    subscribed.release()
 
-    threading.Thread(target=watch, daemon=True).start()
-    try:
+        threading.Thread(target=watch, daemon=True).start()
         deadline = time.monotonic() + 90
         # Both workers up first: one alone could store everything before the other starts.
         for _ in range(2):
@@ -134,8 +134,6 @@ def test_serve_workers_runs_processes_until_enough_is_stored(
                 publisher.send(data_topic(group, "w"), payload)
             time.sleep(0.5)
         out, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
     with open_store(str(db)) as store:
@@ -155,10 +153,7 @@ def test_serve_workers_stopped_while_starting_is_a_clean_stop(
     run = quick_run(tmp_path_factory)
     db = tmp_path / "full.db"
     with open_store(db) as store:
-        from tests.unit.test_store import _frame as frame_row
-        from tests.unit.test_store import _rows
-
-        store.store_frame(frame_row(0, n=5), _rows(5))
+        store.store_frame(frame_row(0, n=5), measurement_rows(5))
     out = subprocess.run(
         [sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", str(db),
          "--group", group, "--broker", broker_url, "--workers", "2", "--stop-after", "5",

@@ -5,55 +5,31 @@ own, dropped afterwards. Without a server the tests skip, except under CI=true: 
 from __future__ import annotations
 
 import math
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
+from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
+from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.store.database import MIGRATIONS, Store, open_store
 from sparsetel.cloud.store.rows import FrameRow, MeasurementRow
+from tests.frames import TOPIC, FakeCodec, audited_frame
 from tests.helpers import ANY_TIME, store_a_frame_before_digests
+from tests.stores import (
+    batch_with_a_failing_write,
+    check_code_usage,
+    check_digests_and_held_frames,
+    check_kpi_series,
+    check_live_accuracy,
+    frame_row,
+    measurement_rows,
+)
 
 pytestmark = pytest.mark.integration
 
 psycopg = pytest.importorskip("psycopg")
 
 REF = bytes.fromhex("feedfacecafebeef")
-
-
-def _working_url(url: str) -> str:
-    """`url`, or the same server as user root when the postgres role is missing."""
-    candidates = [url]
-    if "SPARSETEL_TEST_POSTGRES" not in os.environ and "://postgres@" in url:
-        candidates.append(url.replace("://postgres@", "://root@"))
-    errors = []
-    for candidate in candidates:
-        try:
-            psycopg.connect(candidate, connect_timeout=3).close()
-            return candidate
-        except psycopg.Error as exc:
-            errors.append(f"{candidate}: {str(exc).strip()}")
-    reason = "cannot log in to PostgreSQL (" + "; ".join(errors) + ")"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    """A URL whose connections work in a fresh schema of their own, dropped afterwards."""
-    base = _working_url(postgres_url)
-    schema = f"sparsetel_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _frame(seq: int, bd_seq: int = 1, edge: str = "pg-edge") -> FrameRow:
@@ -145,19 +121,13 @@ def test_postgres_parks_frames_byte_for_byte_and_forgets_them(pg_url: str) -> No
 
 
 def test_postgres_batches_commit_together_and_fail_alone(pg_url: str) -> None:
-    from tests.unit.test_store import _batch_with_a_failing_write
-    from tests.unit.test_store import _frame as frame
-    from tests.unit.test_store import _rows as rows
-
     with open_store(pg_url) as store:
-        assert store.store_frame(frame(0), rows())
-        assert _batch_with_a_failing_write(store) == [True, False, False, True]
+        assert store.store_frame(frame_row(0), measurement_rows())
+        assert batch_with_a_failing_write(store) == [True, False, False, True]
         assert store.count_frames() == 3 and store.sequence_gaps() == {"edge-1": 1}
 
 
 def test_postgres_reads_a_kpi_by_name_and_time_range(pg_url: str) -> None:
-    from tests.unit.test_store import check_kpi_series
-
     with open_store(pg_url) as store:
         check_kpi_series(store)
         store._execute("SET enable_seqscan = off")  # a tiny table would be scanned anyway
@@ -169,25 +139,13 @@ def test_postgres_reads_a_kpi_by_name_and_time_range(pg_url: str) -> None:
 
 
 def test_postgres_sums_live_accuracy_per_bucket(pg_url: str) -> None:
-    from tests.unit.test_accuracy import (
-        test_audits_give_the_live_nmse_and_the_targets_prediction_error as check,
-    )
-
     with open_store(pg_url) as store:
-        check(store)
+        check_live_accuracy(store)
 
 
 def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: str) -> None:
-    from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
-    from sparsetel.cloud.ingest.registry import ModelRegistry
-    from tests.unit.test_accuracy import _frame as audited_frame
-    from tests.unit.test_accuracy import (
-        test_code_usage_counts_each_models_codes_over_the_latest_measurements as check,
-    )
-    from tests.unit.test_service import TOPIC, FakeCodec
-
     with open_store(pg_url) as store:
-        check(store)  # frames 0 and 1 stored, no audits
+        check_code_usage(store)  # frames 0 and 1 stored, no audits
         ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
         assert ingest.handle(TOPIC, audited_frame(2, 6, {7: (1.0, 2.0, 3.0)})) == "stored"
         (pooled,) = store.accuracy(by_edge=False)
@@ -197,12 +155,8 @@ def test_postgres_counts_code_usage_and_pools_accuracy_over_the_fleet(pg_url: st
 
 
 def test_postgres_keeps_digests_and_held_frames_and_counts_them(pg_url: str) -> None:
-    from tests.unit.test_store import (
-        test_a_frame_keeps_its_digest_and_a_held_frame_is_kept_once as check,
-    )
-
     with open_store(pg_url) as store:
-        check(store)
+        check_digests_and_held_frames(store)
 
 
 def test_postgres_frames_stored_before_the_digest_migration_have_no_digest(

@@ -6,8 +6,6 @@ loses them. Both agents run side by side under the same conditions."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from sparsetel.cloud.fleet.client import BrokerLink, discover_edges
 from sparsetel.cloud.ingest.service import DecoderService, ServeConfig
 from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig
+from tests.processes import sparsetel, started
 from tests.quickrun import quick_exported_run
 
 pytestmark = pytest.mark.integration
@@ -25,12 +24,14 @@ pytestmark = pytest.mark.integration
 ROWS, RATE_HZ = 600, 200  # three seconds of measurements
 
 
-def _agent(run: Path, source: Path, url: str, group: str, edge: str, state: Path, *extra: str):
-    return subprocess.Popen(
-        [sys.executable, "-m", "sparsetel", "edge", "--model", str(run), "--source", str(source),
-         "--group", group, "--edge-id", edge, "--broker", url, "--limit", str(ROWS),
-         "--rate", str(RATE_HZ), "--batch", "20", "--state-dir", str(state), "--json", *extra],
-        stdout=subprocess.PIPE, text=True,
+def _agent(
+    run: Path, source: Path, url: str, group: str, edge: str, state: Path, *extra: str
+) -> list[str]:
+    """The command line of a `sparsetel edge` agent sending ROWS rows of `source`."""
+    return sparsetel(
+        "edge", "--model", str(run), "--source", str(source),
+        "--group", group, "--edge-id", edge, "--broker", url, "--limit", str(ROWS),
+        "--rate", str(RATE_HZ), "--batch", "20", "--state-dir", str(state), "--json", *extra,
     )  # fmt: skip
 
 
@@ -39,11 +40,11 @@ def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them
 ) -> None:
     run = quick_exported_run(tmp_path_factory)
     (source,) = write_sessions(tmp_path / "sim", n_sessions=1, rows=ROWS, seed=11)
-    confirming = _agent(
+    by_store_argv = _agent(
         run, source, broker_url, group, "by-store", tmp_path / "a",
         "--confirm", "store", "--confirm-wait", "1", "--ack-timeout", "30",
     )  # fmt: skip
-    trusting = _agent(
+    by_broker_argv = _agent(
         run, source, broker_url, group, "by-broker", tmp_path / "b", "--confirm", "broker"
     )
     db = tmp_path / "cloud.db"
@@ -51,18 +52,20 @@ def test_frames_no_decoder_received_are_sent_again_until_the_store_confirms_them
         ServeConfig(broker=BrokerConfig(url=broker_url), group=group, models=(run,), db=str(db))
     )
     try:
-        deadline = time.monotonic() + 60
-        with BrokerLink(BrokerConfig(url=broker_url)) as link:
-            while len(discover_edges(link, group, settle_s=0.2, limit_s=2)) < 2:
-                assert time.monotonic() < deadline, "the agents did not come online"
-        time.sleep(1.0)  # both agents publish; no decoder is subscribed: the broker drops it all
-        service.start()
-        outs = [json.loads(p.communicate(timeout=90)[0]) for p in (confirming, trusting)]
-        assert [p.returncode for p in (confirming, trusting)] == [0, 0]
+        with (
+            started(by_store_argv, stderr=None) as confirming,
+            started(by_broker_argv, stderr=None) as trusting,
+        ):
+            deadline = time.monotonic() + 60
+            with BrokerLink(BrokerConfig(url=broker_url)) as link:
+                while len(discover_edges(link, group, settle_s=0.2, limit_s=2)) < 2:
+                    assert time.monotonic() < deadline, "the agents did not come online"
+            # both agents publish; no decoder is subscribed: the broker drops it all
+            time.sleep(1.0)
+            service.start()
+            outs = [json.loads(p.communicate(timeout=90)[0]) for p in (confirming, trusting)]
+            assert [p.returncode for p in (confirming, trusting)] == [0, 0]
     finally:
-        for p in (confirming, trusting):
-            if p.poll() is None:
-                p.kill()
         service.stop()
     by_store, by_broker = outs
     store = open_store(str(db))

@@ -17,8 +17,8 @@ from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.topics import state_topic
 from sparsetel.shared.wire import decode_frame
+from tests.frames import EDGE, GROUP, TOPIC, FakeCodec, data_frame
 from tests.helpers import ANY_TIME
-from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec, _frame
 
 
 class CountingCodec(FakeCodec):
@@ -46,12 +46,12 @@ def stores(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
 def _messages() -> list[tuple[str, bytes, int]]:
     other = bytes.fromhex("00112233aabbccdd")
     payloads = [
-        _frame(0, [(1,), (2,), (3,)]),
-        _frame(1, [(4,)]),
-        _frame(2, model_ref=other),  # unknown model: parked
-        _frame(3)[:17],  # truncated
-        _frame(4, L=4),  # L differs from the model's
-        _frame(5, [(5, 6), (9,)]),
+        data_frame(0, [(1,), (2,), (3,)]),
+        data_frame(1, [(4,)]),
+        data_frame(2, model_ref=other),  # unknown model: parked
+        data_frame(3)[:17],  # truncated
+        data_frame(4, L=4),  # L differs from the model's
+        data_frame(5, [(5, 6), (9,)]),
     ]
     msgs = [(TOPIC, p, 1_000 + i) for i, p in enumerate(payloads)]
     msgs.insert(2, (state_topic(GROUP, EDGE), b"{not json", 1_010))
@@ -74,7 +74,7 @@ def test_a_batch_decodes_once_per_model_and_matches_one_at_a_time(
 def test_a_frame_that_does_not_decode_fails_alone(stores: tuple[Store, Store]) -> None:
     codec = CountingCodec()
     ingest = FrameIngest(ModelRegistry([codec]), stores[0], ServiceStats(), limits=ANY_TIME)
-    msgs = [(TOPIC, _frame(s, [(s + 5,)]), 0) for s in range(4)]  # seq 2 holds code 7
+    msgs = [(TOPIC, data_frame(s, [(s + 5,)]), 0) for s in range(4)]  # seq 2 holds code 7
     assert ingest.handle_batch(msgs) == ["stored", "stored", "decode_error", "stored"]
     assert codec.passes == [4, 1, 1, 1, 1]  # the batch, then each frame alone
     assert ingest.stats.rejects() == {"decode_error": 1}
@@ -82,7 +82,7 @@ def test_a_frame_that_does_not_decode_fails_alone(stores: tuple[Store, Store]) -
 
 def test_decode_many_splits_the_pass_back_into_frames() -> None:
     codec = FakeCodec()
-    frames = [decode_frame(_frame(s, c)) for s, c in ((0, [(1,), (2, 3)]), (1, [(5,)]))]
+    frames = [decode_frame(data_frame(s, c)) for s, c in ((0, [(1,), (2, 3)]), (1, [(5,)]))]
     parts = decode_many(codec, frames)
     assert [p.shape for p in parts] == [(2, 3), (1, 3)]
     np.testing.assert_array_equal(parts[0][:, :2], [[1, 1], [2, 5]])
@@ -119,7 +119,7 @@ def test_garbage_in_a_batch_gets_the_outcome_it_gets_alone(batch: list[bytes]) -
 
 def _mutated(seq: int, at: int, byte: int) -> bytes:
     """A valid frame of the registered model with one byte changed (or none, past its end)."""
-    data = bytearray(_frame(seq, [(1,), (2, 3), (4,)]))
+    data = bytearray(data_frame(seq, [(1,), (2, 3), (4,)]))
     if at < len(data):
         data[at] = byte
     return bytes(data)
@@ -128,8 +128,8 @@ def _mutated(seq: int, at: int, byte: int) -> bytes:
 def test_each_distinct_code_is_decoded_once_per_batch() -> None:
     codec = CountingCodec()
     frames = [
-        decode_frame(_frame(0, [(1,), (2, 3), (1,)])),
-        decode_frame(_frame(1, [(2, 3), (1,), (4,)])),
+        decode_frame(data_frame(0, [(1,), (2, 3), (1,)])),
+        decode_frame(data_frame(1, [(2, 3), (1,), (4,)])),
     ]
     parts = decode_many(codec, frames)
     assert codec.passes == [3]  # (1,), (2, 3), (4,)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -23,7 +18,8 @@ from sparsetel.cloud.demo.broker import (
     broker_answers,
     start_embedded_broker,
 )
-from tests.conftest import free_port
+from tests.helpers import free_port
+from tests.processes import python, started, stop, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +135,8 @@ def test_run_broker_serves_until_sigterm_and_exits_0() -> None:
         "from sparsetel.cloud.demo.broker import run_broker; "
         f"raise SystemExit(run_broker('127.0.0.1', {port}))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not broker_answers("127.0.0.1", port, timeout=0.5):
-            assert proc.poll() is None, "run_broker exited early"
-            assert time.monotonic() < deadline, "run_broker did not answer within 30 s"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with started(python(code), stderr=None) as proc:
+        wait_ready(proc, lambda: broker_answers("127.0.0.1", port, timeout=0.5), 30, "run_broker")
+        out, _ = stop(proc, timeout=30)
     assert proc.returncode == 0
     assert f"mqtt://127.0.0.1:{port}" in out

@@ -34,8 +34,8 @@ from sparsetel.shared.health import (
     read_beat,
 )
 from sparsetel.shared.topics import health_topic, state_topic
+from tests.frames import FakeCodec
 from tests.tinymodel import KPIS, write_tiny_model
-from tests.unit.test_service import FakeCodec
 
 GROUP, EDGE = "g1", "e1"
 SHA = "ab" * 32

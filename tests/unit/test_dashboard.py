@@ -28,11 +28,8 @@ from sparsetel.cloud.monitor.page import render_page
 from sparsetel.cloud.monitor.svgplot import Series, chart
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.errors import ConfigError
-from tests.helpers import ANY_TIME
-from tests.unit.test_accuracy import T
-from tests.unit.test_accuracy import _frame as audited_frame
-from tests.unit.test_metrics import _samples
-from tests.unit.test_service import EDGE, REF, TOPIC, FakeCodec, L
+from tests.frames import EDGE, REF, TOPIC, FakeCodec, L, T, audited_frame
+from tests.helpers import ANY_TIME, metric_samples
 
 NOW = T + 60_000
 # Offline per-KPI MSE: RSRP tiny (its live MSE, 0.005, is drift), SNR large (no drift).
@@ -101,7 +98,7 @@ def test_an_edge_whose_kpi_error_passes_ratio_times_the_offline_error_is_in_drif
 def test_drift_is_a_metric_too(store: Store) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store, 3600, 10**9, _dashboard(store)))
-    got = _samples(generate_latest(registry).decode())
+    got = metric_samples(generate_latest(registry).decode())
     labels = (("edge", EDGE), ("kpi", "RSRP"), ("model", REF.hex()))
     assert got[("sparsetel_kpi_drift_alert", labels)] == 1.0
     assert got[("sparsetel_kpi_drift_threshold_mse", labels)] == pytest.approx(0.003)
@@ -227,7 +224,7 @@ def test_the_metrics_say_how_many_pairs_were_judged_for_drift(
 ) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store, 3600, 10**9, _dashboard(store, evaluation=evaluation)))
-    got = _samples(generate_latest(registry).decode())
+    got = metric_samples(generate_latest(registry).decode())
     assert got[("sparsetel_kpi_drift_judged", ())] == judged
 
 

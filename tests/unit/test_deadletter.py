@@ -12,8 +12,8 @@ from sparsetel.cloud.ingest.deadletter import MAX_COPY, TokenBucket, dead_letter
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.store.database import open_store
+from tests.frames import TOPIC, FakeCodec, data_frame
 from tests.helpers import ANY_TIME
-from tests.unit.test_service import TOPIC, FakeCodec, _frame
 
 
 class Clock:
@@ -63,9 +63,9 @@ def test_frames_beyond_an_edges_flood_limit_are_rejected(tmp_path) -> None:  # t
         TokenBucket(1.0, 2.0, clock),
         limits=ANY_TIME,
     )
-    outcomes = [ingest.handle(TOPIC, _frame(seq)) for seq in range(3)]
+    outcomes = [ingest.handle(TOPIC, data_frame(seq)) for seq in range(3)]
     clock.now += 1.0
-    outcomes.append(ingest.handle(TOPIC, _frame(3)))
+    outcomes.append(ingest.handle(TOPIC, data_frame(3)))
     store.close()
     assert outcomes == ["stored", "stored", "flood", "stored"]
     assert ingest.stats.rejects() == {"flood": 1}

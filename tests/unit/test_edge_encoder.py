@@ -7,7 +7,6 @@ onnxruntime against an independent answer.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,9 @@ import pytest
 
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.shared.errors import ModelMismatchError
-from sparsetel.shared.manifest import KpiNorm, ModelManifest, file_sha256
+from sparsetel.shared.manifest import ModelManifest, file_sha256
 from sparsetel.shared.rundir import ENCODER_FILE, MANIFEST_FILE
-from tests.tinymodel import KPIS, PROBES, K, L, reference_codes, write_tiny_model
+from tests.tinymodel import KPIS, PROBES, K, L, ranged_model, reference_codes, write_tiny_model
 
 
 @pytest.fixture
@@ -135,21 +134,6 @@ def test_check_schema_rejects_other_kpis(
 ) -> None:
     with pytest.raises(ModelMismatchError, match=message):
         OnnxEncoder(model_dir).check_schema(kpis)
-
-
-def ranged_model(run_dir: Path) -> Path:
-    """The tiny model with training ranges in its manifest: RSRP -120..-80, RSRQ -20..-5,
-    and SNR log-scaled over 0..99 (log1p 0..4.6)."""
-    write_tiny_model(run_dir)
-    manifest = ModelManifest.load(run_dir / MANIFEST_FILE)
-    bounds = {"RSRP": (-120.0, -80.0, False), "RSRQ": (-20.0, -5.0, False), "SNR": (0, 99, True)}
-    norms = tuple(
-        KpiNorm(n.name, n.mean, n.std, log=bounds[n.name][2], lo=bounds[n.name][0],
-                hi=bounds[n.name][1])
-        for n in manifest.norms
-    )  # fmt: skip
-    replace(manifest, norms=norms).save(run_dir / MANIFEST_FILE)
-    return run_dir
 
 
 def test_rows_beyond_the_widened_training_range_are_flagged(tmp_path: Path) -> None:

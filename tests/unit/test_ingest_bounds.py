@@ -29,7 +29,7 @@ from sparsetel.shared.errors import ConfigError
 from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
-from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec
+from tests.frames import EDGE, GROUP, TOPIC, FakeCodec
 
 NOW = int(time.time() * 1000)
 REF = FakeCodec().manifest.model_ref

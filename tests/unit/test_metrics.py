@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
@@ -21,30 +20,21 @@ from sparsetel.cloud.monitor.metrics import FleetCollector
 from sparsetel.cloud.monitor.server import monitor_app
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.cloud.webserver import WebServer
-from tests.conftest import free_port
-from tests.helpers import ANY_TIME
-from tests.unit.test_accuracy import _frame as audited_frame
-from tests.unit.test_service import REF, TOPIC, FakeCodec
-from tests.unit.test_status import EDGE, GROUP, _fleet, write_old_rows
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from tests.frames import EDGE, GROUP, REF, TOPIC, FakeCodec, audited_frame
+from tests.helpers import ANY_TIME, free_port, metric_samples
+from tests.processes import DEVNULL, sparsetel, started, wait_ready
+from tests.stores import fill_fleet, write_old_rows
 
 
 def _scrape(store: Store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store, window_s=3600, accuracy_window_s=10**9))
-    return _samples(generate_latest(registry).decode())
+    return metric_samples(generate_latest(registry).decode())
 
 
 def test_the_fleet_and_its_live_accuracy_are_metrics_in_base_units(tmp_path: Path) -> None:
     with open_store(tmp_path / "m.db") as store:
-        _fleet(store)  # e1: online, 6 measurements, a gap, spool 4; e2: a heartbeat
+        fill_fleet(store)  # e1: online, 6 measurements, a gap, spool 4; e2: a heartbeat
         ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
         audit = {4: (1.0, 100.0, 3.0)}
         for seq, first, audits in ((10, 0, {}), (11, 3, audit)):
@@ -68,38 +58,36 @@ def test_the_fleet_and_its_live_accuracy_are_metrics_in_base_units(tmp_path: Pat
 def test_sparsetel_monitor_serves_the_metrics_over_http(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     with open_store(db) as store:
-        _fleet(store)
+        fill_fleet(store)
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sparsetel", "monitor", "--db", str(db), "--port", str(port)],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    body = r.read().decode()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and proc.poll() is None, "no answer"
-                time.sleep(0.2)
+    argv = sparsetel("monitor", "--db", str(db), "--port", str(port))
+    scraped: list[str] = []
+
+    def scrape() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                scraped.append(r.read().decode())
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
+    # SIGTERM at the end, and at most 10 s to go
+    with started(argv, stdout=None, stderr=DEVNULL, end=signal.SIGTERM, end_timeout=10) as proc:
+        wait_ready(proc, scrape, 30, "monitor", interval=0.2)
+        (body,) = scraped
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             page = r.read().decode()
         assert r.headers["Content-Type"].startswith("text/html") and "<table id='fleet'>" in page
         with pytest.raises(urllib.error.HTTPError) as other:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)
         assert other.value.code == 404
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    got = _samples(body)
+    got = metric_samples(body)
     assert got[("sparsetel_edge_measurements_total", (("edge", EDGE), ("group", GROUP)))] == 6.0
 
 
 def test_the_monitor_answers_every_page_over_old_bad_rows(tmp_path: Path) -> None:
     with open_store(tmp_path / "old.db") as store:
-        _fleet(store)
+        fill_fleet(store)
         write_old_rows(store)  # heartbeats with rejects [1,2,3], "abc", 1e400; a 5 MB birth
         server = WebServer(monitor_app(store), "127.0.0.1", 0)
         server.start()
@@ -116,7 +104,7 @@ def test_the_monitor_answers_every_page_over_old_bad_rows(tmp_path: Path) -> Non
     shown = {e["edge"]: e for e in data["fleet"]["edges"]}
     assert shown["x2"]["spool_depth"] is None and shown["x6"]["L"] is None
     assert "<tr data-edge='x1'>" in answers["/"][1]
-    got = _samples(answers["/metrics"][1])
+    got = metric_samples(answers["/metrics"][1])
     x1 = (("edge", "x1"), ("group", GROUP))
     assert got[("sparsetel_edge_spool_frames", x1)] == 5.0
     assert ("sparsetel_edge_rejected_measurements", x1) not in got  # unknown, not 0

@@ -17,8 +17,8 @@ from sparsetel.shared.birth import birth_payload, state_from_manifest
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import MANIFEST_FILE
 from sparsetel.shared.topics import state_topic
+from tests.frames import EDGE, GROUP, TOPIC, FakeCodec, data_frame
 from tests.helpers import ANY_TIME
-from tests.unit.test_service import EDGE, GROUP, TOPIC, FakeCodec, _frame
 
 NEW_SHA = "cd" * 32
 NEW_REF = bytes.fromhex(NEW_SHA[:16])
@@ -68,10 +68,10 @@ def test_parked_frames_are_decoded_once_their_model_appears(
 ) -> None:
     _no_rescan_wait(monkeypatch)
     for seq in range(3):
-        assert ingest.handle(TOPIC, _frame(seq, model_ref=NEW_REF)) == "parked"
+        assert ingest.handle(TOPIC, data_frame(seq, model_ref=NEW_REF)) == "parked"
     assert store.count_parked() == {NEW_REF.hex(): 3} and store.count_frames() == 0
     _deploy_run(tmp_path / "models")
-    assert ingest.handle(TOPIC, _frame(3, model_ref=NEW_REF)) == "stored"
+    assert ingest.handle(TOPIC, data_frame(3, model_ref=NEW_REF)) == "stored"
     assert store.count_parked() == {} and store.count_frames() == 4
     rows = store.fetch_measurements(EDGE)
     assert [(r["seq"], r["model_ref"]) for r in rows] == [
@@ -86,7 +86,7 @@ def test_a_birth_naming_the_new_model_decodes_what_was_parked(
     ingest: FrameIngest, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_rescan_wait(monkeypatch)
-    assert ingest.handle(TOPIC, _frame(0, model_ref=NEW_REF)) == "parked"
+    assert ingest.handle(TOPIC, data_frame(0, model_ref=NEW_REF)) == "parked"
     _deploy_run(tmp_path / "models")
     manifest = FakeCodec(sha=NEW_SHA).manifest
     state = state_from_manifest(
@@ -103,13 +103,13 @@ def test_the_models_folder_is_searched_at_most_every_few_seconds_per_model(
 ) -> None:
     clock = [100.0]
     monkeypatch.setattr(registry_module.time, "monotonic", lambda: clock[0])
-    assert ingest.handle(TOPIC, _frame(0, model_ref=NEW_REF)) == "parked"
+    assert ingest.handle(TOPIC, data_frame(0, model_ref=NEW_REF)) == "parked"
     _deploy_run(tmp_path / "models")
     clock[0] += registry_module.RESCAN_S / 2
-    assert ingest.handle(TOPIC, _frame(1, model_ref=NEW_REF)) == "parked"  # not looked again
+    assert ingest.handle(TOPIC, data_frame(1, model_ref=NEW_REF)) == "parked"  # not looked again
     assert loader.loads == []
     clock[0] += registry_module.RESCAN_S
-    assert ingest.handle(TOPIC, _frame(2, model_ref=NEW_REF)) == "stored"
+    assert ingest.handle(TOPIC, data_frame(2, model_ref=NEW_REF)) == "stored"
     assert loader.loads == [tmp_path / "models" / "r2"]
 
 
@@ -125,5 +125,5 @@ def test_a_broken_run_in_the_models_folder_is_skipped(
     (tmp_path / "models" / "a-broken" / MANIFEST_FILE).write_text("{not json")
     _deploy_run(tmp_path / "models", "b-good")
     with caplog.at_level(logging.WARNING):
-        assert ingest.handle(TOPIC, _frame(0, model_ref=NEW_REF)) == "stored"
+        assert ingest.handle(TOPIC, data_frame(0, model_ref=NEW_REF)) == "stored"
     assert "a-broken" in caplog.text

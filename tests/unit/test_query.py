@@ -10,7 +10,7 @@ import pytest
 from sparsetel.cli import main
 from sparsetel.cloud.monitor.query import parse_time
 from sparsetel.cloud.store.database import open_store
-from tests.unit.test_store import check_kpi_series
+from tests.stores import check_kpi_series
 
 
 @pytest.fixture

@@ -6,13 +6,8 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,7 +16,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from numpy.lib.stride_tricks import sliding_window_view
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cloud.demo.broker import start_embedded_broker
@@ -33,68 +27,11 @@ from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.shared.birth import birth_payload, death_payload, state_from_manifest
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.errors import ConfigError, ModelMismatchError
-from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.topics import data_topic, receipt_topic, state_topic
 from sparsetel.shared.wire import Frame, Record, code_bits, encode_frame
+from tests.frames import EDGE, GROUP, REF, TOPIC, FakeCodec, H, K, L, data_frame
 from tests.helpers import ANY_TIME
-
-L, K, W, H = 3, 16, 3, 2
-GROUP, EDGE = "g1", "e1"
-TOPIC = data_topic(GROUP, EDGE)
-
-
-class FakeCodec:
-    """A Decoder whose outputs are easy to predict.
-
-    decode: [nnz, sum of indices, NaN]; counts: index histogram; predict: the first index of
-    each window row as base-100 digits (window codes (1, 2, 3) -> 10203).
-    """
-
-    def __init__(self, sha: str = "ab" * 32, L: int = L, K: int = K, window: int = W) -> None:
-        kpis = ("RSRP", "SNR", "CQI")
-        self.manifest = ModelManifest(
-            model_sha256=sha, L=L, K=K, kpis=kpis,
-            norms=tuple(KpiNorm(k, 0.0, 1.0) for k in kpis),
-            target="SNR", horizon=H, window=window, opset=17,
-        )  # fmt: skip
-        self.window = window
-        self.horizon = H
-        self.predicted: list[np.ndarray] = []
-
-    def decode(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([[len(c), sum(c), math.nan] for c in codes], dtype=np.float32)
-
-    def normalise(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64) / 10.0
-
-    def counts(self, codes: Sequence[Sequence[int]]) -> np.ndarray:
-        out = np.zeros((len(codes), self.manifest.K), np.float32)
-        for i, c in enumerate(codes):
-            np.add.at(out[i], list(c), 1.0)
-        return out
-
-    def predict(self, count_windows: np.ndarray) -> np.ndarray:
-        assert count_windows.shape[1:] == (self.window, self.manifest.K)
-        self.predicted.append(count_windows)
-        first = count_windows.argmax(-1)  # [N, W]
-        return (first * 100.0 ** np.arange(self.window - 1, -1, -1)).sum(-1)
-
-    def predict_sequence(self, counts: np.ndarray) -> np.ndarray:
-        windows = sliding_window_view(counts, self.window, axis=0).transpose(0, 2, 1)
-        return self.predict(np.ascontiguousarray(windows))
-
-
-REF = FakeCodec().manifest.model_ref
-
-
-def _frame(
-    seq: int, codes: Sequence[Sequence[int]] = ((1,), (2,)), bd_seq: int = 0, **kw: object
-) -> bytes:
-    t0 = 1_700_000_000_000 + 10_000 * seq
-    records = tuple(Record(t0 + 1000 * i, tuple(c)) for i, c in enumerate(codes))
-    args: dict[str, object] = {"model_ref": REF, "L": L, "K": K, "period_ms": 1000}
-    args.update(kw)
-    return encode_frame(Frame(bd_seq=bd_seq, seq=seq, records=records, **args))  # type: ignore[arg-type]
+from tests.processes import python, started, stop, wait_ready
 
 
 def _raw_frame(records: Sequence[Sequence[int]], Lh: int = L, Kh: int = K, **hdr: int) -> bytes:
@@ -135,7 +72,9 @@ def test_raw_frame_helper_matches_the_encoder() -> None:
 
 
 def test_valid_frame_is_decoded_and_stored(ingest: FrameIngest, store: Store) -> None:
-    assert ingest.handle(TOPIC, _frame(0, [(1, 5), (), (15, 15, 15)]), received_ms=7) == "stored"
+    assert (
+        ingest.handle(TOPIC, data_frame(0, [(1, 5), (), (15, 15, 15)]), received_ms=7) == "stored"
+    )
     rows = store.fetch_measurements(EDGE)
     assert [r["codes"] for r in rows] == [[1, 5], [], [15, 15, 15]]
     assert [r["kpis"] for r in rows] == [[2.0, 6.0, None], [0.0, 0.0, None], [3.0, 45.0, None]]
@@ -176,7 +115,7 @@ def test_malformed_frame_is_rejected_with_its_reason(
 
 def test_frame_of_an_unknown_model_is_parked_not_stored(ingest: FrameIngest, store: Store) -> None:
     other = bytes.fromhex("00112233aabbccdd")
-    assert ingest.handle(TOPIC, _frame(0, model_ref=other)) == "parked"
+    assert ingest.handle(TOPIC, data_frame(0, model_ref=other)) == "parked"
     assert ingest.stats.rejects() == {} and store.count_frames() == 0
     assert store.count_parked() == {other.hex(): 1} and ingest.stats.get("parked") == 1
 
@@ -185,7 +124,7 @@ def test_frame_of_an_unknown_model_is_parked_not_stored(ingest: FrameIngest, sto
 def test_frame_whose_L_or_K_differ_from_its_model_is_rejected(
     ingest: FrameIngest, kw: dict[str, int]
 ) -> None:
-    assert ingest.handle(TOPIC, _frame(0, **kw)) == "model_mismatch"
+    assert ingest.handle(TOPIC, data_frame(0, **kw)) == "model_mismatch"
 
 
 def test_frame_whose_audit_has_another_D_is_rejected(ingest: FrameIngest) -> None:
@@ -209,14 +148,14 @@ def test_audit_values_are_stored_beside_the_decoded_kpis(ingest: FrameIngest, st
     ],
 )
 def test_messages_on_foreign_topics_are_rejected(ingest: FrameIngest, topic: str) -> None:
-    assert ingest.handle(topic, _frame(0)) == "topic"
+    assert ingest.handle(topic, data_frame(0)) == "topic"
 
 
 def test_a_repeated_frame_is_counted_as_duplicate_and_stored_once(
     ingest: FrameIngest, store: Store
 ) -> None:
-    assert ingest.handle(TOPIC, _frame(0)) == "stored"
-    assert ingest.handle(TOPIC, _frame(0)) == "duplicate"
+    assert ingest.handle(TOPIC, data_frame(0)) == "stored"
+    assert ingest.handle(TOPIC, data_frame(0)) == "duplicate"
     assert store.count_measurements() == 2
     snap = ingest.stats.snapshot()
     assert (snap["duplicates"], snap["frames_ok"], snap["records_stored"]) == (1, 1, 2)
@@ -237,13 +176,13 @@ def test_frames_handled_for_good_get_a_receipt_and_passing_failures_do_not(
 ) -> None:
     other = bytes.fromhex("00112233aabbccdd")
     outcomes = [
-        ingest.handle(TOPIC, _frame(0, bd_seq=2)),  # stored
-        ingest.handle(TOPIC, _frame(0, bd_seq=2)),  # duplicate
-        ingest.handle(TOPIC, _frame(1, bd_seq=2)),  # stored
-        ingest.handle(TOPIC, _frame(3, bd_seq=2, model_ref=other)),  # parked
-        ingest.handle(TOPIC, _frame(5, bd_seq=2, L=4)),  # model_mismatch
-        ingest.handle(TOPIC, _frame(0, bd_seq=9)),  # stored, another session
-        ingest.handle(TOPIC, _frame(0)[:20]),  # truncated: no header to name it by
+        ingest.handle(TOPIC, data_frame(0, bd_seq=2)),  # stored
+        ingest.handle(TOPIC, data_frame(0, bd_seq=2)),  # duplicate
+        ingest.handle(TOPIC, data_frame(1, bd_seq=2)),  # stored
+        ingest.handle(TOPIC, data_frame(3, bd_seq=2, model_ref=other)),  # parked
+        ingest.handle(TOPIC, data_frame(5, bd_seq=2, L=4)),  # model_mismatch
+        ingest.handle(TOPIC, data_frame(0, bd_seq=9)),  # stored, another session
+        ingest.handle(TOPIC, data_frame(0)[:20]),  # truncated: no header to name it by
     ]
     assert outcomes[:6] == ["stored", "duplicate", "stored", "parked", "model_mismatch", "stored"]
     sent = Sent()
@@ -256,7 +195,7 @@ def test_frames_handled_for_good_get_a_receipt_and_passing_failures_do_not(
     assert {q for *_, q in sent.messages} == {0}
     assert ingest.receipts.publish(sent) == 0  # taken: not sent twice
     store.close()
-    assert ingest.handle(TOPIC, _frame(7, bd_seq=2)) == "store_error"
+    assert ingest.handle(TOPIC, data_frame(7, bd_seq=2)) == "store_error"
     assert len(ingest.receipts) == 0  # comes again from the edge
 
 
@@ -277,21 +216,21 @@ def test_a_batch_that_does_not_commit_leaves_no_receipt_behind(
 
     monkeypatch.setattr(store, "batch", failing_commit)
     ingest.batch_commits = True
-    outcomes = ingest.handle_batch([(TOPIC, _frame(s), 0) for s in range(3)])
+    outcomes = ingest.handle_batch([(TOPIC, data_frame(s), 0) for s in range(3)])
     assert outcomes == ["store_error"] * 3
     assert len(ingest.receipts) == 0 and store.count_frames() == 0
     monkeypatch.setattr(store, "store_frame", real_store_frame)
     monkeypatch.setattr(store, "batch", real_batch)
-    assert ingest.handle_batch([(TOPIC, _frame(0), 0)]) == ["stored"]
+    assert ingest.handle_batch([(TOPIC, data_frame(0), 0)]) == ["stored"]
     assert len(ingest.receipts) == 1
 
 
 def test_sequence_gaps_and_late_frames_are_counted_per_edge(ingest: FrameIngest) -> None:
     for seq in (0, 1, 4, 5, 9):
-        ingest.handle(TOPIC, _frame(seq))
-    ingest.handle(TOPIC, _frame(2))  # late: fills part of the first hole
-    ingest.handle(data_topic(GROUP, "e2"), _frame(7))  # another edge: its first frame
-    ingest.handle(TOPIC, _frame(0, bd_seq=1))  # a new session starts at 0: no gap
+        ingest.handle(TOPIC, data_frame(seq))
+    ingest.handle(TOPIC, data_frame(2))  # late: fills part of the first hole
+    ingest.handle(data_topic(GROUP, "e2"), data_frame(7))  # another edge: its first frame
+    ingest.handle(TOPIC, data_frame(0, bd_seq=1))  # a new session starts at 0: no gap
     snap = ingest.stats.snapshot()
     assert snap["gaps"] == {EDGE: 2}
     assert snap["missing_frames"] == 2 + 3
@@ -301,8 +240,8 @@ def test_sequence_gaps_and_late_frames_are_counted_per_edge(ingest: FrameIngest)
 def test_predictions_start_once_a_window_is_full_and_continue_across_frames(
     ingest: FrameIngest, store: Store
 ) -> None:
-    ingest.handle(TOPIC, _frame(0, [(1,), (2,)]))
-    ingest.handle(TOPIC, _frame(1, [(3,), (4,), (5,)]))
+    ingest.handle(TOPIC, data_frame(0, [(1,), (2,)]))
+    ingest.handle(TOPIC, data_frame(1, [(3,), (4,), (5,)]))
     rows = store.fetch_measurements(EDGE)
     assert [r["prediction"] for r in rows] == [None, None, 10203.0, 20304.0, 30405.0]
     third = rows[2]
@@ -311,9 +250,9 @@ def test_predictions_start_once_a_window_is_full_and_continue_across_frames(
 
 
 def test_history_resets_on_a_new_session_and_on_a_gap(ingest: FrameIngest, store: Store) -> None:
-    ingest.handle(TOPIC, _frame(0, [(1,), (2,)]))
-    ingest.handle(TOPIC, _frame(0, [(3,), (4,), (5,)], bd_seq=1))  # new bd_seq
-    ingest.handle(TOPIC, _frame(3, [(6,), (7,), (8,)], bd_seq=1))  # gap: seq 1, 2 missing
+    ingest.handle(TOPIC, data_frame(0, [(1,), (2,)]))
+    ingest.handle(TOPIC, data_frame(0, [(3,), (4,), (5,)], bd_seq=1))  # new bd_seq
+    ingest.handle(TOPIC, data_frame(3, [(6,), (7,), (8,)], bd_seq=1))  # gap: seq 1, 2 missing
     preds = [r["prediction"] for r in store.fetch_measurements(EDGE)]
     assert preds == [None, None, None, None, 30405.0, None, None, 60708.0]
 
@@ -323,8 +262,8 @@ def test_shared_workers_continue_each_others_windows_from_the_store(
 ) -> None:
     """Two workers on one store, taking alternate frames of an edge (as a shared subscription
     hands them out), predict what one worker taking them all predicts."""
-    frames = [_frame(s, [(s + 1,), (s + 2,)]) for s in range(5)]
-    frames.append(_frame(6, [(9,), (8,)]))  # seq 5 never came: a gap, the window restarts
+    frames = [data_frame(s, [(s + 1,), (s + 2,)]) for s in range(5)]
+    frames.append(data_frame(6, [(9,), (8,)]))  # seq 5 never came: a gap, the window restarts
     one = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats(), limits=ANY_TIME)
     for payload in frames:
         one.handle(TOPIC, payload)
@@ -353,9 +292,9 @@ def test_shared_workers_continue_each_others_windows_from_the_store(
 def test_a_duplicate_does_not_disturb_the_prediction_history(
     ingest: FrameIngest, store: Store
 ) -> None:
-    ingest.handle(TOPIC, _frame(0, [(1,), (2,)]))
-    ingest.handle(TOPIC, _frame(0, [(1,), (2,)]))
-    ingest.handle(TOPIC, _frame(1, [(3,)]))
+    ingest.handle(TOPIC, data_frame(0, [(1,), (2,)]))
+    ingest.handle(TOPIC, data_frame(0, [(1,), (2,)]))
+    ingest.handle(TOPIC, data_frame(1, [(3,)]))
     assert store.fetch_measurements(EDGE)[-1]["prediction"] == 10203.0
 
 
@@ -401,7 +340,7 @@ def test_a_failing_decoder_is_a_reject_not_a_crash(store: Store) -> None:
     codec = FakeCodec()
     codec.decode = lambda codes: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
     ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
-    assert ingest.handle(TOPIC, _frame(0)) == "decode_error"
+    assert ingest.handle(TOPIC, data_frame(0)) == "decode_error"
     assert store.count_frames() == 0
 
 
@@ -409,7 +348,7 @@ def test_a_failing_predictor_still_stores_the_kpis(store: Store) -> None:
     codec = FakeCodec()
     codec.predict = lambda windows: (_ for _ in ()).throw(RuntimeError("nan"))  # type: ignore[method-assign]
     ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats(), limits=ANY_TIME)
-    assert ingest.handle(TOPIC, _frame(0, [(1,), (2,), (3,)])) == "stored"
+    assert ingest.handle(TOPIC, data_frame(0, [(1,), (2,), (3,)])) == "stored"
     assert [r["prediction"] for r in store.fetch_measurements()] == [None, None, None]
     assert ingest.stats.get("prediction_errors") == 1
 
@@ -418,7 +357,7 @@ def test_a_store_failure_is_counted_and_the_worker_goes_on(
     ingest: FrameIngest, store: Store
 ) -> None:
     store.close()
-    assert ingest.handle(TOPIC, _frame(0)) == "store_error"
+    assert ingest.handle(TOPIC, data_frame(0)) == "store_error"
     assert ingest.stats.rejects() == {"store_error": 1}
 
 
@@ -448,7 +387,7 @@ def test_garbage_never_crashes_the_worker(
 def test_corrupted_frames_are_stored_or_rejected_never_crash(
     fuzz_ingest: FrameIngest, data: st.DataObject
 ) -> None:
-    payload = bytearray(_frame(data.draw(st.integers(0, 50)), [(1, 2), (3,), ()]))
+    payload = bytearray(data_frame(data.draw(st.integers(0, 50)), [(1, 2), (3,), ()]))
     pos = data.draw(st.integers(0, len(payload) - 1))
     payload[pos] ^= data.draw(st.integers(1, 255))
     cut = data.draw(st.integers(1, len(payload)))
@@ -463,7 +402,7 @@ def test_the_worker_still_stores_after_a_stream_of_garbage(ingest: FrameIngest) 
             TOPIC if i % 2 else state_topic(GROUP, EDGE), rng.bytes(int(rng.integers(1, 90)))
         )
     assert sum(ingest.stats.rejects().values()) == 500
-    assert ingest.handle(TOPIC, _frame(0)) == "stored"
+    assert ingest.handle(TOPIC, data_frame(0)) == "stored"
 
 
 # -- DecoderService in-process, no broker -------------------------------------------------
@@ -478,10 +417,10 @@ def test_service_stores_submitted_frames_and_stops_after_n_records(tmp_path: Pat
     service = DecoderService(_cfg(tmp_path, stop_after_records=4), ModelRegistry([FakeCodec()]))
     service.start(connect=False)
     try:
-        assert service.submit(TOPIC, _frame(0))
+        assert service.submit(TOPIC, data_frame(0))
         assert service.submit(TOPIC, b"garbage")
-        assert service.submit(TOPIC, _frame(0))
-        assert service.submit(TOPIC, _frame(1))
+        assert service.submit(TOPIC, data_frame(0))
+        assert service.submit(TOPIC, data_frame(1))
         assert service.wait_for_records(4, timeout=10)
         assert service.wait(timeout=10)
     finally:
@@ -516,15 +455,15 @@ def test_wait_for_records_times_out_when_nothing_arrives(tmp_path: Path) -> None
 
 def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     service = DecoderService(_cfg(tmp_path, queue_size=1), ModelRegistry())
-    assert service.submit(TOPIC, _frame(0))  # not started: nothing takes it off the queue
-    assert service.submit(TOPIC, _frame(1)) is False
+    assert service.submit(TOPIC, data_frame(0))  # not started: nothing takes it off the queue
+    assert service.submit(TOPIC, data_frame(1)) is False
     assert service.stats()["queue_full"] == 1
 
 
 def test_service_drains_its_queue_on_stop(tmp_path: Path) -> None:
     service = DecoderService(_cfg(tmp_path), ModelRegistry([FakeCodec()]))
     for seq in range(20):
-        service.submit(TOPIC, _frame(seq))
+        service.submit(TOPIC, data_frame(seq))
     service.start(connect=False)
     service.stop()
     assert service.stats()["records_stored"] == 40
@@ -604,7 +543,7 @@ def test_service_over_the_embedded_broker_stores_published_frames(tmp_path: Path
         pub.connect(broker.host, broker.port)
         pub.loop_start()
         try:
-            for payload in (_frame(0), b"junk", _frame(0), _frame(1)):
+            for payload in (data_frame(0), b"junk", data_frame(0), data_frame(1)):
                 pub.publish(TOPIC, payload, qos=1).wait_for_publish(timeout=10)
             assert service.wait_for_records(4, timeout=15)
         finally:
@@ -627,18 +566,10 @@ def test_run_service_stops_cleanly_on_sigterm_and_prints_json_stats(tmp_path: Pa
             f"cfg = ServeConfig(broker=BrokerConfig(url={broker.url!r}), db={str(db)!r})\n"
             "raise SystemExit(run_service(cfg))\n"
         )
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not db.exists():  # the store opens once the service is subscribed
-                assert proc.poll() is None, "run_service exited early"
-                assert time.monotonic() < deadline, "run_service did not subscribe in 60 s"
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        with started(python(code), stderr=None) as proc:
+            # the store opens once the service is subscribed
+            wait_ready(proc, db.exists, 60, "run_service", interval=0.05)
+            out, _ = stop(proc, timeout=30)
     assert proc.returncode == 0
     stats = json.loads(out)
     assert stats["stopped_because"] == "requested" and stats["connects"] == 1

@@ -13,12 +13,9 @@ from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.monitor.status import fleet_status, format_status
 from sparsetel.cloud.store.database import Store, open_store
-from sparsetel.shared.birth import birth_payload, state_from_manifest
-from sparsetel.shared.topics import health_topic, state_topic
-from tests.unit.test_service import GROUP, TOPIC, FakeCodec, _frame
-
-EDGE = "e1"
-NOW = 1_700_000_100_000
+from sparsetel.shared.topics import health_topic
+from tests.frames import EDGE, GROUP, FakeCodec, data_frame
+from tests.stores import NOW, beat, fill_fleet, write_old_rows
 
 
 @pytest.fixture
@@ -28,46 +25,25 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def _beat(edge: str = EDGE, **body: object) -> bytes:
-    return json.dumps({"edge": edge, "group": GROUP, **body}).encode()
-
-
 def test_heartbeats_are_kept_latest_first_and_bad_ones_rejected(store: Store) -> None:
     ingest = FrameIngest(ModelRegistry([FakeCodec()]), store, ServiceStats())
     topic = health_topic(GROUP, EDGE)
-    assert ingest.handle(topic, _beat(spool_depth=3), received_ms=200) == "health"
-    assert ingest.handle(topic, _beat(spool_depth=9), received_ms=100) == "health"  # older
+    assert ingest.handle(topic, beat(spool_depth=3), received_ms=200) == "health"
+    assert ingest.handle(topic, beat(spool_depth=9), received_ms=100) == "health"  # older
     assert store.health()[EDGE]["body"]["spool_depth"] == 3
     assert ingest.handle(topic, b"{not json") == "health_invalid"
-    assert ingest.handle(topic, _beat("e2")) == "health_invalid"  # another edge's body
+    assert ingest.handle(topic, beat("e2")) == "health_invalid"  # another edge's body
     assert ingest.handle(topic, b"[1, 2]") == "health_invalid"
-    assert ingest.handle(topic, _beat(pad="x" * 70_000)) == "health_invalid"
-    assert ingest.handle(topic, _beat(rejects=[1, 2, 3])) == "health_invalid"
+    assert ingest.handle(topic, beat(pad="x" * 70_000)) == "health_invalid"
+    assert ingest.handle(topic, beat(rejects=[1, 2, 3])) == "health_invalid"
     assert ingest.stats.rejects() == {"health_invalid": 5}
 
 
-def _fleet(store: Store) -> None:
-    """e1: online, 3 frames of 2 measurements (the last 40 s ago), a gap, a heartbeat; e2: a
-    heartbeat only."""
-    codec = FakeCodec()
-    ingest = FrameIngest(ModelRegistry([codec]), store, ServiceStats())
-    birth = state_from_manifest(
-        codec.manifest, edge=EDGE, group=GROUP, bd_seq=0, agent_version="0.1",
-        runtime_version="ort", timestamp_ms=5,
-    )  # fmt: skip
-    ingest.handle(state_topic(GROUP, EDGE), birth_payload(birth), received_ms=NOW - 300_000)
-    for seq, age_s in ((0, 200), (1, 40), (3, 40)):  # seq 2 never came
-        assert ingest.handle(TOPIC, _frame(seq), received_ms=NOW - 1000 * age_s) == "stored"
-    beat = _beat(spool_depth=4, rejects={"out_of_range": 2, "nan": 1})
-    ingest.handle(health_topic(GROUP, EDGE), beat, received_ms=NOW - 12_000)
-    ingest.handle(health_topic(GROUP, "e2"), _beat("e2", spool_depth=0), received_ms=NOW)
-
-
 def test_the_fleet_summary_has_each_edges_numbers(store: Store) -> None:
-    _fleet(store)
+    fill_fleet(store)
     status = fleet_status(store, now_ms=NOW, window_s=60)
     e1, e2 = status["edges"]
-    per = sum(len(_frame(s)) for s in (0, 1, 3)) / 6
+    per = sum(len(data_frame(s)) for s in (0, 1, 3)) / 6
     sha = FakeCodec().manifest.model_sha256
     assert e1 == {
         "edge": EDGE, "group": GROUP, "online": True, "model_sha256": sha,
@@ -92,33 +68,10 @@ def test_the_fleet_summary_has_each_edges_numbers(store: Store) -> None:
     )
 
 
-OLD_BEATS = {  # heartbeats kept before they were validated, one edge each
-    "x1": {"edge": "x1", "rejects": [1, 2, 3], "spool_depth": 5},
-    "x2": {"spool_depth": "abc", "rejects": {"nan": 2}},
-    "x3": {"spool_depth": float("inf"), "rejects": {"a": float("nan")}},  # as 1e400 was kept
-    "x4": {"a": "x"},
-    "x5": {},
-}
-
-
-def write_old_rows(store: Store) -> None:
-    """Rows as an older decoder kept them, written straight into the store: the heartbeats
-    above, and a 5 MB birth kept verbatim whose L is a string."""
-    for edge, body in OLD_BEATS.items():
-        store.set_health(GROUP, edge, body, NOW - 5_000)
-    codec = FakeCodec()
-    birth = state_from_manifest(
-        codec.manifest, edge="x6", group=GROUP, bd_seq=0, agent_version="0.1",
-        runtime_version="ort", timestamp_ms=5,
-    )  # fmt: skip
-    doc = {**json.loads(birth_payload(birth)), "L": "3", "pad": "x" * 5_000_000}
-    store.set_edge_state(GROUP, "x6", True, 0, codec.manifest.model_sha256, doc, NOW - 1_000)
-
-
 def test_status_shows_edges_of_old_bad_rows_with_those_fields_unknown(
     store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _fleet(store)
+    fill_fleet(store)
     write_old_rows(store)
     status = fleet_status(store, now_ms=NOW, window_s=60)
     by_edge = {e["edge"]: e for e in status["edges"]}
@@ -150,7 +103,7 @@ def test_status_prints_the_table_or_json_and_refuses_a_bad_window(
 ) -> None:
     db = tmp_path / "fleet.db"
     with open_store(db) as store:
-        _fleet(store)
+        fill_fleet(store)
     assert main(["status", "--db", str(db)]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith(EDGE)
     assert main(["status", "--db", str(db), "--json", "--window", "3600"]) == 0
