@@ -34,7 +34,7 @@ from ..codec.normaliser import Windows, make_windows
 from ..data.datasets import Dataset
 from ..training.evaluate import target_scores
 from ..training.loop import Trainer
-from ..training.train import QUICK, TrainOptions
+from ..training.options import QUICK, TrainOptions
 from .dataset import BenchData
 from .method import Coded, TrainData
 

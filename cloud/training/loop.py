@@ -37,7 +37,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +45,7 @@ from tqdm import tqdm
 
 from ..codec.model import SDLGM, Checkpoint, ModelConfig, RawPredictor
 from ..codec.normaliser import Normaliser, TargetScaler, Windows
-
-if TYPE_CHECKING:
-    from .options import TrainOptions
+from .options import TrainOptions
 
 __all__ = ["BUDGET_DEADLINE", "Trainer"]
 

@@ -32,9 +32,9 @@ from ...shared.rundir import (
 from ..codec.normaliser import Normaliser, Windows, fit_normaliser, fit_target_scaler, make_windows
 from ..data.datasets import Dataset, load_dataset, split_sessions
 from .loop import Trainer
-from .options import QUICK, TrainOptions
+from .options import TrainOptions
 
-__all__ = ["QUICK", "TrainOptions", "train_run"]
+__all__ = ["TrainOptions", "train_run"]
 
 log = logging.getLogger(__name__)
 
