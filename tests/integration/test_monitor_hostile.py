@@ -12,14 +12,11 @@ import socket
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from sparsetel.cli import main
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
@@ -29,11 +26,12 @@ from sparsetel.cloud.monitor.server import monitor_app
 from sparsetel.cloud.store.database import Store, open_store
 from sparsetel.cloud.webserver import WebServer
 from sparsetel.shared.birth import birth_payload, state_from_manifest
-from sparsetel.shared.config import BrokerConfig, parse_broker_url
+from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.health import beat_payload
 from sparsetel.shared.topics import health_topic, state_topic
 from tests.frames import TOPIC, FakeCodec, data_frame
 from tests.helpers import ANY_TIME, free_port, wait_until
+from tests.mqttclients import Publisher
 from tests.processes import DEVNULL, sparsetel, started, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -182,25 +180,6 @@ def test_at_the_connection_cap_a_scrape_waits_for_idle_clients_to_time_out(
 # -- births and heartbeats on the real broker ---------------------------------------------
 
 
-class _Sender:
-    """A paho client that publishes QoS 1 and waits for each PUBACK."""
-
-    def __init__(self, url: str) -> None:
-        _, host, port = parse_broker_url(url)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"it-{uuid.uuid4().hex}")
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=30)
-        assert info.is_published(), f"publish to {topic} not acknowledged"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def _good_birth(group: str, edge: str) -> bytes:
     state = state_from_manifest(
         FakeCodec().manifest, edge=edge, group=group, bd_seq=0, agent_version="it",
@@ -227,27 +206,29 @@ def _bad_control_messages(group: str) -> list[tuple[str, bytes]]:
 
 
 def test_malformed_births_and_heartbeats_are_rejected_and_the_fleet_still_shows(
-    broker_url: str, group: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker_url: str,
+    publisher: Publisher,
+    group: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     db = tmp_path / "fleet.db"
     cfg = ServeConfig(broker=BrokerConfig(url=broker_url), group=group, db=str(db))
     service = DecoderService(cfg, ModelRegistry([FakeCodec()]))
     service.start(timeout=15)
-    sender = _Sender(broker_url)
     good = beat_payload({"edge": "edge-a", "group": group, "spool_depth": 2, "rejects": {"nan": 1}})
     bad = _bad_control_messages(group)
     try:
-        sender.send(state_topic(group, "edge-a"), _good_birth(group, "edge-a"), retain=True)
-        sender.send(health_topic(group, "edge-a"), good)
+        publisher.send(state_topic(group, "edge-a"), _good_birth(group, "edge-a"), retain=True)
+        publisher.send(health_topic(group, "edge-a"), good)
         for topic, payload in bad:
-            sender.send(topic, payload)
+            publisher.send(topic, payload)
         assert wait_until(lambda: sum(service.stats()["rejects"].values()) == len(bad), 30.0)
         assert wait_until(lambda: service.stats()["dead_letters"] == len(bad), 30.0)
         stats = service.stats()
     finally:
         service.stop()
-        sender.send(state_topic(group, "edge-a"), b"", retain=True)  # no retained birth left
-        sender.close()
+        publisher.send(state_topic(group, "edge-a"), b"", retain=True)  # no retained birth left
     rejects = dict(stats["rejects"])
     big = rejects.pop("too_large", 0)  # the 5 MB birth, if the inbox refuses it first
     assert rejects == {"health_invalid": 6, "state": 3 - big}
