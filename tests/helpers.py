@@ -10,9 +10,10 @@ files: tests/conftest.py (the services), tests/integration/conftest.py.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest.limits import IngestLimits
 from sparsetel.cloud.store.schema import MIGRATIONS
+
+REPO = Path(__file__).resolve().parents[1]
+# The package's folders in the checkout: sparsetel/ (the command line, and links to the others).
+PACKAGE_FOLDERS = ("sparsetel", "edge", "cloud", "shared")
 
 # For tests whose frames carry fixed synthetic times (1970, November 2023) rather than times
 # near their arrival: the default window (8 days back, 1 day ahead) would refuse them.
@@ -69,3 +74,26 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def package_files() -> list[Path]:
+    """Every module file of the package where it lies in the checkout: sparsetel/*.py and all
+    of edge/, cloud/ and shared/ (sparsetel/'s links to those three are not followed)."""
+    files = sorted((REPO / "sparsetel").glob("*.py"))
+    for folder in PACKAGE_FOLDERS[1:]:
+        files += sorted((REPO / folder).rglob("*.py"))
+    return files
+
+
+def copy_checkout(dest: Path, names: Iterable[str] = PACKAGE_FOLDERS) -> Path:
+    """The checkout's `names` (folders or files) copied into `dest`, links kept as links and no
+    __pycache__: a tree a test may change or build in, leaving the checkout alone."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = REPO / name
+        if src.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(src, dest / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy(src, dest / name)
+    return dest

@@ -9,18 +9,14 @@ from the tool (as the old package-dir mapping did) fails here.
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import grimp
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = {
-    "sparsetel": ROOT / "sparsetel",
-    **{d: ROOT / d for d in ("edge", "cloud", "shared")},
-}
+from tests.helpers import REPO as ROOT
+from tests.helpers import copy_checkout, package_files
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -42,12 +38,7 @@ def test_the_tree_keeps_every_contract() -> None:
 
 
 def test_a_wrong_way_import_breaks_a_contract(tmp_path: Path) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    for name, src in PACKAGE_DIRS.items():
-        shutil.copytree(
-            src, tree / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    tree = copy_checkout(tmp_path / "tree")
     reads = tree / "cloud" / "store" / "reads.py"
     reads.write_text(reads.read_text() + "\nfrom ..ingest import handler  # the wrong way\n")
     result = _lint_imports(tree)
@@ -68,8 +59,7 @@ def _module_name(path: Path) -> tuple[str, bool]:
 
 def _arrows_in_source() -> set[tuple[str, str]]:
     """Every (importer, imported) pair between the package's modules, read from the files."""
-    files = [p for d in PACKAGE_DIRS.values() for p in d.rglob("*.py") if d.name != "sparsetel"]
-    files += list((ROOT / "sparsetel").glob("*.py"))
+    files = package_files()
     modules = {_module_name(p)[0] for p in files}
     arrows = set()
     for path in files:

@@ -4,26 +4,17 @@ link), and nothing else from the repository."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("sparsetel", "edge", "cloud", "shared", "pyproject.toml", "README.md")
+from tests.helpers import PACKAGE_FOLDERS, REPO, copy_checkout, package_files
 
 
 def test_the_wheel_holds_every_module_as_a_file(tmp_path: Path) -> None:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    for name in SOURCES:  # a copy, so the build leaves no build/ folder in the checkout
-        src = ROOT / name
-        if src.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__")
-            shutil.copytree(src, tree / name, symlinks=True, ignore=ignore)
-        else:
-            shutil.copy(src, tree / name)
+    # a copy, so the build leaves no build/ folder in the checkout
+    tree = copy_checkout(tmp_path / "tree", (*PACKAGE_FOLDERS, "pyproject.toml", "README.md"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path / "dist"), str(tree)],
@@ -35,10 +26,7 @@ def test_the_wheel_holds_every_module_as_a_file(tmp_path: Path) -> None:
     links = [i.filename for i in infos if (i.external_attr >> 16) & 0o170000 == 0o120000]
     assert links == []
     shipped = {i.filename for i in infos}
-    expected = {
-        f"sparsetel/{p.relative_to(ROOT).as_posix()}"
-        for d in ("edge", "cloud", "shared")
-        for p in (ROOT / d).rglob("*.py")
-    } | {f"sparsetel/{p.name}" for p in (ROOT / "sparsetel").glob("*.py")}
+    in_checkout = [p.relative_to(REPO).as_posix() for p in package_files()]
+    expected = {p if p.startswith("sparsetel/") else f"sparsetel/{p}" for p in in_checkout}
     assert len(expected) > 100
     assert shipped == expected
