@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +145,18 @@ def _own_broker(work: Path) -> tuple[subprocess.Popen[bytes], str]:
         )  # its own database, not the one a dev broker on this machine keeps
         + f"user {getpass.getuser()}\n"
     )
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    for _ in range(100):
+    log = work / "mosquitto.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=err)
+    for _ in range(400):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return proc, f"mqtt://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
         time.sleep(0.05)
     proc.kill()
-    raise SystemExit("mosquitto did not start")
+    raise SystemExit(f"mosquitto did not start on port {port}:\n{log.read_text()[-2000:]}")
 
 
 def _end_to_end(run: Path, frames: list[bytes], url: str, db: str, workers: int) -> dict[str, Any]:
@@ -164,18 +169,24 @@ def _end_to_end(run: Path, frames: list[bytes], url: str, db: str, workers: int)
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     subscribed = threading.Semaphore(0)
+    log: deque[str] = deque(maxlen=40)  # serve's last lines, for the error when it fails
 
     def watch() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
+            log.append(line)
             if "subscribed to" in line:
                 subscribed.release()
 
     threading.Thread(target=watch, daemon=True).start()
+    deadline = time.monotonic() + 120
     for _ in range(workers):
-        if not subscribed.acquire(timeout=120):
-            proc.kill()
-            raise SystemExit(f"serve --workers {workers} did not subscribe")
+        while not subscribed.acquire(timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                time.sleep(0.5)  # the watcher reads what is left
+                tail = "".join(log)
+                raise SystemExit(f"serve --workers {workers} did not subscribe:\n{tail}")
     started = time.perf_counter()
     _publish(url, group, frames)
     with open_store(db) as store:

@@ -34,6 +34,9 @@ from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
 __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
 
 
+# The first key of the PostgreSQL advisory lock a migration holds ("spt"); the second is the
+# hash of the schema it migrates, so services on other schemas do not wait for it.
+MIGRATION_LOCK = 0x737074
 _ACCURACY_COLUMNS = ("edge", "model_ref", "L", "bucket_ms", *SUMS)  # AccuracyRow's fields
 _ADD_ACCURACY = (
     f"INSERT INTO accuracy ({', '.join(_ACCURACY_COLUMNS)}) "
@@ -152,6 +155,14 @@ class Store(StoreReads):
     def _migrate(self) -> None:
         """Apply the migrations this database has not seen yet, each in its own transaction."""
         with self._transaction():
+            if self.dialect == "postgresql":
+                # Two services starting at once on a fresh schema: CREATE TABLE IF NOT EXISTS
+                # is not atomic there (the loser fails on pg_type's unique index), so the
+                # first one in holds a lock on this schema's name until it commits.
+                self._execute(
+                    "SELECT pg_advisory_xact_lock(?, hashtext(current_schema()))",
+                    (MIGRATION_LOCK,),
+                )
             self._execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER PRIMARY KEY, applied_ms {bigint} NOT NULL)".format(

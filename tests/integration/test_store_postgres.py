@@ -51,6 +51,34 @@ def test_postgres_store_migrates_into_its_schema(pg_url: str) -> None:
         assert again._query("SELECT COUNT(*) FROM schema_version")[0][0] == len(MIGRATIONS)
 
 
+def test_postgres_services_starting_at_once_on_a_fresh_schema_all_open_it(pg_url: str) -> None:
+    """serve --workers 4 on an empty database: every worker migrates at the same moment. Bare
+    CREATE TABLE IF NOT EXISTS lets all but one fail on pg_type's unique index; the migration
+    lock makes the others wait and find the tables made."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+
+    def open_it(start: threading.Barrier, errors: list[BaseException]) -> None:
+        start.wait()
+        try:
+            open_store(pg_url).close()
+        except Exception as exc:
+            errors.append(exc)
+
+    for _ in range(5):
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # empty it again
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+        start, errors = threading.Barrier(4), []
+        threads = [threading.Thread(target=open_it, args=(start, errors)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        with open_store(pg_url) as store:
+            assert store.schema_version() == len(MIGRATIONS)
+
+
 def test_postgres_store_frame_stores_once_and_counts_duplicates(pg_url: str) -> None:
     with open_store(pg_url) as store:
         assert store.store_frame(_frame(1), _rows())
