@@ -16,7 +16,7 @@ from ..shared.config import BrokerConfig, load_config
 from ..shared.errors import ConfigError
 from ..shared.kpi import parse_kpi_list
 from ..shared.topics import validate_id
-from ..shared.wire import MAX_RECORDS
+from ..shared.wire import AGENT_BATCH, AGENT_MAX_BATCH_DELAY_S, MAX_RECORDS
 
 __all__ = ["EdgeConfig", "default_state_dir", "edge_config_from_flags"]
 
@@ -76,8 +76,8 @@ class EdgeConfig:
     source: str
     rate_hz: float | None = None
     limit: int | None = None
-    batch: int = 50
-    max_batch_delay_s: float = 1.0
+    batch: int = AGENT_BATCH
+    max_batch_delay_s: float = AGENT_MAX_BATCH_DELAY_S
     state_dir: Path | None = None
     period_ms: int = 1000
     broker: BrokerConfig = field(default_factory=BrokerConfig)

@@ -22,6 +22,8 @@ from typing import NamedTuple
 from .errors import WireError
 
 __all__ = [
+    "AGENT_BATCH",
+    "AGENT_MAX_BATCH_DELAY_S",
     "CODEC_PACKED",
     "CRC_SIZE",
     "FLAG_AUDIT",
@@ -42,6 +44,7 @@ __all__ = [
     "encode_frame",
     "mqtt_publish_overhead",
     "record_bits",
+    "records_per_frame",
     "wire_bytes_per_measurement",
 ]
 
@@ -54,6 +57,10 @@ FLAG_AUDIT = 0x02
 FLAG_IRREGULAR = 0x04
 MAX_FRAME_BYTES = 262144
 MAX_RECORDS = 4096
+# The edge agent's default framing: a frame leaves with AGENT_BATCH measurements, or at the
+# latest AGENT_MAX_BATCH_DELAY_S after its first one (`records_per_frame`).
+AGENT_BATCH = 50
+AGENT_MAX_BATCH_DELAY_S = 1.0
 
 _KNOWN_FLAGS = FLAG_HISTORICAL | FLAG_AUDIT | FLAG_IRREGULAR
 _HEADER_V1 = struct.Struct(">2sBB8sIIQIHBH")
@@ -473,3 +480,17 @@ def wire_bytes_per_measurement(
             raise ValueError(f"a frame of {batch} records exceeds {MAX_FRAME_BYTES} bytes")
         total += size + mqtt_publish_overhead(topic, size, qos=1)
     return total / len(codes)
+
+
+def records_per_frame(
+    interval_s: float, batch: int = AGENT_BATCH, max_delay_s: float = AGENT_MAX_BATCH_DELAY_S
+) -> int:
+    """Measurements in each frame of an agent that gets one every `interval_s` seconds: those
+    that arrive before the frame's deadline, `max_delay_s` after its first (one arriving on
+    the deadline itself races it and is counted out), at most `batch`. At 1 Hz and the
+    defaults that is one: every frame carries a single measurement."""
+    if not interval_s > 0 or not max_delay_s > 0 or batch < 1:
+        raise ValueError(
+            f"need interval_s, max_delay_s > 0 and batch >= 1: {interval_s}, {max_delay_s}, {batch}"
+        )
+    return max(1, min(batch, math.ceil(max_delay_s / interval_s - 1e-9)))

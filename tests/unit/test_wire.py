@@ -33,6 +33,7 @@ from sparsetel.shared.wire import (
     encode_frame,
     mqtt_publish_overhead,
     record_bits,
+    records_per_frame,
     wire_bytes_per_measurement,
 )
 
@@ -650,3 +651,20 @@ def test_wire_bytes_per_measurement_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(ValueError):
         wire_bytes_per_measurement(codes, 4, 128, 1000, batch, "t")
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "batch", "delay_s", "records"),
+    [(1.0, 50, 1.0, 1), (0.5, 50, 1.0, 2), (0.3, 50, 1.0, 4), (0.01, 50, 1.0, 50),
+     (1.0, 50, 60.0, 50), (1.0, 50, 10.0, 10), (2.0, 50, 1.0, 1)],
+)  # fmt: skip
+def test_records_per_frame_counts_what_arrives_before_the_deadline(
+    interval_s: float, batch: int, delay_s: float, records: int
+) -> None:
+    assert records_per_frame(interval_s, batch, delay_s) == records
+
+
+def test_records_per_frame_rejects_a_bad_pace() -> None:
+    for bad in ((0.0, 50, 1.0), (1.0, 0, 1.0), (1.0, 50, 0.0), (math.nan, 50, 1.0)):
+        with pytest.raises(ValueError):
+            records_per_frame(*bad)
