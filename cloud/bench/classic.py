@@ -1,11 +1,9 @@
-"""The classic baselines: lossless float codecs, quantise-and-zstd, PCA and predictive coding.
+"""The classic lossy baselines: quantise-and-zstd, PCA and predictive coding.
 
 Every class satisfies `method.Method`: it is fitted on the training sessions and codes one
-frame on its own, counting every payload bit. Lossless codecs code raw values
-(`TrainData.to_raw`, NaN where missing) as float32, as an edge without the model would
-publish them, and reproduce them bit-exactly, NaN positions included; their reconstruction
-is the decoded raw frame mapped back with `from_raw` (0 where missing). Lossy codecs work in
-normalised space and may put anything where the mask is False.
+frame on its own, counting every payload bit. They work in normalised space and may put
+anything where the mask is False. The lossless float codecs live in `lossless`;
+`classic_methods` sweeps both.
 
 `Predictive` is the strongest baseline: closed-loop predictive coding as LFZip does it,
 with entropy-coded residual indices (see its docstring).
@@ -16,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import zstandard
 from sklearn.decomposition import PCA as _SkPCA
 
 from ..codec.normaliser import CLIP
-from . import entropy, gorilla
+from . import entropy
+from .lossless import Float32, Float32Zstd, Gorilla, not_fitted, zstd_compress, zstd_decompress
 from .method import (
-    FRAME,
     Coded,
     Method,
     TrainData,
@@ -32,120 +29,16 @@ from .method import (
 
 __all__ = [
     "PCA",
-    "Float32",
-    "Float32Zstd",
-    "Gorilla",
     "Predictive",
     "QuantZstd",
     "classic_methods",
+    "fit_gains",
+    "observed_columns",
+    "training_frames",
 ]
 
-ZSTD_LEVEL = 19
 
-
-def _zstd(payload: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(payload)
-
-
-def _unzstd(payload: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(payload)
-
-
-def _not_fitted(name: str) -> RuntimeError:
-    return RuntimeError(f"{name}.code_frame called before fit")
-
-
-class _Lossless:
-    """Shared frame logic of the lossless codecs: subclasses pack and unpack raw float32."""
-
-    family = ""
-    setting = "lossless"
-    L: int | None = None
-    lossy = False
-    seeded = False
-
-    def __init__(self) -> None:
-        self._train: TrainData | None = None
-
-    def fit(self, train: TrainData, seed: int) -> None:
-        self._train = train
-
-    def _pack(self, raw: np.ndarray) -> tuple[object, int]:
-        """Raw frame (float32, [n, D]) -> the payload and its bits."""
-        raise NotImplementedError
-
-    def _unpack(self, payload: object, shape: tuple[int, int]) -> np.ndarray:
-        """The payload -> the raw frame (float32, shape: [n, D])."""
-        raise NotImplementedError
-
-    def round_trip(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """The raw frame sent (float32, [n, D], NaN where missing), the raw frame decoded
-        from the payload (float32, [n, D]) and the payload bits."""
-        if self._train is None:
-            raise _not_fitted(type(self).__name__)
-        z = np.where(mask, np.asarray(x, dtype=np.float64), np.nan)
-        raw = np.asarray(self._train.to_raw(z), dtype=np.float32)
-        raw = np.where(mask, raw, np.float32(np.nan)).astype(np.float32)
-        payload, bits = self._pack(raw)
-        return raw, self._unpack(payload, raw.shape), bits
-
-    def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
-        _, back, bits = self.round_trip(x, mask)
-        assert self._train is not None
-        missing = np.isnan(back)
-        z = self._train.from_raw(np.where(missing, 0.0, back.astype(np.float64)))
-        return Coded(recon=np.where(missing, 0.0, z), bits=bits)
-
-
-class Float32(_Lossless):
-    """Raw float32 values, row-major: 32 bits per KPI per measurement."""
-
-    family = "float32"
-
-    def _pack(self, raw: np.ndarray) -> tuple[object, int]:
-        payload = raw.astype("<f4").tobytes()
-        return payload, 8 * len(payload)
-
-    def _unpack(self, payload: object, shape: tuple[int, int]) -> np.ndarray:
-        assert isinstance(payload, bytes)
-        return np.frombuffer(payload, dtype="<f4").reshape(shape).astype(np.float32)
-
-
-class Float32Zstd(_Lossless):
-    """zstd (level 19, no dictionary) over the frame's raw float32 bytes, column-major (each
-    KPI's series contiguous); the bits are the whole compressor output, header included."""
-
-    family = "float32-zstd"
-
-    def _pack(self, raw: np.ndarray) -> tuple[object, int]:
-        payload = _zstd(np.ascontiguousarray(raw.T).astype("<f4").tobytes())
-        return payload, 8 * len(payload)
-
-    def _unpack(self, payload: object, shape: tuple[int, int]) -> np.ndarray:
-        assert isinstance(payload, bytes)
-        cols = np.frombuffer(_unzstd(payload), dtype="<f4").reshape(shape[::-1])
-        return cols.T.astype(np.float32)
-
-
-class Gorilla(_Lossless):
-    """Gorilla XOR coding (`gorilla`) of each KPI's raw float32 series in the frame, KPIs in
-    their fixed order; the bits are the sum of the columns' stream bits (no padding)."""
-
-    family = "gorilla"
-
-    def _pack(self, raw: np.ndarray) -> tuple[object, int]:
-        # Each column's stream ends where its n-th value does, so on the wire the streams
-        # go back to back without padding: the frame costs the sum of their bits.
-        streams = [gorilla.encode(np.ascontiguousarray(raw[:, j])) for j in range(raw.shape[1])]
-        return streams, sum(bits for _, bits in streams)
-
-    def _unpack(self, payload: object, shape: tuple[int, int]) -> np.ndarray:
-        assert isinstance(payload, list)
-        cols = [gorilla.decode(data, shape[0], bits) for data, bits in payload]
-        return np.stack(cols, axis=1) if cols else np.zeros(shape, dtype=np.float32)
-
-
-def _observed_columns(train: TrainData) -> list[np.ndarray]:
+def observed_columns(train: TrainData) -> list[np.ndarray]:
     """Each KPI's observed training values (float64, [N_j])."""
     rows, mask = train.rows(), np.concatenate(train.mask) if train.mask else None
     if mask is None or rows.shape[0] == 0:
@@ -154,10 +47,12 @@ def _observed_columns(train: TrainData) -> list[np.ndarray]:
 
 
 class QuantZstd:
-    """Per-KPI `bits`-bit uniform quantisation of normalised values (`UniformQuantiser`) on
-    the training range (`quantile` 1.0: min..max, so fine settings are not capped by
-    clipping the tails), indices as uint8 (uint16 above 8 bits), column-major, then zstd
-    level 19; the bits are the whole compressor output."""
+    """Per-KPI uniform quantisation of normalised values (`UniformQuantiser`) on the training
+    range (`quantile` 1.0: min..max, so fine settings are not capped by clipping the tails),
+    indices as uint8 (uint16 above 8 bits), column-major, then zstd level 19; the bits are
+    the whole compressor output. Every KPI gets `bits` bits but the target, which gets
+    ``round(log2(sqrt(target_weight)))`` more (capped to 1..16): a cell as much narrower as
+    its weight asks, to the nearest power of two."""
 
     family = "quant-zstd"
     L = None
@@ -171,28 +66,55 @@ class QuantZstd:
             raise ValueError(f"quantile must be in (0.5, 1], got {quantile}")
         self.bits, self.quantile = bits, quantile
         self.setting = f"{bits} bits/KPI"
-        self._quantiser: UniformQuantiser | None = None
+        self._quantisers: list[UniformQuantiser] = []  # one per KPI (lo, hi: [1])
+
+    @property
+    def column_bits(self) -> tuple[int, ...]:
+        """Each KPI's quantiser bits, once fitted."""
+        return tuple(q.bits for q in self._quantisers)
 
     def fit(self, train: TrainData, seed: int) -> None:
-        columns = _observed_columns(train)
-        per_kpi = [UniformQuantiser.fit(c[:, None], self.bits, self.quantile) for c in columns]
-        lo = np.concatenate([q.lo for q in per_kpi])
-        hi = np.concatenate([q.hi for q in per_kpi])
-        self._quantiser = UniformQuantiser(bits=self.bits, lo=lo, hi=hi)
+        extra = np.rint(np.log2(np.sqrt(train.weights()))).astype(np.int64)
+        bits = np.clip(self.bits + extra, 1, 16)
+        self._quantisers = [
+            UniformQuantiser.fit(c[:, None], int(b), self.quantile)
+            for c, b in zip(observed_columns(train), bits, strict=True)
+        ]
 
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
-        if self._quantiser is None:
-            raise _not_fitted("QuantZstd")
-        dtype = "<u1" if self.bits <= 8 else "<u2"
-        q = self._quantiser.indices(x)
-        payload = _zstd(np.ascontiguousarray(q.T).astype(dtype).tobytes())
-        back = np.frombuffer(_unzstd(payload), dtype=dtype).reshape(q.shape[::-1]).T
-        return Coded(recon=self._quantiser.values(back), bits=8 * len(payload))
+        if not self._quantisers:
+            raise not_fitted("QuantZstd")
+        x = np.asarray(x, dtype=np.float64)
+        dtypes = [_index_dtype(q.bits) for q in self._quantisers]
+        q = [quant.indices(x[:, j : j + 1])[:, 0] for j, quant in enumerate(self._quantisers)]
+        payload = zstd_compress(
+            b"".join(c.astype(t).tobytes() for c, t in zip(q, dtypes, strict=True))
+        )
+        back = _split_columns(zstd_decompress(payload), len(x), dtypes)
+        recon = [quant.values(c) for quant, c in zip(self._quantisers, back, strict=True)]
+        return Coded(recon=np.stack(recon, axis=1), bits=8 * len(payload))
+
+
+def _index_dtype(bits: int) -> str:
+    """The little-endian unsigned type that holds a `bits`-bit index."""
+    return "<u1" if bits <= 8 else "<u2"
+
+
+def _split_columns(data: bytes, n: int, dtypes: Sequence[str]) -> list[np.ndarray]:
+    """Column-major bytes -> each column's `n` indices (int64, [n]) in its own dtype."""
+    columns, start = [], 0
+    for dtype in dtypes:
+        size = n * np.dtype(dtype).itemsize
+        columns.append(np.frombuffer(data[start : start + size], dtype=dtype).astype(np.int64))
+        start += size
+    return columns
 
 
 class PCA:
-    """The first `L` principal components of the observed training rows; each coefficient
-    quantised with `UniformQuantiser(coef_bits)`: ``L * coef_bits`` bits per measurement."""
+    """The first `L` principal components of the observed training rows, columns scaled by
+    sqrt(`TrainData.weights`) so the components minimise the weighted squared error; each
+    coefficient quantised with `UniformQuantiser(coef_bits)`: ``L * coef_bits`` bits per
+    measurement."""
 
     family = "pca"
     lossy = True
@@ -206,11 +128,13 @@ class PCA:
         self.setting = f"L={L}, {coef_bits} bits/coef"
         self._pca: _SkPCA | None = None
         self._quantiser: UniformQuantiser | None = None
+        self._scale = np.ones(0)  # [D]: sqrt of each KPI's weight
 
     def fit(self, train: TrainData, seed: int) -> None:
         if self.L > train.D:
             raise ValueError(f"L={self.L} exceeds the {train.D} KPIs")
-        rows = train.rows()
+        self._scale = np.sqrt(train.weights())
+        rows = train.rows() * self._scale
         full = rows[np.concatenate(train.mask).all(axis=1)] if train.mask else rows
         rows = full if len(full) > self.L else rows  # complete rows, unless too few
         self._pca = _SkPCA(n_components=self.L, svd_solver="full").fit(rows)
@@ -218,9 +142,10 @@ class PCA:
 
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
         if self._pca is None or self._quantiser is None:
-            raise _not_fitted("PCA")
-        q = self._quantiser.indices(self._pca.transform(np.asarray(x, dtype=np.float64)))
-        recon = self._pca.inverse_transform(self._quantiser.values(q))
+            raise not_fitted("PCA")
+        scaled = np.asarray(x, dtype=np.float64) * self._scale
+        q = self._quantiser.indices(self._pca.transform(scaled))
+        recon = self._pca.inverse_transform(self._quantiser.values(q)) / self._scale
         return Coded(recon=recon, bits=int(q.size) * self.coef_bits)
 
 
@@ -231,13 +156,15 @@ class Predictive:
     (the key) from the training mean, the others from x̂[t-1] ("previous") or, per KPI,
     ``x̂[t-1] + g * (x̂[t-1] - x̂[t-2])`` ("linear"; g fitted by least squares on training
     rows and kept only where it beats persistence there: KPIs logged at 1 Hz repeat often,
-    and a predictor that does not return x̂[t-1] on a repeat pays for it). The residual is
-    quantised uniformly with `step` (the same for every KPI: MSE-optimal in normalised
-    space), so ``|x̂ - x| <= step / 2`` on every observed entry of |x| <= `span`; a missing
-    entry is coded as its prediction (index 0). Indices are clamped to ±M with
-    ``M = ceil(2 * span / step)``, which covers every residual, and range-coded with static
-    tables (one per KPI for the key, one per KPI for the rest) fitted by running the same
-    loop over the training frames. Frames decode on their own. Bits: 32 per flushed word.
+    and a predictor that does not return x̂[t-1] on a repeat pays for it). KPI j's residual
+    is quantised uniformly with step ``step_j = step / sqrt(w_j)``, w the
+    `TrainData.weights` (the same step for KPIs of equal weight: MSE-optimal for the
+    weighted error; the target's is half as wide at weight 4), so ``|x̂_j - x_j| <= step_j /
+    2`` on every observed entry of |x| <= `span`; a missing entry is coded as its prediction
+    (index 0). KPI j's indices are clamped to ±M_j with ``M_j = ceil(2 * span / step_j)``,
+    which covers every residual, and range-coded with static tables (one per KPI for the
+    key, one per KPI for the rest) fitted by running the same loop over the training frames.
+    Frames decode on their own. Bits: 32 per flushed word.
     """
 
     L = None
@@ -252,31 +179,47 @@ class Predictive:
         self.kind, self.step, self.span, self.prior = kind, float(step), float(span), prior
         self.family = f"predictive-{kind}"
         self.setting = f"step={step:.4g}"
-        self.M = int(np.ceil(2 * span / step))
+        self._steps = np.zeros(0)  # [D]
+        self._M = np.zeros(0, dtype=np.int64)  # [D]
         self._mean = np.zeros(0)
         self._gains = np.zeros(0)  # [D]: 0 for "previous"
         self._tables: list[entropy.SymbolTable] = []
 
+    @property
+    def steps(self) -> np.ndarray:
+        """Each KPI's quantiser step (float64, [D]), once fitted."""
+        return self._steps
+
+    @property
+    def alphabets(self) -> np.ndarray:
+        """Each KPI's index bound M (int64, [D]): indices lie in [-M, M], once fitted."""
+        return self._M
+
     def fit(self, train: TrainData, seed: int) -> None:
-        self._mean = np.array([c.mean() if c.size else 0.0 for c in _observed_columns(train)])
+        self._steps = self.step / np.sqrt(train.weights())
+        self._M = np.ceil(2 * self.span / self._steps).astype(np.int64)
+        self._mean = np.array([c.mean() if c.size else 0.0 for c in observed_columns(train)])
         self._gains = np.zeros(train.D)
         if self.kind == "linear":
-            self._gains = _fit_gains(train, self.step)
-        x, mask, valid = _training_frames(train)
+            self._gains = fit_gains(train, self._steps)
+        x, mask, valid = training_frames(train)
         symbols, _ = self._loop(x, mask)
-        symbols = symbols + self.M
-        size = 2 * self.M + 1
+        symbols = symbols + self._M
         key = [symbols[:, 0, j][valid[:, 0]] for j in range(train.D)]
         rest = [symbols[:, 1:, j][valid[:, 1:]] for j in range(train.D)]
-        self._tables = [entropy.SymbolTable.fit(s, size, self.prior) for s in key + rest]
+        sizes = [2 * int(m) + 1 for m in self._M]
+        self._tables = [
+            entropy.SymbolTable.fit(s, size, self.prior)
+            for s, size in zip(key + rest, sizes + sizes, strict=True)
+        ]
 
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
         if not self._tables:
-            raise _not_fitted("Predictive")
+            raise not_fitted("Predictive")
         symbols, _ = self._loop(np.asarray(x, dtype=np.float64)[None], np.asarray(mask)[None])
         choice = self._choice(*symbols.shape[1:])
-        words = entropy.encode(symbols[0] + self.M, self._tables, choice)
-        decoded = entropy.decode(words, self._tables, choice) - self.M
+        words = entropy.encode(symbols[0] + self._M, self._tables, choice)
+        decoded = entropy.decode(words, self._tables, choice) - self._M
         return Coded(recon=self._rebuild(decoded[None])[0], bits=entropy.payload_bits(words))
 
     def _choice(self, n: int, D: int) -> np.ndarray:
@@ -296,18 +239,18 @@ class Predictive:
         return pred
 
     def _reconstruct(self, pred: np.ndarray, q: np.ndarray) -> np.ndarray:
-        return np.clip(pred + q * self.step, -self.span, self.span)
+        return np.clip(pred + q * self._steps, -self.span, self.span)
 
     def _loop(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The encoder: x, mask ([F, n, D]) -> indices (int64, [F, n, D], in [-M, M]) and the
-        decoder's reconstruction (float64, [F, n, D])."""
+        """The encoder: x, mask ([F, n, D]) -> indices (int64, [F, n, D], KPI j's in
+        [-M_j, M_j]) and the decoder's reconstruction (float64, [F, n, D])."""
         x = np.clip(x, -self.span, self.span)
         symbols = np.zeros(x.shape, dtype=np.int64)
         recon = np.zeros(x.shape)
         for t in range(x.shape[1]):
             pred = self._predict(recon, t)
             target = np.where(mask[:, t], x[:, t], pred)
-            q = np.clip(np.rint((target - pred) / self.step), -self.M, self.M)
+            q = np.clip(np.rint((target - pred) / self._steps), -self._M, self._M)
             symbols[:, t] = q
             recon[:, t] = self._reconstruct(pred, q)
         return symbols, recon
@@ -326,10 +269,10 @@ def _entropy(q: np.ndarray) -> float:
     return float(-(counts * np.log2(counts / counts.sum())).sum())
 
 
-def _fit_gains(train: TrainData, step: float) -> np.ndarray:
+def fit_gains(train: TrainData, steps: np.ndarray) -> np.ndarray:
     """Per-KPI gain g (float64, [D]) of ``x[t-1] + g * (x[t-1] - x[t-2])``: the least-squares
     fit over rows where all three are observed, kept only where its residual indices at
-    `step` have a lower entropy than persistence's (g = 0) on those rows."""
+    the KPI's step (`steps`: [D]) have a lower entropy than persistence's (g = 0) there."""
     gains = np.zeros(train.D)
     for j in range(train.D):
         triples = [_triples(x[:, j], m[:, j]) for x, m in zip(train.x, train.mask, strict=True)]
@@ -338,7 +281,7 @@ def _fit_gains(train: TrainData, step: float) -> np.ndarray:
         if np.sum(delta**2) == 0:
             continue
         g = float(np.sum(delta * (y - p1)) / np.sum(delta**2))
-        rest, lin = np.rint((y - p1) / step), np.rint((y - p1 - g * delta) / step)
+        rest, lin = np.rint((y - p1) / steps[j]), np.rint((y - p1 - g * delta) / steps[j])
         gains[j] = g if _entropy(lin) < _entropy(rest) else 0.0
     return gains
 
@@ -350,11 +293,13 @@ def _triples(v: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return v[2:][keep], v[1:-1][keep], v[:-2][keep]
 
 
-def _training_frames(train: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training sessions cut into frames, padded to FRAME: x (float64, [F, FRAME, D]), mask
-    (bool, [F, FRAME, D]) and valid (bool, [F, FRAME]), False on padding."""
-    cuts = [(x, m, s) for x, m in zip(train.x, train.mask, strict=True) for s in frames(len(x))]
-    x = np.zeros((len(cuts), FRAME, train.D))
+def training_frames(train: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training sessions cut into frames of `train.frame` measurements, padded to it: x
+    (float64, [F, frame, D]), mask (bool, [F, frame, D]) and valid (bool, [F, frame]), False
+    on padding."""
+    sessions = zip(train.x, train.mask, strict=True)
+    cuts = [(x, m, s) for x, m in sessions for s in frames(len(x), train.frame)]
+    x = np.zeros((len(cuts), train.frame, train.D))
     mask = np.zeros(x.shape, dtype=bool)
     valid = np.zeros(x.shape[:2], dtype=bool)
     for i, (xs, ms, s) in enumerate(cuts):
@@ -366,12 +311,13 @@ def _training_frames(train: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def classic_methods(Ls: Sequence[int]) -> list[Method]:
     """The benchmark's default sweep of baselines (each a `method.Method`): the lossless
     codecs, QuantZstd at 2..10 bits, PCA at each L in `Ls` with 4, 6 and 8 bits per
-    coefficient, and predictive coding at 10 steps from 0.0001 to 2 (geometric): on the 5G
+    coefficient, and predictive coding at 20 steps from 0.0001 to 2 (geometric): on the 5G
     production KPIs that spans about 4 to 50 bits per measurement and 5 to 90 dB: most
-    of them are whole units, so once the step is finer than a unit, finer steps cost little."""
+    of them are whole units, so once the step is finer than a unit, finer steps cost little.
+    (`gridcode` has the predictive coder that knows those units.)"""
     methods: list[Method] = [Float32(), Float32Zstd(), Gorilla()]
     methods += [QuantZstd(bits) for bits in range(2, 11)]
     methods += [PCA(L, coef_bits) for L in Ls for coef_bits in (4, 6, 8)]
     for kind in ("previous", "linear"):
-        methods += [Predictive(kind, float(s)) for s in np.geomspace(1e-4, 2.0, 10)]
+        methods += [Predictive(kind, float(s)) for s in np.geomspace(1e-4, 2.0, 20)]
     return methods

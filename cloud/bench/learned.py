@@ -7,6 +7,11 @@ pairs over K learned atoms, and both decode the same way:
 coefficients. A measurement always costs ``L * (ceil(log2 K) + coef_bits)`` bits; a slot left
 empty (fewer than L nonzeros) repeats an index already sent, which the decoder skips.
 
+Both learn and code in a weighted space: each KPI's column scaled by sqrt of its
+`TrainData.weights` (the target's squared error counts `target_weight` times), so `offset`
+and `atoms` live there and the decoder divides the scale back out:
+``recon = (offset + sum_j q_j * atoms[index_j]) / scale``.
+
 `TopKSAE` follows openai/sparse_autoencoder and Gao et al. 2024 ("Scaling and evaluating
 sparse autoencoders"). At our scale (D=10, L <= 8) AuxK does not lower the share of latents
 never used: it trains dead latents on the main residual, which lines them up with what the
@@ -130,6 +135,7 @@ class _SparseCodec:
         self._cache = cache if cache is not None else FitCache()
         self._model: _Atoms | None = None
         self._quantiser: UniformQuantiser | None = None
+        self._scale: np.ndarray | None = None
         self._reset_stats()
 
     @property
@@ -139,13 +145,21 @@ class _SparseCodec:
 
     @property
     def offset(self) -> np.ndarray:
-        """The decoder's offset (shape: [D]): b_pre, or the training mean."""
+        """The decoder's offset (shape: [D]), in the weighted space: b_pre, or the training
+        mean."""
         return self._fitted_atoms().offset
 
     @property
     def atoms(self) -> np.ndarray:
-        """The decoder's atoms (shape: [K, D]), unit norm."""
+        """The decoder's atoms (shape: [K, D]), unit norm in the weighted space."""
         return self._fitted_atoms().atoms
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Each KPI's column scale (shape: [D]): sqrt of its weight in the training data."""
+        if self._scale is None:
+            raise RuntimeError(f"{self.family} {self.setting}: call fit before coding")
+        return self._scale
 
     @property
     def quantiser(self) -> UniformQuantiser:
@@ -155,7 +169,9 @@ class _SparseCodec:
         return self._quantiser
 
     def fit(self, train: TrainData, seed: int) -> None:
+        self._scale = np.sqrt(train.weights())
         x, mask = _clean(train.rows(), np.concatenate(train.mask))
+        x = x * self._scale
         self._model = self._cache.get(
             train, seed, self._fit_key(), lambda: self._learn(x, mask, seed)
         )
@@ -168,7 +184,7 @@ class _SparseCodec:
 
     def encode(self, x: np.ndarray, mask: np.ndarray) -> SparseCode:
         """Rows (x, mask: [n, D]) -> their codes, coefficients quantised."""
-        index, coef, active = self._sparse(_clean(x, mask)[0])
+        index, coef, active = self._sparse(_clean(x, mask)[0] * self.scale)
         return SparseCode(
             index=index, level=self._slot_quantiser(index).indices(coef), active=active
         )
@@ -177,7 +193,8 @@ class _SparseCodec:
         """Codes -> rows (float64, shape: [n, D]) from the quantised coefficients alone."""
         model = self._fitted_atoms()
         coef = np.where(code.active, self._slot_quantiser(code.index).values(code.level), 0.0)
-        return model.offset + np.einsum("nl,nld->nd", coef, model.atoms[code.index])
+        scaled = model.offset + np.einsum("nl,nld->nd", coef, model.atoms[code.index])
+        return scaled / self.scale
 
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
         code = self.encode(x, mask)
@@ -217,7 +234,8 @@ class _SparseCodec:
         raise NotImplementedError
 
     def _sparse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows (shape: [n, D], 0 where missing) -> index, coef, active (shape: [n, L])."""
+        """Weighted rows (shape: [n, D], 0 where missing) -> index, coef, active (shape:
+        [n, L])."""
         raise NotImplementedError
 
 

@@ -31,7 +31,11 @@ class TrainData:
     (bool, [T_i, D]) per session, in time order; `names` are the D KPI names. `to_raw` maps
     normalised rows back to raw units (NaN where a caller passes NaN) and `from_raw` forward:
     lossless codecs code raw values, as an edge without the model would send them. `target`
-    names the KPI the cloud predicts when it is one of `names` (a codec may favour it)."""
+    names the KPI the cloud predicts when it is one of `names`; `target_weight` is the
+    precision every codec gives it relative to the other KPIs (squared error weighted, so 4
+    means half the error: a step half as wide), the same for every method of a run. `frame`
+    is how many measurements the frames the codec will code hold (its key measurements, one
+    per frame, and its tables follow from it)."""
 
     names: tuple[str, ...]
     x: tuple[np.ndarray, ...]
@@ -39,6 +43,13 @@ class TrainData:
     to_raw: Callable[[np.ndarray], np.ndarray]
     from_raw: Callable[[np.ndarray], np.ndarray]
     target: str | None = None
+    target_weight: float = 1.0
+    frame: int = FRAME
+
+    def weights(self) -> np.ndarray:
+        """Per-KPI weight of the squared error (float64, [D]): `target_weight` on the
+        target, 1 elsewhere."""
+        return np.array([self.target_weight if n == self.target else 1.0 for n in self.names])
 
     @property
     def D(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import zstandard
@@ -85,11 +87,12 @@ def test_gorilla_bits_sum_the_column_streams(train, frame) -> None:
 def test_quant_zstd_error_is_within_half_a_cell_inside_the_range(bits, train, frame) -> None:
     method = classic.QuantZstd(bits)
     method.fit(train, 0)
-    q = method._quantiser
+    lo = np.concatenate([q.lo for q in method._quantisers])
+    hi = np.concatenate([q.hi for q in method._quantisers])
     x, mask = frame
-    inside = mask & (x >= q.lo) & (x <= q.hi)
+    inside = mask & (x >= lo) & (x <= hi)
     coded = method.code_frame(x, mask)
-    half = (q.hi - q.lo) / 2**bits / 2
+    half = (hi - lo) / 2**bits / 2
     assert np.all(np.abs(coded.recon - x)[inside] <= np.broadcast_to(half, x.shape)[inside] + 1e-12)
     assert coded.bits % 8 == 0 and coded.bits > 0
 
@@ -183,3 +186,84 @@ def test_code_frame_before_fit_raises(frame) -> None:
     for method in (classic.Float32(), classic.QuantZstd(4), classic.Predictive("previous", 0.1)):
         with pytest.raises(RuntimeError):
             method.code_frame(*frame)
+
+
+TARGET = 1  # column of the target KPI "k1" in the weighted tests
+
+
+def _weighted(train: TrainData, weight: float) -> TrainData:
+    return replace(train, target=f"k{TARGET}", target_weight=weight)
+
+
+LOSSY = [
+    lambda: classic.QuantZstd(6),
+    lambda: classic.QuantZstd(8),  # weight 4 puts the target above 8 bits: mixed widths
+    lambda: classic.PCA(2, 6),
+    lambda: classic.Predictive("previous", 0.05),
+    lambda: classic.Predictive("linear", 0.02),
+]
+
+
+@pytest.mark.parametrize("build", LOSSY)
+def test_target_weight_one_codes_exactly_as_no_target(build, train) -> None:
+    x, mask = _session(np.random.default_rng(9), 2 * FRAME)
+    plain, weighted = build(), build()
+    plain.fit(train, 0)
+    weighted.fit(_weighted(train, 1.0), 0)
+    for cut in frames(len(x)):
+        a, b = plain.code_frame(x[cut], mask[cut]), weighted.code_frame(x[cut], mask[cut])
+        np.testing.assert_array_equal(a.recon, b.recon)
+        assert a.bits == b.bits
+
+
+@pytest.mark.parametrize("kind", ["previous", "linear"])
+def test_predictive_target_step_halves_at_weight_4(kind, train, frame) -> None:
+    method = classic.Predictive(kind, 0.1)
+    method.fit(_weighted(train, 4.0), 0)
+    expected = np.full(D, 0.1)
+    expected[TARGET] = 0.05
+    np.testing.assert_allclose(method.steps, expected)
+    assert method.alphabets[TARGET] == 2 * method.alphabets[0]
+    x, mask = frame
+    err = np.abs(method.code_frame(x, mask).recon - x)
+    assert err[:, TARGET][mask[:, TARGET]].max() <= 0.025 + 1e-9
+    others = np.delete(err, TARGET, axis=1)[np.delete(mask, TARGET, axis=1)]
+    assert others.max() <= 0.05 + 1e-9 and others.max() > 0.025  # the others stay coarse
+
+
+@pytest.mark.parametrize(
+    ("bits", "weight", "target_bits"), [(6, 4.0, 7), (8, 16.0, 10), (16, 4.0, 16)]
+)
+def test_quant_zstd_target_gets_log2_sqrt_weight_more_bits(
+    bits, weight, target_bits, train, frame
+) -> None:
+    method = classic.QuantZstd(bits)
+    method.fit(_weighted(train, weight), 0)
+    expected = [bits] * D
+    expected[TARGET] = target_bits
+    assert method.column_bits == tuple(expected)
+    x, mask = frame
+    q = method._quantisers[TARGET]
+    inside = mask[:, TARGET] & (x[:, TARGET] >= q.lo) & (x[:, TARGET] <= q.hi)
+    err = np.abs(method.code_frame(x, mask).recon - x)[:, TARGET][inside]
+    assert err.max() <= (q.hi[0] - q.lo[0]) / 2**target_bits / 2 + 1e-12
+
+
+def test_pca_reconstructs_the_target_better_at_weight_4(train, frame) -> None:
+    # L=1 of 4 similar random walks: the one component follows whichever KPI weighs most.
+    x, mask = frame
+    errors = []
+    for weight in (1.0, 4.0):
+        method = classic.PCA(1, 8)
+        method.fit(_weighted(train, weight), 0)
+        recon = method.code_frame(x, mask).recon
+        errors.append(np.mean((recon - x)[:, TARGET][mask[:, TARGET]] ** 2))
+    assert errors[1] < 0.5 * errors[0]
+
+
+def test_training_frames_follow_the_frame_length_of_the_training_data(train) -> None:
+    x, mask, valid = classic.training_frames(replace(train, frame=20))
+    per_session = -(-230 // 20)  # the last frame of each 230-measurement session is short
+    assert x.shape == (6 * per_session, 20, D) and mask.shape == x.shape
+    assert valid.sum() == 6 * 230 and not valid[per_session - 1, 230 % 20 :].any()
+    np.testing.assert_array_equal(x[1, :20], train.x[0][20:40])

@@ -7,6 +7,7 @@ Rows are sums of two atoms of a hidden dictionary plus noise, with a few entries
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -61,6 +62,13 @@ def train() -> TrainData:
     xs, masks = _sessions(0, count=3, rows=1500)
     names = tuple(f"k{i}" for i in range(D))
     return TrainData(names, tuple(xs), tuple(masks), lambda z: z, lambda r: r)
+
+
+@pytest.fixture(scope="module")
+def weighted(train: TrainData) -> dict[float, TrainData]:
+    """The training data with k0 as the target at weight 1 and 4 (one object per weight, so
+    the module's caches learn each once)."""
+    return {w: replace(train, target="k0", target_weight=w) for w in (1.0, 4.0)}
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +168,30 @@ def test_decoder_uses_the_quantised_coefficients(make: Factory, train, test_rows
     np.testing.assert_allclose(coef[active], centres[active], atol=1e-9)
     np.testing.assert_allclose(recon[~active], np.broadcast_to(method.offset, recon[~active].shape))
     assert set(np.unique(code.level)) <= {0, 1, 2, 3}
+
+
+@FACTORIES
+def test_target_weight_one_codes_exactly_as_no_target(make, train, weighted, test_rows) -> None:
+    plain, weighted_one = fitted(make(1), train), fitted(make(1), weighted[1.0])
+    np.testing.assert_array_equal(weighted_one.scale, np.ones(D))
+    for cut in frames(len(test_rows[0])):
+        x, mask = test_rows[0][cut], test_rows[1][cut]
+        a, b = plain.code_frame(x, mask), weighted_one.code_frame(x, mask)
+        np.testing.assert_array_equal(a.recon, b.recon)
+        assert a.bits == b.bits
+
+
+@FACTORIES
+def test_target_weight_4_lowers_the_target_error(make, weighted, test_rows) -> None:
+    # L=1: one atom cannot fit every KPI, so the weighting decides which it fits best.
+    x, mask = test_rows
+    errors = {}
+    for w, data in weighted.items():
+        method = fitted(make(1), data)
+        np.testing.assert_array_equal(method.scale, [np.sqrt(w)] + [1.0] * (D - 1))
+        recon = method.code_frame(x, mask).recon
+        errors[w] = np.mean((recon - x)[:, 0][mask[:, 0]] ** 2)
+    assert errors[4.0] < 0.5 * errors[1.0]
 
 
 def test_aux_loss_turns_dead_latents_towards_the_residual(train, test_rows) -> None:

@@ -17,7 +17,7 @@ from sparsetel.cloud.bench.sdlgm import (
     FAMILIES,
     RD_L,
     RD_SWEEP,
-    TARGET_WEIGHT,
+    SNR_AT_L1,
     SDLGMCodec,
     sdlgm_methods,
     target_snr_db,
@@ -126,7 +126,8 @@ def test_training_is_deterministic_in_the_seed() -> None:
 
 def test_the_ablations_differ_as_named() -> None:
     assert FAMILIES["sdlgm-nogates"] == {"gates": False}
-    assert target_snr_db(1) == 15.0 and target_snr_db(8) == 37.5
+    assert target_snr_db(1) == SNR_AT_L1 and target_snr_db(8) == SNR_AT_L1 + 22.5
+    assert target_snr_db(4, at_l1=15.0) == 30.0
     methods = sdlgm_methods((1, 2), K=16, quick=True)
     assert {m.family for m in methods} == set(FAMILIES)
     full = sdlgm_methods((1, 2), K=16)
@@ -194,10 +195,22 @@ def test_memoryless_L1_codes_with_key_words_alone() -> None:
     assert codec.stats()["max_nonzeros"] == 1
 
 
-def test_the_target_kpi_gets_the_heavier_weight() -> None:
-    data = replace(train_data(), target="kpi 2")
+def test_the_target_kpi_gets_the_run_s_target_weight() -> None:
+    data = replace(train_data(), target="kpi 2", target_weight=3.0)
     codec = SDLGMCodec("sdlgm", L=1, steps=1, batch=8)
     codec.fit(data, seed=0)
-    assert codec._model().weight.tolist() == [1.0, 1.0, TARGET_WEIGHT, 1.0]
+    assert codec._model().weight.tolist() == [1.0, 1.0, 3.0, 1.0]
     codec.fit(train_data(), seed=0)  # no target among the KPIs: all alike
     assert codec._model().weight.tolist() == [1.0] * D
+
+
+def test_at_frames_of_one_every_measurement_is_a_key_measurement() -> None:
+    """The edge agent's default framing at 1 Hz: each frame holds one measurement, so each is
+    coded without context, with its key word first."""
+    codec = SDLGMCodec("sdlgm", L=2, steps=5, batch=64)
+    codec.fit(replace(train_data(), frame=1), seed=0)
+    assert codec._model().cfg.frame == 1
+    x = steady_sessions(11, sessions=1)[0][:5]
+    coded = [codec.code_frame(x[t : t + 1], np.ones((1, D), dtype=bool)) for t in range(5)]
+    assert all(c.recon.shape == (1, D) and c.bits > 0 for c in coded)
+    assert codec.nnz_per_measurement().min() >= 1  # a key word every time
