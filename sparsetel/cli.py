@@ -151,6 +151,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=8, help="predictor window W (measurements)")
     p.add_argument("--methods", help="comma-separated method families to run (default: all)")
     p.add_argument("--quick", action="store_true", help="small, fast models (demo, tests)")
+    p.add_argument(
+        "--on",
+        choices=("test", "validation"),
+        default="test",
+        help="sessions to score: test (default) or validation (where choices are made)",
+    )
+    p.add_argument(
+        "--framing",
+        default="50,agent",
+        help="frame sizes to code at; agent: the edge agent's default at the data's pace",
+    )
+    p.add_argument(
+        "--target-weight",
+        type=float,
+        help="target KPI's precision relative to the others, for every codec "
+        "(default: the weight chosen on validation, docs/benchmark/validation.md)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results and plots")
     p.add_argument("--json", action="store_true", help="print the result rows as a JSON list")
 

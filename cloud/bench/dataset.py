@@ -56,7 +56,8 @@ class BenchData:
     scaler: TargetScaler
     train: TrainData
     parts: tuple[Dataset, Dataset, Dataset]  # (train, validation, test), raw
-    test: tuple[TestSession, ...]
+    test: tuple[TestSession, ...]  # the scored sessions: test, or validation (`on`)
+    on: str = "test"
 
     @property
     def target_index(self) -> int | None:
@@ -103,15 +104,24 @@ def _test_sessions(ds: Dataset, norm: Normaliser) -> tuple[TestSession, ...]:
 
 
 def load_bench_data(
-    path: str | Path, kpis: tuple[str, ...], target: str, sentinels: str | None = None
+    path: str | Path,
+    kpis: tuple[str, ...],
+    target: str,
+    sentinels: str | None = None,
+    on: str = "test",
 ) -> BenchData:
     """Load, split (by session file, seed `SPLIT_SEED`) and normalise; see the module doc.
+    `on` "validation" scores the validation sessions instead of the test ones (`test` then
+    holds them): that is where every choice of the benchmark's methods is made.
 
     DataError when the files cannot be used (absent columns, too few rows to split)."""
+    if on not in ("test", "validation"):
+        raise ValueError(f"on must be 'test' or 'validation', got {on!r}")
     marks = parse_sentinels(sentinels) if sentinels else None
     ds = load_dataset(path, kpis, target, marks)
     parts = split_sessions(ds, seed=SPLIT_SEED)
-    train, _, test = parts
+    train, validation, test = parts
+    scored = validation if on == "validation" else test
     x_train = np.concatenate([s.kpis for s in train.sessions])
     if not np.isfinite(x_train).any():
         raise DataError(f"{path}: the training sessions have no observed KPI value")
@@ -124,5 +134,6 @@ def load_bench_data(
         scaler=scaler,
         train=_train_data(train, norm, target),
         parts=parts,
-        test=_test_sessions(test, norm),
+        test=_test_sessions(scored, norm),
+        on=on,
     )

@@ -11,13 +11,20 @@ from typing import Any
 from ...shared.errors import ConfigError
 from ...shared.kpi import parse_kpi_list
 
-__all__ = ["BenchOptions", "BenchResult", "parse_ints"]
+__all__ = ["TARGET_WEIGHT", "BenchOptions", "BenchResult", "parse_framings", "parse_ints"]
+
+# Precision of the target KPI relative to the others, the same for every codec of a run;
+# chosen on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
+TARGET_WEIGHT = 8.0
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """One benchmark run. `methods`: the families to run (empty: all); `out`: where the
-    report goes (None: nowhere); `progress`: None = a bar only when stderr is a terminal."""
+    report goes (None: nowhere); `progress`: None = a bar only when stderr is a terminal.
+    `on`: the sessions scored, "test" or "validation" (where every choice is made);
+    `framings`: frame sizes to code at, "agent" for the edge agent's default framing at the
+    data's pace; `target_weight`: the target KPI's precision for every codec."""
 
     data: Path
     kpis: tuple[str, ...]
@@ -32,6 +39,9 @@ class BenchOptions:
     out: Path | None = None
     methods: tuple[str, ...] = ()
     progress: bool | None = None
+    on: str = "test"
+    framings: tuple[str, ...] = ("50", "agent")
+    target_weight: float = TARGET_WEIGHT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -39,7 +49,7 @@ class BenchOptions:
             object.__setattr__(self, "out", Path(self.out))
         if isinstance(self.kpis, str):
             object.__setattr__(self, "kpis", parse_kpi_list(self.kpis))
-        for key in ("kpis", "Ls", "seeds", "methods"):
+        for key in ("kpis", "Ls", "seeds", "methods", "framings"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
         checks = {
             "kpis": len(self.kpis) > 0,
@@ -49,6 +59,10 @@ class BenchOptions:
             "K": 2 <= self.K <= 65535,
             "seeds": len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
             "window": self.window >= 1,
+            "on": self.on in ("test", "validation"),
+            "framings": len(self.framings) > 0
+            and all(f == "agent" or (f.isdigit() and 1 <= int(f) <= 4096) for f in self.framings),
+            "target_weight": self.target_weight > 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -73,6 +87,9 @@ class BenchOptions:
             quick=bool(args.quick),
             out=args.out,
             methods=parse_kpi_list(args.methods) if args.methods else (),
+            on=args.on,
+            framings=parse_framings(args.framing),
+            target_weight=TARGET_WEIGHT if args.target_weight is None else args.target_weight,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,3 +120,8 @@ def parse_ints(text: str, key: str) -> tuple[int, ...]:
         raise ConfigError(
             f"expected comma-separated integers, got {text!r}", key=f"benchmark.{key}"
         ) from None
+
+
+def parse_framings(text: str) -> tuple[str, ...]:
+    """``"50,agent"`` -> ("50", "agent"); checked by BenchOptions."""
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())

@@ -89,8 +89,9 @@ def _windows(data: BenchData, part: int, window: int, horizon: int) -> Windows:
 
 
 def test_windows(data: BenchData, window: int, horizon: int) -> Windows:
-    """The test sessions as windows; rows are the test sessions stacked in order."""
-    return _windows(data, 2, window, horizon)
+    """The scored sessions (`data.test`: test, or validation) as windows; rows are those
+    sessions stacked in order."""
+    return _windows(data, 1 if data.on == "validation" else 2, window, horizon)
 
 
 def _range(data: BenchData) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,21 @@
 """The benchmark's report: rows aggregated over seeds, results.json, results.md and plots.
 
-- `aggregate_rows`: one row per (method family, setting) -- every numeric key averaged over
-  the seeds, with its sample standard deviation as ``KEY_std`` and ``seeds`` the count.
-- `budget_table`: the operational rate-distortion curve -- for each bit budget, each lossy
-  family's best nmse among its settings with ``bits_per_measurement <= budget``, and the winner.
+- `aggregate_rows`: one row per (method family, setting, framing) -- every numeric key
+  averaged over the seeds, with its sample standard deviation as ``KEY_std`` and ``seeds``
+  the count.
+- `budget_table`: the operational rate-distortion curve -- for each bit budget, each
+  family's best nmse among its settings with ``bits_per_measurement <= budget``, and the
+  winner; a lossless family at b bits counts (nmse 0) against every budget of b or more.
 - `bits_for_snr`: bits a lossy family needs to reach an SNR, interpolated in log nmse against
   bits along its lower envelope (the settings no cheaper setting beats), or None.
-- `write_report`: DIR/results.json, DIR/results.md, DIR/rd.png, DIR/r2_vs_L.png, DIR/r2_vs_bits.png.
-Non-finite numbers (a lossless codec's SNR) are written as null.
+- `rd_table`: each family's Bjøntegaard delta rate against the grid-aware predictive coder
+  over 20-40 dB (`bdrate`) and the bits it needs for 20, 30 and 40 dB.
+- `fidelity_table`: the target R² compared at equal target fidelity: per family, its cheapest
+  setting whose target KPI reaches 20, 30 or 40 dB on its own.
+- `write_report`: DIR/results.json, DIR/results.md, DIR/rd.png, DIR/r2_vs_L.png,
+  DIR/r2_vs_bits.png (frames of the first framing) and DIR/rd_frameN.png for the others.
+Every section of results.md is given per framing. Non-finite numbers (a lossless codec's SNR)
+are written as null.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .bdrate import bd_rate, bits_at_snr
 from .options import BenchResult
 from .supervised import FAMILIES as OBJECTIVE_FAMILIES
 
@@ -29,7 +38,9 @@ __all__ = [
     "aggregate_rows",
     "bits_for_snr",
     "budget_table",
+    "fidelity_table",
     "r2_table",
+    "rd_table",
     "render_markdown",
     "summarise_references",
     "write_report",
@@ -37,15 +48,25 @@ __all__ = [
 
 BUDGETS = (8, 16, 24, 32, 48, 64)  # bits per measurement
 SNR_GOAL_DB = 30.0
+SNR_LEVELS = (20.0, 30.0, 40.0)  # dB: where the bits are read off each curve
+BD_RANGE = (20.0, 40.0)  # dB: the Bjøntegaard interval
+BD_REFERENCE = "grid-predictive-previous"  # the opponent every BD-rate is taken against
 REFERENCE_L = 4
 _R2_FLOOR = -1.0  # R² plots show nothing below
-_HEAD = ("method", "setting", "L", "lossy")
+_HEAD = ("method", "setting", "L", "lossy", "frame")
 _SKIP = {"seed", *_HEAD}  # keys not averaged over seeds
 _WIRE = "method|payload bits|frame B/meas|wire B/meas (MQTT)|× smaller than JSON"
-_FRAMING = "frames of 50 at 1 Hz, one MQTT QoS 1 PUBLISH each"
-_SCORES = ("nmse", "snr_db", "target_r2", "target_mae")
-_MAIN = "method|setting|L|lossy|bits/meas|wire B/meas|nmse|SNR dB|target R²|target MAE|seeds"
-_MAIN += "|fit s|code s"
+_SCORES = ("nmse", "snr_db", "target_snr_db", "target_r2", "target_mae")
+_MAIN = "method|setting|L|lossy|bits/meas|wire B/meas|nmse|SNR dB|target SNR dB|target R²"
+_MAIN += "|target MAE|seeds|fit s|code s|chosen on validation"
+# What of each family was chosen on the validation sessions (docs/benchmark/validation.md);
+# every family also gets the run's target weight, chosen there.
+CHOSEN = {
+    "grid-lossless": "predictor, table kind",
+    "grid-predictive-previous": "table kind",
+    "grid-predictive-linear": "table kind",
+    "sdlgm": "the L -> dB mapping",
+}
 Row = dict[str, Any]
 
 
@@ -68,13 +89,14 @@ def _spread(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate_rows(records: Sequence[Row]) -> list[Row]:
-    """Per-seed records -> one JSON-ready row per (method, setting), in first-seen order."""
-    groups: dict[tuple[str, str], list[Row]] = {}
+    """Per-seed records -> one JSON-ready row per (method, setting, frame), in first-seen
+    order."""
+    groups: dict[tuple[str, str, Any], list[Row]] = {}
     for r in records:
-        groups.setdefault((r["method"], r["setting"]), []).append(r)
+        groups.setdefault((r["method"], r["setting"], r.get("frame")), []).append(r)
     rows = []
     for group in groups.values():
-        row: Row = {k: group[0][k] for k in _HEAD}
+        row: Row = {k: group[0].get(k) for k in _HEAD}
         row["seeds"] = len(group)
         stds = {}
         numeric = (k for r in group for k, v in r.items() if _is_number(v) and k not in _SKIP)
@@ -103,17 +125,36 @@ def _lossy_families(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return out
 
 
+def _lossless_bits(rows: Sequence[Row]) -> dict[str, float]:
+    """Each lossless family's bits per measurement (its cheapest setting)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        bits = r.get("bits_per_measurement")
+        if not r["lossy"] and bits is not None:
+            out[r["method"]] = min(bits, out.get(r["method"], math.inf))
+    return out
+
+
 def budget_table(rows: Sequence[Row], budgets: Sequence[int] = BUDGETS) -> list[Row]:
-    """Per budget: ``{"budget", "best": {family: nmse or None}, "winner": family or None}``."""
+    """Per budget: ``{"budget", "best": {family: nmse or None}, "winner": family or None}``;
+    a lossless family within the budget scores 0 (ties: the fewer bits win)."""
     families = _lossy_families(rows)
+    lossless = _lossless_bits(rows)
     table = []
     for budget in budgets:
         best: dict[str, float | None] = {}
+        cost: dict[str, float] = {}
         for family, rs in families.items():
-            fits = [r["nmse"] for r in rs if r["bits_per_measurement"] <= budget]
-            best[family] = min(fits) if fits else None
+            fits = [r for r in rs if r["bits_per_measurement"] <= budget]
+            top = min(fits, key=lambda r: (r["nmse"], r["bits_per_measurement"]), default=None)
+            best[family] = None if top is None else top["nmse"]
+            if top is not None:
+                cost[family] = top["bits_per_measurement"]
+        for family, bits in lossless.items():
+            best[family] = 0.0 if bits <= budget else None
+            cost[family] = bits
         scored = {f: v for f, v in best.items() if v is not None}
-        winner = min(scored, key=lambda f: scored[f]) if scored else None
+        winner = min(scored, key=lambda f: (scored[f], cost[f])) if scored else None
         table.append({"budget": budget, "best": best, "winner": winner})
     return table
 
@@ -152,6 +193,48 @@ def bits_for_snr(rows: Sequence[Row], snr_db: float = SNR_GOAL_DB) -> float | No
             return float(prev[0] + share * (bits - prev[0]))
         prev = (bits, level)
     return None
+
+
+def _curve(rows: Sequence[Row]) -> list[tuple[float, float]]:
+    return [
+        (r["bits_per_measurement"], r["snr_db"])
+        for r in rows
+        if r.get("snr_db") is not None and r.get("bits_per_measurement")
+    ]
+
+
+def rd_table(rows: Sequence[Row], reference: str = BD_REFERENCE) -> list[Row]:
+    """Per family: ``{"method", "lossy", "bd_rate" (percent against `reference`, None when
+    either curve has fewer than four points in BD_RANGE), "bits": {dB: bits or None}}``; a
+    lossless family needs its bits at every level."""
+    families = _lossy_families(rows)
+    ref = _curve(families.get(reference, []))
+    out: list[Row] = []
+    for family, rs in families.items():
+        points = _curve(rs)
+        bd = bd_rate(ref, points, *BD_RANGE) if ref and family != reference else None
+        bits = {level: bits_at_snr(points, level) if points else None for level in SNR_LEVELS}
+        out.append({"method": family, "lossy": True, "bd_rate": bd, "bits": bits})
+    for family, b in _lossless_bits(rows).items():
+        out.append({"method": family, "lossy": False, "bd_rate": None,
+                    "bits": dict.fromkeys(SNR_LEVELS, b)})  # fmt: skip
+    return out
+
+
+def fidelity_table(rows: Sequence[Row], levels: Sequence[float] = SNR_LEVELS) -> list[Row]:
+    """Per family: ``{"method", "at": {dB: row or None}}``, its cheapest setting whose target
+    KPI alone reaches that SNR (lossless: every level), for R² at equal target fidelity."""
+    out: list[Row] = []
+    for family in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == family and r.get("bits_per_measurement")]
+        at: dict[float, Row | None] = {}
+        for level in levels:
+            fits = [
+                r for r in rs if not r["lossy"] or (r.get("target_snr_db") or -math.inf) >= level
+            ]
+            at[level] = min(fits, key=lambda r: r["bits_per_measurement"], default=None)
+        out.append({"method": family, "at": at})
+    return out
 
 
 def _reference_L(rows: Sequence[Row]) -> int | None:
@@ -204,9 +287,9 @@ def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
 def _main_cells(r: Row) -> list[str]:
     cells = [r["method"], r["setting"], _num(r["L"]), "yes" if r["lossy"] else "no"]
     cells += [_num(r.get(k), ".2f") for k in ("bits_per_measurement", "wire_bytes_per_measurement")]
-    cells += [_pm(r, k, ".1f" if k == "snr_db" else ".3g") for k in _SCORES]
+    cells += [_pm(r, k, ".1f" if k.endswith("snr_db") else ".3g") for k in _SCORES]
     seconds = [_num(r.get(k), ".1f") for k in ("fit_seconds", "code_seconds")]
-    return [*cells, str(r["seeds"]), *seconds]
+    return [*cells, str(r["seeds"]), *seconds, CHOSEN.get(r["method"], "target weight")]
 
 
 def _wire_table(rows: Sequence[Row], refs: dict[str, Any]) -> list[str]:
@@ -223,22 +306,58 @@ def _wire_table(rows: Sequence[Row], refs: dict[str, Any]) -> list[str]:
 
 def _budget_lines(rows: Sequence[Row]) -> list[str]:
     table = budget_table(rows)
-    families = list(_lossy_families(rows))
+    families = [*_lossy_families(rows), *_lossless_bits(rows)]
+
+    def cell(v: float | None) -> str:
+        return "exact" if v == 0.0 else _num(v)
+
     lines = [
-        (str(t["budget"]), *(_num(t["best"][f]) for f in families), t["winner"] or "—")
+        (str(t["budget"]), *(cell(t["best"][f]) for f in families), t["winner"] or "—")
         for t in table
     ]
-    out = _table(("bits ≤", *families, "winner"), lines)
-    goal = [
-        (f, _num(bits_for_snr(rs), ".1f") if bits_for_snr(rs) is not None else "not reached")
-        for f, rs in _lossy_families(rows).items()
-    ]
+    return _table(("bits ≤", *families, "winner"), lines)
+
+
+def _rd_lines(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for e in rd_table(rows):
+        bd = e["bd_rate"]
+        if e["method"] == BD_REFERENCE:
+            bd_cell = "reference"
+        elif not e["lossy"]:
+            bd_cell = "lossless"
+        else:
+            bd_cell = "— (< 4 points in range)" if bd is None else f"{bd:+.1f} %"
+        bits = [_num(e["bits"][level], ".1f") for level in SNR_LEVELS]
+        lines.append([e["method"], bd_cell, *bits])
+    lo, hi = BD_RANGE
+    head = ("method", f"BD-rate vs {BD_REFERENCE}", *(f"bits @ {v:g} dB" for v in SNR_LEVELS))
     return [
-        *out,
+        f"Bjøntegaard delta rate over {lo:g}-{hi:g} dB (PCHIP on each curve's lower "
+        "envelope; negative: fewer bits at equal SNR) and the bits each curve needs per "
+        "measurement (a lossless codec: its bits at any SNR; — where the curve does not reach).",
         "",
-        f"Bits per measurement to reach {SNR_GOAL_DB:g} dB SNR:",
+        *_table(head, lines),
+    ]
+
+
+def _fidelity_lines(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for e in fidelity_table(rows):
+        cells = [e["method"]]
+        for level in SNR_LEVELS:
+            r = e["at"][level]
+            bits = None if r is None else r["bits_per_measurement"]
+            cells.append("—" if r is None else f"{bits:.1f} b, R² {_num(r.get('target_r2'))}")
+        lines.append(cells)
+    head = ("method", *(f"target ≥ {v:g} dB: bits, R²" for v in SNR_LEVELS))
+    return [
+        "### Target R² at equal target fidelity",
         "",
-        *_table(("method", "bits"), goal),
+        "Each family's cheapest setting whose target KPI alone reaches the SNR (every codec "
+        "weights the target alike).",
+        "",
+        *_table(head, lines),
     ]
 
 
@@ -257,7 +376,7 @@ def _r2_lines(rows: Sequence[Row], refs: dict[str, Any]) -> list[str]:
     if ref_L is None:
         title = "(no method has an L: best setting of each family)"
     return [
-        f"## Target R² {title}",
+        f"### Target R² {title}",
         "",
         *_table(("method", "setting", "bits", "target R²"), lines),
         "",
@@ -298,24 +417,43 @@ def _objective_lines(rows: Sequence[Row]) -> list[str]:
     ]
 
 
+def _framings(rows: Sequence[Row]) -> list[Any]:
+    return list(dict.fromkeys(r.get("frame") for r in rows))
+
+
+def _framing_title(frame: Any, refs: dict[str, Any]) -> str:
+    agent = " (the edge agent's default framing at this data's pace)"
+    return f"## Frames of {frame}{agent if frame == refs.get('agent_frame') else ''}"
+
+
 def render_markdown(result: BenchResult) -> str:
-    """results.md: the settings table, matched budgets, target accuracy, bytes on the wire."""
+    """results.md: per framing the settings, matched budgets, BD-rates, target accuracy at
+    equal bits and at equal target fidelity, and bytes on the wire."""
     rows, refs, o, timing = result.rows, result.references, result.options, result.timing
     intro = (
         f"Data `{o.data}`, KPIs {', '.join(o.kpis)}; target {o.target} at h={o.horizon}, "
-        f"window {o.window}; K={o.K}; seeds {list(o.seeds)}; mean ± std over seeds. "
-        f"Run time {timing['total_seconds']:.0f} s; {timing['test_rows']} test rows."
+        f"window {o.window}, weighted {o.target_weight:g}x by every codec; K={o.K}; seeds "
+        f"{list(o.seeds)}; mean ± std over seeds. Scored on the {o.on} sessions "
+        f"({timing['test_rows']} rows); every choice of every method was made on the "
+        "validation sessions (docs/benchmark/validation.md; the last column says what). "
+        f"Run time {timing['total_seconds']:.0f} s."
     )
-    sections = [
-        ["# sparsetel benchmark", "", intro],
-        ["## Every setting", "", *_table(_MAIN.split("|"), map(_main_cells, rows))],
-        ["## Matched budgets (best nmse with bits/meas ≤ budget)", "", *_budget_lines(rows)],
-        _r2_lines(rows, refs),
-        [f"## Bytes on the wire per measurement ({_FRAMING})", "", *_wire_table(rows, refs)],
-    ]
+    sections = [["# sparsetel benchmark", "", intro]]
+    for frame in _framings(rows):
+        mine = [r for r in rows if r.get("frame") == frame]
+        framing = f"frames of {frame} at 1 Hz, one MQTT QoS 1 PUBLISH each"
+        sections += [
+            [_framing_title(frame, refs)],
+            ["### Every setting", "", *_table(_MAIN.split("|"), map(_main_cells, mine))],
+            ["### Matched budgets (best nmse with bits/meas ≤ budget)", "", *_budget_lines(mine)],
+            ["### Rate at equal SNR", "", *_rd_lines(mine)],
+            _r2_lines(mine, refs),
+            _fidelity_lines(mine),
+            [f"### Bytes on the wire per measurement ({framing})", "", *_wire_table(mine, refs)],
+        ]
     objectives = _objective_lines(rows)
     if objectives:
-        sections.insert(4, objectives)
+        sections.append(objectives)
     if result.missing:
         sections.append([f"Not run (module absent): {', '.join(result.missing)}."])
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
@@ -388,7 +526,8 @@ def _plot(path: Path, rows: Sequence[Row], panel: _Panel, refs: dict[str, Any]) 
 
 
 def write_report(result: BenchResult, out: str | Path) -> list[Path]:
-    """Write results.json, results.md and the three plots into `out`; return their paths."""
+    """Write results.json, results.md, the three plots of the first framing and a
+    rate-distortion plot per other framing into `out`; return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -400,9 +539,16 @@ def write_report(result: BenchResult, out: str | Path) -> list[Path]:
         "rows": result.rows,
         "records": [{k: _finite(v) for k, v in r.items()} for r in result.records],
     }
-    paths = [out / "results.json", out / "results.md", *(out / p.name for p in _PANELS)]
+    paths = [out / "results.json", out / "results.md"]
     paths[0].write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text(render_markdown(result), encoding="utf-8")
+    framings = _framings(result.rows) or [None]
+    first = [r for r in result.rows if r.get("frame") == framings[0]]
     for panel in _PANELS:
-        _plot(out / panel.name, result.rows, panel, result.references)
+        paths.append(out / panel.name)
+        _plot(paths[-1], first, panel, result.references)
+    for frame in framings[1:]:
+        paths.append(out / f"rd_frame{frame}.png")
+        mine = [r for r in result.rows if r.get("frame") == frame]
+        _plot(paths[-1], mine, _PANELS[0], result.references)
     return paths

@@ -1,22 +1,28 @@
 """Run every codec on the same split and seeds: `run_benchmark(BenchOptions) -> rows`.
 
-For each method (`classic_methods`, `learned_methods`, `sdlgm_methods`, optionally filtered
-by family) and each seed -- only the first seed when ``method.seeded`` is False -- the method
-is fitted on the training sessions, then codes the test stream frame by frame (`frames` of
-`FRAME` per session, each frame on its own). Per seed it gets, over observed entries in the
-normalised space, ``nmse = sum (x_hat - x)² / sum x²`` and ``snr_db = -10 log10 nmse``;
-``bits_per_measurement`` = payload bits / measurements; ``target_r2``/``target_mae`` of that
-seed's KPI predictor fed the decoded stream (`predict`); ``method.stats()`` when it has one;
-fit and code seconds. An unseeded method is coded once and scored by every seed's predictor.
+For each framing asked for (frames of 50, and the edge agent's default framing at the data's
+pace, `agent_frame`: one measurement per frame at 1 Hz), each method (`classic_methods`,
+`grid_methods`, `learned_methods`, `sdlgm_methods`, optionally filtered by family; at
+framings after the first only the families of `AT_EVERY_FRAMING`) and each seed -- only the
+first seed when ``method.seeded`` is False -- the method is fitted on the training sessions
+(`TrainData` carrying the framing and the run's target weight), then codes the scored
+sessions (`options.on`: test, or validation where choices are made) frame by frame, each
+frame on its own. Per seed it gets, over observed entries in the normalised space,
+``nmse = sum (x_hat - x)² / sum x²`` and ``snr_db = -10 log10 nmse``, the target KPI's
+own ``target_snr_db``; ``bits_per_measurement`` = payload bits / measurements;
+``target_r2``/``target_mae`` of that seed's KPI predictor fed the decoded stream
+(`predict`); ``method.stats()`` when it has one; fit and code seconds. An unseeded method is
+coded once and scored by every seed's predictor.
 
 Wire bytes per measurement, frames as the agent publishes them: per frame the header and
 CRC (`wire.FRAME_OVERHEAD`), no time deltas (records at a regular 1 Hz cost none:
 FLAG_IRREGULAR stays unset), ceil(payload bits / 8), plus one QoS 1 MQTT PUBLISH to the DATA
 topic of a typical edge, all over the frame's measurements. The JSON reference is what a naive
 agent publishes: one compact JSON object ``{"ts": ms, kpi: value, ...}`` per measurement, one
-PUBLISH each. `report.aggregate_rows` turns the per-seed records into one row per setting;
-the references (the predictor on raw KPIs, persistence, JSON) and the run's wall time go
-beside the rows in results.json. Every seed sees the same session split (`dataset`).
+PUBLISH each. `report.aggregate_rows` turns the per-seed records into one row per setting and
+framing; the references (the predictor on raw KPIs, persistence, JSON, the agent's frame
+size) and the run's wall time go beside the rows in results.json. Every seed sees the same
+session split (`dataset`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,11 +42,11 @@ from tqdm import tqdm
 
 from ...shared.errors import ConfigError
 from ...shared.topics import data_topic
-from ...shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead
+from ...shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead, records_per_frame
 from ..codec.normaliser import Windows
 from ..training.codeusage import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
 from .dataset import BenchData, load_bench_data
-from .method import Method, frames
+from .method import Method, TrainData, frames
 from .options import BenchOptions, BenchResult
 from .predict import (
     QUICK_STEPS,
@@ -53,8 +60,10 @@ from .predict import (
 from .report import aggregate_rows, summarise_references, write_report
 
 __all__ = [
+    "AT_EVERY_FRAMING",
     "SOURCES",
     "TOPIC",
+    "agent_frame",
     "codes_by_regime",
     "json_reference",
     "load_methods",
@@ -68,6 +77,7 @@ log = logging.getLogger(__name__)
 # Where the methods come from: (module under this package, function), imported when run.
 SOURCES = (
     ("classic", "classic_methods"),
+    ("gridcode", "grid_methods"),
     ("learned", "learned_methods"),
     ("sdlgm", "sdlgm_methods"),
     ("supervised", "supervised_methods"),
@@ -75,6 +85,12 @@ SOURCES = (
 # Sources whose families run only when `--methods` names them: the training-objective
 # study trains the deployed codec once per objective, L and seed (minutes each on real data).
 ON_REQUEST = frozenset({"supervised"})
+# Families run at every framing asked for; the others only at the first (their payload per
+# measurement does not depend on the frame, or they are ablations of sdlgm).
+AT_EVERY_FRAMING = frozenset({
+    "float32-zstd", "gorilla", "grid-lossless", "quant-zstd", "predictive-previous",
+    "predictive-linear", "grid-predictive-previous", "grid-predictive-linear", "sdlgm",
+})  # fmt: skip
 TOPIC = data_topic("fleet", "edge-0001")  # a typical DATA topic, as `cloud.training.evaluate` uses
 DELTA_BYTES_REGULAR = 0  # per record at regular 1 Hz timing (see shared/wire.py)
 
@@ -96,9 +112,16 @@ def load_methods(options: BenchOptions) -> tuple[list[Method], list[str]]:
             log.warning("%s.py is not there: its methods are left out", module)
             missing.append(module)
             continue
-        args = (options.Ls,) if module == "classic" else (options.Ls, options.K, options.quick)
-        found.extend(source(*args))
+        found.extend(source(*_arguments(module, options)))
     return _select(found, options.methods), missing
+
+
+def _arguments(module: str, options: BenchOptions) -> tuple[Any, ...]:
+    """What each source's function takes: the classic sweep the Ls, the grid coders nothing
+    (their sweep is fixed), the learned ones the Ls, K and whether to train briefly."""
+    if module == "gridcode":
+        return ()
+    return (options.Ls,) if module == "classic" else (options.Ls, options.K, options.quick)
 
 
 def _select(methods: list[Method], families: Sequence[str]) -> list[Method]:
@@ -142,11 +165,14 @@ def json_reference(data: BenchData) -> dict[str, float]:
     return {"json_bytes_per_measurement": payload / n, "json_wire_bytes_per_measurement": wire / n}
 
 
-def _code_stream(method: Method, data: BenchData) -> tuple[np.ndarray, list[int], list[int]]:
-    """Code every test session frame by frame: (recon stacked [R, D], bits and size per frame).
+def _code_stream(
+    method: Method, data: BenchData, frame: int
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """Code every scored session in frames of `frame`: (recon stacked [R, D], bits and size
+    per frame).
     A method with ``code_frames(pieces) -> list[Coded]`` codes all frames in one call (each
     still on its own), which is how a batched codec is fast."""
-    pieces = [(s.x[cut], s.mask[cut]) for s in data.test for cut in frames(len(s))]
+    pieces = [(s.x[cut], s.mask[cut]) for s in data.test for cut in frames(len(s), frame)]
     batched = getattr(method, "code_frames", None)
     coded = batched(pieces) if callable(batched) else [method.code_frame(*p) for p in pieces]
     recon, bits, sizes = [], [], []
@@ -162,21 +188,34 @@ def _code_stream(method: Method, data: BenchData) -> tuple[np.ndarray, list[int]
 
 
 def _distortion(data: BenchData, recon: np.ndarray) -> dict[str, float]:
+    """nmse and SNR over every observed entry, and the target KPI's own SNR (its fidelity,
+    which the target weighting buys) when it is one of the KPIs."""
     x = np.concatenate([s.x for s in data.test])
     mask = np.concatenate([s.mask for s in data.test])
-    err = float(np.sum(np.where(mask, recon - x, 0.0) ** 2))
-    power = float(np.sum(np.where(mask, x, 0.0) ** 2))
-    nmse = err / power if power > 0 else float("nan")
-    snr = -10 * math.log10(nmse) if nmse > 0 else float("inf")
-    return {"nmse": nmse, "snr_db": snr}
+    out = _snr(np.where(mask, recon - x, 0.0), np.where(mask, x, 0.0))
+    j = data.target_index
+    if j is not None:
+        target = _snr(
+            np.where(mask[:, j], recon[:, j] - x[:, j], 0.0), np.where(mask[:, j], x[:, j], 0.0)
+        )
+        out["target_snr_db"] = target["snr_db"]
+    return out
 
 
-def _measure(method: Method, data: BenchData, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+def _snr(err: np.ndarray, signal: np.ndarray) -> dict[str, float]:
+    power = float(np.sum(signal**2))
+    nmse = float(np.sum(err**2)) / power if power > 0 else float("nan")
+    return {"nmse": nmse, "snr_db": -10 * math.log10(nmse) if nmse > 0 else float("inf")}
+
+
+def _measure(
+    method: Method, data: BenchData, train: TrainData, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
     """Fit and code once: the seed-independent part of a record, and the decoded stream."""
     started = time.monotonic()
-    method.fit(data.train, seed)
+    method.fit(train, seed)
     fitted = time.monotonic()
-    recon, bits, sizes = _code_stream(method, data)
+    recon, bits, sizes = _code_stream(method, data, train.frame)
     coded = time.monotonic()
     frame_b, wire_b = wire_bytes(bits, sizes)
     record: dict[str, Any] = {
@@ -221,18 +260,23 @@ def codes_by_regime(
 
 
 def _records(
-    method: Method, data: BenchData, predictors: dict[int, KpiPredictor], windows: Windows
+    method: Method,
+    data: BenchData,
+    train: TrainData,
+    predictors: dict[int, KpiPredictor],
+    windows: Windows,
 ) -> list[dict[str, Any]]:
-    """Per-seed records of one method (an unseeded one: coded once, scored by every seed)."""
+    """Per-seed records of one method fitted on `train` and coding frames of `train.frame`
+    (an unseeded method: coded once, scored by every seed)."""
     head = {"method": method.family, "setting": method.setting, "L": method.L}
-    head["lossy"] = bool(method.lossy)
+    head.update(lossy=bool(method.lossy), frame=train.frame)
     seeds = list(predictors)
     bind, own = getattr(method, "bind", None), getattr(method, "own_scores", None)
     if callable(bind):  # a method that trains on the target too (`supervised`)
         bind(data, windows)
     out = []
     for fit_seed in seeds if method.seeded else seeds[:1]:
-        record, recon = _measure(method, data, fit_seed)
+        record, recon = _measure(method, data, train, fit_seed)
         if callable(own):  # its own KPI predictor, beside the common one
             record.update(own(windows))
         for seed in [fit_seed] if method.seeded else seeds:
@@ -246,29 +290,55 @@ def _bar(options: BenchOptions, total: int) -> tqdm:
     return tqdm(total=total, desc="benchmark", disable=not show, unit="fit", file=sys.stderr)
 
 
+def agent_frame(data: BenchData) -> int:
+    """Measurements per frame of an edge agent at its default framing fed the training
+    sessions at their own pace (their median interval): `shared.wire.records_per_frame`."""
+    gaps = np.concatenate([np.diff(s.t_ms) for s in data.parts[0].sessions] or [np.zeros(0)])
+    gaps = gaps[gaps > 0]
+    return records_per_frame(float(np.median(gaps)) / 1000.0 if gaps.size else 1.0)
+
+
+def _framings(options: BenchOptions, data: BenchData) -> list[int]:
+    """The frame sizes of the run, in order, each once ("agent": `agent_frame`)."""
+    sizes = [agent_frame(data) if f == "agent" else int(f) for f in options.framings]
+    return list(dict.fromkeys(sizes))
+
+
 def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> BenchResult:
-    """Run the benchmark (see the module docstring) without writing anything."""
+    """Run the benchmark (see the module docstring) without writing anything. Given
+    `methods` run at the first framing only (they are fitted objects of one framing)."""
     started = time.monotonic()
     missing: list[str] = []
-    if methods is None:
-        methods, missing = load_methods(options)
-    data = load_bench_data(options.data, options.kpis, options.target, options.sentinels)
+    data = load_bench_data(options.data, options.kpis, options.target, options.sentinels,
+                           on=options.on)  # fmt: skip
+    framings = _framings(options, data)
+    plan: list[tuple[int, list[Method]]] = []
+    for i, frame in enumerate(framings if methods is None else framings[:1]):
+        if methods is not None:
+            plan.append((frame, list(methods)))
+            continue
+        found, missing = load_methods(options)
+        plan.append((frame, [m for m in found if i == 0 or m.family in AT_EVERY_FRAMING]))
     windows = test_windows(data, options.window, options.horizon)
     steps = QUICK_STEPS if options.quick else STEPS
     records: list[dict[str, Any]] = []
-    with _bar(options, len(options.seeds) + len(methods)) as bar:
+    with _bar(options, len(options.seeds) + sum(len(ms) for _, ms in plan)) as bar:
         predictors = {}
         for seed in options.seeds:
             predictors[seed] = fit_predictor(data, options.window, options.horizon, seed, steps)
             bar.update()
-        for method in methods:
-            bar.set_postfix_str(f"{method.family} {method.setting}")
-            records.extend(_records(method, data, predictors, windows))
-            bar.update()
+        for frame, batch in plan:
+            train = replace(data.train, frame=frame, target_weight=options.target_weight)
+            for method in batch:
+                bar.set_postfix_str(f"{method.family} {method.setting} frame {frame}")
+                records.extend(_records(method, data, train, predictors, windows))
+                bar.update()
     references = summarise_references([reference_scores(p, windows) for p in predictors.values()])
     references.update(json_reference(data))
+    references["agent_frame"] = agent_frame(data)
     timing = {"total_seconds": time.monotonic() - started, "test_rows": data.test_rows}
-    log.info("benchmark of %d methods done in %.1f s", len(methods), timing["total_seconds"])
+    log.info("benchmark of %d runs done in %.1f s", sum(len(ms) for _, ms in plan),
+             timing["total_seconds"])  # fmt: skip
     rows = aggregate_rows(records)
     return BenchResult(options, rows, records, references, timing, data.split(), missing)
 

@@ -93,10 +93,13 @@ def load_benchmark(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"--benchmark {path}: not a sparsetel benchmark result: {exc}") from exc
     best: dict[str, dict[int, dict[str, float | None]]] = {}
+    framing = rows[0].get("frame") if rows else None  # the run's first framing (frames of 50)
     for row in rows:
         L = row.get("L")
         if not isinstance(L, int) or isinstance(L, bool):
             continue  # lossless and fixed-rate codecs have no L
+        if row.get("frame") != framing:
+            continue  # the same codecs at another framing: other bits, not another point
         point = best.setdefault(str(row["method"]), {}).setdefault(L, {})
         for key in ("target_mae", "nmse", "bits_per_measurement"):
             value = row.get(key)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sparsetel.cli import main
+from sparsetel.cloud.bench.runner import AT_EVERY_FRAMING
 from sparsetel.cloud.bench.sdlgm import FAMILIES
 from sparsetel.cloud.data.simulator import simulate_sessions
 
@@ -28,6 +29,9 @@ EVERY_FAMILY = {
     "pca",
     "predictive-previous",
     "predictive-linear",
+    "grid-lossless",
+    "grid-predictive-previous",
+    "grid-predictive-linear",
     "topk-sae",
     "omp-dict",
     *FAMILIES,
@@ -57,6 +61,9 @@ def test_every_method_runs_unchanged_on_a_csv_with_other_columns(
         capsys,
     )
     assert {r["method"] for r in rows} == EVERY_FAMILY
+    # The simulator's 1 Hz sessions: frames of 50, and of one (the edge agent's default).
+    assert {r["frame"] for r in rows} == {50, 1}
+    assert {r["method"] for r in rows if r["frame"] == 1} == AT_EVERY_FRAMING & EVERY_FAMILY
     for r in rows:
         assert r["bits_per_measurement"] > 0
         if not r["lossy"]:
@@ -71,10 +78,11 @@ def test_sdlgm_and_the_strongest_baselines_on_uccmisl(
     uccmisl_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = uccmisl_dir / "5G-production-dataset"
+    families = "sdlgm,grid-predictive-previous,grid-lossless,predictive-previous,float32"
     rows = _run(
         [
             *("--data", str(data), "--kpis", REAL_KPIS, "--target", "DL_bitrate", "--L", "1,4"),
-            *("--methods", "sdlgm,predictive-previous,quant-zstd,float32", "--seeds", "0"),
+            *("--methods", families, "--seeds", "0", "--framing", "50"),
             *("--quick", "--out", str(tmp_path / "bench")),
         ],
         capsys,
@@ -88,3 +96,8 @@ def test_sdlgm_and_the_strongest_baselines_on_uccmisl(
     assert sdlgm[1]["nmse"] < sdlgm[0]["nmse"]
     raw = next(r for r in rows if r["method"] == "float32")
     assert raw["bits_per_measurement"] == 320.0
+    # Every KPI of these traces is on a grid: the lossless coder is exact at a tenth of float32.
+    exact = next(r for r in rows if r["method"] == "grid-lossless")
+    assert exact["nmse"] == 0.0 and exact["bits_per_measurement"] < 40.0
+    text = (tmp_path / "bench" / "results.md").read_text(encoding="utf-8")
+    assert "BD-rate vs grid-predictive-previous" in text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.bench import runner
+from sparsetel.cloud.bench import predict, runner
 from sparsetel.cloud.bench.dataset import load_bench_data
 from sparsetel.cloud.bench.method import Coded, TrainData
 from sparsetel.cloud.bench.options import BenchOptions
@@ -184,6 +184,57 @@ def test_the_training_objective_families_run_only_when_named(data_dir: Path) -> 
 def test_missing_column_is_a_data_error(data_dir: Path) -> None:
     with pytest.raises(DataError, match="RSRP"):
         run_benchmark(_options(data_dir, kpis=("RSRP",)), [Identity()])
+
+
+class FrameWatcher(Identity):
+    """Lossless, and records the TrainData it was fitted on and the frame sizes it coded."""
+
+    def fit(self, train: TrainData, seed: int) -> None:
+        self.train = train
+        self.sizes: list[int] = []
+
+    def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
+        self.sizes.append(len(x))
+        return super().code_frame(x, mask)
+
+
+def test_validation_runs_score_the_validation_sessions_and_never_the_test_ones(
+    data_dir: Path,
+) -> None:
+    parts = load_bench_data(data_dir, KPIS, TARGET).parts
+    validation = load_bench_data(data_dir, KPIS, TARGET, on="validation")
+    names = [s.name for s in validation.test]
+    assert names == [s.name for s in parts[1].sessions]
+    assert not set(names) & {s.name for s in parts[2].sessions}
+    windows = predict.test_windows(validation, window=8, horizon=1)
+    assert np.array_equal(windows.y, parts[1].sessions[0].target, equal_nan=True)
+    result = runner.measure(_options(data_dir, seeds=(0,), on="validation"), [Identity()])
+    assert result.rows[0]["target_r2"] == pytest.approx(result.references["raw_target_r2"])
+
+
+def test_methods_get_the_run_s_framing_and_target_weight(data_dir: Path) -> None:
+    watcher = FrameWatcher()
+    options = _options(data_dir, seeds=(0,), framings=("7",), target_weight=2.5)
+    row = runner.measure(options, [watcher]).rows[0]
+    assert watcher.train.frame == 7 and row["frame"] == 7
+    assert watcher.train.weights().tolist() == [1.0, 1.0, 1.0, 2.5]  # the target, last
+    assert max(watcher.sizes) == 7 and set(watcher.sizes) <= set(range(1, 8))
+
+
+def test_the_agent_framing_at_1_hz_is_one_measurement_per_frame(data_dir: Path) -> None:
+    data = load_bench_data(data_dir, KPIS, TARGET)
+    assert runner.agent_frame(data) == 1  # the simulator's 1 Hz rows, the agent's 1 s delay
+    result = runner.measure(_options(data_dir, seeds=(0,), framings=("agent",)), [Identity()])
+    assert result.rows[0]["frame"] == 1 and result.references["agent_frame"] == 1
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"on": "train"}, {"framings": ("0",)}, {"framings": ("fifty",)}, {"target_weight": 0.0}],
+)
+def test_bad_run_settings_are_config_errors(data_dir: Path, field: dict) -> None:
+    with pytest.raises(ConfigError):
+        _options(data_dir, **field)
 
 
 @pytest.mark.parametrize("field", [{"Ls": (0, 2)}, {"K": 1}, {"seeds": ()}, {"window": 0}])

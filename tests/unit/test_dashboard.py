@@ -139,6 +139,9 @@ def _benchmark(tmp_path: Path) -> Path:
         {"method": "omp", "setting": "a", "L": 4, "nmse": None, "target_mae": 65.0},
         {"method": "zstd", "setting": "lossless", "L": None, "nmse": 0.0},
     ]
+    rows = [{**r, "frame": 50} for r in rows]
+    # The same codec at the agent's framing: other bits and errors, not another point.
+    rows.append({"method": "sdlgm", "setting": "c", "L": 4, "nmse": 0.01, "frame": 1})
     refs = {"raw_target_mae": 20.0, "persistence_target_mae": 80.0}
     path = tmp_path / "bench" / "results.json"
     path.parent.mkdir()
