@@ -485,12 +485,12 @@ def wire_bytes_per_measurement(
 def records_per_frame(
     interval_s: float, batch: int = AGENT_BATCH, max_delay_s: float = AGENT_MAX_BATCH_DELAY_S
 ) -> int:
-    """Measurements in each frame of an agent that gets one every `interval_s` seconds: those
-    that arrive before the frame's deadline, `max_delay_s` after its first (one arriving on
-    the deadline itself races it and is counted out), at most `batch`. At 1 Hz and the
-    defaults that is one: every frame carries a single measurement."""
+    """Measurements in each frame of an agent that gets one every `interval_s` seconds: its
+    first and those that arrive within `max_delay_s` after it (one due on the deadline itself
+    counts in: the deadline starts when the first is taken, a moment after it was due), at
+    most `batch`. At 1 Hz and the defaults that is two, as measured on the link."""
     if not interval_s > 0 or not max_delay_s > 0 or batch < 1:
         raise ValueError(
             f"need interval_s, max_delay_s > 0 and batch >= 1: {interval_s}, {max_delay_s}, {batch}"
         )
-    return max(1, min(batch, math.ceil(max_delay_s / interval_s - 1e-9)))
+    return min(batch, math.floor(max_delay_s / interval_s + 1e-9) + 1)

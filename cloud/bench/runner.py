@@ -1,7 +1,7 @@
 """Run every codec on the same split and seeds: `run_benchmark(BenchOptions) -> rows`.
 
 For each framing asked for (frames of 50, and the edge agent's default framing at the data's
-pace, `agent_frame`: one measurement per frame at 1 Hz), each method (`classic_methods`,
+pace, `agent_frame`: two measurements per frame at 1 Hz), each method (`classic_methods`,
 `grid_methods`, `learned_methods`, `sdlgm_methods`, optionally filtered by family; at
 framings after the first only the families of `AT_EVERY_FRAMING`) and each seed -- only the
 first seed when ``method.seeded`` is False -- the method is fitted on the training sessions

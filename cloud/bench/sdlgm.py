@@ -17,8 +17,8 @@ word for nearly every KPI of a key measurement, and two for a wide move.
 
 The target KPI the cloud predicts (`TrainData.target`) gets `TrainData.target_weight` times
 the others' precision in the likelihood, as every baseline gives it: when L is short, its
-moves are coded first. A frame's first measurement is its key measurement: at frames of one
-(the edge agent's default framing at 1 Hz) every measurement is coded without context.
+moves are coded first. A frame's first measurement is its key measurement: at frames of two
+(the edge agent's default framing at 1 Hz) every other measurement is coded without context.
 
 The payload of a frame is entropy coded with tables fixed at training time (from the codes
 of the training stream, add-one smoothed), all in one range coder (`constriction`); the frame

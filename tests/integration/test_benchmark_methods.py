@@ -61,9 +61,9 @@ def test_every_method_runs_unchanged_on_a_csv_with_other_columns(
         capsys,
     )
     assert {r["method"] for r in rows} == EVERY_FAMILY
-    # The simulator's 1 Hz sessions: frames of 50, and of one (the edge agent's default).
-    assert {r["frame"] for r in rows} == {50, 1}
-    assert {r["method"] for r in rows if r["frame"] == 1} == AT_EVERY_FRAMING & EVERY_FAMILY
+    # The simulator's 1 Hz sessions: frames of 50, and of two (the edge agent's default).
+    assert {r["frame"] for r in rows} == {50, 2}
+    assert {r["method"] for r in rows if r["frame"] == 2} == AT_EVERY_FRAMING & EVERY_FAMILY
     for r in rows:
         assert r["bits_per_measurement"] > 0
         if not r["lossy"]:

@@ -221,11 +221,11 @@ def test_methods_get_the_run_s_framing_and_target_weight(data_dir: Path) -> None
     assert max(watcher.sizes) == 7 and set(watcher.sizes) <= set(range(1, 8))
 
 
-def test_the_agent_framing_at_1_hz_is_one_measurement_per_frame(data_dir: Path) -> None:
+def test_the_agent_framing_at_1_hz_is_two_measurements_per_frame(data_dir: Path) -> None:
     data = load_bench_data(data_dir, KPIS, TARGET)
-    assert runner.agent_frame(data) == 1  # the simulator's 1 Hz rows, the agent's 1 s delay
+    assert runner.agent_frame(data) == 2  # the simulator's 1 Hz rows, the agent's 1 s delay
     result = runner.measure(_options(data_dir, seeds=(0,), framings=("agent",)), [Identity()])
-    assert result.rows[0]["frame"] == 1 and result.references["agent_frame"] == 1
+    assert result.rows[0]["frame"] == 2 and result.references["agent_frame"] == 2
 
 
 @pytest.mark.parametrize(

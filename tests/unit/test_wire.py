@@ -655,8 +655,8 @@ def test_wire_bytes_per_measurement_rejects_bad_arguments(
 
 @pytest.mark.parametrize(
     ("interval_s", "batch", "delay_s", "records"),
-    [(1.0, 50, 1.0, 1), (0.5, 50, 1.0, 2), (0.3, 50, 1.0, 4), (0.01, 50, 1.0, 50),
-     (1.0, 50, 60.0, 50), (1.0, 50, 10.0, 10), (2.0, 50, 1.0, 1)],
+    [(1.0, 50, 1.0, 2), (0.5, 50, 1.0, 3), (0.3, 50, 1.0, 4), (0.01, 50, 1.0, 50),
+     (1.0, 50, 60.0, 50), (1.0, 50, 10.0, 11), (2.0, 50, 1.0, 1), (1.0, 1, 1.0, 1)],
 )  # fmt: skip
 def test_records_per_frame_counts_what_arrives_before_the_deadline(
     interval_s: float, batch: int, delay_s: float, records: int
