@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .bdrate import bd_rate, bits_at_snr
-from .options import BenchResult
+from .options import BenchOptions, BenchResult
 from .supervised import FAMILIES as OBJECTIVE_FAMILIES
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "aggregate_rows",
     "bits_for_snr",
     "budget_table",
+    "command_line",
     "fidelity_table",
     "r2_table",
     "rd_table",
@@ -426,6 +428,24 @@ def _framing_title(frame: Any, refs: dict[str, Any]) -> str:
     return f"## Frames of {frame}{agent if frame == refs.get('agent_frame') else ''}"
 
 
+def command_line(o: BenchOptions) -> str:
+    """The `sparsetel benchmark` command that runs `o`, quoted for a shell (the report's
+    header)."""
+    q = shlex.quote
+    parts = [
+        f"sparsetel benchmark --data {q(str(o.data))} --kpis {q(','.join(o.kpis))}",
+        f"--target {q(o.target)}",
+        f"--horizon {o.horizon} --L {','.join(map(str, o.Ls))} --K {o.K}",
+        f"--seeds {','.join(map(str, o.seeds))} --framing {','.join(o.framings)} --on {o.on}",
+        f"--target-weight {o.target_weight:g}",
+    ]
+    if o.methods:
+        parts.append(f"--methods {q(','.join(o.methods))}")
+    if o.quick:
+        parts.append("--quick")
+    return " \\\n  ".join(parts)
+
+
 def render_markdown(result: BenchResult) -> str:
     """results.md: per framing the settings, matched budgets, BD-rates, target accuracy at
     equal bits and at equal target fidelity, and bytes on the wire."""
@@ -438,7 +458,7 @@ def render_markdown(result: BenchResult) -> str:
         "validation sessions (docs/benchmark/validation.md; the last column says what). "
         f"Run time {timing['total_seconds']:.0f} s."
     )
-    sections = [["# sparsetel benchmark", "", intro]]
+    sections = [["# sparsetel benchmark", "", intro, "", "```", command_line(o), "```"]]
     for frame in _framings(rows):
         mine = [r for r in rows if r.get("frame") == frame]
         framing = f"frames of {frame} at 1 Hz, one MQTT QoS 1 PUBLISH each"

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from sparsetel.cli import _build_parser
 from sparsetel.cloud.bench.options import BenchOptions, BenchResult
 from sparsetel.cloud.bench.report import (
     aggregate_rows,
     bits_for_snr,
     budget_table,
+    command_line,
     fidelity_table,
     r2_table,
     rd_table,
@@ -218,3 +222,15 @@ def test_write_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         and doc["references"]["raw_target_r2"] == 0.8
     )
     assert (tmp_path / "out" / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_s_command_line_runs_the_same_options(tmp_path: Path) -> None:
+    options = BenchOptions(
+        data=tmp_path, kpis=("rsrp (dBm)", "Thrpt DL"), target="Thrpt DL", Ls=(1, 4),
+        seeds=(3,), framings=("50", "agent"), on="validation", target_weight=2.5,
+        methods=("sdlgm", "grid-lossless"), quick=True,
+    )  # fmt: skip
+    line = command_line(options)
+    argv = shlex.split(line.replace("\\\n", " "))[1:]  # without the program's name
+    args = _build_parser().parse_args([*argv, "--out", str(tmp_path / "out")])
+    assert BenchOptions.from_cli(args) == replace(options, out=tmp_path / "out")
