@@ -245,8 +245,9 @@ def main() -> int:
                 if db is not None:
                     row = _end_to_end(run, frames, url, db, n)
                     result["end_to_end"].append({"store": kind, **row})
-        if broker is not None:
+        if broker is not None:  # gone before its folder is: it writes its database on the way out
             broker.terminate()
+            broker.wait(timeout=30)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -98,6 +98,7 @@ def test_sdlgm_and_the_strongest_baselines_on_uccmisl(
     assert raw["bits_per_measurement"] == 320.0
     # Every KPI of these traces is on a grid: the lossless coder is exact at a tenth of float32.
     exact = next(r for r in rows if r["method"] == "grid-lossless")
-    assert exact["nmse"] == 0.0 and exact["bits_per_measurement"] < 40.0
+    # nmse is taken after mapping the raw values back to normalised ones: float rounding only
+    assert exact["nmse"] < 1e-12 and exact["bits_per_measurement"] < 40.0
     text = (tmp_path / "bench" / "results.md").read_text(encoding="utf-8")
     assert "BD-rate vs grid-predictive-previous" in text
