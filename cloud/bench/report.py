@@ -6,8 +6,6 @@
 - `budget_table`: the operational rate-distortion curve -- for each bit budget, each
   family's best nmse among its settings with ``bits_per_measurement <= budget``, and the
   winner; a lossless family at b bits counts (nmse 0) against every budget of b or more.
-- `bits_for_snr`: bits a lossy family needs to reach an SNR, interpolated in log nmse against
-  bits along its lower envelope (the settings no cheaper setting beats), or None.
 - `rd_table`: each family's Bjøntegaard delta rate against the grid-aware predictive coder
   over 20-40 dB (`bdrate`) and the bits it needs for 20, 30 and 40 dB.
 - `fidelity_table`: the target R² compared at equal target fidelity: per family, its cheapest
@@ -37,7 +35,6 @@ from .supervised import FAMILIES as OBJECTIVE_FAMILIES
 __all__ = [
     "BUDGETS",
     "aggregate_rows",
-    "bits_for_snr",
     "budget_table",
     "command_line",
     "fidelity_table",
@@ -49,7 +46,6 @@ __all__ = [
 ]
 
 BUDGETS = (8, 16, 24, 32, 48, 64)  # bits per measurement
-SNR_GOAL_DB = 30.0
 SNR_LEVELS = (20.0, 30.0, 40.0)  # dB: where the bits are read off each curve
 BD_RANGE = (20.0, 40.0)  # dB: the Bjøntegaard interval
 BD_REFERENCE = "grid-predictive-previous"  # the opponent every BD-rate is taken against
@@ -179,22 +175,6 @@ def _frontier(
         if per_x or not out or better(y, out[-1][1]):
             out.append((x, y))
     return out
-
-
-def bits_for_snr(rows: Sequence[Row], snr_db: float = SNR_GOAL_DB) -> float | None:
-    """Bits per measurement one lossy family's `rows` need to reach `snr_db`, or None."""
-    goal = math.log10(10 ** (-snr_db / 10))
-    prev: tuple[float, float] | None = None
-    frontier = _frontier([(r["bits_per_measurement"], r["nmse"]) for r in rows], lower=True)
-    for bits, nmse in frontier:
-        level = math.log10(max(nmse, 1e-12))
-        if level <= goal:
-            if prev is None:
-                return float(bits)
-            share = (goal - prev[1]) / (level - prev[1])
-            return float(prev[0] + share * (bits - prev[0]))
-        prev = (bits, level)
-    return None
 
 
 def _curve(rows: Sequence[Row]) -> list[tuple[float, float]]:

@@ -15,7 +15,6 @@ from sparsetel.cli import _build_parser
 from sparsetel.cloud.bench.options import BenchOptions, BenchResult
 from sparsetel.cloud.bench.report import (
     aggregate_rows,
-    bits_for_snr,
     budget_table,
     command_line,
     fidelity_table,
@@ -77,14 +76,6 @@ def test_a_lossless_codec_within_a_budget_beats_every_lossy_point_there() -> Non
     assert table[24]["best"]["exact"] is None and table[24]["winner"] == "bb"
     assert table[32]["best"]["exact"] == 0.0 and table[32]["winner"] == "exact"  # fewer bits
     assert table[64]["winner"] == "exact"
-
-
-def test_bits_for_30_db_interpolates_along_the_lower_envelope() -> None:
-    by = {f: [r for r in ROWS if r["method"] == f] for f in ("aa", "bb", "cc")}
-    assert bits_for_snr(by["aa"]) == pytest.approx(32.0)
-    share = (-3 - (-2.69897)) / (-5 - (-2.69897))
-    assert bits_for_snr(by["bb"]) == pytest.approx(24 + share * 40, rel=1e-4)
-    assert bits_for_snr(by["cc"]) is None
 
 
 def test_aggregate_rows_gives_mean_and_sample_std_over_seeds() -> None:
