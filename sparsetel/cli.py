@@ -168,6 +168,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="target KPI's precision relative to the others, for every codec "
         "(default: the weight chosen on validation, docs/benchmark/validation.md)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="fits run side by side in this many processes (default 0: one per CPU core; "
+        "1: all in this process)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results and plots")
     p.add_argument("--json", action="store_true", help="print the result rows as a JSON list")
 

@@ -48,6 +48,11 @@ class EscapeTable:
     slots: np.ndarray = field(init=False, repr=False)  # int64, [K + 1]: place in `order`
     tail_model: object | None = field(init=False, repr=False)
     _model: object = field(init=False, repr=False)
+    # memory -> an adaptive table's starting weights (float32, [head + 1 or K + 1]) and
+    # their model: every frame starts from them, so they are made once.
+    _priors: dict[int, tuple[np.ndarray, object]] = field(
+        init=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         v, c = np.asarray(self.values), np.asarray(self.counts)
@@ -96,6 +101,20 @@ class EscapeTable:
         """How many symbols adapt one by one (the rest, if any, as one bucket)."""
         return min(ADAPT_HEAD, self.escape + 1)
 
+    def prior(self, memory: int) -> tuple[np.ndarray, object]:
+        """An adaptive table's starting weights at `memory` (float32: `memory` times the
+        head's probabilities in rank order, then the tail's total, if any) and their
+        model; not to be written to."""
+        if memory not in self._priors:
+            p = self.probabilities[self.order]
+            head = self.head
+            prior = np.append(p[:head], p[head:].sum()) if p.size > head else p
+            # float32 as the coder takes it; both ends add the same ones in the same order.
+            weights = (memory * prior).astype(np.float32)
+            weights.flags.writeable = False
+            self._priors[memory] = (weights, _model_of(weights))
+        return self._priors[memory]
+
     def index(self, values: np.ndarray) -> np.ndarray:
         """Symbols (int64, [n]) of `values` (int, [n]): their place in `values`, else K."""
         v = np.asarray(values, dtype=np.int64)
@@ -104,8 +123,12 @@ class EscapeTable:
 
 
 def _categorical(p: np.ndarray) -> object:
+    return _model_of(p.astype(np.float32))
+
+
+def _model_of(weights: np.ndarray) -> object:
     # perfect=False: the fast, deterministic quantisation both ends agree on.
-    return constriction.stream.model.Categorical(p.astype(np.float32), perfect=False)
+    return constriction.stream.model.Categorical(weights, perfect=False)
 
 
 def _state(states: dict[int, _Adaptive], table: EscapeTable, memory: int) -> _Adaptive:
@@ -118,20 +141,21 @@ def _state(states: dict[int, _Adaptive], table: EscapeTable, memory: int) -> _Ad
 class _Adaptive:
     """An adaptive table within one frame: a symbol of the head, or the tail bucket, has
     probability ``(memory * p_table + count) / (memory + coded)``, `count` how often the
-    frame has used it so far -- the training counts mixed with the frame's own."""
+    frame has used it so far -- the training counts mixed with the frame's own. Until the
+    frame counts a choice it uses the table's `prior` as it is (most tables code a symbol
+    or two per frame at the agent's framing)."""
 
     def __init__(self, table: EscapeTable, memory: int) -> None:
-        p = table.probabilities[table.order]
-        head = table.head
-        prior = np.append(p[:head], p[head:].sum()) if p.size > head else p
-        # float32 as the coder takes it; both ends add the same ones in the same order.
-        self._weights = (memory * prior).astype(np.float32)
+        self._prior, self._prior_model = table.prior(memory)
+        self._weights: np.ndarray | None = None  # the prior plus the counts, once counted
 
     def model(self) -> object:
         """The model of the next choice: a head symbol's rank, or `head` for the tail."""
-        return constriction.stream.model.Categorical(self._weights, perfect=False)
+        return self._prior_model if self._weights is None else _model_of(self._weights)
 
     def count(self, choice: int) -> None:
+        if self._weights is None:
+            self._weights = self._prior.copy()
         self._weights[choice] += 1
 
 

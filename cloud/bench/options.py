@@ -24,7 +24,9 @@ class BenchOptions:
     report goes (None: nowhere); `progress`: None = a bar only when stderr is a terminal.
     `on`: the sessions scored, "test" or "validation" (where every choice is made);
     `framings`: frame sizes to code at, "agent" for the edge agent's default framing at the
-    data's pace; `target_weight`: the target KPI's precision for every codec."""
+    data's pace; `target_weight`: the target KPI's precision for every codec; `jobs`: fits
+    run side by side in that many worker processes (0: one per CPU core this process may
+    use; 1: all in this process), each its share of the cores' threads."""
 
     data: Path
     kpis: tuple[str, ...]
@@ -42,6 +44,7 @@ class BenchOptions:
     on: str = "test"
     framings: tuple[str, ...] = ("50", "agent")
     target_weight: float = TARGET_WEIGHT
+    jobs: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -63,6 +66,7 @@ class BenchOptions:
             "framings": len(self.framings) > 0
             and all(f == "agent" or (f.isdigit() and 1 <= int(f) <= 4096) for f in self.framings),
             "target_weight": self.target_weight > 0,
+            "jobs": 0 <= self.jobs <= 256,
         }
         for key, ok in checks.items():
             if not ok:
@@ -90,6 +94,7 @@ class BenchOptions:
             on=args.on,
             framings=parse_framings(args.framing),
             target_weight=TARGET_WEIGHT if args.target_weight is None else args.target_weight,
+            jobs=args.jobs,
         )
 
     def to_dict(self) -> dict[str, Any]:

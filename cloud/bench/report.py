@@ -423,6 +423,8 @@ def command_line(o: BenchOptions) -> str:
         parts.append(f"--methods {q(','.join(o.methods))}")
     if o.quick:
         parts.append("--quick")
+    if o.jobs:
+        parts.append(f"--jobs {o.jobs}")
     return " \\\n  ".join(parts)
 
 
@@ -436,7 +438,8 @@ def render_markdown(result: BenchResult) -> str:
         f"{list(o.seeds)}; mean ± std over seeds. Scored on the {o.on} sessions "
         f"({timing['test_rows']} rows); every choice of every method was made on the "
         "validation sessions (docs/benchmark/validation.md; the last column says what). "
-        f"Run time {timing['total_seconds']:.0f} s."
+        f"Run time {timing['total_seconds']:.0f} s"
+        + (f" on {timing['jobs']:.0f} worker processes." if timing.get("jobs") else ".")
     )
     sections = [["# sparsetel benchmark", "", intro, "", "```", command_line(o), "```"]]
     for frame in _framings(rows):

@@ -31,9 +31,12 @@ import importlib
 import json
 import logging
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any
 
@@ -304,6 +307,96 @@ def _framings(options: BenchOptions, data: BenchData) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+# One fit's work: the method, the frame size it codes at and the seeds it is scored by (a
+# seeded method gets one seed per task, so its fits spread over the workers).
+Task = tuple[Method, int, tuple[int, ...]]
+_WORKER: dict[str, Any] = {}  # a worker process's run: data, train, predictors, windows
+
+
+def _tasks(plan: Sequence[tuple[int, list[Method]]], seeds: Sequence[int]) -> list[Task]:
+    """The plan's fits in report order: a seeded method once per seed, another once."""
+    tasks: list[Task] = []
+    for frame, batch in plan:
+        for method in batch:
+            groups = [(s,) for s in seeds] if method.seeded else [tuple(seeds)]
+            tasks += [(method, frame, g) for g in groups]
+    return tasks
+
+
+def _cost(task: Task) -> tuple[bool, int, bool, int]:
+    """Sort key of a task, likely longest first (so the last to finish are short): SDLGM
+    training, by L; other seeded fits; then by how many frames it codes one by one."""
+    method, frame, _ = task
+    return (method.family.startswith("sdlgm"), method.L or 0, method.seeded, -frame)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _jobs(options: BenchOptions, tasks: int) -> int:
+    """Worker processes of the run: `options.jobs` (0: one per core), no more than tasks."""
+    return max(1, min(options.jobs or _cores(), tasks))
+
+
+def _start_worker(
+    data: BenchData, weight: float, predictors: dict[int, KpiPredictor], windows: Windows,
+    threads: int,
+) -> None:  # fmt: skip
+    """A worker process's set-up: the run's data and predictors, once, and its share of
+    the cores' threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(data=data, weight=weight, predictors=predictors, windows=windows)
+
+
+def _run_task(task: Task) -> list[dict[str, Any]]:
+    """One task's records, in a worker (`_start_worker`) or this process."""
+    method, frame, seeds = task
+    data, predictors = _WORKER["data"], _WORKER["predictors"]
+    train = replace(data.train, frame=frame, target_weight=_WORKER["weight"])
+    own = {s: predictors[s] for s in seeds}
+    return _records(method, data, train, own, _WORKER["windows"])
+
+
+def _run_tasks(
+    tasks: Sequence[Task], jobs: int, start: tuple[Any, ...], bar: tqdm
+) -> list[list[dict[str, Any]]]:
+    """Every task's records, in task order: in this process (`jobs` 1) or in `jobs` worker
+    processes, longest first (`_cost`). A task that fails stops the run with its error."""
+    out: list[list[dict[str, Any]] | None] = [None] * len(tasks)
+    if jobs <= 1:
+        _WORKER.update(data=start[0], weight=start[1], predictors=start[2], windows=start[3])
+        try:
+            for i, task in enumerate(tasks):
+                bar.set_postfix_str(f"{task[0].family} {task[0].setting} frame {task[1]}")
+                out[i] = _run_task(task)
+                bar.update()
+        finally:
+            _WORKER.clear()
+        return [r for r in out if r is not None]
+    threads = max(1, _cores() // jobs)
+    # spawn: a fresh interpreter per worker (torch's thread pools do not survive fork).
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(*start, threads),
+    )  # fmt: skip
+    try:
+        order = sorted(range(len(tasks)), key=lambda i: _cost(tasks[i]), reverse=True)
+        futures = {pool.submit(_run_task, tasks[i]): i for i in order}
+        for done in as_completed(futures):
+            out[futures[done]] = done.result()
+            bar.set_postfix_str(f"{tasks[futures[done]][0].family} done")
+            bar.update()
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return [r for r in out if r is not None]
+
+
 def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> BenchResult:
     """Run the benchmark (see the module docstring) without writing anything. Given
     `methods` run at the first framing only (they are fitted objects of one framing)."""
@@ -321,24 +414,22 @@ def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> B
         plan.append((frame, [m for m in found if i == 0 or m.family in AT_EVERY_FRAMING]))
     windows = test_windows(data, options.window, options.horizon)
     steps = QUICK_STEPS if options.quick else STEPS
-    records: list[dict[str, Any]] = []
-    with _bar(options, len(options.seeds) + sum(len(ms) for _, ms in plan)) as bar:
+    tasks = _tasks(plan, options.seeds)
+    jobs = _jobs(options, len(tasks))
+    with _bar(options, len(options.seeds) + len(tasks)) as bar:
         predictors = {}
         for seed in options.seeds:
             predictors[seed] = fit_predictor(data, options.window, options.horizon, seed, steps)
             bar.update()
-        for frame, batch in plan:
-            train = replace(data.train, frame=frame, target_weight=options.target_weight)
-            for method in batch:
-                bar.set_postfix_str(f"{method.family} {method.setting} frame {frame}")
-                records.extend(_records(method, data, train, predictors, windows))
-                bar.update()
+        start = (data, options.target_weight, predictors, windows)
+        records = [r for rs in _run_tasks(tasks, jobs, start, bar) for r in rs]
     references = summarise_references([reference_scores(p, windows) for p in predictors.values()])
     references.update(json_reference(data))
     references["agent_frame"] = agent_frame(data)
-    timing = {"total_seconds": time.monotonic() - started, "test_rows": data.test_rows}
-    log.info("benchmark of %d runs done in %.1f s", sum(len(ms) for _, ms in plan),
-             timing["total_seconds"])  # fmt: skip
+    timing = {"total_seconds": time.monotonic() - started, "test_rows": data.test_rows,
+              "jobs": jobs}  # fmt: skip
+    log.info("benchmark of %d fits done in %.1f s on %d jobs", len(tasks),
+             timing["total_seconds"], jobs)  # fmt: skip
     rows = aggregate_rows(records)
     return BenchResult(options, rows, records, references, timing, data.split(), missing)
 

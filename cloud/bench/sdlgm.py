@@ -11,7 +11,7 @@ Families, each at every L of the sweep:
 L sets the operating point too: the decoder variance aims at ``SNR_AT_L1 + 7.5 log2 L`` dB
 (10, 17.5, 25, 32.5 dB for L = 1, 2, 4, 8, the mapping chosen on the validation sessions),
 since more codes only pay where finer fidelity is asked for. "sdlgm" also runs its
-rate-distortion curve (RD_SWEEP, 20 to 90 dB) at
+rate-distortion curve (RD_SWEEP, 20 to 60 dB) at
 L = RD_L = 16 (or the largest L asked for, if more): near-lossless coding needs a
 word for nearly every KPI of a key measurement, and two for a wide move.
 
@@ -56,7 +56,9 @@ MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
 RD_L = 16  # cap of the rate-distortion sweep: a key word and a word or two per KPI
 # dB aimed at along the curve at RD_L: dense from 20 to 34, so the curve has at least four
 # points between 20 and 40 dB, where the Bjøntegaard delta rate is taken (it lands above aim).
-RD_SWEEP = (20.0, 25.0, 28.0, 31.0, 34.0, 45.0, 60.0, 90.0)
+# No 90 dB point: it cost a fifth of the default run, and the grid-aware lossless coder is
+# exact at fewer bits (32.0 against its 38.8 on uccmisl at frames of 50).
+RD_SWEEP = (20.0, 25.0, 28.0, 31.0, 34.0, 45.0, 60.0)
 
 
 # The distortion each L aims at: SNR_AT_L1 dB at L = 1, SNR_PER_DOUBLING more per doubling;

@@ -182,20 +182,30 @@ class TemporalSDLGM(nn.Module):
         """Measurement x, prediction plus the words so far u (unclamped), mask ([B, D]), key
         ([B], 1 = key measurement) -> code logits alpha ([B, K]), the gate's "on" logit
         ([B]) and each word's gain ([B, K])."""
-        cfg = self.cfg
+        return self._slot(self._terms(x, mask, key), u, slot)
+
+    def _terms(self, x: torch.Tensor, mask: torch.Tensor, key: torch.Tensor) -> SlotTerms:
+        """What `_slot` needs that does not change from slot to slot (x, mask: [B, D]; key:
+        [B]): made once per batch, not once per slot."""
+        g = self.group
+        kind = (1 - key).long()  # 0 key, 1 context
+        log_prior = F.log_softmax(self.code_prior, dim=-1)[kind]
+        return SlotTerms(x[:, g], self.weight[g] * mask[:, g], log_prior, kind)
+
+    def _slot(
+        self, terms: SlotTerms, u: torch.Tensor, slot: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`slot_logits` from the batch's `terms` and u ([B, D])."""
         # ||x - x̂||² - ||x - x̂'||² where the word moves KPI j from x̂_j to clamp(u_j + v),
         # KPI j observed (times its weight): one word moves one KPI, so this costs [B, K],
         # not [B, K, D]. Without the clamp it is 2 r_j v - v².
-        v, g = self.value, self.group
-        xg, ug = x[:, g], u[:, g]
-        gain = (xg - self.clamp(ug)) ** 2 - (xg - self.clamp(ug + v)) ** 2
-        gain = self.weight[g] * mask[:, g] * gain
-        kind = (1 - key).long()  # 0 key, 1 context
-        log_prior = F.log_softmax(self.code_prior[kind], dim=-1)
-        alpha = gain / (2 * cfg.sigma2) + log_prior
+        xg, ug = terms.xg, u[:, self.group]
+        gain = (xg - self.clamp(ug)) ** 2 - (xg - self.clamp(ug + self.value)) ** 2
+        gain = terms.weight * gain
+        alpha = gain / (2 * self.cfg.sigma2) + terms.log_prior
         # A gate is worth opening when the code's expected log-likelihood gain beats its rate.
         value = (F.softmax(alpha, dim=-1) * alpha).sum(-1)
-        return alpha, value + self.gate_prior[kind, slot], gain
+        return alpha, value + self.gate_prior[terms.kind, slot], gain
 
     def encode(
         self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor, key: torch.Tensor
@@ -210,12 +220,13 @@ class TemporalSDLGM(nn.Module):
         limit = L - key  # a key measurement's key word is one of its L
         codes = torch.zeros(B, L, dtype=torch.long)
         gates = torch.zeros(B, L, dtype=torch.bool)
+        terms = self._terms(x, mask, key)
         for slot in range(L):
             # Only measurements whose gates are all open so far are coded further.
             rows = torch.nonzero(alive & (slot < limit)).squeeze(1)
             if rows.numel() == 0:
                 break
-            alpha, gate, gain = self.slot_logits(x[rows], u[rows], mask[rows], key[rows], slot)
+            alpha, gate, gain = self._slot(terms.rows(rows), u[rows], slot)
             c = alpha.argmax(-1)
             on = torch.ones_like(c, dtype=torch.bool)
             if self.cfg.gates:
@@ -247,10 +258,11 @@ class TemporalSDLGM(nn.Module):
         kind = (1 - key).long()
         rate = torch.zeros(x.shape[0])
         alive = torch.ones(x.shape[0])
-        log_prior = F.log_softmax(self.code_prior[kind], -1)
+        terms = self._terms(x, mask, key)
+        log_prior = terms.log_prior
         for slot in range(cfg.L):
             alive = alive * (slot < cfg.L - key).float()
-            alpha, gate, _ = self.slot_logits(x, u, mask, key, slot)
+            alpha, gate, _ = self._slot(terms, u, slot)
             c = _sample(alpha, tau, hard)
             q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
             on = torch.ones_like(gate)
@@ -270,6 +282,22 @@ class TemporalSDLGM(nn.Module):
             "mse": float((r**2).detach().sum(-1).mean()) / cfg.D,
             "rate_bits": float(rate.detach().mean()) / math.log(2),
         }
+
+
+@dataclass(frozen=True)
+class SlotTerms:
+    """A batch's per-word terms of the slot logits ([B, K] each): x at the KPI each word
+    moves, that KPI's weight times its mask, the word's log prior; and each row's kind of
+    measurement (int64, [B]: 0 key, 1 context)."""
+
+    xg: torch.Tensor
+    weight: torch.Tensor
+    log_prior: torch.Tensor
+    kind: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> SlotTerms:
+        """The terms of `rows` (int64 indices) only."""
+        return SlotTerms(self.xg[rows], self.weight[rows], self.log_prior[rows], self.kind[rows])
 
 
 def _sample(logits: torch.Tensor, tau: float, hard: bool) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from sparsetel.cli import main
 from sparsetel.cloud.bench import predict, runner
 from sparsetel.cloud.bench.dataset import load_bench_data
 from sparsetel.cloud.bench.method import Coded, TrainData
-from sparsetel.cloud.bench.options import BenchOptions
+from sparsetel.cloud.bench.options import BenchOptions, BenchResult
 from sparsetel.cloud.bench.runner import run_benchmark, wire_bytes
 from sparsetel.cloud.data.simulator import simulate_sessions
 from sparsetel.shared.errors import ConfigError, DataError
@@ -90,6 +91,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _options(data_dir: Path, **kw: object) -> BenchOptions:
     base = {"data": data_dir, "kpis": KPIS, "target": TARGET, "seeds": (0, 1), "quick": True}
+    base["jobs"] = 1  # in this process: the tests look at the methods they pass
     return BenchOptions(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -139,6 +141,22 @@ def test_lossless_stream_scores_the_raw_ceiling(data_dir: Path) -> None:
     assert r2 == pytest.approx(ceiling, abs=1e-6)
     assert result.references["persistence_target_r2"] is not None
     assert result.references["json_wire_bytes_per_measurement"] > 40 * len(KPIS) / 4
+
+
+def test_worker_processes_give_the_records_one_process_gives(data_dir: Path) -> None:
+    methods = [Identity(), Noisy(0, 16, family="noisy"), Rounder(0.5, 8, L=2)]
+    options = _options(data_dir, seeds=(0, 1), framings=("50", "agent"))
+    alone = runner.measure(options, methods)
+    shared = runner.measure(replace(options, jobs=2), methods)
+    assert (alone.timing["jobs"], shared.timing["jobs"]) == (1, 2)
+
+    def scores(result: BenchResult) -> list[dict]:
+        timed = ("fit_seconds", "code_seconds")
+        return [{k: v for k, v in r.items() if k not in timed} for r in result.records]
+
+    # Same records in the same order, the seeded one fitted per seed in whichever worker.
+    assert scores(shared) == scores(alone) and len(alone.records) == 2 + 2 + 2
+    assert [r["seed"] for r in shared.records if r["method"] == "noisy"] == [0, 1]
 
 
 def test_split_is_the_same_whatever_the_seeds(data_dir: Path) -> None:
@@ -230,7 +248,13 @@ def test_the_agent_framing_at_1_hz_is_two_measurements_per_frame(data_dir: Path)
 
 @pytest.mark.parametrize(
     "field",
-    [{"on": "train"}, {"framings": ("0",)}, {"framings": ("fifty",)}, {"target_weight": 0.0}],
+    [
+        {"on": "train"},
+        {"framings": ("0",)},
+        {"framings": ("fifty",)},
+        {"target_weight": 0.0},
+        {"jobs": -1},
+    ],
 )
 def test_bad_run_settings_are_config_errors(data_dir: Path, field: dict) -> None:
     with pytest.raises(ConfigError):

@@ -173,7 +173,7 @@ def test_train_flags_choose_objective_schedule_and_price() -> None:
 
 def test_the_benchmark_scores_each_objective_with_its_own_predictor(data: Path) -> None:
     options = BenchOptions(
-        data=data, kpis=KPIS, target=TARGET, Ls=(2,), K=16, seeds=(0,), quick=True
+        data=data, kpis=KPIS, target=TARGET, Ls=(2,), K=16, seeds=(0,), quick=True, jobs=1
     )
     methods = supervised_methods((2,), 16, quick=True)
     assert {m.family for m in methods} == {
