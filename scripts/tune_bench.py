@@ -14,12 +14,21 @@ chooses, in this order, each with the rule written beside it:
    10, 15 and 20 dB: the largest mean bit saving of its L = 1, 2, 4, 8 points against the
    grid-aware predictive coder's curve at the same SNR.
 
+Where a rule has too little to go on (a curve with too few points in 20-40 dB, no SDLGM
+point inside the predictive coder's SNR span, no SNR at weight 1), the script says so and
+keeps a stated default (`FALLBACK_TABLE`, `FALLBACK_AT_L1`, `FALLBACK_WEIGHT`).
+
 It writes a Markdown report (the tables and the choices) and prints the choices as JSON;
 the benchmark's constants (`options.TARGET_WEIGHT`, `sdlgm.SNR_AT_L1`, `gridcode`'s
 defaults) are set to them by hand, and its test run says which were chosen here.
 
     python scripts/tune_bench.py --data ../shared/data/uccmisl-5g/5G-production-dataset \\
         --out docs/benchmark/validation.md
+
+`--quick` runs the same rules in seconds on a small data set (tests): SDLGM and the KPI
+predictor trained as the benchmark's `--quick` trains them (SDLGM: 30 steps of 256), ten
+grid steps, weights 1 and 8, 10 and 20 dB at L = 1 each tried at L = 1 and 2, and every fit
+in this process (`QUICK`). Its choices check the script, not the benchmark.
 """
 
 from __future__ import annotations
@@ -29,9 +38,12 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sparsetel.cloud.bench.bdrate import bd_rate, bits_at_snr
 from sparsetel.cloud.bench.gridcode import GridLossless, grid_methods
@@ -40,131 +52,231 @@ from sparsetel.cloud.bench.runner import measure
 from sparsetel.cloud.bench.sdlgm import SDLGMCodec, target_snr_db
 
 KPIS = "RSRP,RSRQ,SNR,CQI,RSSI,NRxRSRP,NRxRSRQ,DL_bitrate,UL_bitrate,Speed"
-WEIGHTS = (1.0, 2.0, 4.0, 8.0)
-AT_L1 = (10.0, 15.0, 20.0)
-Ls = (1, 2, 4, 8)
 DEPLOYED_L = 4
 SNR_SLACK_DB = 1.0
-STEPS, BATCH = 150, 512  # SDLGM's training, as the benchmark's default run
+# What a rule keeps when it has too little to go on: the simpler tables; the mapping the
+# benchmark has used (its lowest candidate); no extra weight on the target.
+FALLBACK_TABLE = "static"
+FALLBACK_AT_L1 = 10.0
+FALLBACK_WEIGHT = 1.0
 Row = dict[str, Any]
+RatePoint = tuple[float, float]  # (bits per measurement, SNR dB)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one run measures: SDLGM's training (`steps` of `batch`), the candidate target
+    `weights` (1 first: the others are held to its SNR), dB at L = 1 (`at_l1`) with the Ls
+    each is tried at, and the grid-aware predictive coder's steps (None: `gridcode.STEPS`)."""
+
+    steps: int
+    batch: int
+    weights: tuple[float, ...]
+    at_l1: tuple[float, ...]
+    Ls: tuple[int, ...]
+    grid_steps: tuple[float, ...] | None = None
+
+
+# The full run: SDLGM trained as the benchmark's default run trains it.
+FULL = Sweep(150, 512, (1.0, 2.0, 4.0, 8.0), (10.0, 15.0, 20.0), (1, 2, 4, 8))
+# The quick run: the benchmark's `--quick` training, and ten steps from 0.05 to 1.6, where
+# uccmisl's and the simulator's SNR crosses 20-40 dB, so that the BD-rate has its four
+# points there where the data allows.
+QUICK = Sweep(
+    30, 256, (1.0, 8.0), (10.0, 20.0), (1, 2),
+    tuple(np.geomspace(0.05, 1.6, 10).tolist()),
+)  # fmt: skip
 
 
 def _rows(options: BenchOptions, methods: list[Any]) -> list[Row]:
     return measure(options, methods).rows
 
 
-def _points(rows: list[Row]) -> list[tuple[float, float]]:
+def _points(rows: list[Row]) -> list[RatePoint]:
     return [(r["bits_per_measurement"], r["snr_db"]) for r in rows if r.get("snr_db")]
 
 
-def _reference(rows: list[Row]) -> list[tuple[float, float]]:
+def _reference(rows: list[Row]) -> list[RatePoint]:
     return _points([r for r in rows if r["method"] == "grid-predictive-previous"])
+
+
+def pick_lossless(bits: Mapping[tuple[str, str], float]) -> tuple[str, str]:
+    """The (predictor, table) with the fewest bits per measurement; the first of a tie."""
+    return min(bits, key=lambda c: bits[c])
 
 
 def choose_lossless(options: BenchOptions) -> tuple[dict[str, str], list[str]]:
     candidates = [(p, t) for p in ("delta", "linear") for t in ("static", "adaptive")]
     methods = [GridLossless(predictor=p, table=t) for p, t in candidates]
     rows = _rows(options, methods)
-    bits = [r["bits_per_measurement"] for r in rows]
-    best = min(range(len(candidates)), key=lambda i: bits[i])
+    bits = {c: r["bits_per_measurement"] for c, r in zip(candidates, rows, strict=True)}
+    predictor, table = pick_lossless(bits)
     lines = ["| predictor | table | bits/meas |", "|---|---|---|"]
-    lines += [f"| {p} | {t} | {b:.2f} |" for (p, t), b in zip(candidates, bits, strict=True)]
-    return {"predictor": candidates[best][0], "table": candidates[best][1]}, lines
+    lines += [f"| {p} | {t} | {b:.2f} |" for (p, t), b in bits.items()]
+    return {"predictor": predictor, "table": table}, lines
 
 
-def choose_predictive_table(options: BenchOptions) -> tuple[str, list[str]]:
+def pick_predictive_table(curves: Mapping[str, Sequence[RatePoint]]) -> tuple[str, float | None]:
+    """The table kind whose curve (`curves["static"]`, `curves["adaptive"]`) needs fewer bits
+    at equal SNR over 20-40 dB: "adaptive" when its BD-rate against "static" is below 0, else
+    "static"; with that BD-rate, or `FALLBACK_TABLE` and None when a curve has too few
+    points there to compare."""
+    bd = bd_rate(curves["static"], curves["adaptive"])
+    if bd is None:
+        return FALLBACK_TABLE, None
+    return ("adaptive" if bd < 0 else "static"), bd
+
+
+def choose_predictive_table(options: BenchOptions, sweep: Sweep) -> tuple[str, list[str]]:
     curves = {}
     for table in ("static", "adaptive"):
-        methods = [m for m in grid_methods(table=table) if m.family == "grid-predictive-previous"]
+        methods = _predictive(sweep, table)
         curves[table] = _reference(_rows(options, methods))
-    bd = bd_rate(curves["static"], curves["adaptive"])
-    chosen = "adaptive" if bd is not None and bd < 0 else "static"
+    chosen, bd = pick_predictive_table(curves)
     lines = [f"BD-rate of adaptive against static tables, 20-40 dB: {_pct(bd)}; chosen: {chosen}."]
+    if bd is None:
+        why = "a curve has too few points in 20-40 dB to compare"
+        lines[0] += " " + _fell_back("predictive tables", why, chosen)
     for table, pts in curves.items():
         at = ", ".join(f"{_num(bits_at_snr(pts, s))} @ {s:g} dB" for s in (20, 30, 40))
         lines.append(f"- {table}: bits {at}")
     return chosen, lines
 
 
-def choose_weight(options: BenchOptions) -> tuple[float, list[str]]:
+def pick_weight(found: Mapping[float, Row]) -> float | None:
+    """Among the weights whose overall SNR is within SNR_SLACK_DB of weight 1's, the one with
+    the highest target R² (the smaller of a tie; a weight without R² never wins). None when
+    weight 1 has no SNR to hold the others to."""
+    anchor = found[1.0].get("snr_db")
+    if anchor is None:
+        return None
+
+    def held(r: Row) -> bool:
+        return r.get("snr_db") is not None and r["snr_db"] >= anchor - SNR_SLACK_DB
+
+    def score(w: float) -> tuple[float, float]:
+        r2 = found[w].get("target_r2")
+        return (-math.inf if r2 is None else r2, -w)
+
+    return max((w for w, r in found.items() if held(r)), key=score)
+
+
+def choose_weight(options: BenchOptions, sweep: Sweep) -> tuple[float, list[str]]:
     found: dict[float, Row] = {}
-    for w in WEIGHTS:
-        codec = SDLGMCodec("sdlgm", DEPLOYED_L, STEPS, BATCH)
+    for w in sweep.weights:
+        codec = SDLGMCodec("sdlgm", DEPLOYED_L, sweep.steps, sweep.batch)
         found[w] = _rows(replace(options, target_weight=w), [codec])[0]
-    floor = found[1.0]["snr_db"] - SNR_SLACK_DB
-    allowed = [w for w in WEIGHTS if found[w]["snr_db"] >= floor]
-    chosen = max(allowed, key=lambda w: (found[w]["target_r2"], -w))
+    picked = pick_weight(found)
+    chosen = FALLBACK_WEIGHT if picked is None else picked
     lines = ["| weight | bits/meas | SNR dB | target SNR dB | target R² |", "|---|---|---|---|---|"]
     for w, r in found.items():
         lines.append(
-            f"| {w:g} | {r['bits_per_measurement']:.2f} | {r['snr_db']:.1f} | "
-            f"{r['target_snr_db']:.1f} | {r['target_r2']:.4f} |"
+            f"| {w:g} | {r['bits_per_measurement']:.2f} | {_num(r['snr_db'])} | "
+            f"{_num(r.get('target_snr_db'))} | {_num(r.get('target_r2'), 4)} |"
         )
+    if picked is None:
+        lines += ["", _fell_back("target weight", "weight 1 has no SNR", f"{chosen:g}")]
     return chosen, lines
 
 
-def choose_mapping(options: BenchOptions, table: str) -> tuple[float, list[str]]:
-    sweep = grid_methods(table=table)
-    methods: list[Any] = [m for m in sweep if m.family == "grid-predictive-previous"]
-    reference = _reference(_rows(options, methods))
+def extra_bits(rows: Sequence[Row], reference: Sequence[RatePoint]) -> float:
+    """Mean of bits / the reference curve's bits at the same SNR, less 1, over the `rows`
+    whose SNR the reference spans (negative: a saving); inf when it spans none of them."""
+    ratios = []
+    for r in rows:
+        ref = None if r.get("snr_db") is None else bits_at_snr(reference, r["snr_db"])
+        if ref is not None:
+            ratios.append(r["bits_per_measurement"] / ref - 1.0)
+    return sum(ratios) / len(ratios) if ratios else math.inf
+
+
+def pick_mapping(extra: Mapping[float, float]) -> float | None:
+    """The dB at L = 1 with the fewest extra bits (`extra_bits`; the first of a tie); None
+    when no candidate has a point the reference spans."""
+    best = min(extra, key=lambda a: extra[a])
+    return best if math.isfinite(extra[best]) else None
+
+
+def choose_mapping(options: BenchOptions, table: str, sweep: Sweep) -> tuple[float, list[str]]:
+    reference = _reference(_rows(options, _predictive(sweep, table)))
     savings: dict[float, float] = {}
     lines = ["| dB at L=1 | L | aims at dB | bits/meas | SNR dB | predictive's bits there |"]
     lines.append("|---|---|---|---|---|---|")
-    for at in AT_L1:
-        codecs = [SDLGMCodec("sdlgm", L, STEPS, BATCH, target_snr_db(L, at)) for L in Ls]
+    steps, batch, Ls = sweep.steps, sweep.batch, sweep.Ls
+    for at in sweep.at_l1:
+        codecs = [SDLGMCodec("sdlgm", L, steps, batch, target_snr_db(L, at)) for L in Ls]
         rows = _rows(options, codecs)
-        ratios = []
         for L, r in zip(Ls, rows, strict=True):
-            ref = bits_at_snr(reference, r["snr_db"])
-            if ref is not None:
-                ratios.append(r["bits_per_measurement"] / ref - 1.0)
+            ref = None if r["snr_db"] is None else bits_at_snr(reference, r["snr_db"])
             lines.append(
                 f"| {at:g} | {L} | {target_snr_db(L, at):g} | {r['bits_per_measurement']:.2f} "
-                f"| {r['snr_db']:.1f} | {_num(ref)} |"
+                f"| {_num(r['snr_db'])} | {_num(ref)} |"
             )
-        savings[at] = sum(ratios) / len(ratios) if ratios else math.inf
-    chosen = min(AT_L1, key=lambda a: savings[a])
+        savings[at] = extra_bits(rows, reference)
+    picked = pick_mapping(savings)
+    chosen = FALLBACK_AT_L1 if picked is None else picked
     lines.append("")
     lines.append("Mean bits against the predictive coder at equal SNR: " + ", ".join(
-        f"{a:g} dB: {_pct(100 * savings[a])}" for a in AT_L1))  # fmt: skip
+        f"{a:g} dB: {_pct(100 * savings[a])}" for a in sweep.at_l1))  # fmt: skip
+    if picked is None:
+        why = "no SDLGM point lies in the predictive coder's SNR span"
+        lines += ["", _fell_back("L -> dB mapping", why, f"{chosen:g} dB")]
     return chosen, lines
 
 
-def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1f}"
+def _predictive(sweep: Sweep, table: str) -> list[Any]:
+    """The grid-aware predictive coder ("previous") with `table` at each of the sweep's steps."""
+    methods = grid_methods(steps=sweep.grid_steps, table=table)
+    return [m for m in methods if m.family == "grid-predictive-previous"]
+
+
+def _fell_back(what: str, why: str, default: str) -> str:
+    """Say on stderr, and return for the report, that `what` fell back to its `default`."""
+    note = f"No choice for the {what}: {why}; falling back to the default, {default}."
+    print(f"tune_bench: {note}", file=sys.stderr)
+    return note
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _pct(v: float | None) -> str:
     return "— (too few points)" if v is None or not math.isfinite(v) else f"{v:+.1f} %"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--kpis", default=KPIS)
     parser.add_argument("--target", default="DL_bitrate")
     parser.add_argument("--out", type=Path, help="the Markdown report (default: none)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="seconds on a small data set (tests)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
+    sweep = QUICK if args.quick else FULL
     options = BenchOptions(
         data=args.data, kpis=args.kpis, target=args.target, seeds=(0,), on="validation",
         framings=("50",), progress=False,
     )  # fmt: skip
+    if args.quick:  # worker processes would take longer to start than these fits take
+        options = replace(options, quick=True, jobs=1)
     lossless, lossless_lines = choose_lossless(options)
     print(f"lossless: {lossless}", file=sys.stderr)
-    table, table_lines = choose_predictive_table(options)
+    table, table_lines = choose_predictive_table(options, sweep)
     print(f"predictive tables: {table}", file=sys.stderr)
-    weight, weight_lines = choose_weight(options)
+    weight, weight_lines = choose_weight(options, sweep)
     print(f"target weight: {weight:g}", file=sys.stderr)
-    at_l1, mapping_lines = choose_mapping(replace(options, target_weight=weight), table)
+    at_l1, mapping_lines = choose_mapping(replace(options, target_weight=weight), table, sweep)
     choices = {"grid_lossless": lossless, "grid_predictive_table": table,
                "target_weight": weight, "snr_at_L1": at_l1}  # fmt: skip
     took = time.monotonic() - started
+    quick = " --quick" if args.quick else ""
     report = [
         "# The benchmark's choices, made on the validation sessions",
         "",
-        f"`python scripts/tune_bench.py --data {args.data} --out {args.out}` (seed 0, frames "
-        "of 50; the test "
+        f"`python scripts/tune_bench.py --data {args.data} --out {args.out}{quick}` (seed 0, "
+        "frames of 50; the test "
         f"sessions are not read; {took:.0f} s). The rules are in the script's docstring. "
         "The KPI predictor keeps its best state by validation R², so R² here is a little "
         "optimistic; only the weight's rule reads it.",

@@ -139,6 +139,12 @@ class _SparseCodec:
         self._reset_stats()
 
     @property
+    def cache(self) -> FitCache:
+        """The learned models this method shares with others (the benchmark's runner keeps
+        methods of one cache in one worker)."""
+        return self._cache
+
+    @property
     def bits_per_measurement(self) -> int:
         """L slots of an atom index (ceil(log2 K) bits) and a coefficient (coef_bits)."""
         return self.L * ((self.K - 1).bit_length() + self.coef_bits)

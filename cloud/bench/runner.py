@@ -23,6 +23,11 @@ PUBLISH each. `report.aggregate_rows` turns the per-seed records into one row pe
 framing; the references (the predictor on raw KPIs, persistence, JSON, the agent's frame
 size) and the run's wall time go beside the rows in results.json. Every seed sees the same
 session split (`dataset`).
+
+Fits run side by side in `options.jobs` worker processes (0: one per core; see `Task`),
+longest first, each with its share of the cores' threads; the records come back in the
+order one process gives them. Workers are spawned, not forked, so a script that calls
+`measure` must guard its entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -307,27 +312,41 @@ def _framings(options: BenchOptions, data: BenchData) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
-# One fit's work: the method, the frame size it codes at and the seeds it is scored by (a
-# seeded method gets one seed per task, so its fits spread over the workers).
-Task = tuple[Method, int, tuple[int, ...]]
-_WORKER: dict[str, Any] = {}  # a worker process's run: data, train, predictors, windows
+# A task: methods (with their places in the plan's order) fitted together, the frame size
+# they code at, the seeds they are scored by. A seeded method gets one task per seed, so its
+# fits spread over the workers; methods that share learned models (a `cache` attribute, see
+# `learned.FitCache`) stay in one task, which is pickled whole, so they still share them.
+Task = tuple[tuple[tuple[int, Method], ...], int, tuple[int, ...]]
+_WORKER: dict[str, Any] = {}  # a worker process's run: data, weight, predictors, windows
 
 
 def _tasks(plan: Sequence[tuple[int, list[Method]]], seeds: Sequence[int]) -> list[Task]:
-    """The plan's fits in report order: a seeded method once per seed, another once."""
+    """The plan's fits (see `Task`), numbered in report order."""
     tasks: list[Task] = []
+    place = 0
     for frame, batch in plan:
+        groups: dict[int, list[tuple[int, Method]]] = {}
         for method in batch:
-            groups = [(s,) for s in seeds] if method.seeded else [tuple(seeds)]
-            tasks += [(method, frame, g) for g in groups]
+            cache = getattr(method, "cache", None)
+            groups.setdefault(id(method) if cache is None else id(cache), []).append(
+                (place, method)
+            )
+            place += 1
+        for group in groups.values():
+            seeded = any(m.seeded for _, m in group)
+            for g in [(s,) for s in seeds] if seeded else [tuple(seeds)]:
+                tasks.append((tuple(group), frame, g))
     return tasks
 
 
-def _cost(task: Task) -> tuple[bool, int, bool, int]:
+def _cost(task: Task) -> tuple[bool, int, int, bool, int]:
     """Sort key of a task, likely longest first (so the last to finish are short): SDLGM
-    training, by L; other seeded fits; then by how many frames it codes one by one."""
-    method, frame, _ = task
-    return (method.family.startswith("sdlgm"), method.L or 0, method.seeded, -frame)
+    training, by L; fits shared by many settings; other seeded fits; then by how many
+    frames it codes one by one."""
+    methods, frame, _ = task
+    first = methods[0][1]
+    L = max(m.L or 0 for _, m in methods)
+    return (first.family.startswith("sdlgm"), L, len(methods), first.seeded, -frame)
 
 
 def _cores() -> int:
@@ -344,57 +363,77 @@ def _jobs(options: BenchOptions, tasks: int) -> int:
 
 def _start_worker(
     data: BenchData, weight: float, predictors: dict[int, KpiPredictor], windows: Windows,
-    threads: int,
+    threads: int | None = None,
 ) -> None:  # fmt: skip
-    """A worker process's set-up: the run's data and predictors, once, and its share of
-    the cores' threads."""
-    import torch
+    """A process's set-up for `_run_task`: the run's data and predictors, once. A worker
+    process (`threads` given) also takes its share of the cores' threads and ends with the
+    run; this process keeps its own settings (None)."""
+    if threads is not None:
+        import torch
 
-    torch.set_num_threads(threads)
-    _WORKER.update(data=data, weight=weight, predictors=predictors, windows=windows)
+        torch.set_num_threads(threads)
+        _die_with_parent()
+    _WORKER.update(data=data, weight=weight, predictors=predictors, windows=windows, trains={})
 
 
-def _run_task(task: Task) -> list[dict[str, Any]]:
-    """One task's records, in a worker (`_start_worker`) or this process."""
-    method, frame, seeds = task
-    data, predictors = _WORKER["data"], _WORKER["predictors"]
-    train = replace(data.train, frame=frame, target_weight=_WORKER["weight"])
+def _die_with_parent() -> None:
+    """On Linux, a worker ends when the run that started it does (PR_SET_PDEATHSIG), so a
+    killed run leaves no worker computing for nobody; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _run_task(task: Task) -> list[tuple[int, list[dict[str, Any]]]]:
+    """One task's records, per method its place and records, in a worker (`_start_worker`)
+    or this process. Every task at a frame size gets the same `TrainData` object, as
+    `FitCache` keys on it."""
+    methods, frame, seeds = task
+    data, predictors, trains = _WORKER["data"], _WORKER["predictors"], _WORKER["trains"]
+    if frame not in trains:
+        trains[frame] = replace(data.train, frame=frame, target_weight=_WORKER["weight"])
     own = {s: predictors[s] for s in seeds}
-    return _records(method, data, train, own, _WORKER["windows"])
+    return [(i, _records(m, data, trains[frame], own, _WORKER["windows"])) for i, m in methods]
 
 
 def _run_tasks(
     tasks: Sequence[Task], jobs: int, start: tuple[Any, ...], bar: tqdm
-) -> list[list[dict[str, Any]]]:
-    """Every task's records, in task order: in this process (`jobs` 1) or in `jobs` worker
-    processes, longest first (`_cost`). A task that fails stops the run with its error."""
-    out: list[list[dict[str, Any]] | None] = [None] * len(tasks)
+) -> list[dict[str, Any]]:
+    """Every task's records in report order (by method, then seed): in this process (`jobs`
+    1) or in `jobs` worker processes, longest first (`_cost`). A task that fails stops the
+    run with its error."""
+    done: list[tuple[int, int, list[dict[str, Any]]]] = []  # method place, task, records
+
+    def finished(t: int, results: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        done.extend((i, t, records) for i, records in results)
+        bar.set_postfix_str(f"{tasks[t][0][0][1].family} frame {tasks[t][1]} done")
+        bar.update()
+
     if jobs <= 1:
-        _WORKER.update(data=start[0], weight=start[1], predictors=start[2], windows=start[3])
+        _start_worker(*start)
         try:
-            for i, task in enumerate(tasks):
-                bar.set_postfix_str(f"{task[0].family} {task[0].setting} frame {task[1]}")
-                out[i] = _run_task(task)
-                bar.update()
+            for t, task in enumerate(tasks):
+                finished(t, _run_task(task))
         finally:
             _WORKER.clear()
-        return [r for r in out if r is not None]
-    threads = max(1, _cores() // jobs)
-    # spawn: a fresh interpreter per worker (torch's thread pools do not survive fork).
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(*start, threads),
-    )  # fmt: skip
-    try:
-        order = sorted(range(len(tasks)), key=lambda i: _cost(tasks[i]), reverse=True)
-        futures = {pool.submit(_run_task, tasks[i]): i for i in order}
-        for done in as_completed(futures):
-            out[futures[done]] = done.result()
-            bar.set_postfix_str(f"{tasks[futures[done]][0].family} done")
-            bar.update()
-    finally:
-        pool.shutdown(cancel_futures=True)
-    return [r for r in out if r is not None]
+    else:
+        # spawn: a fresh interpreter per worker (torch's thread pools do not survive fork).
+        pool = ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(*start, max(1, _cores() // jobs)),
+        )  # fmt: skip
+        try:
+            order = sorted(range(len(tasks)), key=lambda t: _cost(tasks[t]), reverse=True)
+            futures = {pool.submit(_run_task, tasks[t]): t for t in order}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+        finally:
+            pool.shutdown(cancel_futures=True)
+    return [r for _, _, records in sorted(done, key=lambda d: d[:2]) for r in records]
 
 
 def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> BenchResult:
@@ -422,7 +461,7 @@ def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> B
             predictors[seed] = fit_predictor(data, options.window, options.horizon, seed, steps)
             bar.update()
         start = (data, options.target_weight, predictors, windows)
-        records = [r for rs in _run_tasks(tasks, jobs, start, bar) for r in rs]
+        records = _run_tasks(tasks, jobs, start, bar)
     references = summarise_references([reference_scores(p, windows) for p in predictors.values()])
     references.update(json_reference(data))
     references["agent_frame"] = agent_frame(data)

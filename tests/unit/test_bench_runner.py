@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from sparsetel.cli import main
 from sparsetel.cloud.bench import predict, runner
 from sparsetel.cloud.bench.dataset import load_bench_data
+from sparsetel.cloud.bench.learned import FitCache, TopKSAE
 from sparsetel.cloud.bench.method import Coded, TrainData
 from sparsetel.cloud.bench.options import BenchOptions, BenchResult
 from sparsetel.cloud.bench.runner import run_benchmark, wire_bytes
@@ -157,6 +161,65 @@ def test_worker_processes_give_the_records_one_process_gives(data_dir: Path) -> 
     # Same records in the same order, the seeded one fitted per seed in whichever worker.
     assert scores(shared) == scores(alone) and len(alone.records) == 2 + 2 + 2
     assert [r["seed"] for r in shared.records if r["method"] == "noisy"] == [0, 1]
+
+
+def test_methods_sharing_learned_models_are_one_task_per_seed() -> None:
+    sae, omp = FitCache(), FitCache()
+    shared = [TopKSAE(L, 8, 4, 10, cache=c) for L in (1, 2) for c in (sae, omp)]
+    alone = Identity()
+    tasks = runner._tasks([(50, [*shared, alone]), (2, [shared[0]])], seeds=(0, 1))
+    groups = [([i for i, _ in methods], frame, seeds) for methods, frame, seeds in tasks]
+    assert groups == [
+        ([0, 2], 50, (0,)), ([0, 2], 50, (1,)),  # one cache, one task per seed
+        ([1, 3], 50, (0,)), ([1, 3], 50, (1,)),
+        ([4], 50, (0, 1)),  # unseeded: once, scored by both seeds
+        ([5], 2, (0,)), ([5], 2, (1,)),
+    ]  # fmt: skip
+
+
+def test_learned_models_are_shared_across_settings_in_one_process(data_dir: Path) -> None:
+    cache = FitCache()
+    methods = [TopKSAE(1, 8, bits, 20, cache=cache) for bits in (4, 8)]
+    runner.measure(_options(data_dir, seeds=(0,)), methods)
+    assert len(cache._entries) == 1  # learned once, for both coefficient widths
+
+
+WORKER = """
+import subprocess, sys, time
+code = (
+    "import time; from sparsetel.cloud.bench.runner import _die_with_parent; "
+    "_die_with_parent(); print('ready', flush=True); time.sleep(120)"
+)
+worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+worker.stdout.readline()
+print(worker.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_ends_when_its_run_is_killed() -> None:
+    run = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        worker = int(run.stdout.readline())
+        assert _alive(worker)
+        run.kill()
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker)
+    finally:
+        run.kill()
 
 
 def test_split_is_the_same_whatever_the_seeds(data_dir: Path) -> None:
