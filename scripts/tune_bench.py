@@ -12,11 +12,16 @@ chooses, in this order, each with the rule written beside it:
    within 1 dB of weight 1's (a weight buys the target's fidelity with the other KPIs');
 4. SDLGM's L -> dB mapping (the SNR aimed at with L = 1, 7.5 dB more per doubling), among
    10, 15 and 20 dB: the largest mean bit saving of its L = 1, 2, 4, 8 points against the
-   grid-aware predictive coder's curve at the same SNR.
+   grid-aware predictive coder's curve at the same SNR;
+5. each learned baseline's K (TopK SAE, OMP), among 32, 64, 128 and 256; then
+6. the TopK SAE's learning rate, among 3e-3, 1e-2 and 3e-2; and
+7. SDLGM's learning rate, among the same: each the fewest bits against the predictive
+   coder at equal SNR, over its points (`extra_bits`).
 
 Where a rule has too little to go on (a curve with too few points in 20-40 dB, no SDLGM
 point inside the predictive coder's SNR span, no SNR at weight 1), the script says so and
-keeps a stated default (`FALLBACK_TABLE`, `FALLBACK_AT_L1`, `FALLBACK_WEIGHT`).
+keeps a stated default (`FALLBACK_TABLE`, `FALLBACK_AT_L1`, `FALLBACK_WEIGHT`, and the
+benchmark's own K and learning rates).
 
 It writes a Markdown report (the tables and the choices) and prints the choices as JSON;
 the benchmark's constants (`options.TARGET_WEIGHT`, `sdlgm.SNR_AT_L1`, `gridcode`'s
@@ -47,8 +52,18 @@ import numpy as np
 
 from sparsetel.cloud.bench.bdrate import bd_rate, bits_at_snr
 from sparsetel.cloud.bench.gridcode import GridLossless, grid_methods
+from sparsetel.cloud.bench.learned import (
+    LEARNED_K,
+    SAE_LR,
+    SAE_STEPS,
+    SAE_STEPS_QUICK,
+    FitCache,
+    TopKSAE,
+    learned_methods,
+)
 from sparsetel.cloud.bench.options import BenchOptions
 from sparsetel.cloud.bench.runner import measure
+from sparsetel.cloud.bench.sdlgm import LR as SDLGM_LR
 from sparsetel.cloud.bench.sdlgm import SDLGMCodec, target_snr_db
 
 KPIS = "RSRP,RSRQ,SNR,CQI,RSSI,NRxRSRP,NRxRSRQ,DL_bitrate,UL_bitrate,Speed"
@@ -75,6 +90,10 @@ class Sweep:
     at_l1: tuple[float, ...]
     Ls: tuple[int, ...]
     grid_steps: tuple[float, ...] | None = None
+    learned_K: tuple[int, ...] = (32, 64, 128, 256)
+    sae_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    sdlgm_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    quick: bool = False
 
 
 # The full run: SDLGM trained as the benchmark's default run trains it.
@@ -84,7 +103,7 @@ FULL = Sweep(150, 512, (1.0, 2.0, 4.0, 8.0), (10.0, 15.0, 20.0), (1, 2, 4, 8))
 # points there where the data allows.
 QUICK = Sweep(
     30, 256, (1.0, 8.0), (10.0, 20.0), (1, 2),
-    tuple(np.geomspace(0.05, 1.6, 10).tolist()),
+    tuple(np.geomspace(0.05, 1.6, 10).tolist()), (8, 16), (1e-2, 3e-2), (1e-2, 3e-2), True,
 )  # fmt: skip
 
 
@@ -193,8 +212,73 @@ def extra_bits(rows: Sequence[Row], reference: Sequence[RatePoint]) -> float:
 def pick_mapping(extra: Mapping[float, float]) -> float | None:
     """The dB at L = 1 with the fewest extra bits (`extra_bits`; the first of a tie); None
     when no candidate has a point the reference spans."""
+    return pick_cheapest(extra)
+
+
+def pick_cheapest(extra: Mapping[Any, float]) -> Any | None:
+    """The candidate with the fewest extra bits (`extra_bits`; the first of a tie); None
+    when none has a point the reference spans."""
     best = min(extra, key=lambda a: extra[a])
     return best if math.isfinite(extra[best]) else None
+
+
+def _cheapest(
+    what: str, extra: Mapping[Any, float], default: Any, name: str = "{}"
+) -> tuple[Any, list[str]]:
+    """`pick_cheapest` of `extra` (its fallback `default`) and the report's lines."""
+    picked = pick_cheapest(extra)
+    lines = [f"| {what} | mean bits against the predictive coder at equal SNR |", "|---|---|"]
+    lines += [f"| {name.format(c)} | {_pct(100 * e)} |" for c, e in extra.items()]
+    if picked is None:
+        why = "no point lies in the predictive coder's SNR span"
+        lines += ["", _fell_back(what, why, name.format(default))]
+    chosen = default if picked is None else picked
+    return chosen, [*lines, "", f"Chosen: {name.format(chosen)}."]
+
+
+def choose_learned_K(
+    options: BenchOptions, reference: Sequence[RatePoint], sweep: Sweep
+) -> tuple[dict[str, int], list[str]]:
+    """Each learned baseline's K (TopK SAE, OMP): the fewest extra bits over its L and
+    coefficient widths against the predictive coder."""
+    extra: dict[str, dict[int, float]] = {"topk-sae": {}, "omp-dict": {}}
+    for K in sweep.learned_K:
+        rows = _rows(options, learned_methods(sweep.Ls, K, sweep.quick))
+        for family, by_K in extra.items():
+            by_K[K] = extra_bits([r for r in rows if r["method"] == family], reference)
+    chosen, lines = {}, []
+    for family, by_K in extra.items():
+        chosen[family], more = _cheapest(f"{family} K", by_K, LEARNED_K, "K = {}")
+        lines += [f"### {family}", "", *more, ""]
+    return chosen, lines
+
+
+def choose_sae_lr(
+    options: BenchOptions, reference: Sequence[RatePoint], sweep: Sweep, K: int
+) -> tuple[float, list[str]]:
+    """The TopK SAE's learning rate at its K: the fewest extra bits."""
+    steps = SAE_STEPS_QUICK if sweep.quick else SAE_STEPS
+    extra = {}
+    for lr in sweep.sae_lrs:
+        cache = FitCache()
+        sae = [TopKSAE(L, K, b, steps, cache=cache, lr=lr) for L in sweep.Ls for b in (4, 8)]
+        extra[lr] = extra_bits(_rows(options, sae), reference)
+    return _cheapest("TopK SAE learning rate", extra, SAE_LR, "{:g}")
+
+
+def choose_sdlgm_lr(
+    options: BenchOptions, reference: Sequence[RatePoint], sweep: Sweep, at_l1: float
+) -> tuple[float, list[str]]:
+    """SDLGM's learning rate at the chosen weight and mapping: the fewest extra bits over its
+    Ls."""
+    extra = {}
+    for lr in sweep.sdlgm_lrs:
+        codecs = [
+            SDLGMCodec("sdlgm", L, sweep.steps, sweep.batch, target_snr_db(L, at_l1), lr=lr)
+            for L in sweep.Ls
+        ]
+        extra[lr] = extra_bits(_rows(options, codecs), reference)
+    return _cheapest("SDLGM learning rate", extra, SDLGM_LR, "{:g}")
 
 
 def choose_mapping(options: BenchOptions, table: str, sweep: Sweep) -> tuple[float, list[str]]:
@@ -267,9 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"predictive tables: {table}", file=sys.stderr)
     weight, weight_lines = choose_weight(options, sweep)
     print(f"target weight: {weight:g}", file=sys.stderr)
-    at_l1, mapping_lines = choose_mapping(replace(options, target_weight=weight), table, sweep)
+    weighted = replace(options, target_weight=weight)
+    at_l1, mapping_lines = choose_mapping(weighted, table, sweep)
+    print(f"dB at L = 1: {at_l1:g}", file=sys.stderr)
+    reference = _reference(_rows(weighted, _predictive(sweep, table)))
+    learned_K, K_lines = choose_learned_K(weighted, reference, sweep)
+    print(f"learned baselines' K: {learned_K}", file=sys.stderr)
+    sae_lr, sae_lines = choose_sae_lr(weighted, reference, sweep, learned_K["topk-sae"])
+    sdlgm_lr, sdlgm_lines = choose_sdlgm_lr(weighted, reference, sweep, at_l1)
     choices = {"grid_lossless": lossless, "grid_predictive_table": table,
-               "target_weight": weight, "snr_at_L1": at_l1}  # fmt: skip
+               "target_weight": weight, "snr_at_L1": at_l1, "learned_K": learned_K,
+               "sae_lr": sae_lr, "sdlgm_lr": sdlgm_lr}  # fmt: skip
     took = time.monotonic() - started
     quick = " --quick" if args.quick else ""
     report = [
@@ -300,6 +392,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         *mapping_lines,
         "",
         f"Chosen: {at_l1:g} dB at L = 1.",
+        "",
+        f"## 5. The learned baselines' K (L = {', '.join(map(str, sweep.Ls))}, 4- and 8-bit "
+        "coefficients)",
+        "",
+        *K_lines,
+        f"## 6. The TopK SAE's learning rate (K = {learned_K['topk-sae']})",
+        "",
+        *sae_lines,
+        "",
+        f"## 7. SDLGM's learning rate ({at_l1:g} dB at L = 1)",
+        "",
+        *sdlgm_lines,
         "",
         "## Choices",
         "",

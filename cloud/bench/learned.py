@@ -34,6 +34,8 @@ from .method import Coded, Method, TrainData, UniformQuantiser
 from .sae import SAEOptions, train_sae
 
 __all__ = [
+    "LEARNED_K",
+    "SAE_LR",
     "FitCache",
     "OMPDictionary",
     "SparseCode",
@@ -45,6 +47,10 @@ __all__ = [
 QUANT_ROWS = 20_000  # training rows whose coefficients fit the quantiser ranges
 MIN_ATOM_COUNT = 16  # fewer training coefficients than this: the atom uses the pooled range
 SAE_STEPS, SAE_STEPS_QUICK = 3_000, 300
+# K when none is chosen (`--K`), and the TopK SAE's Adam rate: chosen on the validation
+# sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
+LEARNED_K = 128
+SAE_LR = 1e-2
 OMP_ROWS, OMP_ROWS_QUICK = 20_000, 2_000
 
 T = TypeVar("T")
@@ -261,7 +267,7 @@ class TopKSAE(_SparseCodec):
         steps: int,
         *,
         batch: int = 1024,
-        lr: float = 1e-2,
+        lr: float = SAE_LR,
         aux_coef: float = 1 / 32,
         aux_k: int | None = None,
         dead_steps: int = 100,

@@ -65,6 +65,8 @@ RD_SWEEP = (20.0, 25.0, 28.0, 31.0, 34.0, 45.0, 60.0)
 # chosen on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
 SNR_AT_L1 = 10.0
 SNR_PER_DOUBLING = 7.5
+# Adam's learning rate for the priors, chosen on the validation sessions as well.
+LR = 1e-2
 
 
 def target_snr_db(L: int, at_l1: float = SNR_AT_L1) -> float:
@@ -80,7 +82,13 @@ class SDLGMCodec:
     seeded = True
 
     def __init__(
-        self, family: str, L: int, steps: int, batch: int, snr_db: float | None = None
+        self,
+        family: str,
+        L: int,
+        steps: int,
+        batch: int,
+        snr_db: float | None = None,
+        lr: float = LR,
     ) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown SDLGM family {family!r}; one of {sorted(FAMILIES)}")
@@ -88,7 +96,7 @@ class SDLGMCodec:
         self.L = L
         snr = target_snr_db(L) if snr_db is None else snr_db
         self.setting = f"L={L}, {snr:g} dB lattice"
-        self._cfg: dict[str, Any] = dict(L=L, steps=steps, batch=batch, snr_db=snr)
+        self._cfg: dict[str, Any] = dict(L=L, steps=steps, batch=batch, snr_db=snr, lr=lr)
         self._cfg.update(FAMILIES[family])
         self.model: TemporalSDLGM | None = None
         self._key_table: SymbolTable | None = None  # the key word of a key measurement

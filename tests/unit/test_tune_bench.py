@@ -151,11 +151,23 @@ LOSSLESS_BITS = {"delta, static": 35.0, "delta, adaptive": 34.0,
                  "linear, static": 33.0, "linear, adaptive": 44.0}  # fmt: skip
 WEIGHT_SNR_LOSS = {1.0: 0.0, 2.0: 0.3, 4.0: 0.9, 8.0: 1.5}  # dB below weight 1's
 MAPPING_FACTOR = {10.0: 1.0, 15.0: 0.8, 20.0: 1.1}  # SDLGM's bits / the predictive coder's
+# A learned baseline's bits / the predictive coder's, by family and K; by the SAE's rate;
+# SDLGM's by its rate: each best at a candidate that is not the benchmark's default.
+LEARNED_FACTOR = {
+    ("topk-sae", 32): 1.6, ("topk-sae", 64): 1.5, ("topk-sae", 128): 1.4,
+    ("topk-sae", 256): 1.2, ("omp-dict", 32): 1.2, ("omp-dict", 64): 1.1,
+    ("omp-dict", 128): 1.3, ("omp-dict", 256): 1.6,
+}  # fmt: skip
+SAE_LR_FACTOR = {3e-3: 1.1, 1e-2: 1.0, 3e-2: 0.9}
+SDLGM_LR_FACTOR = {3e-3: 0.95, 1e-2: 1.0, 3e-2: 1.05}
 FULL_CHOICES = {
     "grid_lossless": {"predictor": "linear", "table": "static"},
     "grid_predictive_table": "adaptive",
     "target_weight": 4.0,
     "snr_at_L1": 15.0,
+    "learned_K": {"topk-sae": 256, "omp-dict": 64},
+    "sae_lr": 3e-2,
+    "sdlgm_lr": 3e-3,
 }
 
 
@@ -171,10 +183,17 @@ def _fake_row(options: BenchOptions, method: Any) -> dict[str, Any]:
         snr = 20.0 - 20.0 * math.log10(float(method.setting.split(",")[0][len("step=") :]))
         factor = 0.9 if method.setting.endswith("adaptive") else 1.0
         return {**row, "bits_per_measurement": factor * _predictive_bits(snr), "snr_db": snr}
+    if method.family in ("topk-sae", "omp-dict"):
+        snr = 10.0 + 5.0 * method.L
+        factor = LEARNED_FACTOR[(method.family, method.K)]
+        if method.family == "topk-sae":
+            factor *= SAE_LR_FACTOR[method._options[2]]  # (steps, batch, lr, ...)
+        return {**row, "bits_per_measurement": factor * _predictive_bits(snr), "snr_db": snr}
     aim = float(method.setting.split(", ")[1].split(" dB")[0])  # "L=2, 17.5 dB lattice"
     at_l1 = aim - 7.5 * math.log2(method.L)
     snr = aim - WEIGHT_SNR_LOSS[options.target_weight]
     bits = MAPPING_FACTOR.get(at_l1, 1.0) * 0.9 * _predictive_bits(snr)
+    bits *= SDLGM_LR_FACTOR[method._cfg["lr"]]
     r2 = 0.7 + 0.01 * options.target_weight
     return {**row, "bits_per_measurement": bits, "snr_db": snr, "target_snr_db": aim,
             "target_r2": r2}  # fmt: skip
@@ -223,9 +242,13 @@ def test_full_run_makes_the_known_choices_over_the_full_candidates(
     }
     sdlgm = [(o.target_weight, m.L) for o, ms in calls.measured for m in ms if m.family == "sdlgm"]
     weights = [(w, 4) for w in (1.0, 2.0, 4.0, 8.0)]  # then the mappings, at the chosen weight
-    assert sdlgm == weights + [(4.0, L) for _ in (10, 15, 20) for L in (1, 2, 4, 8)]
+    mappings = [(4.0, L) for _ in (10, 15, 20) for L in (1, 2, 4, 8)]
+    rates = [(4.0, L) for _ in (3e-3, 1e-2, 3e-2) for L in (1, 2, 4, 8)]  # at 15 dB
+    assert sdlgm == weights + mappings + rates
     steps = [len(ms) for _, ms in calls.measured if ms[0].family == "grid-predictive-previous"]
-    assert steps == [len(STEPS)] * 3  # static, adaptive, then the chosen table's reference
+    assert steps == [len(STEPS)] * 4  # static, adaptive, the chosen table's reference twice
+    Ks = [{m.K for m in ms} for _, ms in calls.measured if ms[0].family in ("topk-sae", "omp-dict")]
+    assert Ks == [{32}, {64}, {128}, {256}, {256}, {256}, {256}]  # then the SAE's rates at its K
 
 
 def test_full_run_states_each_fallback(
@@ -296,12 +319,16 @@ def test_quick_run_prints_a_valid_choice_for_each_rule(
 ) -> None:
     choices = quick_run.choices
     assert set(choices) == {"grid_lossless", "grid_predictive_table", "target_weight",
-                            "snr_at_L1"}  # fmt: skip
+                            "snr_at_L1", "learned_K", "sae_lr", "sdlgm_lr"}  # fmt: skip
     assert choices["grid_lossless"]["predictor"] in ("delta", "linear")
     assert choices["grid_lossless"]["table"] in TABLES
     assert choices["grid_predictive_table"] in TABLES
     assert choices["target_weight"] in tune.QUICK.weights
     assert choices["snr_at_L1"] in tune.QUICK.at_l1
+    assert set(choices["learned_K"]) == {"topk-sae", "omp-dict"}
+    assert set(choices["learned_K"].values()) <= {*tune.QUICK.learned_K, tune.LEARNED_K}
+    assert choices["sae_lr"] in (*tune.QUICK.sae_lrs, tune.SAE_LR)
+    assert choices["sdlgm_lr"] in (*tune.QUICK.sdlgm_lrs, tune.SDLGM_LR)
 
 
 def test_quick_run_writes_the_report_with_its_tables_and_choices(
@@ -310,7 +337,8 @@ def test_quick_run_writes_the_report_with_its_tables_and_choices(
     report = quick_run.report
     assert report.startswith("# The benchmark's choices, made on the validation sessions")
     assert "--quick" in report.splitlines()[2]
-    for heading in ("## 1. ", "## 2. ", "## 3. ", "## 4. ", "## Choices"):
+    headings = ("## 1. ", "## 2. ", "## 3. ", "## 4. ", "## 5. ", "## 6. ", "## 7. ", "## Choices")
+    for heading in headings:
         assert sum(line.startswith(heading) for line in report.splitlines()) == 1, heading
     assert report.count("| delta | ") == 2 and report.count("| linear | ") == 2
     block = report.split("```json\n")[1].split("```")[0]
@@ -327,8 +355,11 @@ def test_quick_run_scores_only_the_validation_sessions(
     tune: ModuleType, quick_run: QuickRun
 ) -> None:
     measured, scored = quick_run.calls.measured, quick_run.calls.scored
-    # lossless, both tables, each weight, the mapping's reference and each mapping
-    assert len(measured) == len(scored) == 4 + len(tune.QUICK.weights) + len(tune.QUICK.at_l1)
+    # lossless, both tables, each weight, the mapping's reference and each mapping, the
+    # reference again, each K, each SAE rate and each SDLGM rate
+    q = tune.QUICK
+    runs = 4 + len(q.weights) + len(q.at_l1) + 1 + len(q.learned_K) + len(q.sae_lrs)
+    assert len(measured) == len(scored) == runs + len(q.sdlgm_lrs)
     for options, _ in measured:
         assert (options.on, options.quick, options.jobs) == ("validation", True, 1)
     for on, names, split in scored:
