@@ -22,6 +22,7 @@ __all__ = ["main"]
 log = logging.getLogger("sparsetel")
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+MULTILABEL_K = 128  # `benchmark --suite multilabel`'s codebook without --K
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -146,7 +147,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--code-cost", type=float, default=0.0, help="multilabel: nats per sent code in training"
     )
     p.add_argument("--L", default="1,2,4,8", help="comma-separated caps on nonzeros to compare")
-    p.add_argument("--K", type=int, default=128, help="codebook / dictionary size")
+    p.add_argument(
+        "--K",
+        type=int,
+        help="learned baselines' dictionary size (default: each its own, chosen on "
+        "validation); multilabel: codebook size (default 128)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to average over")
     p.add_argument("--window", type=int, default=8, help="predictor window W (measurements)")
     p.add_argument("--methods", help="comma-separated method families to run (default: all)")
@@ -487,7 +493,7 @@ def _multilabel(args: argparse.Namespace) -> int:
         datasets=tuple(d.strip() for d in args.datasets.split(",")),
         seeds=parse_ints(args.seeds, "seeds"),
         Ls=parse_ints(args.L, "L"),
-        K=args.K,
+        K=MULTILABEL_K if args.K is None else args.K,
         quick=bool(args.quick),
         out=args.out,
         code_cost=args.code_cost,

@@ -35,6 +35,8 @@ from .sae import SAEOptions, train_sae
 
 __all__ = [
     "LEARNED_K",
+    "OMP_K",
+    "SAE_K",
     "SAE_LR",
     "FitCache",
     "OMPDictionary",
@@ -47,9 +49,12 @@ __all__ = [
 QUANT_ROWS = 20_000  # training rows whose coefficients fit the quantiser ranges
 MIN_ATOM_COUNT = 16  # fewer training coefficients than this: the atom uses the pooled range
 SAE_STEPS, SAE_STEPS_QUICK = 3_000, 300
-# K when none is chosen (`--K`), and the TopK SAE's Adam rate: chosen on the validation
-# sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
+# Each baseline's K unless the run sets one (`--K`), and the TopK SAE's Adam rate: chosen
+# on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py);
+# LEARNED_K is what a choice falls back to.
 LEARNED_K = 128
+SAE_K = 128
+OMP_K = 128
 SAE_LR = 1e-2
 OMP_ROWS, OMP_ROWS_QUICK = 20_000, 2_000
 
@@ -363,10 +368,10 @@ class OMPDictionary(_SparseCodec):
         return index.astype(np.int64), coef, coef != 0
 
 
-def learned_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[Method]:
-    """For each L: TopKSAE and OMPDictionary at 4- and 8-bit coefficients. Settings that
-    differ only in coef_bits (OMP: also in L) share one learnt model per seed. `quick`:
-    fewer steps and rows, for tests."""
+def learned_methods(Ls: Sequence[int], K: int | None = None, quick: bool = False) -> list[Method]:
+    """For each L: TopKSAE and OMPDictionary at 4- and 8-bit coefficients, with K atoms
+    (None: each its own, SAE_K and OMP_K). Settings that differ only in coef_bits (OMP: also
+    in L) share one learnt model per seed. `quick`: fewer steps and rows, for tests."""
     if not Ls:
         raise ValueError("Ls must name at least one L")
     steps = SAE_STEPS_QUICK if quick else SAE_STEPS
@@ -375,6 +380,6 @@ def learned_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[Meth
     methods: list[Method] = []
     for L in Ls:
         for bits in (4, 8):
-            methods.append(TopKSAE(L, K, bits, steps, cache=sae_cache))
-            methods.append(OMPDictionary(L, K, bits, rows=rows, cache=omp_cache))
+            methods.append(TopKSAE(L, K or SAE_K, bits, steps, cache=sae_cache))
+            methods.append(OMPDictionary(L, K or OMP_K, bits, rows=rows, cache=omp_cache))
     return methods

@@ -24,7 +24,8 @@ class BenchOptions:
     report goes (None: nowhere); `progress`: None = a bar only when stderr is a terminal.
     `on`: the sessions scored, "test" or "validation" (where every choice is made);
     `framings`: frame sizes to code at, "agent" for the edge agent's default framing at the
-    data's pace; `target_weight`: the target KPI's precision for every codec; `jobs`: fits
+    data's pace; `target_weight`: the target KPI's precision for every codec; `K`: the
+    learned baselines' atoms (None: each its own, chosen on validation); `jobs`: fits
     run side by side in that many worker processes (0: one per CPU core this process may
     use; 1: all in this process), each its share of the cores' threads."""
 
@@ -33,7 +34,7 @@ class BenchOptions:
     target: str
     horizon: int = 1
     Ls: tuple[int, ...] = (1, 2, 4, 8)
-    K: int = 128
+    K: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     window: int = 8
     sentinels: str | None = None
@@ -59,7 +60,7 @@ class BenchOptions:
             "target": bool(self.target),
             "horizon": self.horizon >= 0,
             "Ls": len(self.Ls) > 0 and all(1 <= L <= 255 for L in self.Ls),
-            "K": 2 <= self.K <= 65535,
+            "K": self.K is None or 2 <= self.K <= 65535,
             "seeds": len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
             "window": self.window >= 1,
             "on": self.on in ("test", "validation"),

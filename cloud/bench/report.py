@@ -63,7 +63,9 @@ CHOSEN = {
     "grid-lossless": "predictor, table kind",
     "grid-predictive-previous": "table kind",
     "grid-predictive-linear": "table kind",
-    "sdlgm": "the L -> dB mapping",
+    "sdlgm": "the L -> dB mapping, learning rate",
+    "topk-sae": "K, learning rate",
+    "omp-dict": "K",
 }
 Row = dict[str, Any]
 
@@ -415,7 +417,8 @@ def command_line(o: BenchOptions) -> str:
     parts = [
         f"sparsetel benchmark --data {q(str(o.data))} --kpis {q(','.join(o.kpis))}",
         f"--target {q(o.target)}",
-        f"--horizon {o.horizon} --L {','.join(map(str, o.Ls))} --K {o.K}",
+        f"--horizon {o.horizon} --L {','.join(map(str, o.Ls))}"
+        + ("" if o.K is None else f" --K {o.K}"),
         f"--seeds {','.join(map(str, o.seeds))} --framing {','.join(o.framings)} --on {o.on}",
         f"--target-weight {o.target_weight:g}",
     ]
@@ -434,7 +437,8 @@ def render_markdown(result: BenchResult) -> str:
     rows, refs, o, timing = result.rows, result.references, result.options, result.timing
     intro = (
         f"Data `{o.data}`, KPIs {', '.join(o.kpis)}; target {o.target} at h={o.horizon}, "
-        f"window {o.window}, weighted {o.target_weight:g}x by every codec; K={o.K}; seeds "
+        f"window {o.window}, weighted {o.target_weight:g}x by every codec; "
+        f"K={o.K or 'each its own'}; seeds "
         f"{list(o.seeds)}; mean ± std over seeds. Scored on the {o.on} sessions "
         f"({timing['test_rows']} rows); every choice of every method was made on the "
         "validation sessions (docs/benchmark/validation.md; the last column says what). "

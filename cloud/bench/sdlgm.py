@@ -247,7 +247,7 @@ class SDLGMCodec:
         }
 
 
-def sdlgm_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[SDLGMCodec]:
+def sdlgm_methods(Ls: Sequence[int], K: int | None, quick: bool = False) -> list[SDLGMCodec]:
     """Every family at every L, and "sdlgm" also along its rate-distortion curve at the
     largest L (targets RD_SWEEP dB); `quick` trains briefly (tests). K is not used: the
     codebook is the lattice the training data needs at each fidelity (its size is in

@@ -50,6 +50,7 @@ FAMILIES = {
 SIZES = dict(QUICK)
 QUICK_SIZES = {**QUICK, "steps": 150, "finetune_steps": 40, "eval_every": 50}
 _CHUNK = 8192
+DEFAULT_K = 128  # the codebook when the run sets none
 
 
 class SupervisedCodec:
@@ -164,6 +165,8 @@ def _windows(part: Dataset, data: BenchData, window: int, horizon: int) -> Windo
     return make_windows(kpis, targets, data.normaliser, window, horizon)
 
 
-def supervised_methods(Ls: Sequence[int], K: int, quick: bool = False) -> list[SupervisedCodec]:
-    """Every objective family at every L, codebook K."""
-    return [SupervisedCodec(f, L, K, quick) for f in FAMILIES for L in Ls]
+def supervised_methods(
+    Ls: Sequence[int], K: int | None = None, quick: bool = False
+) -> list[SupervisedCodec]:
+    """Every objective family at every L, codebook K (None: DEFAULT_K)."""
+    return [SupervisedCodec(f, L, K or DEFAULT_K, quick) for f in FAMILIES for L in Ls]
