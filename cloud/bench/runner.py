@@ -24,10 +24,8 @@ framing; the references (the predictor on raw KPIs, persistence, JSON, the agent
 size) and the run's wall time go beside the rows in results.json. Every seed sees the same
 session split (`dataset`).
 
-Fits run side by side in `options.jobs` worker processes (0: one per core; see `Task`),
-longest first, each with its share of the cores' threads; the records come back in the
-order one process gives them. Workers are spawned, not forked, so a script that calls
-`measure` must guard its entry point with ``if __name__ == "__main__":``.
+Fits run side by side in `options.jobs` worker processes (`workers`; 0: one per core); the
+records come back in the order one process gives them.
 """
 
 from __future__ import annotations
@@ -36,13 +34,9 @@ import importlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -66,6 +60,7 @@ from .predict import (
     test_windows,
 )
 from .report import aggregate_rows, summarise_references, write_report
+from .workers import Run, plan_tasks, run_tasks, worker_count
 
 __all__ = [
     "AT_EVERY_FRAMING",
@@ -312,130 +307,6 @@ def _framings(options: BenchOptions, data: BenchData) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
-# A task: methods (with their places in the plan's order) fitted together, the frame size
-# they code at, the seeds they are scored by. A seeded method gets one task per seed, so its
-# fits spread over the workers; methods that share learned models (a `cache` attribute, see
-# `learned.FitCache`) stay in one task, which is pickled whole, so they still share them.
-Task = tuple[tuple[tuple[int, Method], ...], int, tuple[int, ...]]
-_WORKER: dict[str, Any] = {}  # a worker process's run: data, weight, predictors, windows
-
-
-def _tasks(plan: Sequence[tuple[int, list[Method]]], seeds: Sequence[int]) -> list[Task]:
-    """The plan's fits (see `Task`), numbered in report order."""
-    tasks: list[Task] = []
-    place = 0
-    for frame, batch in plan:
-        groups: dict[int, list[tuple[int, Method]]] = {}
-        for method in batch:
-            cache = getattr(method, "cache", None)
-            groups.setdefault(id(method) if cache is None else id(cache), []).append(
-                (place, method)
-            )
-            place += 1
-        for group in groups.values():
-            seeded = any(m.seeded for _, m in group)
-            for g in [(s,) for s in seeds] if seeded else [tuple(seeds)]:
-                tasks.append((tuple(group), frame, g))
-    return tasks
-
-
-def _cost(task: Task) -> tuple[bool, int, int, bool, int]:
-    """Sort key of a task, likely longest first (so the last to finish are short): SDLGM
-    training, by L; fits shared by many settings; other seeded fits; then by how many
-    frames it codes one by one."""
-    methods, frame, _ = task
-    first = methods[0][1]
-    L = max(m.L or 0 for _, m in methods)
-    return (first.family.startswith("sdlgm"), L, len(methods), first.seeded, -frame)
-
-
-def _cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _jobs(options: BenchOptions, tasks: int) -> int:
-    """Worker processes of the run: `options.jobs` (0: one per core), no more than tasks."""
-    return max(1, min(options.jobs or _cores(), tasks))
-
-
-def _start_worker(
-    data: BenchData, weight: float, predictors: dict[int, KpiPredictor], windows: Windows,
-    threads: int | None = None,
-) -> None:  # fmt: skip
-    """A process's set-up for `_run_task`: the run's data and predictors, once. A worker
-    process (`threads` given) also takes its share of the cores' threads and ends with the
-    run; this process keeps its own settings (None)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-        _die_with_parent()
-    _WORKER.update(data=data, weight=weight, predictors=predictors, windows=windows, trains={})
-
-
-def _die_with_parent() -> None:
-    """On Linux, a worker ends when the run that started it does (PR_SET_PDEATHSIG), so a
-    killed run leaves no worker computing for nobody; elsewhere nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _run_task(task: Task) -> list[tuple[int, list[dict[str, Any]]]]:
-    """One task's records, per method its place and records, in a worker (`_start_worker`)
-    or this process. Every task at a frame size gets the same `TrainData` object, as
-    `FitCache` keys on it."""
-    methods, frame, seeds = task
-    data, predictors, trains = _WORKER["data"], _WORKER["predictors"], _WORKER["trains"]
-    if frame not in trains:
-        trains[frame] = replace(data.train, frame=frame, target_weight=_WORKER["weight"])
-    own = {s: predictors[s] for s in seeds}
-    return [(i, _records(m, data, trains[frame], own, _WORKER["windows"])) for i, m in methods]
-
-
-def _run_tasks(
-    tasks: Sequence[Task], jobs: int, start: tuple[Any, ...], bar: tqdm
-) -> list[dict[str, Any]]:
-    """Every task's records in report order (by method, then seed): in this process (`jobs`
-    1) or in `jobs` worker processes, longest first (`_cost`). A task that fails stops the
-    run with its error."""
-    done: list[tuple[int, int, list[dict[str, Any]]]] = []  # method place, task, records
-
-    def finished(t: int, results: list[tuple[int, list[dict[str, Any]]]]) -> None:
-        done.extend((i, t, records) for i, records in results)
-        bar.set_postfix_str(f"{tasks[t][0][0][1].family} frame {tasks[t][1]} done")
-        bar.update()
-
-    if jobs <= 1:
-        _start_worker(*start)
-        try:
-            for t, task in enumerate(tasks):
-                finished(t, _run_task(task))
-        finally:
-            _WORKER.clear()
-    else:
-        # spawn: a fresh interpreter per worker (torch's thread pools do not survive fork).
-        pool = ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(*start, max(1, _cores() // jobs)),
-        )  # fmt: skip
-        try:
-            order = sorted(range(len(tasks)), key=lambda t: _cost(tasks[t]), reverse=True)
-            futures = {pool.submit(_run_task, tasks[t]): t for t in order}
-            for future in as_completed(futures):
-                finished(futures[future], future.result())
-        finally:
-            pool.shutdown(cancel_futures=True)
-    return [r for _, _, records in sorted(done, key=lambda d: d[:2]) for r in records]
-
-
 def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> BenchResult:
     """Run the benchmark (see the module docstring) without writing anything. Given
     `methods` run at the first framing only (they are fitted objects of one framing)."""
@@ -453,15 +324,15 @@ def measure(options: BenchOptions, methods: Sequence[Method] | None = None) -> B
         plan.append((frame, [m for m in found if i == 0 or m.family in AT_EVERY_FRAMING]))
     windows = test_windows(data, options.window, options.horizon)
     steps = QUICK_STEPS if options.quick else STEPS
-    tasks = _tasks(plan, options.seeds)
-    jobs = _jobs(options, len(tasks))
+    tasks = plan_tasks(plan, options.seeds)
+    jobs = worker_count(options.jobs, len(tasks))
     with _bar(options, len(options.seeds) + len(tasks)) as bar:
         predictors = {}
         for seed in options.seeds:
             predictors[seed] = fit_predictor(data, options.window, options.horizon, seed, steps)
             bar.update()
-        start = (data, options.target_weight, predictors, windows)
-        records = _run_tasks(tasks, jobs, start, bar)
+        run = Run(_records, data, options.target_weight, predictors, windows)
+        records = run_tasks(tasks, jobs, run, bar)
     references = summarise_references([reference_scores(p, windows) for p in predictors.values()])
     references.update(json_reference(data))
     references["agent_frame"] = agent_frame(data)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sparsetel.cli import main
-from sparsetel.cloud.bench import predict, runner
+from sparsetel.cloud.bench import predict, runner, workers
 from sparsetel.cloud.bench.dataset import load_bench_data
 from sparsetel.cloud.bench.learned import FitCache, TopKSAE
 from sparsetel.cloud.bench.method import Coded, TrainData
@@ -167,7 +167,7 @@ def test_methods_sharing_learned_models_are_one_task_per_seed() -> None:
     sae, omp = FitCache(), FitCache()
     shared = [TopKSAE(L, 8, 4, 10, cache=c) for L in (1, 2) for c in (sae, omp)]
     alone = Identity()
-    tasks = runner._tasks([(50, [*shared, alone]), (2, [shared[0]])], seeds=(0, 1))
+    tasks = workers.plan_tasks([(50, [*shared, alone]), (2, [shared[0]])], seeds=(0, 1))
     groups = [([i for i, _ in methods], frame, seeds) for methods, frame, seeds in tasks]
     assert groups == [
         ([0, 2], 50, (0,)), ([0, 2], 50, (1,)),  # one cache, one task per seed
@@ -187,8 +187,8 @@ def test_learned_models_are_shared_across_settings_in_one_process(data_dir: Path
 WORKER = """
 import subprocess, sys, time
 code = (
-    "import time; from sparsetel.cloud.bench.runner import _die_with_parent; "
-    "_die_with_parent(); print('ready', flush=True); time.sleep(120)"
+    "import time; from sparsetel.cloud.bench.workers import die_with_parent; "
+    "die_with_parent(); print('ready', flush=True); time.sleep(120)"
 )
 worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 worker.stdout.readline()
