@@ -53,8 +53,8 @@ SAE_STEPS, SAE_STEPS_QUICK = 3_000, 300
 # on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py);
 # LEARNED_K is what a choice falls back to.
 LEARNED_K = 128
-SAE_K = 128
-OMP_K = 128
+SAE_K = 32
+OMP_K = 64
 SAE_LR = 1e-2
 OMP_ROWS, OMP_ROWS_QUICK = 20_000, 2_000
 

@@ -66,7 +66,7 @@ RD_SWEEP = (20.0, 25.0, 28.0, 31.0, 34.0, 45.0, 60.0)
 SNR_AT_L1 = 10.0
 SNR_PER_DOUBLING = 7.5
 # Adam's learning rate for the priors, chosen on the validation sessions as well.
-LR = 1e-2
+LR = 3e-3
 
 
 def target_snr_db(L: int, at_l1: float = SNR_AT_L1) -> float:

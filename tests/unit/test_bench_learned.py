@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparsetel.cloud.bench import learned
 from sparsetel.cloud.bench.learned import (
     FitCache,
     OMPDictionary,
@@ -218,6 +219,16 @@ def test_learned_methods_cover_each_L_at_4_and_8_bits() -> None:
     assert len(seen) == len(methods) == 8
     assert {m.family for m in methods} == {"topk-sae", "omp-dict"}
     assert all(m.lossy and m.seeded for m in methods)
+
+
+def test_without_a_K_each_baseline_takes_its_own_chosen_on_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(learned, "SAE_K", 24)
+    monkeypatch.setattr(learned, "OMP_K", 40)
+    own = {(m.family, m.K) for m in learned_methods([1, 2], quick=True)}
+    assert own == {("topk-sae", 24), ("omp-dict", 40)}
+    assert {m.K for m in learned_methods([1], K=K, quick=True)} == {K}  # --K sets both
 
 
 def test_settings_differing_only_in_coefficient_bits_share_one_fit(train) -> None:
