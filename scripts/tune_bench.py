@@ -48,10 +48,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sparsetel.cloud.bench.bdrate import bd_rate, bits_at_snr
-from sparsetel.cloud.bench.gridcode import GridLossless, grid_methods
+from sparsetel.cloud.bench.gridcode import QUICK_STEPS, GridLossless, grid_methods
 from sparsetel.cloud.bench.learned import (
     LEARNED_K,
     SAE_LR,
@@ -102,8 +100,8 @@ FULL = Sweep(150, 512, (1.0, 2.0, 4.0, 8.0), (10.0, 15.0, 20.0), (1, 2, 4, 8))
 # uccmisl's and the simulator's SNR crosses 20-40 dB, so that the BD-rate has its four
 # points there where the data allows.
 QUICK = Sweep(
-    30, 256, (1.0, 8.0), (10.0, 20.0), (1, 2),
-    tuple(np.geomspace(0.05, 1.6, 10).tolist()), (8, 16), (1e-2, 3e-2), (1e-2, 3e-2), True,
+    30, 256, (1.0, 8.0), (10.0, 20.0), (1, 2), QUICK_STEPS, (8, 16), (1e-2, 3e-2), (1e-2, 3e-2),
+    True,
 )  # fmt: skip
 
 

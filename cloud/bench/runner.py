@@ -120,10 +120,12 @@ def load_methods(options: BenchOptions) -> tuple[list[Method], list[str]]:
 
 
 def _arguments(module: str, options: BenchOptions) -> tuple[Any, ...]:
-    """What each source's function takes: the classic sweep the Ls, the grid coders nothing
-    (their sweep is fixed), the learned ones the Ls, K and whether to train briefly."""
-    if module == "gridcode":
-        return ()
+    """What each source's function takes: the classic sweep the Ls, the grid coders their
+    sweep (the short one with --quick), the learned ones the Ls, K and whether to train
+    briefly."""
+    if module == "gridcode":  # --quick: the short sweep
+        quick_steps = importlib.import_module(f"{__package__}.gridcode").QUICK_STEPS
+        return (quick_steps,) if options.quick else ()
     return (options.Ls,) if module == "classic" else (options.Ls, options.K, options.quick)
 
 
