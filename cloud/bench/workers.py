@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -46,13 +46,11 @@ class Run:
     target_weight: float
     predictors: dict[int, KpiPredictor]
     windows: Windows
-    trains: dict[int, TrainData] | None = None  # by frame size, made once per process
+    trains: dict[int, TrainData] = field(default_factory=dict)  # by frame size, per process
 
     def train(self, frame: int) -> TrainData:
         """The training data at `frame`: the same object for every task of this process at
         that frame size, as `FitCache` keys on it."""
-        if self.trains is None:
-            self.trains = {}
         if frame not in self.trains:
             self.trains[frame] = replace(
                 self.data.train, frame=frame, target_weight=self.target_weight

@@ -255,7 +255,6 @@ class TemporalSDLGM(nn.Module):
         cfg = self.cfg
         hard = cfg.estimator == "st"
         u = p
-        kind = (1 - key).long()
         rate = torch.zeros(x.shape[0])
         alive = torch.ones(x.shape[0])
         terms = self._terms(x, mask, key)
@@ -267,7 +266,7 @@ class TemporalSDLGM(nn.Module):
             q_on = torch.sigmoid(gate) if cfg.gates else torch.ones_like(gate)
             on = torch.ones_like(gate)
             if cfg.gates:
-                prior_on = torch.sigmoid(self.gate_prior[kind, slot])
+                prior_on = torch.sigmoid(self.gate_prior[terms.kind, slot])
                 rate = rate + alive * bernoulli_kl(q_on, prior_on)
                 on = _sample(torch.stack([torch.zeros_like(gate), gate], -1), tau, hard)[:, 1]
             q_c = F.softmax(alpha, -1)
