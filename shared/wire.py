@@ -61,6 +61,9 @@ MAX_RECORDS = 4096
 # latest AGENT_MAX_BATCH_DELAY_S after its first one (`records_per_frame`).
 AGENT_BATCH = 50
 AGENT_MAX_BATCH_DELAY_S = 1.0
+# Temporal codec (frames of version 3): the agent's default key measurement interval, in
+# measurements. Between keys each measurement is coded against the one before, across frames.
+AGENT_KEY_INTERVAL = 60
 
 _KNOWN_FLAGS = FLAG_HISTORICAL | FLAG_AUDIT | FLAG_IRREGULAR
 _HEADER_V1 = struct.Struct(">2sBB8sIIQIHBH")
@@ -150,7 +153,7 @@ def encode_frame(frame: Frame) -> bytes:
         parts.append(b"".join(_varint(d) for d in deltas))
     parts.append(_pack_codes(records, L, K))
     if has_audit:
-        parts.append(_pack_audit(records))
+        parts.append(_pack_audit([r.audit for r in records]))
     header = _HEADER_V1.pack(
         MAGIC, frame.version, flags, frame.model_ref, frame.bd_seq, frame.seq, times[0], period,
         len(records), L, K,
@@ -243,15 +246,17 @@ def _pack_codes(records: Sequence[Record], L: int, K: int) -> bytes:
     return b"".join(out)
 
 
-def _pack_audit(records: Sequence[Record]) -> bytes:
-    present = [(i, r.audit) for i, r in enumerate(records) if r.audit is not None]
+def _pack_audit(audits: Sequence[tuple[float, ...] | None]) -> bytes:
+    """The audit section of a frame whose records carry `audits` (one per record, None where
+    a record has none, at least one not None); version 3 frames (chainframe.py) share it."""
+    present = [(i, a) for i, a in enumerate(audits) if a is not None]
     for i, audit in present:
         if not isinstance(audit, (tuple, list)):
             raise _fail("field_type", f"record {i}: audit must be a tuple of floats")
     dim = len(present[0][1])
     if not 1 <= dim <= 65535:
         raise _fail("audit_dim", f"audit records must hold 1..65535 values, got {dim}")
-    bitmap = bytearray((len(records) + 7) // 8)
+    bitmap = bytearray((len(audits) + 7) // 8)
     values: list[float] = []
     for i, audit in present:
         if len(audit) != dim:
