@@ -5,7 +5,9 @@ edge can read it too.
     RUN/config.json       the training options (`read_config`)
     RUN/split.json        session names per part, the data path and the seed (`load_split`)
     RUN/train_log.jsonl   one line per validation pass during training
-    RUN/checkpoint.pt     the trained codec (torch: `cloud.codec.model.Checkpoint`)
+    RUN/checkpoint.pt     the trained memoryless codec (torch: `cloud.codec.model.Checkpoint`)
+    RUN/codec.json        the trained temporal codec (`shared.temporalcodec.TemporalCodec`)
+    RUN/predictor/        the temporal codec's KPI predictor (`cloud.training.changepredictor`)
     RUN/summary.json      training's final scores (`read_summary`)
     RUN/encoder.onnx      the edge's encoder, from `sparsetel export`
     RUN/manifest.json     what that encoder is (`shared.manifest.ModelManifest`)
@@ -23,10 +25,12 @@ from typing import Any
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CODEC_FILE",
     "CONFIG_FILE",
     "ENCODER_FILE",
     "EVALUATION_FILE",
     "MANIFEST_FILE",
+    "PREDICTOR_DIR",
     "SPLIT_FILE",
     "SUMMARY_FILE",
     "TRAIN_LOG_FILE",
@@ -43,6 +47,8 @@ CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+CODEC_FILE = "codec.json"
+PREDICTOR_DIR = "predictor"
 SUMMARY_FILE = "summary.json"
 ENCODER_FILE = "encoder.onnx"
 MANIFEST_FILE = "manifest.json"
