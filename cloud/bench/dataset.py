@@ -92,6 +92,7 @@ def _train_data(ds: Dataset, norm: Normaliser, target: str) -> TrainData:
         to_raw=norm.inverse,
         from_raw=norm.transform,
         target=target if target in ds.kpis else None,
+        normaliser=norm,
     )
 
 

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..codec.normaliser import Normaliser
+
 __all__ = ["FRAME", "Coded", "Method", "TrainData", "UniformQuantiser", "frames"]
 
 FRAME = 50  # measurements per frame: the edge agent's default batch
@@ -45,6 +47,7 @@ class TrainData:
     target: str | None = None
     target_weight: float = 1.0
     frame: int = FRAME
+    normaliser: Normaliser | None = None  # what `to_raw` inverts (codecs that ship it need it)
 
     def weights(self) -> np.ndarray:
         """Per-KPI weight of the squared error (float64, [D]): `target_weight` on the

@@ -10,12 +10,9 @@ from typing import Any
 
 from ...shared.errors import ConfigError
 from ...shared.kpi import parse_kpi_list
+from ..codec.temporal import TARGET_WEIGHT  # the target's precision, the same for every codec
 
 __all__ = ["TARGET_WEIGHT", "BenchOptions", "BenchResult", "parse_framings", "parse_ints"]
-
-# Precision of the target KPI relative to the others, the same for every codec of a run;
-# chosen on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
-TARGET_WEIGHT = 8.0
 
 
 @dataclass(frozen=True)

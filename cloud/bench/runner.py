@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ...shared.errors import ConfigError
 from ...shared.topics import data_topic
 from ...shared.wire import FRAME_OVERHEAD, mqtt_publish_overhead, records_per_frame
+from ..codec.fidelity import snr
 from ..codec.normaliser import Windows
 from ..training.codeusage import CHANGE_REGIMES, LEVEL_REGIMES, change_sizes, regime_report
 from .dataset import BenchData, load_bench_data
@@ -197,20 +198,11 @@ def _distortion(data: BenchData, recon: np.ndarray) -> dict[str, float]:
     which the target weighting buys) when it is one of the KPIs."""
     x = np.concatenate([s.x for s in data.test])
     mask = np.concatenate([s.mask for s in data.test])
-    out = _snr(np.where(mask, recon - x, 0.0), np.where(mask, x, 0.0))
+    out = snr(x, recon, mask)
     j = data.target_index
     if j is not None:
-        target = _snr(
-            np.where(mask[:, j], recon[:, j] - x[:, j], 0.0), np.where(mask[:, j], x[:, j], 0.0)
-        )
-        out["target_snr_db"] = target["snr_db"]
+        out["target_snr_db"] = snr(x[:, j], recon[:, j], mask[:, j])["snr_db"]
     return out
-
-
-def _snr(err: np.ndarray, signal: np.ndarray) -> dict[str, float]:
-    power = float(np.sum(signal**2))
-    nmse = float(np.sum(err**2)) / power if power > 0 else float("nan")
-    return {"nmse": nmse, "snr_db": -10 * math.log10(nmse) if nmse > 0 else float("inf")}
 
 
 def _measure(

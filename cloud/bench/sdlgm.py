@@ -20,30 +20,40 @@ the others' precision in the likelihood, as every baseline gives it: when L is s
 moves are coded first. A frame's first measurement is its key measurement: at frames of two
 (the edge agent's default framing at 1 Hz) every other measurement is coded without context.
 
-The payload of a frame is entropy coded with tables fixed at training time (from the codes
-of the training stream, add-one smoothed), all in one range coder (`constriction`); the frame
-costs every flushed 32-bit word. A measurement's words, sorted by the KPI they move, are sent
-as a sequence: the next KPI given the previous one in this measurement (or "none yet"), with
-a stop symbol (left out once L words are sent), then which of that KPI's words; separate
-tables for key measurements and the rest. Which KPIs move together is what the sequence
-tables learn, so a joint move costs less than its parts sent alone. The reconstruction is
-decoded from those words.
+What is measured is what ships: the fitted model becomes the shipped codec
+(`cloud.codec.shipping.ship_codec`: integer lattice, pruned words, integer entropy tables),
+each frame is coded by the shipped encoder (`shared.temporalcodec.encode_payload`, from raw
+values, as an edge codes them), its bits are the bytes of its range-coded payload, and the
+reconstruction scored is what the cloud's decoder (`decode_payload`) makes of those bytes.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import constriction
 import numpy as np
 
-from ..codec.temporal import Codes, TemporalConfig, TemporalSDLGM, code_frames, train_temporal
-from .entropy import SymbolTable
+from ...shared.temporalcodec import TemporalCodec, decode_payload, encode_payload
+from ..codec.shipping import ship_codec
+from ..codec.temporal import (
+    LR,
+    SNR_AT_L1,
+    SNR_PER_DOUBLING,
+    TemporalConfig,
+    target_snr_db,
+    train_temporal,
+)
 from .method import Coded, TrainData, frames
 
-__all__ = ["SDLGMCodec", "sdlgm_methods"]
+__all__ = [
+    "LR",
+    "SNR_AT_L1",
+    "SNR_PER_DOUBLING",
+    "SDLGMCodec",
+    "sdlgm_methods",
+    "target_snr_db",
+]
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "sdlgm": {},
@@ -51,28 +61,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "sdlgm-relaxed": {"estimator": "relaxed"},
     "sdlgm-memoryless": {"context": False},
 }
-TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
-MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
 RD_L = 16  # cap of the rate-distortion sweep: a key word and a word or two per KPI
 # dB aimed at along the curve at RD_L: dense from 20 to 34, so the curve has at least four
 # points between 20 and 40 dB, where the Bjøntegaard delta rate is taken (it lands above aim).
 # No 90 dB point: it cost a fifth of the default run, and the grid-aware lossless coder is
 # exact at fewer bits (32.0 against its 38.8 on uccmisl at frames of 50).
 RD_SWEEP = (20.0, 25.0, 28.0, 31.0, 34.0, 45.0, 60.0)
-
-
-# The distortion each L aims at: SNR_AT_L1 dB at L = 1, SNR_PER_DOUBLING more per doubling;
-# chosen on the validation sessions (docs/benchmark/validation.md, scripts/tune_bench.py).
-SNR_AT_L1 = 10.0
-SNR_PER_DOUBLING = 7.5
-# Adam's learning rate for the priors, chosen on the validation sessions as well.
-LR = 3e-3
-
-
-def target_snr_db(L: int, at_l1: float = SNR_AT_L1) -> float:
-    """The SNR in dB the codec aims at with L words: `at_l1` at L = 1, SNR_PER_DOUBLING more
-    per doubling."""
-    return at_l1 + SNR_PER_DOUBLING * math.log2(L)
 
 
 class SDLGMCodec:
@@ -98,143 +92,57 @@ class SDLGMCodec:
         self.setting = f"L={L}, {snr:g} dB lattice"
         self._cfg: dict[str, Any] = dict(L=L, steps=steps, batch=batch, snr_db=snr, lr=lr)
         self._cfg.update(FAMILIES[family])
-        self.model: TemporalSDLGM | None = None
-        self._key_table: SymbolTable | None = None  # the key word of a key measurement
-        self._kpi_tables: list[list[SymbolTable]] = []  # [kind][previous KPI or D]
-        self._word_tables: list[list[SymbolTable]] = []  # [kind][KPI]
-        self._group = np.zeros(0, dtype=np.int64)  # the KPI each word moves
-        self._local = np.zeros(0, dtype=np.int64)  # its index among that KPI's words
-        self._words: list[np.ndarray] = []  # per KPI, its words
+        self.codec: TemporalCodec | None = None
+        self._to_raw: Callable[[np.ndarray], np.ndarray] | None = None
         self._used: np.ndarray = np.zeros(0, dtype=bool)
         self._nnz: list[np.ndarray] = []
 
     def fit(self, train: TrainData, seed: int) -> None:
+        if train.normaliser is None:
+            raise ValueError("the SDLGM codec ships its normaliser: TrainData.normaliser is None")
         weights = tuple(float(w) for w in train.weights())
         cfg = TemporalConfig(D=train.D, frame=train.frame, seed=seed, weights=weights, **self._cfg)
         model = train_temporal(cfg, train.x, train.mask)
+        self._to_raw = train.to_raw
         pieces = [
-            (x[c], m[c])
+            self._raw(x[c], m[c])
             for x, m in zip(train.x, train.mask, strict=True)
             for c in frames(len(x), train.frame)
         ]
-        sample = pieces[:: max(len(pieces) // TABLE_SAMPLE, 1)]
-        # Dead words (used fewer than MIN_WORD_USES times on the training sample) are pruned
-        # before the tables are fitted, as VQ training resets dead codes.
-        uses = np.zeros(model.cfg.K)
-        for c in code_frames(model, sample):
-            uses += np.bincount(c.codes[c.gates], minlength=model.cfg.K)
-        keep = np.flatnonzero(uses >= MIN_WORD_USES)
-        # A codec that never opens a gate (memoryless at L = 1: key words only) keeps one.
-        self.model = model.pruned(keep if len(keep) else np.array([int(uses.argmax())]))
-        self._fit_tables(code_frames(self.model, sample))
-        self._used = np.zeros(self.model.cfg.K, dtype=bool)
+        self.codec = ship_codec(model, train.normaliser, pieces)
+        self._used = np.zeros(self.codec.K, dtype=bool)
         self._nnz = []
 
-    def _fit_tables(self, coded: Sequence[Codes]) -> None:
-        model = self._model()
-        D, K = model.cfg.D, model.cfg.K
-        self._group = model.group.numpy().astype(np.int64)
-        self._words = [np.flatnonzero(self._group == j) for j in range(D)]
-        self._local = np.zeros(K, dtype=np.int64)
-        for ids in self._words:
-            self._local[ids] = np.arange(len(ids))
-        kpi = np.zeros((2, D + 1, D + 1))
-        word = [[np.zeros(max(len(ids), 2)) for ids in self._words] for _ in range(2)]
-        for c in coded:
-            for t, kind in enumerate(np.where(c.key, 0, 1)):
-                prev = D
-                for w in self._sorted(c.codes[t][c.gates[t]]):
-                    g = self._group[w]
-                    kpi[kind, prev, g] += 1
-                    word[kind][g][self._local[w]] += 1
-                    prev = g
-                kpi[kind, prev, D] += 1
-        self._kpi_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in kpi]
-        used = np.concatenate([c.key_word[c.key] for c in coded])
-        self._key_table = SymbolTable.fit(used, len(model.keys))
-        self._word_tables = [[SymbolTable.from_counts(n) for n in rows] for rows in word]
-
-    def _sorted(self, words: np.ndarray) -> np.ndarray:
-        return words[np.lexsort((words, self._group[words]))]
-
-    def _model(self) -> TemporalSDLGM:
-        if self.model is None:
+    def _raw(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Normalised rows back to what an edge measures (raw units, NaN missing)."""
+        if self._to_raw is None:
             raise RuntimeError(f"{self.family} {self.setting}: fit before coding")
-        return self.model
+        return np.asarray(self._to_raw(np.where(mask, x, np.nan)), dtype=np.float64)
+
+    def _codec(self) -> TemporalCodec:
+        if self.codec is None:
+            raise RuntimeError(f"{self.family} {self.setting}: fit before coding")
+        return self.codec
 
     def code_frames(self, pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Coded]:
-        """Code many independent frames (x, mask: [n_i, D]) in one closed-loop pass."""
-        return [self._send(c) for c in code_frames(self._model(), pieces)]
+        """Code independent frames (x, mask: [n_i, D]), each from a key measurement."""
+        return [self.code_frame(x, m) for x, m in pieces]
 
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
-        return self.code_frames([(x, mask)])[0]
-
-    def _send(self, codes: Codes) -> Coded:
-        """Entropy code one frame's codes, decode them back, reconstruct from what arrived."""
-        cfg = self._model().cfg
-        key_table, kpi_tables, word_tables = self._tables()
-        kinds = np.where(codes.key, 0, 1)
-        encoder = constriction.stream.queue.RangeEncoder()
-        for c, g, kind, kw in zip(codes.codes, codes.gates, kinds, codes.key_word, strict=True):
-            if kw >= 0:
-                encoder.encode(int(kw), key_table.model)
-            prev, words = cfg.D, self._sorted(c[g])
-            for w in words:
-                encoder.encode(int(self._group[w]), kpi_tables[kind][prev].model)
-                encoder.encode(int(self._local[w]), word_tables[kind][self._group[w]].model)
-                prev = self._group[w]
-            if len(words) < cfg.L - (kw >= 0):
-                encoder.encode(cfg.D, kpi_tables[kind][prev].model)
-        words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
-        key_words, arrived = self._receive(words, codes.key)
-        for idx in arrived:
-            self._used[idx] = True
-        self._nnz.append(np.array([len(a) for a in arrived]) + codes.key)
-        recon = self._reconstruct(key_words, arrived)
-        return Coded(recon=recon, bits=32 * int(words.size))
-
-    def _tables(self) -> tuple[SymbolTable, list[list[SymbolTable]], list[list[SymbolTable]]]:
-        if self._key_table is None:
-            raise RuntimeError(f"{self.family} {self.setting}: fit before coding")
-        return self._key_table, self._kpi_tables, self._word_tables
-
-    def _receive(self, words: np.ndarray, key: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
-        """The decoder's side: per measurement its key word (key measurements), then KPI and
-        word until stop or its cap of words. Returns key words (-1: none) and words."""
-        cfg = self._model().cfg
-        key_table, kpi_tables, word_tables = self._tables()
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        key_words, out = [], []
-        for is_key in key:
-            kw = int(decoder.decode(key_table.model)) if is_key else -1
-            kind, cap = (0, cfg.L - 1) if is_key else (1, cfg.L)
-            got: list[int] = []
-            prev = cfg.D
-            while len(got) < cap:
-                g = int(decoder.decode(kpi_tables[kind][prev].model))
-                if g == cfg.D:
-                    break
-                local = int(decoder.decode(word_tables[kind][g].model))
-                got.append(int(self._words[g][local]))
-                prev = g
-            key_words.append(kw)
-            out.append(np.array(got, dtype=np.int64))
-        return key_words, out
-
-    def _reconstruct(self, key_words: Sequence[int], arrived: Sequence[np.ndarray]) -> np.ndarray:
-        """x̂_t = (its key word at a key measurement, else x̂_{t-1}) + the words that arrived."""
-        model = self._model()
-        book, keys = model.codebook.double().numpy(), model.keys.double().numpy()
-        span = model.cfg.span
-        out = np.zeros((len(arrived), book.shape[1]))
-        prev = np.zeros(book.shape[1])
-        for t, (kw, idx) in enumerate(zip(key_words, arrived, strict=True)):
-            prev = (keys[kw] if kw >= 0 else prev) + book[idx].sum(0)
-            out[t] = np.clip(prev, -span, span)
-        return out
+        """The shipped encoder codes the frame; the cloud's decoder reads its bytes back."""
+        codec = self._codec()
+        keys = [i == 0 for i in range(len(x))]
+        payload, _ = encode_payload(codec, self._raw(x, mask), keys, None)
+        decoded = decode_payload(codec, payload, keys, None)
+        for code in decoded.codes:
+            words = np.asarray([c for c in code if c < codec.K], dtype=np.int64)
+            self._used[words] = True
+        self._nnz.append(np.array([len(c) for c in decoded.codes]))
+        recon = np.where(np.isfinite(decoded.recon), decoded.recon, 0.0)
+        return Coded(recon=recon, bits=8 * len(payload))
 
     def nnz_per_measurement(self) -> np.ndarray:
-        """Words sent per coded measurement (key word included), in coding order."""
+        """Codes sent per coded measurement (key word included), in coding order."""
         return np.concatenate(self._nnz) if self._nnz else np.zeros(0, dtype=np.int64)
 
     def stats(self) -> dict[str, float]:
@@ -243,7 +151,7 @@ class SDLGMCodec:
             "mean_nonzeros": float(nnz.mean()),
             "max_nonzeros": float(nnz.max()),
             "codewords_unused_share": float(1.0 - self._used.mean()),
-            "K": float(self._model().cfg.K),
+            "K": float(self._codec().K),
         }
 
 

@@ -29,8 +29,9 @@ import torch
 
 from ... import __version__
 from ...shared.manifest import ModelManifest, file_sha256, schema_hash
-from ...shared.rundir import CHECKPOINT_FILE, ENCODER_FILE, MANIFEST_FILE
+from ...shared.rundir import CHECKPOINT_FILE, CODEC_FILE, ENCODER_FILE, MANIFEST_FILE
 from .model import Checkpoint, EdgeEncoder
+from .temporalexport import export_temporal
 
 __all__ = ["OPSET", "encode_onnx", "encode_torch", "export_run"]
 
@@ -106,8 +107,11 @@ def encode_torch(ckpt: Checkpoint, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def export_run(run_dir: str | Path, opset: int = OPSET) -> ModelManifest:
-    """Write RUN/encoder.onnx and RUN/manifest.json for a trained run; return the manifest."""
+    """Write RUN/encoder.onnx and RUN/manifest.json for a trained run; return the manifest.
+    A temporal-codec run (RUN/codec.json) gets its manifest only (`temporalexport`)."""
     run = Path(run_dir)
+    if (run / CODEC_FILE).exists():
+        return export_temporal(run)
     ckpt = Checkpoint.load(run / CHECKPOINT_FILE)
     path = run / ENCODER_FILE
     _to_onnx(EdgeEncoder(ckpt.model, ckpt.normaliser).eval(), ckpt.cfg.D, path, opset)

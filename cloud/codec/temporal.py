@@ -57,6 +57,10 @@ from .model import bernoulli_kl
 from .normaliser import CLIP
 
 __all__ = [
+    "LR",
+    "SNR_AT_L1",
+    "SNR_PER_DOUBLING",
+    "TARGET_WEIGHT",
     "Codes",
     "Grid",
     "TemporalConfig",
@@ -65,6 +69,7 @@ __all__ = [
     "find_grid",
     "lattice_step",
     "lattice_words",
+    "target_snr_db",
     "train_temporal",
 ]
 
@@ -76,6 +81,19 @@ KEY_WORDS = 256  # whole-measurement words a key measurement starts from
 KMEANS_ROWS = 50_000  # training measurements the key words are fitted on
 MIN_USES = 0.01  # share of a KPI's training moves beyond which its lattice stops
 FINE_LEVELS = 64  # lattice levels of a KPI kept one by one; beyond, two scales (`_levels`)
+# The distortion each L aims at unless told: SNR_AT_L1 dB at L = 1, SNR_PER_DOUBLING more per
+# doubling; Adam's learning rate for the priors; the target KPI's precision relative to the
+# others. All chosen on the validation sessions (docs/benchmark/validation.md).
+SNR_AT_L1 = 10.0
+SNR_PER_DOUBLING = 7.5
+LR = 3e-3
+TARGET_WEIGHT = 8.0
+
+
+def target_snr_db(L: int, at_l1: float = SNR_AT_L1) -> float:
+    """The SNR in dB the codec aims at with L words: `at_l1` at L = 1, SNR_PER_DOUBLING more
+    per doubling."""
+    return at_l1 + SNR_PER_DOUBLING * math.log2(L)
 
 
 @dataclass(frozen=True)
@@ -156,12 +174,16 @@ class TemporalSDLGM(nn.Module):
         self.register_buffer("weight", torch.tensor(cfg.weights or (1.0,) * cfg.D))
         self.code_prior = nn.Parameter(torch.zeros(2, cfg.K))  # [key, context] logits
         self.gate_prior = nn.Parameter(torch.zeros(2, cfg.L))  # logit of P(s_l = 1)
+        # The KPIs' native grids the lattice was built on (`train_temporal` sets it): what
+        # the shipped codec (`cloud.codec.shipping`) counts its integer state in.
+        self.grid = Grid(np.zeros(cfg.D), np.zeros(cfg.D))
 
     def pruned(self, keep: np.ndarray) -> TemporalSDLGM:
         """The model with only the words `keep` (int64 indices), priors carried over: dead
         words go, and the moves they coded fall to the words that stay."""
         cfg = replace(self.cfg, K=len(keep))
         model = TemporalSDLGM(cfg, self.codebook[torch.from_numpy(keep)].clone(), self.keys)
+        model.grid = self.grid
         with torch.no_grad():
             model.code_prior.copy_(self.code_prior[:, torch.from_numpy(keep)])
             model.gate_prior.copy_(self.gate_prior)
@@ -473,6 +495,7 @@ def train_temporal(
     words = lattice_words(pairs, grid.aligned(lattice_step(cfg.snr_db)))
     cfg = replace(cfg, K=len(words))
     model = TemporalSDLGM(cfg, words, key_words(pairs, grid, cfg.seed))
+    model.grid = grid
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for step in range(cfg.steps):
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
