@@ -111,6 +111,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="nats charged per sent code in training (default 0): above 0, gates close where "
         "a code buys less, so the codes per measurement adapt",
     )
+    p.add_argument(
+        "--codec",
+        choices=("temporal", "memoryless"),
+        help="temporal: each measurement coded against the one before, context across frames; "
+        "memoryless: each measurement on its own (the ONNX encoder)",
+    )
+    p.add_argument(
+        "--snr-db",
+        type=float,
+        help="temporal codec: the fidelity aimed at in dB (default: the one validation chose "
+        "for L, 10 + 7.5 log2 L)",
+    )
+    p.add_argument(
+        "--key-interval",
+        type=int,
+        help="temporal codec: measurements per key measurement in training (default 50)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 

@@ -38,12 +38,11 @@ import numpy as np
 import torch
 
 from ...shared.errors import DataError, ModelMismatchError
-from ...shared.kpi import parse_kpi_list, parse_sentinels
 from ...shared.rundir import (
+    CODEC_FILE,
     ENCODER_FILE,
     EVALUATION_FILE,
     MANIFEST_FILE,
-    load_split,
     read_config,
     write_json,
 )
@@ -53,8 +52,10 @@ from ..codec.decoder import CloudCodec
 from ..codec.export import encode_onnx, export_run
 from ..codec.model import Checkpoint
 from ..codec.normaliser import Windows, make_windows
-from ..data.datasets import Session, load_dataset, parse_cells, split_sessions
+from ..data.datasets import Session, parse_cells
 from .codeusage import read_labels, sparsity_report
+from .evaldata import eval_sessions, resolve_names, target_scores
+from .temporaleval import evaluate_temporal
 
 __all__ = [
     "WIRE_BATCH",
@@ -68,42 +69,6 @@ log = logging.getLogger(__name__)
 WIRE_BATCH = 50  # records per frame: the edge agent's default
 WIRE_PERIOD_MS = 1000  # 1 Hz
 _WINDOW_CHUNK = 4096
-
-
-def _resolve_names(
-    codec: CloudCodec, kpis: str | Sequence[str] | None, target: str | None
-) -> tuple[tuple[str, ...], str]:
-    """The data's column names for the model's KPIs and target (defaults: the model's)."""
-    m = codec.manifest
-    names = parse_kpi_list(kpis) if isinstance(kpis, str) else tuple(kpis or m.kpis)
-    if len(names) != m.D:
-        raise ModelMismatchError(f"the model takes {m.D} KPIs {list(m.kpis)}, got {list(names)}")
-    return names, target or m.target
-
-
-def _sessions(
-    run: Path, data: Path, kpis: tuple[str, ...], target: str, sentinels: str | None
-) -> tuple[tuple[Session, ...], str]:
-    """The sessions to evaluate on and the split name ("test" or "all")."""
-    config = read_config(run)
-    if sentinels is None:
-        sentinels = config.get("sentinels")
-    ds = load_dataset(data, kpis, target, parse_sentinels(sentinels) if sentinels else None)
-    split = load_split(run)
-    if Path(data).resolve() != Path(split["data"]).resolve():
-        return ds.sessions, "all"
-    test = split_sessions(ds, seed=int(split["seed"]))[2]
-    if [s.name for s in test.sessions] != list(split["test"]):
-        raise DataError(f"{data} no longer splits into the test sessions recorded in {run}")
-    return test.sessions, "test"
-
-
-def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """(MAE, R²) of `pred` against `y` (both shape: [M])."""
-    err = pred - y
-    sst = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(err**2)) / sst if sst > 0 else float("nan")
-    return float(np.mean(np.abs(err))), r2
 
 
 def _target_metrics(
@@ -219,15 +184,19 @@ def evaluate_run(
     Returns one JSON-able dict, flat but for the per-KPI errors and "sparsity".
     """
     run = Path(run_dir)
+    if (run / CODEC_FILE).exists():
+        if horizon is not None and horizon != read_config(run)["horizon"]:
+            raise ModelMismatchError(f"the model does not predict {horizon} steps ahead")
+        return evaluate_temporal(run, data, kpis, target, sentinels)
     if not (run / ENCODER_FILE).exists() or not (run / MANIFEST_FILE).exists():
         export_run(run)
     codec = CloudCodec.load(run)
     m = codec.manifest
     if horizon is not None and horizon != m.horizon:
         raise ModelMismatchError(f"the model predicts {m.horizon} steps ahead, not {horizon}")
-    names, target_name = _resolve_names(codec, kpis, target)
+    names, target_name = resolve_names(m.kpis, m.target, kpis, target)
     level = level_column or target_name
-    sessions, split = _sessions(run, Path(data), names, target_name, sentinels)
+    sessions, split = eval_sessions(run, Path(data), names, target_name, sentinels)
     x = np.concatenate([s.kpis for s in sessions]).astype(np.float32)
     if len(x) == 0:
         raise DataError(f"{data}: no rows to evaluate")

@@ -62,6 +62,12 @@ class TrainOptions:
     # nats charged per sent code in training: the wire's price of a code, so a gate stays
     # open only where its code buys more likelihood and prediction than that
     code_cost: float = 0.0
+    # Which codec: "temporal" (closed-loop lattice words, context across frames) or
+    # "memoryless" (each measurement on its own, the ONNX encoder); and the temporal codec's
+    # fidelity aimed at (None: the SNR validation chose for L) and key interval in training.
+    codec: Literal["temporal", "memoryless"] = "memoryless"
+    snr_db: float | None = None
+    key_interval: int = 50
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -82,6 +88,9 @@ class TrainOptions:
             "slots": self.slots is None or self.L <= self.slots <= 255,
             "budget_tolerance": self.budget_tolerance >= 0,
             "code_cost": self.code_cost >= 0,
+            "codec": self.codec in ("temporal", "memoryless"),
+            "snr_db": self.snr_db is None or 0 < self.snr_db <= 90,
+            "key_interval": 1 <= self.key_interval <= 100_000,
         }
         for key, ok in checks.items():
             if not ok:
@@ -113,7 +122,8 @@ class TrainOptions:
         if not args.target:
             raise ConfigError("--target is required", key="train.target")
         names = ("horizon", "L", "K", "window", "seed", "steps", "sentinels", "objective")
-        given = {k: getattr(args, k, None) for k in (*names, "sparsity", "slots", "code_cost")}
+        more = ("sparsity", "slots", "code_cost", "codec", "snr_db", "key_interval")
+        given = {k: getattr(args, k, None) for k in (*names, *more)}
         return cls(
             data=args.data,
             kpis=parse_kpi_list(args.kpis),

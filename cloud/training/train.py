@@ -68,6 +68,10 @@ def _probes(ds: Dataset) -> np.ndarray:
 
 def train_run(options: TrainOptions) -> Path:
     """Train a codec as `options` say; return the run directory (options.out)."""
+    if options.codec == "temporal":
+        from .temporalrun import train_temporal_run
+
+        return train_temporal_run(options)
     opts = options.resolved()
     if opts.threads:
         torch.set_num_threads(opts.threads)

@@ -1,0 +1,219 @@
+"""Train the temporal codec and its KPI predictor: `train_temporal_run`, what `sparsetel train`
+does unless told ``--codec memoryless``.
+
+1. Split the sessions by file (`split_sessions`), fit the normaliser on the training part.
+2. Fit the temporal SDLGM (`cloud.codec.temporal`: lattice from the data, priors by the ELBO)
+   aiming at ``--snr-db`` (default: the SNR the validation sessions chose for L words), the
+   target KPI weighted TARGET_WEIGHT times the others where it is one of them.
+3. Make the codec that ships (`cloud.codec.shipping.ship_codec`: integer lattice, pruned
+   words, entropy tables fitted on training frames coded by the shipped encoder itself) and
+   write it to RUN/codec.json. Everything after this uses that codec, never the torch model.
+4. Code the training and validation sessions with it, closed loop, as an edge sends them, and
+   fit the KPI predictor on what the cloud decodes (`changepredictor`), its shrinkage chosen
+   on the validation sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...shared.kpi import parse_sentinels
+from ...shared.rundir import (
+    CODEC_FILE,
+    CONFIG_FILE,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    PREDICTOR_DIR,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    write_json,
+)
+from ...shared.temporalcodec import TemporalCodec
+from ...shared.wire import (
+    AGENT_BATCH,
+    AGENT_KEY_INTERVAL,
+    AGENT_MAX_BATCH_DELAY_S,
+    records_per_frame,
+)
+from ..codec.normaliser import Normaliser, fit_normaliser
+from ..codec.shipping import code_stream, ship_codec
+from ..codec.temporal import (
+    LR,
+    TARGET_WEIGHT,
+    TemporalConfig,
+    target_snr_db,
+    train_temporal,
+)
+from ..data.datasets import Dataset, Session, load_dataset, split_sessions
+from .changepredictor import ChangePredictor, ToRaw, fit_change_predictor
+from .options import TrainOptions
+
+__all__ = [
+    "TEMPORAL_SIZES",
+    "agent_framing",
+    "code_sessions",
+    "target_column",
+    "train_temporal_run",
+]
+
+log = logging.getLogger(__name__)
+
+# Training steps and batch of the temporal codec (the benchmark's, chosen there), and QUICK's.
+TEMPORAL_SIZES = {"steps": 150, "batch": 512}
+TEMPORAL_QUICK = {"steps": 30, "batch": 256}
+PERIOD_S = 1.0  # the agent's measurement interval the predictor is fitted for
+N_PROBES = 16
+
+
+def _normalised(norm: Normaliser, s: Session) -> tuple[np.ndarray, np.ndarray]:
+    z = norm.transform(s.kpis)
+    seen = np.isfinite(z)
+    return np.where(seen, z, 0.0).astype(np.float32), seen.astype(np.float32)
+
+
+def agent_framing() -> tuple[int, int]:
+    """Measurements per frame and per key measurement of an agent at 1 Hz with the defaults:
+    the cloud's predictor is fitted, and evaluated, on what that agent's frames decode to."""
+    return records_per_frame(PERIOD_S, AGENT_BATCH, AGENT_MAX_BATCH_DELAY_S), AGENT_KEY_INTERVAL
+
+
+def target_column(codec: TemporalCodec, target: str) -> tuple[int | None, ToRaw | None]:
+    """The target's column among the coded KPIs and the map from that normalised column to
+    raw units; (None, None) when the target is not coded."""
+    if target not in codec.kpis:
+        return None, None
+    j = codec.kpis.index(target)
+
+    def to_raw(z: np.ndarray) -> np.ndarray:
+        full = np.zeros((len(z), codec.D))
+        full[:, j] = z
+        return np.asarray(codec.denormalise(full)[:, j], dtype=np.float64)
+
+    return j, to_raw
+
+
+def code_sessions(
+    codec: TemporalCodec, sessions: list[Session], frame: int, key_interval: int | None
+) -> list[np.ndarray]:
+    """Each session's decoded KPIs (normalised, [T, D], NaN missing) as the cloud gets them."""
+    return [code_stream(codec, s.kpis, frame, key_interval).recon for s in sessions]
+
+
+def _fit_codec(opts: TrainOptions, train: Dataset, norm: Normaliser) -> TemporalCodec:
+    sizes = TEMPORAL_QUICK if opts.quick else TEMPORAL_SIZES
+    pairs = [_normalised(norm, s) for s in train.sessions]
+    names = norm.names
+    weights = tuple(TARGET_WEIGHT if n == opts.target else 1.0 for n in names)
+    cfg = TemporalConfig(
+        D=len(names),
+        L=opts.L,
+        snr_db=opts.snr_db if opts.snr_db is not None else target_snr_db(opts.L),
+        frame=opts.key_interval,
+        weights=weights,
+        steps=opts.steps if opts.steps is not None else sizes["steps"],
+        batch=opts.batch if opts.batch is not None else sizes["batch"],
+        lr=LR,
+        seed=opts.seed,
+    )
+    model = train_temporal(cfg, [x for x, _ in pairs], [m for _, m in pairs])
+    frames = [
+        s.kpis[i : i + opts.key_interval]
+        for s in train.sessions
+        for i in range(0, len(s), opts.key_interval)
+    ]
+    return ship_codec(model, norm, frames)
+
+
+def _fit_predictors(
+    opts: TrainOptions, codec: TemporalCodec, train: Dataset, val: Dataset
+) -> dict[str, ChangePredictor]:
+    """The KPI predictor on decoded KPIs ("decoded", what the cloud runs) and the same
+    predictor on raw KPIs ("raw", the ceiling evaluate reports)."""
+    j, to_raw = target_column(codec, opts.target)
+    per_frame, key_interval = agent_framing()
+    inputs = {
+        "decoded": lambda ds: code_sessions(codec, ds.sessions, per_frame, key_interval),
+        "raw": lambda ds: [codec.normalise(s.kpis) for s in ds.sessions],
+    }
+    out = {}
+    for name, make in inputs.items():
+        parts = [
+            [(z, s.target.astype(np.float64)) for z, s in zip(make(ds), ds.sessions, strict=True)]
+            for ds in (train, val)
+        ]
+        out[name] = fit_change_predictor(
+            parts[0],
+            parts[1],
+            target_index=j,
+            horizon=opts.horizon,
+            window=opts.window,
+            to_raw_target=to_raw,
+            seed=opts.seed,
+        )
+    return out
+
+
+def train_temporal_run(options: TrainOptions) -> Path:
+    """Train the temporal codec and its predictor as `options` say; return the run folder."""
+    opts = options
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    sentinels = parse_sentinels(opts.sentinels) if opts.sentinels else None
+    ds = load_dataset(opts.data, opts.kpis, opts.target, sentinels, opts.time_column)
+    train, val, test = split_sessions(ds, seed=opts.seed)
+    norm = fit_normaliser(np.concatenate([s.kpis for s in train.sessions]), train.kpis)
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (ENCODER_FILE, MANIFEST_FILE):  # an old export no longer describes the run
+        (out / stale).unlink(missing_ok=True)
+    write_json(out / CONFIG_FILE, opts.to_dict())
+    write_json(out / SPLIT_FILE, _split(opts, train, val, test))
+    started = time.monotonic()
+    codec = _fit_codec(opts, train, norm)
+    (out / CODEC_FILE).write_text(codec.to_json(), encoding="utf-8")
+    fitted = time.monotonic()
+    predictors = _fit_predictors(opts, codec, train, val)
+    for name, predictor in predictors.items():
+        predictor.save(out / PREDICTOR_DIR / name)
+    summary: dict[str, Any] = {
+        "codec": "temporal",
+        "L": codec.L,
+        "K": codec.K,
+        "key_words": len(codec.keys),
+        "sigma2": codec.sigma2,
+        "codec_seconds": round(fitted - started, 1),
+        "predictor_seconds": round(time.monotonic() - fitted, 1),
+        "probe_inputs": _probes(val).tolist(),
+        "predictors": {
+            name: {"learner": p.learner, "shrink": p.shrink, "validation": p.validation}
+            for name, p in predictors.items()
+        },
+    }
+    write_json(out / SUMMARY_FILE, summary)
+    log.info("trained %s: %s", out, summary)
+    return out
+
+
+def _probes(ds: Dataset) -> np.ndarray:
+    """N_PROBES raw validation rows in a row (float64, [n, D]): the export's self-test."""
+    x = np.concatenate([s.kpis for s in ds.sessions]).astype(np.float64)
+    start = max(0, len(x) // 2 - N_PROBES // 2)
+    return x[start : start + N_PROBES]
+
+
+def _split(opts: TrainOptions, *parts: Dataset) -> dict[str, Any]:
+    return {
+        "data": str(opts.data.resolve()),
+        "seed": opts.seed,
+        **{
+            name: [s.name for s in part.sessions]
+            for name, part in zip(("train", "val", "test"), parts, strict=True)
+        },
+    }
