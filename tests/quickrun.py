@@ -38,3 +38,21 @@ def quick_exported_run(factory: pytest.TempPathFactory) -> Path:
     if not (run / "encoder.onnx").exists():
         export_run(run)
     return run
+
+
+def quick_temporal_run(factory: pytest.TempPathFactory) -> Path:
+    """A small temporal-codec run on simulated sessions, trained and exported once per test
+    session: codec.json, predictor/, manifest.json (`sparsetel train --codec temporal`)."""
+    from sparsetel.cloud.codec.export import export_run
+
+    base = factory.getbasetemp() / "sparsetel-quick-temporal"
+    run = base / "run"
+    if not (run / "manifest.json").exists():
+        write_sessions(base / "data", n_sessions=6, rows=400, seed=0)
+        options = TrainOptions(
+            data=base / "data", kpis=KPIS, target=TARGET, out=run, L=4, quick=True,
+            codec="temporal", steps=20, seed=0, progress=False,
+        )  # fmt: skip
+        train_run(options)
+        export_run(run)
+    return run
