@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "CONFIG_FILE",
     "LEARNERS",
+    "MAX_TRAIN_ROWS",
     "SHRINK_GRID",
     "WEIGHTS_FILE",
     "ChangePredictor",
@@ -44,6 +45,7 @@ _MLP_MEMBERS = 2  # nets averaged: one net's validation MAE swings by about 1% w
 _EPOCHS, _BATCH, _LR = 12, 512, 2e-3
 _MIN_STEPS = 1000  # small data sets get more epochs, so that a net trains at all
 _TREE_ITER = 200
+MAX_TRAIN_ROWS = 60_000  # training windows beyond this are thinned evenly (fit time, not MAE)
 
 ToRaw = Callable[[np.ndarray], np.ndarray]
 
@@ -402,6 +404,9 @@ def fit_change_predictor(
         raise ValueError(f"learners must be some of {LEARNERS}, got {list(learners)}")
     spec = _make_spec(train, target_index, horizon, window, to_raw_target)
     xt, bt, yt, _ = _rows(train, spec, to_raw_target)
+    if len(yt) > MAX_TRAIN_ROWS:
+        keep = np.linspace(0, len(yt) - 1, MAX_TRAIN_ROWS).astype(np.int64)
+        xt, bt, yt = xt[keep], bt[keep], yt[keep]
     xv, bv, yv, lv = _rows(val, spec, to_raw_target)
     persistence = np.where(np.isfinite(lv), lv, spec.mean)
     validation: dict[str, Any] = {

@@ -51,7 +51,7 @@ from ..codec.temporal import (
     train_temporal,
 )
 from ..data.datasets import Dataset, Session, load_dataset, split_sessions
-from .changepredictor import ChangePredictor, ToRaw, fit_change_predictor
+from .changepredictor import LEARNERS, ChangePredictor, ToRaw, fit_change_predictor
 from .options import TrainOptions
 
 __all__ = [
@@ -141,7 +141,7 @@ def _fit_predictors(
         "decoded": lambda ds: code_sessions(codec, ds.sessions, per_frame, key_interval),
         "raw": lambda ds: [codec.normalise(s.kpis) for s in ds.sessions],
     }
-    out = {}
+    out: dict[str, ChangePredictor] = {}
     for name, make in inputs.items():
         parts = [
             [(z, s.target.astype(np.float64)) for z, s in zip(make(ds), ds.sessions, strict=True)]
@@ -155,6 +155,8 @@ def _fit_predictors(
             window=opts.window,
             to_raw_target=to_raw,
             seed=opts.seed,
+            # the ceiling on raw KPIs: the learner the decoded KPIs chose, not a search of its own
+            learners=(out["decoded"].learner,) if "decoded" in out else LEARNERS,
         )
     return out
 
