@@ -72,12 +72,18 @@ class Delivery:
         self.deferred: deque[int] = deque()  # spool ids the memory queue had no room for
 
     def deliver(
-        self, bd_seq: int, seq: int, payload: bytes, cursor: tuple[str, int, int] | None
+        self,
+        bd_seq: int,
+        seq: int,
+        payload: bytes,
+        cursor: tuple[str, int, int] | None,
+        starts: bool = True,
     ) -> str | None:
         """Spool and publish one frame; None once it is safe (published, or deferred in the
-        spool), else the reason it was dropped ("spool")."""
+        spool), else the reason it was dropped ("spool"). `starts`: it starts a chain (see
+        `edge.spool`; a version 3 frame that continues its predecessor does not)."""
         try:
-            tag = self.spool.put(bd_seq, seq, payload, cursor)
+            tag = self.spool.put(bd_seq, seq, payload, cursor, starts)
         except SpoolError as exc:
             log.error("frame bdSeq %s seq %s dropped: %s", bd_seq, seq, exc)
             return "spool"
@@ -162,7 +168,7 @@ class Delivery:
         try:
             return as_historical(payload)
         except WireError as exc:
-            self.spool.ack([spool_id])
+            self.spool.discard(spool_id, "damaged on disk")
             self.stats.damaged += 1
             log.error("spooled frame %s is damaged on disk (%s): dropped", spool_id, exc)
             return None

@@ -8,15 +8,14 @@ needs torch: onnxruntime and numpy only.
 
 Before the agent trusts a model it checks the encoder's sha256 against the manifest, runs
 the manifest's probe inputs through it (`self_test`) and compares the source's KPIs to the
-manifest's (`check_schema`); each failure is a `ModelMismatchError` saying what differs.
+manifest's (`check_schema`, shared with the temporal codec in `edge.models`); each failure is
+a `ModelMismatchError` saying what differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import onnxruntime as ort
 from ..shared.errors import ModelMismatchError
 from ..shared.manifest import ModelManifest
 from ..shared.rundir import ENCODER_FILE, MANIFEST_FILE
+from .models import ManifestChecks
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxEncoder"]
 
@@ -44,7 +44,7 @@ def _session_options() -> ort.SessionOptions:
     return options
 
 
-class OnnxEncoder:
+class OnnxEncoder(ManifestChecks):
     """Encode measurements into sparse codes with a verified exported encoder.
 
     `model_dir` is a run directory holding ``encoder.onnx`` and ``manifest.json``. The
@@ -62,7 +62,6 @@ class OnnxEncoder:
         self.kpis: tuple[str, ...] = self.manifest.kpis  # in the order the encoder takes them
         self.model_ref: bytes = self.manifest.model_ref  # the 8 bytes a frame names it by
         self.model_sha256: str = self.manifest.model_sha256
-        self._range_cache: tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         onnx_path = model_dir / ENCODER_FILE
         try:
             model_bytes = onnx_path.read_bytes()
@@ -173,51 +172,3 @@ class OnnxEncoder:
                 )
         log.debug("encoder self-test passed on %s probes", len(probes))
         return len(probes)
-
-    def valid_rows(self, x: np.ndarray, margin: float) -> np.ndarray:
-        """Which rows of `x` (shape: [N, D]) lie in the schema's range, a bool mask [N].
-
-        A KPI's range is what training saw (the manifest's `lo`..`hi`), widened by `margin`
-        times its width on each side; a log-scaled KPI is widened in log1p units and must not
-        be negative. NaN (missing) always passes. A value far outside, a sentinel the
-        operator did not declare or a unit mix-up (kbps for Mbps), would be coded as
-        confidently as a real one, so the agent rejects those rows instead (`out_of_range`).
-        """
-        x = np.asarray(x, dtype=np.float64)
-        if not math.isfinite(margin):  # an infinite margin: no check
-            return np.ones(len(x), dtype=bool)
-        lo, hi, logs = self._ranges(margin)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            v = np.where(logs, np.log1p(np.where(x < 0, np.nan, x)), x)
-            bad = (v < lo) | (v > hi) | (logs & (x < 0))
-        ok: np.ndarray = ~np.any(bad & ~np.isnan(x), axis=1)
-        return ok
-
-    def _ranges(self, margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cached = self._range_cache
-        if cached is not None and cached[0] == margin:
-            return cached[1]
-        logs = np.array([n.log for n in self.manifest.norms])
-        lo = np.array([n.lo for n in self.manifest.norms], dtype=np.float64)
-        hi = np.array([n.hi for n in self.manifest.norms], dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            lo = np.where(logs, np.log1p(np.maximum(lo, 0)), lo)
-            hi = np.where(logs, np.log1p(np.maximum(hi, 0)), hi)
-            width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-        ranges = (lo - margin * width, hi + margin * width, logs)
-        self._range_cache = (margin, ranges)
-        return ranges
-
-    def check_schema(self, kpis: Sequence[str]) -> None:
-        """Raise ModelMismatchError unless `kpis` are exactly the manifest's, in order."""
-        kpis = tuple(kpis)
-        if kpis == self.kpis:
-            return
-        missing = [k for k in self.kpis if k not in kpis]
-        extra = [k for k in kpis if k not in self.kpis]
-        parts = [f"missing {missing}"] if missing else []
-        parts += [f"not in the model {extra}"] if extra else []
-        if not parts:
-            parts = [f"same KPIs in another order: {list(kpis)} vs the model's {list(self.kpis)}"]
-        detail = ", ".join(parts)
-        raise ModelMismatchError(f"source KPIs do not match the model's: {detail}")

@@ -2,11 +2,15 @@
 
 `Framer` holds what a run needs (built and checked before the network is touched: ids, the
 model's sha256, self-test and KPI schema, the source) and runs the loop: gather up to `batch`
-measurements (`edge.intake`), drop those out of the model's range, encode them in one
-onnxruntime call, build frame seq 0, 1, 2, ... of the bdSeq and hand it to the delivery
-(`edge.delivery`: spool first, then the broker). Between frames it switches to a staged
-model (`edge.modelslots`) and announces it in a fresh birth; a new model failing on probation is
-replaced by the previous one and the batch re-encoded. `edge.agent` runs it end to end.
+measurements (`edge.intake`), drop those out of the model's range, encode them, build frame
+seq 0, 1, 2, ... of the bdSeq and hand it to the delivery (`edge.delivery`: spool first, then
+the broker). An ONNX encoder codes the batch in one onnxruntime call into a version 2 frame
+that stands alone; a temporal codec codes it into version 3 frames that continue each other
+(`edge.chain`: the state between frames, keys at the start of a frame only, a new chain
+after anything that breaks one). Between frames it switches to a staged model
+(`edge.modelslots`) and announces it in a fresh birth; a new model failing on probation is
+replaced by the previous one and the rest of the batch re-encoded. `edge.agent` runs it end
+to end.
 """
 
 from __future__ import annotations
@@ -17,27 +21,33 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
 from ..shared.birth import birth_payload, death_payload, state_from_manifest
+from ..shared.chainframe import ChainHead, chain_frame, encode_chain_frame
 from ..shared.errors import SparsetelError, WireError
 from ..shared.kpi import parse_sentinels
 from ..shared.topics import validate_id
 from ..shared.wire import Frame, Record, encode_frame
+from .chain import FrameChain
 from .delivery import Delivery
-from .encoder import OnnxEncoder
 from .heartbeat import Heartbeat
 from .intake import Intake
+from .models import Encoder
 from .modelslots import ModelSlot
 from .publisher import Publisher
 from .replay import open_source
 from .settings import EdgeConfig
 from .source import Measurement
 from .spool import Spool
+from .temporalencoder import TemporalEncoder
 from .updater import ModelStore, Updater, load_trust_key
+
+if TYPE_CHECKING:
+    from .encoder import OnnxEncoder
 
 __all__ = ["AgentStats", "Framer"]
 
@@ -119,9 +129,13 @@ class Framer:
         self.bd_seq = 0
         self.seq = 0
         self.delivery: Delivery | None = None  # frames through the spool to the broker
+        interval_ms = (
+            None if cfg.key_interval_s is None else max(1, round(cfg.key_interval_s * 1000))
+        )
+        self.chain = FrameChain(cfg.key_interval, interval_ms)  # temporal codec: v3 frames
 
     @property
-    def encoder(self) -> OnnxEncoder:
+    def encoder(self) -> Encoder:
         return self.models.encoder
 
     def stop(self) -> None:
@@ -148,6 +162,7 @@ class Framer:
         if switched is None:
             return
         staged, previous = switched
+        self.chain.cut()  # the new model starts its own chain
         self.stats.switches += staged.kind == "deploy"
         self.stats.rollbacks += staged.kind != "deploy"
         publisher.rebirth()
@@ -160,6 +175,7 @@ class Framer:
         failed = self.models.fall_back()
         if failed is None:
             return False
+        self.chain.cut()
         self.stats.rollbacks += 1
         log.error("model %s failed on probation, rolled back: %s", failed.model_sha256[:16], exc)
         publisher.rebirth()
@@ -207,6 +223,7 @@ class Framer:
             "spool_depth": spool.depth if spool else 0,
             "spool_bytes": spool.size_bytes if spool else 0,
             "spool_dropped": self._spool_dropped(),
+            "dropped": [list(r) for r in spool.dropped_ranges()] if spool else [],
         }
 
     def _spool_dropped(self) -> int:
@@ -258,32 +275,118 @@ class Framer:
                 if not batch:
                     return
                 x = x[ok]
-        try:
-            codes = self._encode(x)
-        except SparsetelError as exc:  # the graph broke its contract on this batch
+        done = 0
+        while done < len(batch):
             try:
-                if not self._fall_back(exc, publisher):
-                    raise
-                codes = self._encode(x)  # the same batch, with the previous model
-            except SparsetelError as final:
-                self.stats.rejects["encode"] += len(batch)
-                log.error("batch of %s dropped: %s", len(batch), final)
-                return
+                done = self._send_some(batch, x, done, publisher)
+            except SparsetelError as exc:  # the model broke its contract on this batch
+                try:
+                    if not self._fall_back(exc, publisher):
+                        raise
+                except SparsetelError as final:  # the rest of the batch, with the previous model
+                    self.chain.cut()
+                    self.stats.rejects["encode"] += len(batch) - done
+                    log.error("batch of %s dropped: %s", len(batch) - done, final)
+                    return
+
+    def _send_some(
+        self, batch: list[Measurement], x: np.ndarray, start: int, publisher: Publisher
+    ) -> int:
+        """Encode and hand on measurements from `start` on: the rest of the batch (ONNX) or
+        one frame (temporal codec); returns how far the batch is done."""
+        encoder = self.encoder
+        if isinstance(encoder, TemporalEncoder):
+            return self._send_chained(encoder, batch, x, start)
+        codes = self._encode(encoder, x[start:])
         self.models.encoded()
-        audited = self._audit_rng.random(len(batch)) < self.cfg.audit_share
+        rest = batch[start:]
+        audited = self._audits(len(rest))
         records = tuple(
             Record(m.t_ms, c, tuple(m.values.tolist()) if sample else None)
-            for m, c, sample in zip(batch, codes, audited.tolist(), strict=True)
+            for m, c, sample in zip(rest, codes, audited, strict=True)
         )
-        self.stats.audits += int(audited.sum())
-        self._publish(records, tuple(m.pos for m in batch), publisher)
+        self._publish(records, tuple(m.pos for m in rest), publisher)
+        return len(batch)
 
-    def _encode(self, x: np.ndarray) -> list[tuple[int, ...]]:
+    def _audits(self, n: int, count: bool = True) -> list[bool]:
+        """Which of `n` measurements also travel raw (drawn at `audit_share`); `count`: add
+        them to the audit counter now."""
+        audited = self._audit_rng.random(n) < self.cfg.audit_share
+        if count:
+            self.stats.audits += int(audited.sum())
+        return [bool(a) for a in audited.tolist()]
+
+    def _encode(self, encoder: OnnxEncoder, x: np.ndarray) -> list[tuple[int, ...]]:
         started = time.perf_counter()
-        codes = self.encoder.encode_records(x)
+        codes = encoder.encode_records(x)
         if self.heartbeat is not None:
             self.heartbeat.clock.record(time.perf_counter() - started, len(x))
         return codes
+
+    def _send_chained(
+        self, encoder: TemporalEncoder, batch: list[Measurement], x: np.ndarray, start: int
+    ) -> int:
+        """One version 3 frame from `start` on: a new chain from a key measurement when one
+        is due (`edge.chain`), else continuing the last frame; returns where it ends."""
+        if self.seq > _U32:
+            self.stats.rejects["seq_exhausted"] += len(batch) - start
+            self.stop()
+            return len(batch)
+        chain = self.chain
+        times = [m.t_ms for m in batch[start:]]
+        key, n = chain.split(times)
+        audited = self._audits(n, count=False)  # drawn once, kept if the frame is halved
+        while True:
+            started = time.perf_counter()
+            payload, decoded = encoder.encode_frame(x[start : start + n], key, chain.state)
+            if self.heartbeat is not None:
+                self.heartbeat.clock.record(time.perf_counter() - started, n)
+            try:
+                data = self._chain_bytes(
+                    encoder, batch[start : start + n], key, payload, audited[:n]
+                )
+                break
+            except WireError as exc:
+                if exc.reason == "too_large" and n > 1:
+                    n //= 2  # the same measurements, coded again into a smaller frame
+                    continue
+                chain.cut()
+                self.stats.rejects[f"wire_{exc.reason}"] += n
+                log.error("frame of %s measurements dropped: %s", n, exc)
+                return start + n
+        self.models.encoded()
+        self.stats.audits += sum(audited[:n])
+        sent = batch[start : start + n]
+        if self._deliver(data, sent, starts=key):
+            chain.advance(key, times[:n], decoded.state)
+        else:
+            chain.cut()
+        assert self.delivery is not None
+        if self.delivery.spool.take_cut():  # the spool dropped the chain this frame continues
+            chain.cut()
+        return start + n
+
+    def _chain_bytes(
+        self,
+        encoder: TemporalEncoder,
+        sent: list[Measurement],
+        key: bool,
+        payload: bytes,
+        audited: list[bool],
+    ) -> bytes:
+        """The version 3 frame (seq `self.seq`) of measurements `sent` coded into `payload`;
+        `audited[i]`: measurement i travels raw as well."""
+        period = self.source.period_ms
+        times = [m.t_ms for m in sent]
+        head = ChainHead(encoder.model_ref, times[0], period, encoder.L, encoder.K) if key else None
+        audit = [
+            tuple(m.values.tolist()) if a else None for m, a in zip(sent, audited, strict=True)
+        ]
+        frame = chain_frame(
+            self.bd_seq, self.seq, times, period, (0,) if key else (), payload, head,
+            self.chain.last_ms, audit=audit,
+        )  # fmt: skip
+        return encode_chain_frame(frame)
 
     def _publish(
         self,
@@ -316,12 +419,25 @@ class Framer:
             self.stats.rejects[f"wire_{exc.reason}"] += len(records)
             log.error("frame of %s records dropped: %s", len(records), exc)
             return
-        self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
         key, pos = self.source.resume_key, positions[-1]
         cursor = (key, pos, records[-1].t_ms) if key is not None and pos is not None else None
+        self._hand_on(payload, len(records), cursor, starts=True)
+
+    def _deliver(self, payload: bytes, sent: list[Measurement], starts: bool) -> bool:
+        key, pos = self.source.resume_key, sent[-1].pos
+        cursor = (key, pos, sent[-1].t_ms) if key is not None and pos is not None else None
+        return self._hand_on(payload, len(sent), cursor, starts)
+
+    def _hand_on(
+        self, payload: bytes, count: int, cursor: tuple[str, int, int] | None, starts: bool
+    ) -> bool:
+        """Frame `self.seq` (of `count` measurements) to the delivery; True once it is safe."""
+        seq = self.seq
+        self.seq += 1  # consumed even when the frame is dropped: the cloud sees the gap
         assert self.delivery is not None, "frames are published only once delivery is set up"
-        reason = self.delivery.deliver(frame.bd_seq, frame.seq, payload, cursor)
+        reason = self.delivery.deliver(self.bd_seq, seq, payload, cursor, starts=starts)
         if reason is not None:
-            self.stats.rejects[reason] += len(records)
-            return
-        self.stats.measurements += len(records)
+            self.stats.rejects[reason] += count
+            return False
+        self.stats.measurements += count
+        return True

@@ -4,7 +4,8 @@ next beat follows soon).
 
 A beat carries the edge, group and bdSeq, a timestamp and the uptime, the model running, the
 counters (measurements, next seq, frames sent and acknowledged, replayed, rejects by reason),
-the spool (depth, bytes, frames dropped) and the encode latency since the previous beat: mean
+the spool (depth, bytes, frames dropped, and the most recent dropped bdSeq/seq ranges, so the
+cloud stops waiting for them) and the encode latency since the previous beat: mean
 milliseconds per measurement and the slowest batch (`EncodeClock`). Every beat is built
 through the schema the cloud reads it with (`sparsetel.shared.health`), so it validates.
 """

@@ -1,8 +1,10 @@
 """The models an agent holds: the encoder it runs, the one before it, and one staged to take
 over, with the probation a newly deployed encoder serves.
 
-The updater thread (`edge.updater`) stages a verified encoder; the frame loop switches to it
-between two frames (`switch`), so every frame is encoded whole by one model. A deployed
+An encoder is either kind of model (`edge.models`: an ONNX encoder or a temporal codec); a
+slot holds any mix of them. The updater thread (`edge.updater`) stages a verified encoder;
+the frame loop switches to it between two frames (`switch`), so every frame is encoded whole
+by one model (and a temporal codec starts a new chain after every switch). A deployed
 encoder is on probation for its first `probation_frames` frames: if it fails in that time,
 `fall_back` returns to the previous one. Every switch is recorded in ``state_dir/models/
 active.json`` (`ModelStore`), and a restarted agent starts on the model it last switched to
@@ -17,7 +19,7 @@ import threading
 from pathlib import Path
 
 from ..shared.errors import ModelMismatchError
-from .encoder import OnnxEncoder
+from .models import Encoder, load_encoder
 from .updater import ActiveModels, ModelStore, Staged
 
 __all__ = ["ModelSlot"]
@@ -39,24 +41,24 @@ class ModelSlot:
         self._staged: Staged | None = None
         self._lock = threading.Lock()
 
-    def _load(self) -> tuple[OnnxEncoder, OnnxEncoder | None]:
+    def _load(self) -> tuple[Encoder, Encoder | None]:
         """The encoder to start with and the one before it: the model last switched to, if
         it was deployed over this same ``--model``; else ``--model`` itself."""
         active = self.store.read_active()
         if active is None or active.base != str(self.base):
             if active is not None:
                 log.info("started with another --model: deployed models are set aside")
-            return OnnxEncoder(self.base), None
+            return load_encoder(self.base), None
         try:
-            encoder = OnnxEncoder(active.current)
+            encoder = load_encoder(active.current)
             encoder.self_test()
         except ModelMismatchError as exc:
             log.error("deployed model %s unusable (%s): starting on --model", active.current, exc)
-            return OnnxEncoder(self.base), None
+            return load_encoder(self.base), None
         previous = None
         if active.previous is not None:
             try:
-                previous = OnnxEncoder(active.previous)
+                previous = load_encoder(active.previous)
             except ModelMismatchError as exc:
                 log.warning("previous model %s is unusable, no rollback: %s", active.previous, exc)
         log.info("running deployed model %s", encoder.model_sha256[:16])
@@ -71,7 +73,7 @@ class ModelSlot:
         with self._lock:
             self._staged = staged
 
-    def switch(self) -> tuple[Staged, OnnxEncoder] | None:
+    def switch(self) -> tuple[Staged, Encoder] | None:
         """Frame loop, between frames: run the staged encoder and record it; returns what
         was staged and the encoder it replaced, or None when nothing was staged."""
         if self._staged is None:
@@ -92,7 +94,7 @@ class ModelSlot:
         """The running encoder encoded one more frame."""
         self.probation = max(0, self.probation - 1)
 
-    def fall_back(self) -> OnnxEncoder | None:
+    def fall_back(self) -> Encoder | None:
         """The running encoder failed: back to the previous one if it is still on probation.
         Returns the failed encoder, or None when it stays (no probation, nothing before)."""
         if self.probation <= 0 or self.previous is None:

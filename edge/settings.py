@@ -16,11 +16,12 @@ from ..shared.config import BrokerConfig, load_config
 from ..shared.errors import ConfigError
 from ..shared.kpi import parse_kpi_list
 from ..shared.topics import validate_id
-from ..shared.wire import AGENT_BATCH, AGENT_MAX_BATCH_DELAY_S, MAX_RECORDS
+from ..shared.wire import AGENT_BATCH, AGENT_KEY_INTERVAL, AGENT_MAX_BATCH_DELAY_S, MAX_RECORDS
 
 __all__ = ["EdgeConfig", "default_state_dir", "edge_config_from_flags"]
 
 _U32 = 2**32 - 1
+MAX_KEY_INTERVAL = 1_000_000  # measurements between keys at most (11.6 days at 1 Hz)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class EdgeConfig:
     """Everything one edge agent needs; L, K and the KPIs come from the model, not from here.
 
     - `group`, `edge_id`: ids in the topics ([A-Za-z0-9_.-]{1,64}).
-    - `model`: a run directory holding encoder.onnx and manifest.json.
+    - `model`: a run directory holding manifest.json and encoder.onnx (an ONNX encoder) or
+      codec.json (a temporal codec, `edge.models`).
     - `source`: a CSV file to replay, or "-" for JSON lines on stdin.
     - `rate_hz`: CSV replay pace; None = as fast as possible (synthetic clock).
     - `limit`: stop after this many measurements; None = the whole source.
@@ -65,9 +67,17 @@ class EdgeConfig:
       deployments must be signed with; None = the agent refuses every deployment.
     - `fetch_timeout_s`: how long to wait for a deployed model's bundle;
       `probation_frames`: a new model that fails within this many frames is rolled back.
+    - `key_interval` (1..1000000), `key_interval_s` (None = off, else in (0, 86400]): with a
+      temporal codec, a frame starts a new chain from a key measurement once this many
+      measurements, or this many seconds of measurement time, have passed since the last key
+      (and at the first frame of a run, after a model switch and after a frame that could not
+      be built or sent); every other frame continues its predecessor. A key costs more bytes
+      than a measurement in context and bounds what a lost frame takes with it: the cloud
+      decodes again from the next key. ONNX models send frames that stand alone, no keys.
     - `spool_max_bytes`, `spool_max_age_s`: bounds of the on-disk spool
       (``state_dir/spool.db``) that holds every frame until the broker acknowledges it;
-      beyond them the oldest frames are dropped, loudly.
+      beyond them the oldest frames are dropped, loudly (whole chains of a temporal codec:
+      up to the next frame that starts one).
     """
 
     group: str
@@ -96,6 +106,8 @@ class EdgeConfig:
     trust_key: Path | None = None
     fetch_timeout_s: float = 30.0
     probation_frames: int = 10
+    key_interval: int = AGENT_KEY_INTERVAL
+    key_interval_s: float | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age_s: float = 7 * 24 * 3600.0
 
@@ -115,6 +127,12 @@ class EdgeConfig:
             ("health_interval_s", 0 < self.health_interval_s <= 86_400, "in (0, 86400]"),
             ("fetch_timeout_s", 0 < self.fetch_timeout_s <= 3600, "in (0, 3600]"),
             ("probation_frames", self.probation_frames >= 0, ">= 0"),
+            ("key_interval", 1 <= self.key_interval <= MAX_KEY_INTERVAL, "in 1..1000000"),
+            (
+                "key_interval_s",
+                self.key_interval_s is None or 0 < self.key_interval_s <= 86_400,
+                "in (0, 86400] or unset",
+            ),
             ("range_margin", self.range_margin is None or self.range_margin >= 0, ">= 0"),
             ("spool_max_bytes", self.spool_max_bytes >= 1, ">= 1"),
             ("spool_max_age_s", self.spool_max_age_s > 0, "> 0"),
@@ -180,6 +198,8 @@ def edge_config_from_flags(args: argparse.Namespace) -> EdgeConfig:
         "sentinels": flag("sentinels"),
         "time_column": flag("time_column"),
         "range_margin": flag("range_margin"),
+        "key_interval": flag("key_interval"),
+        "key_interval_s": flag("key_interval_s"),
         "kpis": list(parse_kpi_list(kpis)) if kpis else None,
         "broker": {"url": flag("broker")},
     }

@@ -15,6 +15,16 @@ the last few frames, never corrupt the file). The spool is bounded by bytes and 
 (`SpoolLimits`); when either is exceeded it drops the oldest frames first, counts them and
 logs what it dropped (bdSeq/seq range), so an operator sees the gap the cloud will report.
 
+A temporal codec's frames (version 3) form chains: a frame that starts one (from a key
+measurement) and frames that each continue their predecessor. A chained frame whose
+predecessor is gone can never be decoded, so the spool keeps per frame whether it starts a
+chain (`starts`; every version 1 or 2 frame stands alone, so starts one) and drops whole
+chains: from the oldest frame up to, not including, the next frame that starts a chain. When
+no such frame follows, the chain the agent is still continuing went too, and `take_cut` tells
+it to start a new one. The most recent dropped (bdSeq, first seq, last seq) ranges are kept
+in the spool's file (`dropped_ranges`, at most `MAX_DROPPED_RANGES`) for the heartbeat, so the
+cloud stops waiting for frames that will never come.
+
 The spool is safe to use from several threads (paho's network thread acknowledges while
 the agent's thread stores): one connection, guarded by a lock.
 """
@@ -29,12 +39,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..shared.chainframe import (
+    CHAIN_VERSION,
+    decode_chain_frame,
+    encode_chain_frame,
+    frame_version,
+)
 from ..shared.errors import SparsetelError
 from ..shared.wire import decode_frame, encode_frame
 
-__all__ = ["Spool", "SpoolError", "SpoolLimits", "SpoolStats", "Spooled", "as_historical"]
+__all__ = [
+    "MAX_DROPPED_RANGES",
+    "Spool",
+    "SpoolError",
+    "SpoolLimits",
+    "SpoolStats",
+    "Spooled",
+    "as_historical",
+]
 
 log = logging.getLogger(__name__)
+
+MAX_DROPPED_RANGES = 32  # dropped (bd_seq, first_seq, last_seq) ranges kept, the most recent
+_Row = tuple[int, int, int, int]  # id, bd_seq, seq, payload bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -44,10 +71,17 @@ CREATE TABLE IF NOT EXISTS frames (
     created_ms INTEGER NOT NULL,
     payload BLOB NOT NULL,
     sent_ms INTEGER,
-    tries INTEGER NOT NULL DEFAULT 0
+    tries INTEGER NOT NULL DEFAULT 0,
+    starts INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS frames_key ON frames (bd_seq, seq);
 CREATE INDEX IF NOT EXISTS frames_sent ON frames (sent_ms);
+CREATE TABLE IF NOT EXISTS dropped (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bd_seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cursors (
     source TEXT PRIMARY KEY,
     pos INTEGER NOT NULL,
@@ -109,6 +143,7 @@ class Spool:
         self.stats = SpoolStats()
         self._clock = clock
         self._lock = threading.Lock()
+        self._cut = False  # a drop reached the newest frame: its chain is gone
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -136,10 +171,17 @@ class Spool:
         return self._bytes
 
     def put(
-        self, bd_seq: int, seq: int, payload: bytes, cursor: tuple[str, int, int] | None = None
+        self,
+        bd_seq: int,
+        seq: int,
+        payload: bytes,
+        cursor: tuple[str, int, int] | None = None,
+        starts: bool = True,
     ) -> int:
         """Store one frame (committed when this returns) and return its id; then drop the
-        oldest frames beyond the limits. SpoolError for a frame larger than the whole spool.
+        oldest frames beyond the limits, whole chains at a time. SpoolError for a frame larger
+        than the whole spool. `starts`: the frame starts a chain (every frame but a version 3
+        frame that continues its predecessor).
 
         `cursor` (source, position, t_ms): how far into `source` this frame reaches, stored in
         the same transaction, so a restarted agent resumes exactly after the last frame that
@@ -154,8 +196,9 @@ class Spool:
             self._db.execute("BEGIN")
             try:
                 cur = self._db.execute(
-                    "INSERT INTO frames (bd_seq, seq, created_ms, payload) VALUES (?, ?, ?, ?)",
-                    (bd_seq, seq, now_ms, payload),
+                    "INSERT INTO frames (bd_seq, seq, created_ms, payload, starts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (bd_seq, seq, now_ms, payload, int(starts)),
                 )
                 if cursor is not None:
                     self._db.execute(
@@ -172,6 +215,38 @@ class Spool:
             self._expire(now_ms)
             self._trim()
             return int(cur.lastrowid or 0)
+
+    def take_cut(self) -> bool:
+        """True (once) when a drop since the last call reached the newest frame: the chain the
+        agent continues is gone, so its next frame must start a new one."""
+        with self._lock:
+            cut, self._cut = self._cut, False
+            return cut
+
+    def dropped_ranges(self) -> list[tuple[int, int, int]]:
+        """The most recent ranges of frames dropped unacknowledged (beyond the limits, or
+        damaged on disk), oldest first: (bd_seq, first_seq, last_seq), at most
+        `MAX_DROPPED_RANGES`, kept across restarts."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bd_seq, first_seq, last_seq FROM dropped ORDER BY id DESC LIMIT ?",
+                (MAX_DROPPED_RANGES,),
+            ).fetchall()
+        return [(int(b), int(f), int(last)) for b, f, last in reversed(rows)]
+
+    def discard(self, frame_id: int, why: str) -> bool:
+        """Drop one frame that can never be delivered (damaged on disk), recording its range;
+        False when it was gone already. The frames after it may continue it, so the agent's
+        next frame starts a new chain (`take_cut`)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames WHERE id = ?", (frame_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            self._drop([row], why)
+            self._cut = True
+            return True
 
     def ack(self, ids: Iterable[int]) -> int:
         """Forget acknowledged frames; returns how many were still here (an id already gone,
@@ -275,11 +350,11 @@ class Spool:
 
     def _expire(self, now_ms: int) -> None:
         cutoff = now_ms - int(self.limits.max_age_s * 1000)
-        rows = self._db.execute(
-            "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames WHERE created_ms < ? ORDER BY id",
-            (cutoff,),
-        ).fetchall()
-        if rows:
+        row = self._db.execute(
+            "SELECT MAX(id) FROM frames WHERE created_ms < ?", (cutoff,)
+        ).fetchone()
+        if row[0] is not None:
+            rows = self._whole_chains(int(row[0]))
             self._drop(rows, f"older than {self.limits.max_age_s:g} s")
             self.stats.dropped_age += len(rows)
 
@@ -287,20 +362,37 @@ class Spool:
         excess = self._bytes - self.limits.max_bytes
         if excess <= 0:
             return
-        rows, freed = [], 0
-        oldest = "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames ORDER BY id"
-        for row in self._db.execute(oldest):
-            rows.append(row)
-            freed += int(row[3])
+        last, freed = 0, 0
+        for frame_id, size in self._db.execute(
+            "SELECT id, LENGTH(payload) FROM frames ORDER BY id"
+        ):
+            last, freed = int(frame_id), freed + int(size)
             if freed >= excess:
                 break
+        rows = self._whole_chains(last)
         self._drop(rows, f"spool full (max_bytes {self.limits.max_bytes})")
         self.stats.dropped_full += len(rows)
 
-    def _drop(self, rows: list[tuple[int, int, int, int]], why: str) -> None:
-        """Delete `rows` (id, bd_seq, seq, bytes), oldest first, and say so loudly."""
+    def _whole_chains(self, last_id: int) -> list[_Row]:
+        """The oldest frames through `last_id` and on up to, not including, the next frame
+        that starts a chain (all of them when none follows: then the open chain is cut)."""
+        after = self._db.execute(
+            "SELECT MIN(id) FROM frames WHERE id > ? AND starts != 0", (last_id,)
+        ).fetchone()[0]
+        columns = "SELECT id, bd_seq, seq, LENGTH(payload) FROM frames"
+        if after is None:
+            self._cut = True
+            return list(self._db.execute(f"{columns} ORDER BY id"))
+        return list(self._db.execute(f"{columns} WHERE id < ? ORDER BY id", (int(after),)))
+
+    def _drop(self, rows: list[_Row], why: str) -> None:
+        """Delete `rows` (id, bd_seq, seq, bytes), oldest first, record their seq ranges and
+        say so loudly."""
+        if not rows:
+            return
         self._db.execute("BEGIN")
         self._db.executemany("DELETE FROM frames WHERE id = ?", [(r[0],) for r in rows])
+        self._record_dropped(rows)
         self._db.execute("COMMIT")
         size = sum(int(r[3]) for r in rows)
         self._count -= len(rows)
@@ -320,6 +412,32 @@ class Spool:
             last[2],
         )
 
+    def _record_dropped(self, rows: list[_Row]) -> None:
+        """Add the (bd_seq, first_seq, last_seq) runs of `rows` to the dropped ranges, joining
+        a run that continues the latest range, and keep the most recent ones only."""
+        latest = self._db.execute(
+            "SELECT id, bd_seq, first_seq, last_seq FROM dropped ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        runs: list[list[int]] = [] if latest is None else [list(latest)]
+        fresh = len(runs)
+        for _, bd_seq, seq, _ in rows:
+            if runs and runs[-1][1] == bd_seq and runs[-1][3] + 1 == seq:
+                runs[-1][3] = seq
+            else:
+                runs.append([0, bd_seq, seq, seq])
+        if fresh and runs[0][3] != latest[3]:
+            self._db.execute(
+                "UPDATE dropped SET last_seq = ? WHERE id = ?", (runs[0][3], runs[0][0])
+            )
+        self._db.executemany(
+            "INSERT INTO dropped (bd_seq, first_seq, last_seq) VALUES (?, ?, ?)",
+            [tuple(r[1:]) for r in runs[fresh:]],
+        )
+        self._db.execute(
+            "DELETE FROM dropped WHERE id <= (SELECT MAX(id) FROM dropped) - ?",
+            (MAX_DROPPED_RANGES,),
+        )
+
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Create the tables, or add what a spool written by an older agent lacks."""
@@ -327,12 +445,21 @@ def _migrate(db: sqlite3.Connection) -> None:
     if columns and "sent_ms" not in columns:
         db.execute("ALTER TABLE frames ADD COLUMN sent_ms INTEGER")
         db.execute("ALTER TABLE frames ADD COLUMN tries INTEGER NOT NULL DEFAULT 0")
+    if columns and "starts" not in columns:  # frames of older agents (v1, v2) stand alone
+        db.execute("ALTER TABLE frames ADD COLUMN starts INTEGER NOT NULL DEFAULT 1")
     db.executescript(SCHEMA)
 
 
 def as_historical(payload: bytes) -> bytes:
     """The same frame flagged historical: replayed from the spool, not live. A version 1
-    frame stays version 1 (no CRC to vouch for bytes never checked). WireError when the
-    frame is damaged (on disk: its CRC no longer matches)."""
+    frame stays version 1 (no CRC to vouch for bytes never checked); a version 3 frame stays
+    the same chain link, its CRC recomputed (each frame has one encoding, so only the flag
+    and the CRC change). WireError when the frame is damaged (on disk: its CRC no longer
+    matches)."""
+    if frame_version(payload) == CHAIN_VERSION:
+        chained = decode_chain_frame(payload)
+        if chained.historical:
+            return payload
+        return encode_chain_frame(replace(chained, historical=True))
     frame = decode_frame(payload)
     return payload if frame.historical else encode_frame(replace(frame, historical=True))

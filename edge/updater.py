@@ -8,8 +8,11 @@ the running model untouched) unless, in this order:
 1. the agent has a trusted public key (``--trust-key``) and the bundle carries an Ed25519
    signature by it over its manifest;
 2. the manifest is the model the command named, and the encoder's sha256 is the manifest's;
-3. onnxruntime loads the graph and it has the encoder's inputs and outputs;
-4. its KPI schema is the source's, and it reproduces the manifest's probe codes (self-test).
+3. the model loads (`edge.models.load_encoder`): onnxruntime takes the graph and it has the
+   encoder's inputs and outputs, or the temporal codec (``codec.json``) parses and matches
+   the manifest;
+4. its KPI schema is the source's, and it reproduces the manifest's probe codes, or for a
+   temporal codec the probe payload byte for byte (self-test).
 
 Then it reports ``verified`` and stages the encoder (`edge.modelslots.ModelSlot`); the agent's
 frame loop switches between two frames (no measurement is dropped: a batch is encoded whole
@@ -43,12 +46,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ..shared.bundle import Bundle, signed_message, unpack_bundle
+from ..shared.bundle import Bundle, encoder_file, signed_message, unpack_bundle
 from ..shared.commands import DeployReport, Step
 from ..shared.errors import ConfigError, ModelMismatchError
 from ..shared.rundir import ENCODER_FILE, MANIFEST_FILE
 from ..shared.topics import model_topic
-from .encoder import OnnxEncoder
+from .models import Encoder, load_encoder
 
 __all__ = ["SIGNATURE_FILE", "ActiveModels", "ModelStore", "Staged", "Updater", "load_trust_key"]
 
@@ -89,15 +92,17 @@ class ModelStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / MODELS_DIR
 
-    def save(self, bundle: Bundle, model_ref: str) -> Path:
-        """Write the bundle as a run directory (encoder, manifest, signature); its path.
+    def save(self, bundle: Bundle, model_ref: str, encoder_name: str = ENCODER_FILE) -> Path:
+        """Write the bundle as a run directory (encoder, manifest, signature); its path. The
+        encoder goes under `encoder_name`, the name its kind has in a run (``encoder.onnx`` or
+        ``codec.json``: `shared.bundle.encoder_file` of the bundle's manifest).
 
         Written to a temporary directory and renamed, so a crash never leaves half a model."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / model_ref
         tmp = Path(tempfile.mkdtemp(prefix=f".{model_ref}-", dir=self.root))
         try:
-            (tmp / ENCODER_FILE).write_bytes(bundle.encoder)
+            (tmp / encoder_name).write_bytes(bundle.encoder)
             (tmp / MANIFEST_FILE).write_bytes(bundle.manifest_bytes)
             (tmp / SIGNATURE_FILE).write_bytes(bundle.signature)
             if final.exists():
@@ -140,7 +145,7 @@ class ModelStore:
 class Staged:
     """An encoder the frame loop should switch to, and why ("deploy" or "rollback")."""
 
-    encoder: OnnxEncoder
+    encoder: Encoder
     deployment: str
     kind: str
 
@@ -169,8 +174,8 @@ class Updater:
         store: ModelStore,
         trust_key: Ed25519PublicKey | None,
         link: Link,
-        current: Callable[[], OnnxEncoder],
-        previous: Callable[[], OnnxEncoder | None],
+        current: Callable[[], Encoder],
+        previous: Callable[[], Encoder | None],
         stage: Callable[[Staged], None],
         fetch_timeout_s: float = 30.0,
     ) -> None:
@@ -235,7 +240,7 @@ class Updater:
             return
         self._stage(Staged(previous, deployment, "rollback"))
 
-    def _verify(self, model_ref: str, model_sha256: str) -> OnnxEncoder:
+    def _verify(self, model_ref: str, model_sha256: str) -> Encoder:
         """Fetch, check and load the bundle; ModelMismatchError saying which check failed."""
         if self.trust_key is None:
             raise ModelMismatchError("this agent has no --trust-key: it accepts no deployment")
@@ -262,9 +267,9 @@ class Updater:
                 f"encoder sha256 {bundle.encoder_sha256[:16]} is not the manifest's "
                 f"{manifest.model_sha256[:16]}"
             )
-        run_dir = self.store.save(bundle, model_ref)
+        run_dir = self.store.save(bundle, model_ref, encoder_file(manifest))
         try:
-            encoder = OnnxEncoder(run_dir)  # hash and graph signature again, from disk
+            encoder = load_encoder(run_dir)  # hash and graph signature again, from disk
             encoder.check_schema(self.kpis)
             encoder.self_test()
         except ModelMismatchError:
@@ -272,7 +277,7 @@ class Updater:
             raise
         return encoder
 
-    def switched(self, staged: Staged, previous: OnnxEncoder) -> None:
+    def switched(self, staged: Staged, previous: Encoder) -> None:
         """The frame loop runs `staged.encoder` now, in place of `previous`: report it."""
         step: Step = "switched" if staged.kind == "deploy" else "rolled_back"
         self.report(

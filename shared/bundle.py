@@ -7,12 +7,16 @@ Layout (integers big-endian)::
     version                 u8   (BUNDLE_VERSION)
     manifest length         u32, then the manifest JSON (UTF-8)
     signature length        u16, then the signature (Ed25519: 64 bytes; 0 = unsigned)
-    encoder length          u32, then the ONNX encoder
+    encoder length          u32, then the encoder: the ONNX graph, or a temporal codec's
+                            codec.json (`encoder_file` names the file it is in a run)
 
 The signature covers `signed_message(manifest_bytes)`: a context string and the manifest's
 exact bytes. The manifest names the encoder's sha256, so a valid signature vouches for the
-encoder too once its hash is checked. Signing and verifying need the `cryptography` package
-and live in `cloud.fleet.keys` and `edge.updater`; this module only packs and unpacks bytes.
+encoder too once its hash is checked. The encoder slot holds the file whose sha256 is the
+manifest's `model_sha256`: ``encoder.onnx`` for a memoryless ONNX encoder, ``codec.json`` for
+a temporal codec (``extra["codec"] == "temporal"``); the edge writes it back under that name.
+Signing and verifying need the `cryptography` package and live in `cloud.fleet.keys` and
+`edge.updater`; this module only packs and unpacks bytes.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from dataclasses import dataclass
 
 from .errors import ModelMismatchError
 from .manifest import ModelManifest
+from .rundir import CODEC_FILE, ENCODER_FILE
 
 __all__ = [
     "BUNDLE_VERSION",
     "MAGIC",
     "MAX_BUNDLE_BYTES",
     "Bundle",
+    "encoder_file",
     "pack_bundle",
     "signed_message",
     "unpack_bundle",
@@ -41,6 +47,12 @@ BUNDLE_VERSION = 1
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024 - 64 * 1024
 SIGNATURE_CONTEXT = b"sparsetel model bundle v1\x00"
 _HEAD = struct.Struct(">4sBI")
+
+
+def encoder_file(manifest: ModelManifest) -> str:
+    """The run-directory file a bundle's encoder slot holds for the model `manifest`
+    describes: ``codec.json`` for a temporal codec, else ``encoder.onnx``."""
+    return CODEC_FILE if manifest.extra.get("codec") == "temporal" else ENCODER_FILE
 
 
 def signed_message(manifest_bytes: bytes) -> bytes:

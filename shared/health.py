@@ -13,7 +13,10 @@ fields that validate and leaves the others unknown, so an old bad beat never rea
 Fields (all optional but ``edge`` and ``group``): ``timestamp_ms``, ``bd_seq``,
 ``model_sha256``, the counts in `COUNTS` (integers in 0..2**53-1), the latencies in
 `LATENCIES` (finite numbers >= 0; the mean may be null before the first measurement), and
-``rejects``: at most `MAX_REASONS` reasons (1-64 printable characters) -> count.
+``rejects``: at most `MAX_REASONS` reasons (1-64 printable characters) -> count, and
+``dropped``: the most recent ranges of frames the edge's spool dropped unsent, at most
+`MAX_DROPPED` ``[bd_seq, first_seq, last_seq]`` integer triples (each in 0..2**32-1,
+first_seq <= last_seq), so the cloud stops waiting for frames that will never come.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "COUNTS",
     "LATENCIES",
     "MAX_BEAT_BYTES",
+    "MAX_DROPPED",
     "MAX_REASONS",
     "beat_payload",
     "normalise_beat",
@@ -40,6 +44,7 @@ __all__ = [
 
 MAX_BEAT_BYTES = 8 * 1024  # a beat is about 600 bytes
 MAX_REASONS = 32  # reject reasons per beat; the edge folds the smallest into "other"
+MAX_DROPPED = 32  # dropped seq ranges per beat (the most recent; about 1 KiB at most)
 MAX_EXTRA = 16  # unknown scalar fields kept per beat
 MAX_TEXT = 64  # characters of a reason, an unknown key or an unknown string value
 MAX_COUNT = 2**53 - 1  # integers above this lose precision in JSON numbers
@@ -90,6 +95,20 @@ def _rejects(value: Any) -> dict[str, int]:
         ) from None
 
 
+def _dropped(value: Any) -> list[list[int]]:
+    if not isinstance(value, list) or len(value) > MAX_DROPPED:
+        raise ValueError(f"must be a list of at most {MAX_DROPPED} [bd_seq, first_seq, last_seq]")
+    out = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ValueError("must hold [bd_seq, first_seq, last_seq] triples")
+        bd_seq, first, last = (_count(v, _U32) for v in item)
+        if first > last:
+            raise ValueError(f"has a range whose first_seq {first} > last_seq {last}")
+        out.append([bd_seq, first, last])
+    return out
+
+
 def _id(value: Any) -> str:
     return validate_id(value)
 
@@ -100,6 +119,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "bd_seq": lambda v: _count(v, _U32),
     "model_sha256": _sha,
     "rejects": _rejects,
+    "dropped": _dropped,
     **dict.fromkeys(COUNTS, _count),
     **dict.fromkeys(LATENCIES, _latency),
 }

@@ -29,7 +29,7 @@ decoding can resume at any key.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,12 @@ class TemporalCodec:
     mask_table: FrequencyTable  # 2 symbols: mask as before, mask changed
     local: np.ndarray = field(init=False, repr=False)  # [K] a word's index among its KPI's
     members: tuple[np.ndarray, ...] = field(init=False, repr=False)  # per KPI, its word ids
+    # Derived once, for the encoder's inner loop (the same values it would compute each time):
+    step: np.ndarray = field(init=False, repr=False)  # [K] delta * unit[group]
+    key_values: np.ndarray = field(init=False, repr=False)  # [KW, D] value(keys)
+    group_ids: tuple[int, ...] = field(init=False, repr=False)  # group as Python ints
+    local_ids: tuple[int, ...] = field(init=False, repr=False)  # local as Python ints
+    delta_ids: tuple[int, ...] = field(init=False, repr=False)  # delta as Python ints
 
     def __post_init__(self) -> None:
         D, K = len(self.kpis), len(self.group)
@@ -113,6 +119,11 @@ class TemporalCodec:
         object.__setattr__(self, "members", members)
         object.__setattr__(self, "local", local)
         self._validate()
+        object.__setattr__(self, "step", self.delta * self.unit[self.group])
+        object.__setattr__(self, "key_values", self.value(self.keys))
+        object.__setattr__(self, "group_ids", tuple(int(j) for j in self.group))
+        object.__setattr__(self, "local_ids", tuple(int(i) for i in local))
+        object.__setattr__(self, "delta_ids", tuple(int(d) for d in self.delta))
 
     @property
     def D(self) -> int:
@@ -176,7 +187,7 @@ class TemporalCodec:
             raise ValueError(f"expected shape [n, {self.D}], got {list(x.shape)}")
         with np.errstate(invalid="ignore"):
             f = np.where(self.log, np.log1p(np.maximum(x, 0.0)), x)
-            out: np.ndarray = np.clip((f - self.mean) / self.std, -self.clip, self.clip)
+            out: np.ndarray = _clip((f - self.mean) / self.std, self.clip)
         return out
 
     def denormalise(self, z: np.ndarray) -> np.ndarray:
@@ -188,14 +199,13 @@ class TemporalCodec:
 
     def value(self, units: np.ndarray) -> np.ndarray:
         """The reconstruction (normalised, clamped to ±span) of integer states ([..., D])."""
-        out: np.ndarray = np.clip(self.origin + units * self.unit, -self.span, self.span)
-        return out
+        return _clip(self.origin + units * self.unit, self.span)
 
     # ------------------------------------------------------------------ the encoder
 
     def key_word(self, z: np.ndarray, mask: np.ndarray) -> int:
         """The key word nearest to measurement z (observed KPIs only; [D] each)."""
-        d = ((self.value(self.keys) - z) ** 2 * mask).sum(1)
+        d = ((self.key_values - z) ** 2 * mask).sum(1)
         return int(d.argmin())
 
     def choose_words(
@@ -204,28 +214,35 @@ class TemporalCodec:
         """The model's exact posterior, slot by slot: the words (ids, in slot order) that
         code measurement z (normalised, 0 where missing; mask [D] bool) from state `units`
         (int64 [D], updated in place); at most L - 1 after a key word (kind 0), else L."""
-        g, step = self.group, self.delta * self.unit[self.group]
+        # Per KPI where it can (D values, gathered per word: the same numbers), per word
+        # where it must; each value is computed exactly as ``u = (origin + units * unit)[g]``,
+        # ``gain = wg * ((xg - clip(u))**2 - (xg - clip(u + step))**2)`` would.
+        g, step, span, origin, unit = self.group, self.step, self.span, self.origin, self.unit
         xg, wg = z[g], (self.weight * mask)[g]
         prior = self.log_prior[kind]
+        twice = 2 * self.sigma2
+        gate_prior = self.gate_prior[kind].tolist()
+        total = np.add.reduce  # what ndarray.sum runs, without its Python layers
         out: list[int] = []
         for slot in range(self.L - 1 if kind == 0 else self.L):
-            u = (self.origin + units * self.unit)[g]
-            now = np.clip(u, -self.span, self.span)
-            gain = wg * ((xg - now) ** 2 - (xg - np.clip(u + step, -self.span, self.span)) ** 2)
-            alpha = gain / (2 * self.sigma2) + prior
+            ud = origin + units * unit
+            near = ((z - _clip(ud, span)) ** 2)[g]
+            gain = wg * (near - (xg - _clip(ud[g] + step, span)) ** 2)
+            alpha = gain / twice + prior
             c = int(alpha.argmax())
             if self.gates:
                 p = np.exp(alpha - alpha[c])
-                expected = float((p * alpha).sum() / p.sum())
-                if not (expected + self.gate_prior[kind, slot] > 0 and gain[c] > 0):
+                expected = float(total(p * alpha) / total(p))
+                if not (expected + gate_prior[slot] > 0 and gain[c] > 0):
                     break
-            units[g[c]] += self.delta[c]
+            units[self.group_ids[c]] += self.delta_ids[c]
             out.append(c)
         return out
 
     def sorted_words(self, words: Sequence[int]) -> list[int]:
         """Words in the order they are sent: by KPI, then by id."""
-        return sorted(words, key=lambda w: (int(self.group[w]), w))
+        group = self.group_ids
+        return sorted(words, key=lambda w: (group[w], w))
 
     # ------------------------------------------------------------------ JSON
 
@@ -304,6 +321,13 @@ class TemporalCodec:
         )
 
 
+def _clip(a: np.ndarray, bound: float) -> np.ndarray:
+    """``np.clip(a, -bound, bound)``, computed as clip does (max, then min) without its
+    Python wrapper, which costs more than the arithmetic on a few dozen values."""
+    out: np.ndarray = np.minimum(np.maximum(a, -bound), bound)
+    return out
+
+
 def _int(v: object) -> int:
     if type(v) is not int:
         raise ValueError(f"expected an integer, got {v!r}")
@@ -324,34 +348,27 @@ class Decoded:
     state: ChainState
 
 
+_BIT = FrequencyTable.uniform(2)  # a raw mask bit
+
+
 class _Sink:
     """Where a measurement's symbols go: a range encoder, or a counter (`counts`) when the
-    cloud fits the tables."""
+    cloud fits the tables. `put(table id, table, symbol)`; table ids: (0,) mask changed,
+    (1,) a raw mask bit, (2,) key word, (3, kind, prev) next KPI, (4, kind, j) word of KPI j."""
 
-    def __init__(self, codec: TemporalCodec, counts: dict[tuple[int, ...], np.ndarray] | None):
-        self.codec, self.counts = codec, counts
+    def __init__(self, counts: dict[tuple[int, ...], np.ndarray] | None):
+        self.counts = counts
         self.encoder = RangeEncoder()
-        self._bit = FrequencyTable.uniform(2)
+        self.put: Callable[[tuple[int, ...], FrequencyTable, int], None] = (
+            self._count if counts is not None else self._code
+        )
 
-    def put(self, table: tuple[int, ...], symbol: int) -> None:
-        if self.counts is not None:
-            self.counts[table][symbol] += 1
-            return
-        self.encoder.encode(symbol, _table(self.codec, table, self._bit))
+    def _code(self, tid: tuple[int, ...], table: FrequencyTable, symbol: int) -> None:
+        self.encoder.encode(symbol, table)
 
-
-# Table ids: (0,) mask changed, (1,) a raw mask bit, (2,) key word, (3, kind, prev) next KPI,
-# (4, kind, j) word of KPI j.
-def _table(codec: TemporalCodec, tid: tuple[int, ...], bit: FrequencyTable) -> FrequencyTable:
-    if tid[0] == 0:
-        return codec.mask_table
-    if tid[0] == 1:
-        return bit
-    if tid[0] == 2:
-        return codec.key_table
-    if tid[0] == 3:
-        return codec.kpi_tables[tid[1]][tid[2]]
-    return codec.word_tables[tid[1]][tid[2]]
+    def _count(self, tid: tuple[int, ...], table: FrequencyTable, symbol: int) -> None:
+        assert self.counts is not None
+        self.counts[tid][symbol] += 1
 
 
 def encode_payload(
@@ -373,20 +390,23 @@ def encode_payload(
     if state is None and len(z) and not keys[0]:
         raise ValueError("a frame without a predecessor starts with a key measurement")
     units, mask = _start(codec, state)
-    sink = _Sink(codec, counts)
+    sink = _Sink(counts)
     recon, codes = np.empty(z.shape), []
+    observed = seen.tolist()  # per measurement, its mask as Python bools
+    last = mask.tolist()
     for t in range(len(z)):
         kw = -1
         if keys[t]:
             kw = codec.key_word(z[t], seen[t])
-            units, mask = codec.keys[kw].copy(), np.ones(codec.D, dtype=bool)
+            units = codec.keys[kw].copy()
         words = codec.sorted_words(codec.choose_words(z[t], seen[t], units, 0 if kw >= 0 else 1))
-        _put_measurement(codec, sink, seen[t], mask, kw, words)
-        mask = seen[t]
-        recon[t] = np.where(seen[t], codec.value(units), np.nan)
+        _put_measurement(codec, sink, observed[t], last, kw, words)
+        last = observed[t]
+        recon[t] = codec.value(units)
         codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
+    recon[~seen] = np.nan
     payload = b"" if counts is not None else sink.encoder.finish()
-    return payload, Decoded(recon, tuple(codes), _state(units, mask))
+    return payload, Decoded(recon, tuple(codes), ChainState(tuple(units.tolist()), tuple(last)))
 
 
 def _start(codec: TemporalCodec, state: ChainState | None) -> tuple[np.ndarray, np.ndarray]:
@@ -402,25 +422,29 @@ def _state(units: np.ndarray, mask: np.ndarray) -> ChainState:
 
 
 def _put_measurement(
-    codec: TemporalCodec, sink: _Sink, seen: np.ndarray, mask: np.ndarray, kw: int, words: list[int]
+    codec: TemporalCodec, sink: _Sink, seen: list[bool], mask: list[bool], kw: int, words: list[int]
 ) -> None:
-    before = np.ones(codec.D, dtype=bool) if kw >= 0 else mask
-    changed = bool(np.any(seen != before))
-    sink.put((0,), int(changed))
+    """The symbols of one measurement (`seen`: its observed KPIs; `mask`: the previous
+    measurement's), in the order the module docstring gives."""
+    changed = (not all(seen)) if kw >= 0 else seen != mask
+    put = sink.put
+    put((0,), codec.mask_table, int(changed))
     if changed:
         for bit in seen:
-            sink.put((1,), int(bit))
+            put((1,), _BIT, int(bit))
     kind, cap = (0, codec.L - 1) if kw >= 0 else (1, codec.L)
     if kw >= 0:
-        sink.put((2,), kw)
+        put((2,), codec.key_table, kw)
+    kpi_tables, word_tables = codec.kpi_tables[kind], codec.word_tables[kind]
     prev = codec.D
+    group, local = codec.group_ids, codec.local_ids
     for w in words:
-        j = int(codec.group[w])
-        sink.put((3, kind, prev), j)
-        sink.put((4, kind, j), int(codec.local[w]))
+        j = group[w]
+        put((3, kind, prev), kpi_tables[prev], j)
+        put((4, kind, j), word_tables[j], local[w])
         prev = j
     if len(words) < cap:
-        sink.put((3, kind, prev), codec.D)
+        put((3, kind, prev), kpi_tables[prev], codec.D)
 
 
 def decode_payload(
@@ -432,7 +456,7 @@ def decode_payload(
     if state is None and len(keys) and not keys[0]:
         raise WireError("a frame without a predecessor must start with a key", reason="no_key")
     units, mask = _start(codec, state)
-    dec, bit = RangeDecoder(payload), FrequencyTable.uniform(2)
+    dec, bit = RangeDecoder(payload), _BIT
     D, K = codec.D, codec.K
     recon, codes = np.empty((len(keys), D)), []
     for t, is_key in enumerate(keys):

@@ -276,6 +276,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="reject a measurement beyond the model's training range widened by this many "
         "range widths each side (default 1; inf: no check)",
     )
+    p.add_argument(
+        "--key-interval",
+        type=int,
+        help="temporal codec: a key measurement (a new chain) at most every this many "
+        "measurements (default 60)",
+    )
+    p.add_argument(
+        "--key-interval-s",
+        type=float,
+        help="temporal codec: ... and at most every this many seconds (default: off)",
+    )
     _add_broker_args(p)
     p.add_argument("--json", action="store_true", help="print the agent's counters as JSON")
 

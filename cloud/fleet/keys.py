@@ -6,8 +6,9 @@ load_trust_key`) and installs only a model whose manifest that key signed:
 1. `keygen` writes the pair: the private key (PEM PKCS8, unencrypted) with mode 0600 from
    its first byte, the public key (PEM SubjectPublicKeyInfo) to copy to the edges;
 2. `load_private_key` / `load_public_key` read them back, refusing anything but Ed25519;
-3. `build_bundle` reads an exported run's ``manifest.json`` and ``encoder.onnx`` byte for
-   byte, checks that the manifest names the encoder's sha256, and signs
+3. `build_bundle` reads an exported run's ``manifest.json`` and its encoder (``encoder.onnx``,
+   or ``codec.json`` for a temporal codec: `shared.bundle.encoder_file`) byte for byte,
+   checks that the manifest names the encoder's sha256, and signs
    `shared.bundle.signed_message` of the manifest bytes, so the signature covers the
    encoder through its hash (the wire format is `sparsetel.shared.bundle`).
 
@@ -27,9 +28,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ...shared.bundle import Bundle, signed_message
+from ...shared.bundle import Bundle, encoder_file, signed_message
 from ...shared.errors import ConfigError, ModelMismatchError
-from ...shared.rundir import ENCODER_FILE, MANIFEST_FILE
+from ...shared.manifest import ModelManifest
+from ...shared.rundir import MANIFEST_FILE
 
 __all__ = [
     "PRIVATE_KEY_FILE",
@@ -133,21 +135,28 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def build_bundle(run_dir: Path, private_key: Ed25519PrivateKey) -> Bundle:
-    """The signed bundle of the exported model in `run_dir`, from its files' exact bytes.
+    """The signed bundle of the exported model in `run_dir`, from its files' exact bytes: the
+    manifest and the encoder (ONNX graph or temporal codec, `shared.bundle.encoder_file`).
     ModelMismatchError when a file is missing, the manifest is invalid or the encoder is not
     the one the manifest names."""
-    parts = {}
-    for name in (MANIFEST_FILE, ENCODER_FILE):
-        try:
-            parts[name] = (run_dir / name).read_bytes()
-        except OSError as exc:
-            raise ModelMismatchError(f"cannot read {run_dir / name}: {exc.strerror}") from exc
-    unsigned = Bundle(parts[MANIFEST_FILE], b"", parts[ENCODER_FILE])
-    manifest = unsigned.manifest
+    manifest_bytes = _read_part(run_dir / MANIFEST_FILE)
+    try:
+        manifest = ModelManifest.from_json(manifest_bytes.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelMismatchError(f"{run_dir / MANIFEST_FILE} is not UTF-8: {exc}") from exc
+    name = encoder_file(manifest)
+    unsigned = Bundle(manifest_bytes, b"", _read_part(run_dir / name))
     if unsigned.encoder_sha256 != manifest.model_sha256:
         raise ModelMismatchError(
-            f"{run_dir / ENCODER_FILE} has sha256 {unsigned.encoder_sha256[:16]}..., the "
+            f"{run_dir / name} has sha256 {unsigned.encoder_sha256[:16]}..., the "
             f"manifest names {manifest.model_sha256[:16]}...: export the run again"
         )
     signature = private_key.sign(signed_message(unsigned.manifest_bytes))
     return Bundle(unsigned.manifest_bytes, signature, unsigned.encoder)
+
+
+def _read_part(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelMismatchError(f"cannot read {path}: {exc.strerror}") from exc
