@@ -393,19 +393,21 @@ def fit_change_predictor(
     to_raw_target: ToRaw | None = None,
     seed: int = 0,
     learners: Sequence[str] = LEARNERS,
+    max_rows: int = MAX_TRAIN_ROWS,
 ) -> ChangePredictor:
     """Fit every learner in `learners` on `train`, keep the best by validation MAE.
 
     train, val: per session (zhat [T, D] normalised decoded KPIs, NaN = missing; y [T] the raw
     target, NaN = missing). `target_index` is the target's column in zhat (None when it is not
-    coded) and `to_raw_target` maps that column to raw units (None exactly then).
+    coded) and `to_raw_target` maps that column to raw units (None exactly then). Training
+    windows beyond `max_rows` are thinned evenly.
     ValueError on bad shapes or when no session yields a full window with a label."""
     if not learners or set(learners) - set(LEARNERS):
         raise ValueError(f"learners must be some of {LEARNERS}, got {list(learners)}")
     spec = _make_spec(train, target_index, horizon, window, to_raw_target)
     xt, bt, yt, _ = _rows(train, spec, to_raw_target)
-    if len(yt) > MAX_TRAIN_ROWS:
-        keep = np.linspace(0, len(yt) - 1, MAX_TRAIN_ROWS).astype(np.int64)
+    if len(yt) > max_rows:
+        keep = np.linspace(0, len(yt) - 1, max_rows).astype(np.int64)
         xt, bt, yt = xt[keep], bt[keep], yt[keep]
     xv, bv, yv, lv = _rows(val, spec, to_raw_target)
     persistence = np.where(np.isfinite(lv), lv, spec.mean)

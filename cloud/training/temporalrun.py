@@ -51,7 +51,13 @@ from ..codec.temporal import (
     train_temporal,
 )
 from ..data.datasets import Dataset, Session, load_dataset, split_sessions
-from .changepredictor import LEARNERS, ChangePredictor, ToRaw, fit_change_predictor
+from .changepredictor import (
+    LEARNERS,
+    MAX_TRAIN_ROWS,
+    ChangePredictor,
+    ToRaw,
+    fit_change_predictor,
+)
 from .options import TrainOptions
 
 __all__ = [
@@ -67,6 +73,8 @@ log = logging.getLogger(__name__)
 # Training steps and batch of the temporal codec (the benchmark's, chosen there), and QUICK's.
 TEMPORAL_SIZES = {"steps": 150, "batch": 512}
 TEMPORAL_QUICK = {"steps": 30, "batch": 256}
+QUICK_LEARNERS = ("linear", "trees")  # --quick: the predictor's learners and training rows
+QUICK_PREDICTOR_ROWS = 20_000
 PERIOD_S = 1.0  # the agent's measurement interval the predictor is fitted for
 N_PROBES = 16
 
@@ -137,6 +145,7 @@ def _fit_predictors(
     predictor on raw KPIs ("raw", the ceiling evaluate reports)."""
     j, to_raw = target_column(codec, opts.target)
     per_frame, key_interval = agent_framing()
+    learners = QUICK_LEARNERS if opts.quick else LEARNERS
     inputs = {
         "decoded": lambda ds: code_sessions(codec, ds.sessions, per_frame, key_interval),
         "raw": lambda ds: [codec.normalise(s.kpis) for s in ds.sessions],
@@ -156,7 +165,8 @@ def _fit_predictors(
             to_raw_target=to_raw,
             seed=opts.seed,
             # the ceiling on raw KPIs: the learner the decoded KPIs chose, not a search of its own
-            learners=(out["decoded"].learner,) if "decoded" in out else LEARNERS,
+            learners=(out["decoded"].learner,) if "decoded" in out else learners,
+            max_rows=QUICK_PREDICTOR_ROWS if opts.quick else MAX_TRAIN_ROWS,
         )
     return out
 
