@@ -24,6 +24,15 @@ more frames than that waiting for one slow subscriber is dropped by the broker, 
 which the first version of this benchmark did to half its frames on the system's default
 Mosquitto. Pass ``--broker URL`` to use another broker.
 
+4. The temporal codec (``--temporal``; ``--temporal-only`` skips 1 to 3): a small temporal run
+   (``sparsetel train --codec temporal``, quick sizes) codes simulated measurements into
+   version 3 chained frames of 1 and of 50 measurements, a key every AGENT_KEY_INTERVAL, as
+   the agent does. Decode only, one core: frame parsing, `decode_payload` from the chain
+   state, `denormalise` (what `cloud.ingest.chains` does per frame), with and without the
+   run's KPI predictor over its window, and `decode_payload` alone, to say whether the
+   codec is the bottleneck. End to end: ``serve --workers 2`` on SQLite (and PostgreSQL),
+   frames published in order, measurements stored per second.
+
 Numbers are printed, never asserted: the machine is shared and noisy.
 """
 
@@ -58,6 +67,7 @@ from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, decode_frame, encode_frame
 
 GOAL_E2E = 20_000  # measurements/s end to end on 2 cores
+TEMPORAL_PER_FRAME = (1, 50)  # the agent's frames at 1 Hz hold one or two; a backlog, 50
 GOAL_DECODE = 200_000  # measurements/s decode only, per core
 PER_FRAME = 50
 
@@ -159,9 +169,11 @@ def _own_broker(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit(f"mosquitto did not start on port {port}:\n{log.read_text()[-2000:]}")
 
 
-def _end_to_end(run: Path, frames: list[bytes], url: str, db: str, workers: int) -> dict[str, Any]:
+def _end_to_end(
+    run: Path, frames: list[bytes], url: str, db: str, workers: int, per_frame: int = PER_FRAME
+) -> dict[str, Any]:
     group = f"bench-{uuid.uuid4().hex[:8]}"
-    total = len(frames) * PER_FRAME
+    total = len(frames) * per_frame
     cmd = [
         sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", db,
         "--group", group, "--broker", url, "--workers", str(workers),
@@ -228,13 +240,24 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=2000, help="frames of 50 per run")
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--temporal", action="store_true", help="also the temporal codec")
+    parser.add_argument("--temporal-only", action="store_true", help="only the temporal codec")
+    parser.add_argument(
+        "--measurements", type=int, default=20_000, help="temporal: measurements per run"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {"end_to_end": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        broker, url = (None, args.broker) if args.broker else _own_broker(work)
+        if args.temporal or args.temporal_only:
+            from bench_temporal import temporal_rows
+
+            result["temporal"] = temporal_rows(work, url, args.postgres, args.measurements)
+        if args.temporal_only:
+            return _finish(args, result, broker)
         run = _model(work)
         frames = _frames(run, args.frames)
-        broker, url = (None, args.broker) if args.broker else _own_broker(work)
         result.update(_decode_only(run, frames))
         for n in (int(w) for w in args.workers.split(",")):
             stores = [
@@ -245,11 +268,23 @@ def main() -> int:
                 if db is not None:
                     row = _end_to_end(run, frames, url, db, n)
                     result["end_to_end"].append({"store": kind, **row})
-        if broker is not None:  # gone before its folder is: it writes its database on the way out
-            broker.terminate()
-            broker.wait(timeout=30)
+        return _finish(args, result, broker)
+
+
+def _finish(
+    args: argparse.Namespace, result: dict[str, Any], broker: subprocess.Popen[bytes] | None
+) -> int:
+    if broker is not None:  # gone before its folder is: it writes its database on the way out
+        broker.terminate()
+        broker.wait(timeout=30)
     if args.json:
         print(json.dumps(result))
+        return 0
+    if "temporal" in result:
+        from bench_temporal import print_temporal
+
+        print_temporal(result["temporal"])
+    if "decode_per_s_one_core" not in result:
         return 0
     print(f"decode only, one core:           {result['decode_per_s_one_core']:,.0f} measurements/s"
           f" (goal {GOAL_DECODE:,})")  # fmt: skip

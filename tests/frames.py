@@ -3,18 +3,23 @@
 `FakeCodec` stands for a trained model whose outputs are easy to predict; `data_frame` and
 `audited_frame` are DATA payloads of the edge `EDGE` in group `GROUP` for it. `SummingCodec`
 and `recent_frame` are the broker tests' pair: another model, frames timed an hour ago.
+`temporal_frames`: version 3 frames of a temporal-codec run, as an agent codes them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from sparsetel.shared.chainframe import ChainHead, chain_frame, encode_chain_frame
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
+from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, encode_payload
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 
@@ -131,3 +136,62 @@ def recent_frame(
     records = tuple(Record(t0 + 1000 * i, (i % MQTT_K, (seq + 3) % MQTT_K)) for i in range(n))
     codes = tuple(Record(r.t_ms, tuple(sorted(r.codes))) for r in records)
     return encode_frame(Frame(ref, bd_seq, seq, MQTT_L, MQTT_K, 1000, codes))
+
+
+# Version 3 frames of a temporal-codec run (tests/quickrun.py::quick_temporal_run).
+
+
+def temporal_rows(codec: TemporalCodec, n: int, seed: int = 0) -> np.ndarray:
+    """`n` raw measurements ([n, D]) of the simulator's sessions in the codec's KPI order,
+    a few values missing (NaN)."""
+    from sparsetel.cloud.data.simulator import simulate_sessions
+
+    frame = simulate_sessions(n_sessions=1, rows=max(n, 60), seed=seed)[0]
+    x = frame[list(codec.kpis)].to_numpy(dtype=np.float64)[:n].copy()
+    x[3::17, 1] = np.nan
+    return x
+
+
+def temporal_frames(
+    run: Path,
+    n_frames: int,
+    per_frame: int = 2,
+    key_interval: int = 6,
+    bd_seq: int = 0,
+    t0_ms: int | None = None,
+    audit_every: int = 0,
+    seed: int = 0,
+) -> tuple[list[bytes], np.ndarray]:
+    """The version 3 frames (bytes) an agent sends of `n_frames` * `per_frame` simulated
+    measurements: chained, a key measurement every `key_interval` (a frame starting at one
+    carries a ChainHead), one a second from `t0_ms` (default an hour ago); with
+    `audit_every`, every such measurement also travels raw (FLAG_AUDIT). Also returns what
+    the cloud must decode of them: raw units [n, D], NaN missing."""
+    codec = TemporalCodec.from_json((run / "codec.json").read_text())
+    ref = bytes.fromhex(json.loads((run / "manifest.json").read_text())["model_sha256"][:16])
+    manifest_k = json.loads((run / "manifest.json").read_text())["K"]
+    x = temporal_rows(codec, n_frames * per_frame, seed)
+    t0 = T0_MS if t0_ms is None else t0_ms
+    state: ChainState | None = None
+    frames, recon = [], []
+    for seq in range(n_frames):
+        start = seq * per_frame
+        part = x[start : start + per_frame]
+        keys = [(start + i) % key_interval == 0 for i in range(per_frame)]
+        payload, decoded = encode_payload(codec, part, keys, state if not keys[0] else None)
+        recon.append(codec.denormalise(decoded.recon))
+        times = [t0 + 1000 * (start + i) for i in range(per_frame)]
+        head = ChainHead(ref, times[0], 1000, codec.L, manifest_k) if keys[0] else None
+        audit = None
+        if audit_every:
+            audit = [
+                tuple(float(v) for v in part[i]) if (start + i) % audit_every == 0 else None
+                for i in range(per_frame)
+            ]
+        frame = chain_frame(
+            bd_seq, seq, times, 1000, [i for i, k in enumerate(keys) if k], payload, head,
+            None if head else times[0] - 1000, audit=audit,
+        )  # fmt: skip
+        frames.append(encode_chain_frame(frame))
+        state = decoded.state
+    return frames, np.concatenate(recon)

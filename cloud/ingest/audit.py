@@ -22,23 +22,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from ...shared.manifest import ModelManifest
 from ...shared.wire import Frame
 from ..store.rows import SUMS, AccuracyRow, KpiError
-from .registry import Decoder
 
-__all__ = ["BUCKET_MS", "audit_accuracy"]
+__all__ = ["BUCKET_MS", "Auditable", "audit_accuracy"]
 
 BUCKET_MS = 60_000
+
+
+class Auditable(Protocol):
+    """What an audit needs of a model: a `registry.Decoder` or a `temporal.TemporalModel`."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def horizon(self) -> int: ...
+
+    def normalise(self, x: np.ndarray) -> np.ndarray: ...
 
 
 def audit_accuracy(
     edge: str,
     frame: Frame,
-    codec: Decoder,
+    codec: Auditable,
     kpis: np.ndarray,
     predictions: Sequence[float | None],
     earlier: Callable[[int, int], float | None],

@@ -22,6 +22,7 @@ class ServiceStats:
         self._counts: Counter[str] = Counter()
         self._rejects: Counter[str] = Counter()
         self._gaps: Counter[str] = Counter()
+        self._undecodable: Counter[str] = Counter()  # measurements given up, by reason
         self._started = time.monotonic()
 
     def add(self, name: str, n: int = 1) -> None:
@@ -33,6 +34,13 @@ class ServiceStats:
     def reject(self, reason: str) -> None:
         with self._lock:
             self._rejects[reason] += 1
+
+    def undecodable(self, reason: str, frames: int, measurements: int) -> None:
+        """Count frames of a temporal-codec chain given up (`cloud.ingest.chains`)."""
+        with self._lock:
+            self._undecodable[reason] += measurements
+            self._counts["undecodable_frames"] += frames
+            self._counts["undecodable_measurements"] += measurements
 
     def gap(self, edge: str, missing: int) -> None:
         """Count a sequence gap of `edge`; past MAX_GAP_EDGES edges (one entry each, for as
@@ -61,11 +69,13 @@ class ServiceStats:
         more = (*more, "late_frames", "queue_full")
         more = (*more, "parked", "unparked", "dead_letters", "dead_letters_held")
         more = (*more, "acks", "acks_stale", "queue_waits", "connects", "takeovers")
+        more = (*more, "frames_v3", "pending", "pending_decoded", "undecodable_measurements")
         with self._lock:
             out: dict[str, Any] = {n: self._counts[n] for n in (*names, *more)}
             out.update({k: v for k, v in self._counts.items() if k not in out})
             out["rejects"] = dict(sorted(self._rejects.items()))
             out["gaps"] = dict(sorted(self._gaps.items()))
+            out["undecodable"] = dict(sorted(self._undecodable.items()))
             out["uptime_s"] = round(time.monotonic() - self._started, 3)
         return out
 

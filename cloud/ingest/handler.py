@@ -17,8 +17,14 @@ count rows for the next frame of the same session (bd_seq). A frame that does no
 last one this worker saw (another worker took that one, or it came late) reads the W-1 rows
 before it from the store instead; the window restarts only at a frame missing there.
 
-What senders can make the ingest keep is bounded (`IngestLimits`): parked and held frames
-per edge and in all (beyond, no receipt: a confirming edge keeps the frame and sends it
+Version 3 frames (the temporal codec's chained frames) go to `cloud.ingest.chains`, which
+decodes each edge's chains in order from the state kept in the store; chained frames whose
+predecessor is not decoded yet wait there as pending frames ("pending", receipted), and a
+heartbeat's ``dropped`` ranges give up the ones that never can be. Dispatch is on
+`frame_version`.
+
+What senders can make the ingest keep is bounded (`IngestLimits`): parked, held and pending
+frames per edge and in all (beyond, no receipt: a confirming edge keeps the frame and sends it
 again later), the in-memory state of edges gone quiet (released), and the times a frame may
 carry (outside the window: held, and refused for good with a receipt).
 """
@@ -27,42 +33,49 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ...shared.birth import parse_state, state_record
+from ...shared.chainframe import CHAIN_VERSION, ChainFrame
 from ...shared.errors import WireError
 from ...shared.health import parse_beat
 from ...shared.topics import parse_topic
-from ...shared.wire import Frame, decode_frame
+from ...shared.wire import MAGIC, Frame, decode_frame
 from ..store.database import Store
 from ..store.rows import AccuracyRow, FrameRow, MeasurementRow
 from .audit import audit_accuracy
+from .chains import ChainIngest, parse_dropped
 from .counters import ServiceStats, Throttle
 from .deadletter import TokenBucket
-from .digest import frame_digest
+from .digest import chain_digest, frame_digest
 from .limits import HeldCounts, IngestLimits
 from .pendingreceipts import Receipts
-from .registry import Decoder, ModelRegistry
+from .registry import Decoder, Model, ModelRegistry
+from .temporal import TemporalModel
 
 __all__ = ["ACCEPTED", "FrameIngest", "IngestLimits", "ServiceStats", "Throttle", "decode_many"]
 
 # What `FrameIngest.handle` returns for a message it did not reject.
 ACCEPTED = frozenset(
-    {"stored", "duplicate", "parked", "birth", "death", "stale_death", "ignored", "health"}
-)
+    {"stored", "duplicate", "parked", "pending", "birth", "death", "stale_death", "ignored",
+     "health"}
+)  # fmt: skip
 # Outcomes of a DATA frame that resending cannot change: the edge gets a receipt for them.
 # Not final: what may pass ("store_error", "flood", "park_full", "held_full", "internal")
 # and a malformed frame (its bytes may have been damaged on the way; its header is not
 # trusted to name it).
 FINAL = frozenset(
-    {"stored", "duplicate", "parked", "model_mismatch", "decode_error", "time_window", "clone"}
-)
+    {"stored", "duplicate", "parked", "pending", "model_mismatch", "decode_error",
+     "time_window", "clone", "undecodable"}
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +96,11 @@ class FrameIngest:
     """The worker's job, one message at a time, with no MQTT and no threads of its own.
 
     `handle` returns what happened: "stored", "duplicate", "parked" (its model is unknown
-    yet), "birth", "death", "stale_death", "ignored", or the reason the message was rejected
-    (a WireError reason such as "truncated", or "flood", "model_mismatch", "state_mismatch",
-    "decode_error", "time_window" and "clone" (both held), "held_full", "park_full",
-    "store_error", "internal"). It never raises.
+    yet), "pending" (a chained frame waiting for its predecessor), "birth", "death",
+    "stale_death", "ignored", or the reason the message was rejected (a WireError reason
+    such as "truncated", or "flood", "model_mismatch", "state_mismatch", "decode_error",
+    "time_window" and "clone" (both held), "undecodable" (a version 3 frame given up),
+    "held_full", "park_full", "pending_full", "store_error", "internal"). It never raises.
 
     `limits`: the bounds on what senders can make it keep (`IngestLimits()` by default);
     `clock`: monotonic seconds, for releasing the state of quiet edges.
@@ -120,6 +134,8 @@ class FrameIngest:
         lim = self.limits
         self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, {})
         self._held = HeldCounts(lim.held_per_edge, lim.held_total, {})
+        self._pending = HeldCounts(lim.pending_per_edge, lim.pending_total, {})
+        self.chains = ChainIngest(self)
         self._count_held()  # what the store holds already
         self._clock = clock
         self._sweep_at = clock() + self.limits.idle_s / 4
@@ -140,6 +156,11 @@ class FrameIngest:
             if kind == "DATA":
                 if self.flood is not None and not self.flood.allow(parts.edge):
                     return self._reject("flood", "%s: more frames than the flood limit", topic)
+                if ahead is None and _is_chain_frame(payload):
+                    outcome, chain = self.chains.handle(topic, parts.edge, bytes(payload), now_ms)
+                    if outcome in FINAL:
+                        self.receipts.note(parts.group, parts.edge, chain.bd_seq, chain.seq)
+                    return outcome
                 frame, kpis = ahead if ahead is not None else (decode_frame(payload), None)
                 outcome = self._data(topic, parts.edge, frame, bytes(payload), now_ms, kpis)
                 if outcome in FINAL:
@@ -174,6 +195,8 @@ class FrameIngest:
             ahead = {}
         try:
             with self.store.batch() if self.batch_commits else contextlib.nullcontext():
+                if self.batch_commits:  # chain locks in one order: no two batches wait in a cycle
+                    self.store.lock_edges(_chain_edges(messages))
                 return [
                     self.handle(t, p, ms, ahead.get(i)) for i, (t, p, ms) in enumerate(messages)
                 ]
@@ -183,6 +206,7 @@ class FrameIngest:
             )
             self.receipts.discard()  # (a note lost here costs the edge one resend)
             self._known.clear()  # a model registered in the batch is registered again
+            self.chains.forget()  # the rows it remembers may have been rolled back
             self._count_held()  # what the batch parked, kept or unparked was rolled back
             return [self.handle(t, p, ms) for t, p, ms in messages]
 
@@ -205,7 +229,7 @@ class FrameIngest:
             by_model.setdefault(frame.model_ref, []).append(i)
         for ref, positions in by_model.items():
             codec = self.registry.get(ref)
-            if codec is None:
+            if codec is None or isinstance(codec, TemporalModel):
                 continue
             m = codec.manifest
             fits = [i for i in positions if (out[i][0].L, out[i][0].K) == (m.L, m.K)]
@@ -238,7 +262,12 @@ class FrameIngest:
             return self._hold("time_window", edge, frame, (topic, payload, now_ms), outside)
         codec = self._decoder(frame.model_ref)
         if codec is None:
-            return self._park(topic, edge, frame, payload, now_ms)
+            return self._park(topic, edge, frame.model_ref, payload, now_ms)
+        if isinstance(codec, TemporalModel):
+            return self._reject(
+                "model_mismatch", "%s: a version %s frame of temporal-codec model %s",
+                edge, frame.version, frame.model_ref.hex(),
+            )  # fmt: skip
         m = codec.manifest
         audit_ok = all(r.audit is None or len(r.audit) == m.D for r in frame.records)
         if (frame.L, frame.K) != (m.L, m.K) or not audit_ok:
@@ -283,7 +312,13 @@ class FrameIngest:
         return "stored"
 
     def _repeat(
-        self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int, digest: str
+        self,
+        topic: str,
+        edge: str,
+        frame: Frame | ChainFrame,
+        payload: bytes,
+        now_ms: int,
+        digest: str,
     ) -> str:
         """A frame whose key is stored: a duplicate when the stored frame says the same (or
         predates digests), else a clone, held while the held bounds allow."""
@@ -302,7 +337,7 @@ class FrameIngest:
         self,
         reason: str,
         edge: str,
-        frame: Frame,
+        frame: Frame | ChainFrame,
         message: tuple[str, bytes, int],
         why: str,
         digest: str | None = None,
@@ -318,14 +353,17 @@ class FrameIngest:
             )  # fmt: skip
         try:
             key = (edge, frame.bd_seq, frame.seq)
-            digest = digest or frame_digest(frame)
+            if not digest:
+                digest = (
+                    chain_digest(frame) if isinstance(frame, ChainFrame) else frame_digest(frame)
+                )
             if self.store.hold_frame(key, reason, digest, message):
                 self._held.add(edge)  # (not when this very frame is held already)
         except Exception as exc:
             return self._reject("store_error", "%s: cannot hold a frame: %r", where, exc)
         return self._reject(reason, "%s: %s; kept in held_frames", where, why)
 
-    def _decoder(self, model_ref: bytes) -> Decoder | None:
+    def _decoder(self, model_ref: bytes) -> Model | None:
         """The decoder for `model_ref`: registered, or found in the models folder now (and
         then the frames parked for it are handled first); None when it is nowhere."""
         codec = self.registry.get(model_ref)
@@ -335,8 +373,7 @@ class FrameIngest:
                 self.unpark(model_ref)
         return codec
 
-    def _park(self, topic: str, edge: str, frame: Frame, payload: bytes, now_ms: int) -> str:
-        ref = frame.model_ref
+    def _park(self, topic: str, edge: str, ref: bytes, payload: bytes, now_ms: int) -> str:
         if self._parked.full(edge):
             return self._reject(
                 "park_full", "%s: model %s is not registered and %d frames of this edge (%d "
@@ -381,11 +418,13 @@ class FrameIngest:
         lim = self.limits
         try:
             parked, held = (self.store.held_per_edge(t) for t in ("parked_frames", "held_frames"))
+            pending = self.store.pending_per_edge()
         except Exception as exc:
             self._throttle.warning("held", "cannot count the held frames: %r", exc)
             return
         self._parked = HeldCounts(lim.parked_per_edge, lim.parked_total, parked)
         self._held = HeldCounts(lim.held_per_edge, lim.held_total, held)
+        self._pending = HeldCounts(lim.pending_per_edge, lim.pending_total, pending)
 
     def _sweep(self) -> None:
         """Release the prediction history of edges quiet for `limits.idle_s` (their next
@@ -396,6 +435,7 @@ class FrameIngest:
         self._sweep_at = now + self.limits.idle_s / 4
         quiet = now - self.limits.idle_s  # a new dict: a dict keeps its size after deletes
         self._tracks = {e: track for e, track in self._tracks.items() if track.touched >= quiet}
+        self.chains.forget(quiet)
 
     def _predict(
         self, edge: str, frame: Frame, codec: Decoder
@@ -417,7 +457,7 @@ class FrameIngest:
             else:  # another worker, or an earlier run, stored the frames before this one
                 prefix = self._history(edge, frame, codec, w)
             stacked = np.concatenate([prefix, counts])
-            track.rows = stacked[len(stacked) - (w - 1) :] if w > 1 else stacked[:0]
+            track.rows = stacked[max(len(stacked) - (w - 1), 0) :] if w > 1 else stacked[:0]
             if len(stacked) < w:
                 return none, track
             values = np.asarray(codec.predict_sequence(stacked), np.float64)
@@ -517,7 +557,13 @@ class FrameIngest:
         except WireError as exc:
             return self._reject(exc.reason, "%s heartbeat: %s", edge, exc)
         try:
+            dropped = parse_dropped(_dropped_field(body, payload))
+        except WireError as exc:
+            return self._reject(exc.reason, "%s heartbeat: %s", edge, exc)
+        try:
             self.store.set_health(group, edge, body, now_ms)
+            if dropped:
+                self.chains.give_up_dropped(edge, dropped)
         except Exception as exc:
             return self._reject("store_error", "%s heartbeat: %r", edge, exc)
         self.stats.add("heartbeats")
@@ -531,6 +577,38 @@ class FrameIngest:
         except (ValueError, TypeError):
             return False
         return self._decoder(ref) is not None
+
+
+def _is_chain_frame(payload: bytes) -> bool:
+    """Whether `payload` says it is a version 3 frame (anything else, malformed or not, goes
+    to `decode_frame`, which says what is wrong with it)."""
+    return len(payload) >= 3 and payload[2] == CHAIN_VERSION and bytes(payload[:2]) == MAGIC
+
+
+def _dropped_field(body: dict[str, Any], payload: bytes) -> object:
+    """A heartbeat's ``dropped`` ranges (`parse_dropped` checks them): from the beat as
+    `parse_beat` keeps it, or, while that schema does not know the field yet, from the JSON
+    it admitted (at most MAX_BEAT_BYTES)."""
+    if "dropped" in body:
+        return body["dropped"]
+    if b'"dropped"' not in payload:
+        return None
+    raw = json.loads(payload)
+    return raw.get("dropped") if isinstance(raw, dict) else None
+
+
+def _chain_edges(messages: Sequence[tuple[str, bytes, int]]) -> list[str]:
+    """The edges whose chains a batch may touch: of its version 3 frames and heartbeats."""
+    edges = []
+    for topic, payload, _ in messages:
+        try:
+            parts = parse_topic(topic)
+            kind = str(parts.kind).upper()
+            if kind == "HEALTH" or (kind == "DATA" and _is_chain_frame(payload)):
+                edges.append(parts.edge)
+        except WireError:
+            continue
+    return edges
 
 
 def decode_many(codec: Decoder, frames: Sequence[Frame]) -> list[np.ndarray]:

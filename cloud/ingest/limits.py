@@ -5,10 +5,12 @@ Anyone who may publish on a DATA topic can name a model nobody has (its frame is
 years away, or an edge id never seen before (per-edge state in memory). Each of these is
 bounded here:
 
-- parked frames, and held frames (refused but kept for an operator: clones, and frames
-  outside the time window), per edge and in all (`HeldCounts`, counted in memory and seeded
-  from the store at start, so no COUNT runs per frame). Beyond a bound the frame is refused
-  without a receipt: a confirming edge keeps it in its spool and sends it again later.
+- parked frames, held frames (refused but kept for an operator: clones, and frames
+  outside the time window) and pending frames (version 3 chained frames waiting for their
+  predecessor, `cloud.ingest.chains`), per edge and in all (`HeldCounts`, counted in
+  memory and seeded from the store at start, so no COUNT runs per frame). Beyond a bound
+  the frame is refused without a receipt: a confirming edge keeps it in its spool and sends
+  it again later.
 - per-edge state in memory is released once an edge is quiet for `idle_s`.
 - a frame whose records lie outside a window around its arrival is held and refused for
   good, with a receipt (`time_window_error`), so no edge resends it forever.
@@ -16,7 +18,7 @@ bounded here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ...shared.errors import ConfigError
@@ -40,6 +42,9 @@ class IngestLimits:
       frames outside the time window), bounded the same way (refused "held_full" beyond,
       no receipt). Every frame of an edge whose clock is years off is held: 10,000 is
       about six days of it at 50 measurements a frame and 1 Hz.
+    - `pending_per_edge`, `pending_total`: chained frames kept until their predecessor is
+      decoded (the same sizes; refused "pending_full" beyond, no receipt: the edge sends
+      it again later, by which time its predecessor may be there).
     - `frame_max_age_s`: a record older than this at arrival refuses its frame for good
       ("time_window", held, with a receipt). The edge's spool keeps frames 7 days
       (`spool_max_age_s`); 8 days leaves a day for clock skew. Raise it (up to 100 years) to
@@ -56,6 +61,8 @@ class IngestLimits:
     parked_total: int = 1_000_000
     held_per_edge: int = 10_000
     held_total: int = 1_000_000
+    pending_per_edge: int = 10_000
+    pending_total: int = 1_000_000
     frame_max_age_s: float = 8 * DAY_S
     frame_max_ahead_s: float = DAY_S
     idle_s: float = 600.0
@@ -70,6 +77,9 @@ class IngestLimits:
             ("held_per_edge", 0 <= self.held_per_edge <= 10**7, "0..10000000"),
             ("held_total", self.held_per_edge <= self.held_total <= 10**9,
              "held_per_edge..1000000000"),
+            ("pending_per_edge", 0 <= self.pending_per_edge <= 10**7, "0..10000000"),
+            ("pending_total", self.pending_per_edge <= self.pending_total <= 10**9,
+             "pending_per_edge..1000000000"),
             ("frame_max_age_s", 0 < self.frame_max_age_s <= 100 * _YEAR_S, "(0, 100 years]"),
             ("frame_max_ahead_s", 0 < self.frame_max_ahead_s <= 100 * _YEAR_S, "(0, 100 years]"),
             ("idle_s", 1 <= self.idle_s <= 7 * DAY_S, "[1 s, 7 days]"),
@@ -80,7 +90,10 @@ class IngestLimits:
 
     def time_window_error(self, frame: Frame, received_ms: int) -> str | None:
         """Why `frame`'s record times lie outside the window around `received_ms`, or None."""
-        times = [r.t_ms for r in frame.records]
+        return self.times_error([r.t_ms for r in frame.records], received_ms)
+
+    def times_error(self, times: Sequence[int], received_ms: int) -> str | None:
+        """Why record `times` lie outside the window around `received_ms`, or None."""
         first, last = min(times), max(times)
         if first < received_ms - self.frame_max_age_s * 1000:
             return f"a record is {(received_ms - first) / 1000:.0f} s older than its arrival"

@@ -10,6 +10,10 @@ given, a registry with a `models_dir` looks there for a model it does not know w
 or a birth names it (`resolve`): every run directory whose ``manifest.json`` has that ref.
 Dropping a newly deployed run into that folder is enough for the service to decode its
 frames, including the ones it parked meanwhile (`cloud.ingest.handler`).
+
+A temporal-codec run (RUN/codec.json beside its manifest) loads as a
+`cloud.ingest.temporal.TemporalModel` instead (`Model` is either): its ref is the first
+8 bytes of the sha256 of codec.json, and its frames are version 3 chained frames.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import numpy as np
 
 from ...shared.errors import ModelMismatchError
 from ...shared.manifest import ModelManifest
+from .temporal import TemporalModel, is_temporal_run
 
-__all__ = ["Decoder", "ModelRegistry"]
+__all__ = ["Decoder", "Model", "ModelRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +76,14 @@ class Decoder(Protocol):
         ...
 
 
+Model = Decoder | TemporalModel  # a memoryless (ONNX) run's decoder, or a temporal run
+
 RESCAN_S = 5.0  # a model still missing is looked for again after this long
 
 
-def _load_run(run_dir: Path) -> Decoder:
+def _load_run(run_dir: Path) -> Model:
+    if is_temporal_run(run_dir):  # numpy only
+        return TemporalModel.load(run_dir)
     from ..codec.decoder import CloudCodec  # torch lives behind the codec; load it only when used
 
     codec: Decoder = CloudCodec.load(run_dir)
@@ -82,7 +91,8 @@ def _load_run(run_dir: Path) -> Decoder:
 
 
 class ModelRegistry:
-    """model_ref (8 bytes) -> Decoder. Safe to read from one thread while another adds.
+    """model_ref (8 bytes) -> Model (a Decoder or a TemporalModel). Safe to read from one
+    thread while another adds.
 
     `models_dir`: a folder of run directories searched for models not known yet (`resolve`);
     `load` turns a run directory into a decoder (default: `CloudCodec.load`).
@@ -90,11 +100,11 @@ class ModelRegistry:
 
     def __init__(
         self,
-        decoders: Iterable[Decoder] = (),
+        decoders: Iterable[Model] = (),
         models_dir: Path | None = None,
-        load: Callable[[Path], Decoder] = _load_run,
+        load: Callable[[Path], Model] = _load_run,
     ) -> None:
-        self._by_ref: dict[bytes, Decoder] = {}
+        self._by_ref: dict[bytes, Model] = {}
         self._lock = threading.Lock()
         self.models_dir = models_dir
         self._load = load
@@ -103,7 +113,7 @@ class ModelRegistry:
         for decoder in decoders:
             self.add(decoder)
 
-    def add(self, decoder: Decoder) -> bytes:
+    def add(self, decoder: Model) -> bytes:
         """Register `decoder` under its manifest's model_ref and return that ref.
 
         Adding the same model again replaces it; a different model whose sha256 starts with
@@ -134,7 +144,7 @@ class ModelRegistry:
         """Load an exported run directory (`load`) and register it."""
         return self.add(self._load(Path(run_dir)))
 
-    def resolve(self, model_ref: bytes) -> Decoder | None:
+    def resolve(self, model_ref: bytes) -> Model | None:
         """The decoder for `model_ref`, looking in `models_dir` when it is not registered;
         None when it is nowhere. The folder is read at most every `RESCAN_S`, whatever refs
         frames name: a stream of made-up refs costs neither a search each nor memory."""
@@ -155,7 +165,7 @@ class ModelRegistry:
             return self.get(ref)
         return None
 
-    def get(self, model_ref: bytes) -> Decoder | None:
+    def get(self, model_ref: bytes) -> Model | None:
         """The decoder for `model_ref`, or None when no registered model has it."""
         return self._by_ref.get(bytes(model_ref))
 

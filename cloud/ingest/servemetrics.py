@@ -10,8 +10,10 @@
   committed), ``acks_skipped_total`` (their connection had dropped: the broker resends),
   ``queue_waits_total`` and ``queue_wait_seconds_total`` (back-pressure: the network thread
   waited for room), ``messages_dropped_total`` (QoS 0 heartbeats, queue full),
-  ``connects_total``, ``takeovers_total``, ... and every other counter of the service as
-  ``<name>_total``;
+  ``connects_total``, ``takeovers_total``, ``undecodable_measurements_total`` (label
+  ``reason``: temporal-codec measurements given up, `cloud.ingest.chains`), ``frames_pending``
+  (chained frames kept to wait for their predecessor), ... and every other counter of the
+  service as ``<name>_total``;
 - gauges: ``queue_depth`` and ``queue_bytes`` (waiting for the worker) beside
   ``queue_capacity`` and ``queue_capacity_bytes``, ``connected``, ``models``,
   ``uptime_seconds``.
@@ -52,7 +54,12 @@ _COUNTERS = {
     "receipts": ("receipts", "store receipts published to the edges"),
     "dead_letters": ("dead_letters", "rejected messages copied to their DEAD topic"),
     "missing_frames": ("missing_frames", "frames missing from the edges' sessions"),
+    "frames_v3": ("frames_v3", "version 3 (temporal-codec) frames received"),
+    "pending": ("frames_pending", "chained frames kept until their predecessor is decoded"),
+    "pending_decoded": ("frames_pending_decoded", "pending frames decoded once it was"),
+    "undecodable_frames": ("undecodable_frames", "temporal-codec frames given up"),
 }
+_SKIP = frozenset({"undecodable_measurements"})  # by reason below
 _MILLISECONDS = {  # counted in ms, exported in seconds
     "queue_wait_ms": ("queue_wait_seconds", "time the network thread waited for room in all"),
 }
@@ -78,7 +85,7 @@ class ServeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
         for key, value in sorted(stats.items()):
-            if key in _GAUGES or not _is_count(value) or not _NAME.fullmatch(key):
+            if key in _GAUGES or key in _SKIP or not _is_count(value) or not _NAME.fullmatch(key):
                 continue
             if key in _MILLISECONDS:
                 name, text = _MILLISECONDS[key]
@@ -92,6 +99,14 @@ class ServeCollector(Collector):
         for reason, count in sorted((stats.get("rejects") or {}).items()):
             rejected.add_metric([str(reason)], count)
         yield rejected
+        undecodable = CounterMetricFamily(
+            PREFIX + "undecodable_measurements",
+            "temporal-codec measurements given up, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted((stats.get("undecodable") or {}).items()):
+            undecodable.add_metric([str(reason)], count)
+        yield undecodable
         for key, (name, text) in _GAUGES.items():
             value = stats.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):

@@ -9,7 +9,9 @@
   ``sparsetel_edge_frames_per_second``, ``sparsetel_edge_wire_bytes_per_measurement``,
   ``sparsetel_edge_compression_ratio``, ``sparsetel_edge_missing_frames``,
   ``sparsetel_edge_rejected_measurements``, ``sparsetel_edge_spool_frames``,
-  ``sparsetel_edge_heartbeat_age_seconds``;
+  ``sparsetel_edge_heartbeat_age_seconds``, ``sparsetel_edge_pending_frames`` (temporal-codec
+  frames waiting for their predecessor) and ``sparsetel_edge_undecodable_measurements``
+  (a counter, label ``reason`` too: measurements given up, `cloud.ingest.chains`);
 - per edge, model and L over the accuracy window: ``sparsetel_live_reconstruction_nmse``,
   ``sparsetel_live_target_mae`` (the target KPI's unit), ``sparsetel_live_audits``;
 - per edge, model and KPI over the drift window (`cloud.monitor.dashboard`):
@@ -45,6 +47,7 @@ _EDGE_GAUGES = (
     ("rejected_measurements", "edge_rejects", "measurements the edge rejected (heartbeat)"),
     ("spool_frames", "spool_depth", "frames in the edge's spool (heartbeat)"),
     ("heartbeat_age_seconds", "heartbeat_age_s", "seconds since the edge's last heartbeat"),
+    ("pending_frames", "pending_frames", "chained frames waiting for their predecessor"),
 )
 
 
@@ -75,13 +78,21 @@ class FleetCollector(Collector):
             key: GaugeMetricFamily(f"sparsetel_edge_{name}", text, labels=labels)
             for name, key, text in _EDGE_GAUGES
         }
+        undecodable = CounterMetricFamily(
+            "sparsetel_edge_undecodable_measurements",
+            "measurements given up as undecodable (temporal codec), by reason",
+            labels=[*labels, "reason"],
+        )
         for edge in status["edges"]:
             values = [edge["edge"], edge["group"] or ""]
             total.add_metric(values, edge["measurements"])
             for key, family in gauges.items():
                 if edge[key] is not None:
                     family.add_metric(values, float(edge[key]))
+            for reason, n in edge["undecodable"].items():
+                undecodable.add_metric([*values, reason], n)
         yield total
+        yield undecodable
         yield from gauges.values()
         yield from self._accuracy(now_ms)
         if self.dashboard is not None:

@@ -4,7 +4,9 @@ Per edge: online or not (its retained birth and death), the model it runs, frame
 and measurements per second over the last `window_s` (by arrival), bytes per measurement on
 the wire (frame payloads, without MQTT framing) and the compression ratio against raw float32
 (4 bytes per KPI), sequence gaps, its own rejects and spool depth from its latest heartbeat,
-and that heartbeat's age.
+and that heartbeat's age; for temporal-codec (version 3) frames, the chained frames pending
+(waiting for their predecessor) and the measurements given up as undecodable, by reason
+(`cloud.ingest.chains`).
 
 Births and heartbeats are read back through the same schemas that admitted them
 (`shared.birth.read_birth`, `shared.health.read_beat`): a row kept before those schemas, or
@@ -48,8 +50,9 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
     gaps = store.sequence_gaps()
     health = store.health()
     births = {e["edge"]: e for e in store.edges()}
+    pending, undecodable = store.pending_per_edge(), store.undecodable()
     edges: list[dict[str, Any]] = []
-    for edge in sorted(set(frames) | set(births) | set(health)):
+    for edge in sorted(set(frames) | set(births) | set(health) | set(pending) | set(undecodable)):
         f, known, heard = frames.get(edge, {}), births.get(edge, {}), health.get(edge, {})
         birth = read_birth(known.get("birth"))
         beat = read_beat(heard.get("body"))
@@ -72,6 +75,9 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
             "edge_rejects": sum(beat["rejects"].values()) if "rejects" in beat else None,
             "spool_depth": beat.get("spool_depth"),
             "heartbeat_age_s": (now_ms - heard["received_ms"]) / 1000 if heard else None,
+            "pending_frames": pending.get(edge, 0),
+            "undecodable": dict(sorted(undecodable.get(edge, {}).items())),
+            "undecodable_measurements": sum(undecodable.get(edge, {}).values()),
         })  # fmt: skip
     totals = {
         "edges": len(edges),
@@ -79,6 +85,8 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
         "measurements": sum(e["measurements"] for e in edges),
         "measurements_per_s": sum(e["measurements_per_s"] for e in edges),
         "gaps": sum(e["gaps"] for e in edges),
+        "pending_frames": sum(e["pending_frames"] for e in edges),
+        "undecodable_measurements": sum(e["undecodable_measurements"] for e in edges),
     }
     return {"now_ms": now_ms, "window_s": window_s, "edges": edges, "totals": totals}
 
@@ -86,7 +94,7 @@ def fleet_status(store: Store, now_ms: int | None = None, window_s: float = 60.0
 def format_status(status: dict[str, Any]) -> str:
     """The fleet as a text table, one edge per line, then a totals line."""
     head = ("edge", "online", "model", "L", "meas/s", "frames/s", "B/meas", "ratio", "gaps",
-            "rejects", "spool", "beat age")  # fmt: skip
+            "rejects", "spool", "beat age", "pending", "undecodable")  # fmt: skip
     lines = [head]
     for e in status["edges"]:
         lines.append((
@@ -94,7 +102,8 @@ def format_status(status: dict[str, Any]) -> str:
             _cell(e["L"]), _cell(e["measurements_per_s"], ".1f"), _cell(e["frames_per_s"], ".2f"),
             _cell(e["bytes_per_measurement"], ".2f"), _cell(e["compression_ratio"], ".1f", "x"),
             _cell(e["gaps"]), _cell(e["edge_rejects"]), _cell(e["spool_depth"]),
-            _cell(e["heartbeat_age_s"], ".0f", " s"),
+            _cell(e["heartbeat_age_s"], ".0f", " s"), _cell(e["pending_frames"]),
+            _cell(e["undecodable_measurements"]),
         ))  # fmt: skip
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
     out = [
@@ -106,6 +115,12 @@ def format_status(status: dict[str, Any]) -> str:
         f"{t['online']} of {t['edges']} edges online; {t['measurements']:,} measurements stored, "
         f"{t['measurements_per_s']:.1f}/s over the last {status['window_s']:g} s; "
         f"{t['gaps']} frames missing"
+        + (
+            f"; {t['pending_frames']} frames pending, {t['undecodable_measurements']:,} "
+            "measurements undecodable"
+            if t["pending_frames"] or t["undecodable_measurements"]
+            else ""
+        )
     )
     return "\n".join(out)
 

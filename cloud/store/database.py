@@ -9,6 +9,9 @@ Duplicates are the database's business: ``frames`` has the key (edge, bd_seq, se
 `Store.store_frame` writes a frame and its measurements in one transaction that does nothing
 when the key exists, so two decoders sharing one database still store each frame once.
 
+Version 3 (temporal-codec) frames decode in order from the chain state kept in the store
+(`cloud.store.chains`); `edge_transaction` holds an edge's lock for one decode.
+
 A Store is one connection. Its methods are serialised by a lock, but the service gives the
 connection to a single thread (its writer); other readers should open their own Store.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ...shared.errors import SparsetelError
+from .chains import StoreChains
 from .reads import StoreReads
 from .rows import SUMS, AccuracyRow, FrameRow, MeasurementRow
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
@@ -37,6 +41,8 @@ __all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
 # The first key of the PostgreSQL advisory lock a migration holds ("spt"); the second is the
 # hash of the schema it migrates, so services on other schemas do not wait for it.
 MIGRATION_LOCK = 0x737074
+# The first key of the advisory lock on one edge's chains ("sptc"); the second: its name's hash.
+CHAIN_LOCK = 0x73707463
 _ACCURACY_COLUMNS = ("edge", "model_ref", "L", "bucket_ms", *SUMS)  # AccuracyRow's fields
 _ADD_ACCURACY = (
     f"INSERT INTO accuracy ({', '.join(_ACCURACY_COLUMNS)}) "
@@ -52,7 +58,7 @@ _ADD_KPI_ACCURACY = (
 )
 
 
-class Store(StoreReads):
+class Store(StoreReads, StoreChains):
     """A connection to the measurement database; use `open_store` to get one."""
 
     def __init__(self, connection: Any, dialect: str) -> None:
@@ -151,6 +157,31 @@ class Store(StoreReads):
         still succeeds or fails on its own, as a savepoint."""
         with self._transaction():
             yield
+
+    @contextmanager
+    def edge_transaction(self, edge: str) -> Iterator[None]:
+        """A transaction (a savepoint inside `batch`) holding `edge`'s chain lock until the
+        outermost transaction ends: on PostgreSQL an advisory transaction lock, so another
+        connection decoding the same edge waits; on SQLite the write transaction is
+        exclusive already (BEGIN IMMEDIATE)."""
+        with self._transaction():
+            if self.dialect == "postgresql":
+                self._execute(
+                    "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
+                )
+            yield
+
+    def lock_edges(self, edges: Sequence[str]) -> None:
+        """Take the chain locks of `edges` now, in one order (sorted), for the rest of the
+        current transaction (a batch): two workers whose batches hold several edges each
+        then never wait for each other in a cycle. SQLite: nothing to do."""
+        if self.dialect != "postgresql":
+            return
+        with self._lock:
+            for edge in sorted(set(edges)):
+                self._execute(
+                    "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
+                )
 
     def _migrate(self) -> None:
         """Apply the migrations this database has not seen yet, each in its own transaction."""

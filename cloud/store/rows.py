@@ -1,12 +1,21 @@
 """The rows the store keeps: received frames (`FrameRow`), their decoded measurements
-(`MeasurementRow`) and the live-accuracy sums of each minute (`AccuracyRow`, `KpiError`,
-computed by `cloud.ingest.audit`)."""
+(`MeasurementRow`), the live-accuracy sums of each minute (`AccuracyRow`, `KpiError`,
+computed by `cloud.ingest.audit`), and the temporal-codec chains' tips and waiting frames
+(`ChainTip`, `PendingFrame`, `cloud.store.chains`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SUMS", "AccuracyRow", "FrameRow", "KpiError", "MeasurementRow"]
+__all__ = [
+    "SUMS",
+    "AccuracyRow",
+    "ChainTip",
+    "FrameRow",
+    "KpiError",
+    "MeasurementRow",
+    "PendingFrame",
+]
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,32 @@ class AccuracyRow:
     target_ae: float = 0.0
     target_se: float = 0.0
     kpis: tuple[KpiError, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChainTip:
+    """What frame `seq` of an edge's session `bd_seq` left its chain: the decoder state
+    (`shared.temporalcodec.ChainState` JSON) of model `model_sha256`, the time of its last
+    measurement and the chain's period; `state` None when the frame was given up (`reason`
+    says why), so its chain cannot go on."""
+
+    bd_seq: int
+    seq: int
+    model_sha256: str | None
+    state: str | None
+    last_ms: int
+    period_ms: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingFrame:
+    """A chained frame kept until its predecessor is decoded, exactly as it came."""
+
+    bd_seq: int
+    seq: int
+    n_records: int
+    digest: str
+    topic: str
+    payload: bytes
+    received_ms: int

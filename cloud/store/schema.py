@@ -92,6 +92,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             CONSTRAINT held_frames_key UNIQUE (edge, bd_seq, seq, digest))""",
         "CREATE INDEX parked_frames_edge ON parked_frames (edge)",
     ),
+    (  # 8: temporal-codec chains (cloud.store.chains): the decoder state each chain's last
+        # processed frame left (state NULL: that frame was given up, so is its chain), chained
+        # frames waiting for their predecessor, and the measurements given up, by reason
+        """CREATE TABLE chains (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            model_sha256 TEXT, state TEXT, last_ms {bigint} NOT NULL,
+            period_ms {bigint} NOT NULL, reason TEXT, updated_ms {bigint} NOT NULL,
+            PRIMARY KEY (edge, bd_seq, seq))""",
+        """CREATE TABLE pending_frames (
+            edge TEXT NOT NULL, bd_seq {bigint} NOT NULL, seq {bigint} NOT NULL,
+            n_records INTEGER NOT NULL, digest TEXT NOT NULL, topic TEXT NOT NULL,
+            payload {blob} NOT NULL, received_ms {bigint} NOT NULL,
+            PRIMARY KEY (edge, bd_seq, seq))""",
+        """CREATE TABLE undecodable (
+            edge TEXT NOT NULL, reason TEXT NOT NULL, frames {bigint} NOT NULL,
+            measurements {bigint} NOT NULL, updated_ms {bigint} NOT NULL,
+            PRIMARY KEY (edge, reason))""",
+    ),
 )
 
 MEASUREMENT_COLUMNS = (

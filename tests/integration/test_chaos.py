@@ -29,9 +29,19 @@ from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.config import BrokerConfig
 from tests.mosquitto import OwnBroker
 from tests.processes import DEVNULL, last_json, sparsetel, started
-from tests.quickrun import quick_exported_run
+from tests.quickrun import quick_exported_run, quick_temporal_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+# The agent's two codecs: memoryless (version 2 frames that stand alone) and temporal
+# (version 3 chained frames the cloud decodes in order from the chain state in its store).
+CODECS = ("memoryless", "temporal")
+
+
+def chaos_run(codec: str, factory: pytest.TempPathFactory) -> Path:
+    """The exported run of `codec` that the agents and the decoder load."""
+    return quick_temporal_run(factory) if codec == "temporal" else quick_exported_run(factory)
+
 
 N = 10_000
 RATE_HZ = 800
@@ -80,10 +90,11 @@ def _restart(broker: OwnBroker, down_s: float) -> None:
     broker.start()
 
 
+@pytest.mark.parametrize("codec", CODECS)
 def test_every_measurement_is_stored_once_through_broker_restarts_and_an_agent_kill(
-    own_broker: OwnBroker, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    own_broker: OwnBroker, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, codec: str
 ) -> None:
-    run = quick_exported_run(tmp_path_factory)
+    run = chaos_run(codec, tmp_path_factory)
     times = _csv(tmp_path / "kpis.csv", tmp_path)
     db = tmp_path / "cloud.db"
     # A fixed client id: a persistent session keeps the frames published while it is away.

@@ -36,9 +36,19 @@ import pytest
 from sparsetel.cloud.data.simulator import write_sessions
 from tests.mosquitto import OwnBroker
 from tests.processes import DEVNULL, last_json, sparsetel, started
-from tests.quickrun import quick_exported_run
+from tests.quickrun import quick_exported_run, quick_temporal_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+# The agent's two codecs: memoryless (version 2 frames that stand alone) and temporal
+# (version 3 chained frames the cloud decodes in order from the chain state in its store).
+CODECS = ("memoryless", "temporal")
+
+
+def chaos_run(codec: str, factory: pytest.TempPathFactory) -> Path:
+    """The exported run of `codec` that the agents and the decoder load."""
+    return quick_temporal_run(factory) if codec == "temporal" else quick_exported_run(factory)
+
 
 AGENTS, PER_AGENT, RATE_HZ = 4, 25_000, 1_600
 T0_MS = (int(time.time()) - 3600) * 1000  # recent: inside serve's window for frame times
@@ -76,10 +86,11 @@ def _thaw_workers(parent: int) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.parametrize("codec", CODECS)
 def test_every_measurement_of_four_agents_is_stored_once_through_a_worker_kill_and_broker_restart(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, codec: str
 ) -> None:
-    run = quick_exported_run(tmp_path_factory)
+    run = chaos_run(codec, tmp_path_factory)
     source = tmp_path / "kpis.csv"
     _csv(source, tmp_path)
     broker = OwnBroker(tmp_path, "max_queued_messages 100000\nmax_inflight_messages 100\n")

@@ -51,18 +51,20 @@ def test_the_fleet_summary_has_each_edges_numbers(store: Store) -> None:
         "measurements_per_s": 4 / 60,
         "bytes_per_measurement": per, "compression_ratio": 4 * 3 / per, "gaps": 1,
         "edge_rejects": 3, "spool_depth": 4, "heartbeat_age_s": 12.0,
+        "pending_frames": 0, "undecodable": {}, "undecodable_measurements": 0,
     }  # fmt: skip
     assert (e2["edge"], e2["online"], e2["frames"], e2["spool_depth"]) == ("e2", False, 0, 0)
     assert e2["bytes_per_measurement"] is None and e2["heartbeat_age_s"] == 0.0
     assert status["totals"] == {
         "edges": 2, "online": 1, "measurements": 6, "measurements_per_s": 4 / 60, "gaps": 1,
+        "pending_frames": 0, "undecodable_measurements": 0,
     }  # fmt: skip
     table = format_status(status).splitlines()
     assert table[0].split() == [
         "edge", "online", "model", "L", "meas/s", "frames/s", "B/meas", "ratio", "gaps",
-        "rejects", "spool", "beat", "age",
+        "rejects", "spool", "beat", "age", "pending", "undecodable",
     ]  # fmt: skip
-    assert table[1].split()[:2] == [EDGE, "yes"] and table[1].endswith("12 s")
+    assert table[1].split()[:2] == [EDGE, "yes"] and table[1].split()[-4:] == ["12", "s", "0", "0"]
     assert table[-1] == (
         "1 of 2 edges online; 6 measurements stored, 0.1/s over the last 60 s; 1 frames missing"
     )

@@ -1,0 +1,148 @@
+"""The temporal codec's part of the ingest benchmark (scripts/bench_ingest.py --temporal).
+
+Decode only, one core: per version 3 frame what `cloud.ingest.chains` does before storing
+(parse the frame, `decode_payload` from the chain state, `denormalise`), the same with the
+run's KPI predictor over its window, and `decode_payload` alone; measurements per second,
+median of interleaved rounds. End to end: ``serve --workers 2`` storing frames published in
+order, on SQLite and (when it answers) PostgreSQL. At 1 and at 50 measurements per frame.
+Numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_ingest import GOAL_DECODE, GOAL_E2E, TEMPORAL_PER_FRAME, _end_to_end, _postgres_db
+
+from sparsetel.cloud.ingest.temporal import TemporalModel
+from sparsetel.shared.chainframe import (
+    ChainHead,
+    chain_frame,
+    decode_chain_frame,
+    encode_chain_frame,
+)
+from sparsetel.shared.temporalcodec import ChainState, decode_payload, encode_payload
+from sparsetel.shared.wire import AGENT_KEY_INTERVAL
+
+__all__ = ["print_temporal", "temporal_rows"]
+
+
+def _temporal_model(work: Path) -> Path:
+    """A temporal run on simulated sessions (quick sizes), trained and exported."""
+    from sparsetel.cloud.codec.export import export_run
+    from sparsetel.cloud.data.simulator import write_sessions
+    from sparsetel.cloud.demo.pipeline import DEMO_KPIS, DEMO_TARGET
+    from sparsetel.cloud.training.train import TrainOptions, train_run
+
+    data = work / "tdata"
+    write_sessions(data, n_sessions=6, rows=1200, seed=0)
+    run = work / "trun"
+    options = TrainOptions(
+        data=data, kpis=DEMO_KPIS, target=DEMO_TARGET, out=run, quick=True, codec="temporal",
+        steps=40, seed=0, progress=False,
+    )  # fmt: skip
+    train_run(options)
+    export_run(run)
+    return run
+
+
+def _frames(model: TemporalModel, x: np.ndarray, per_frame: int) -> list[bytes]:
+    """`x` coded as the agent codes it: chained frames of `per_frame`, a key every
+    AGENT_KEY_INTERVAL measurements (a frame starting at one carries a ChainHead)."""
+    codec, m = model.codec, model.manifest
+    t0 = (int(time.time()) - 3600) * 1000  # inside serve's window for frame times
+    state: ChainState | None = None
+    out = []
+    for seq, start in enumerate(range(0, len(x), per_frame)):
+        part = x[start : start + per_frame]
+        # a key due in this frame goes to its start: the agent keys frames, not measurements
+        due = any((start + i) % AGENT_KEY_INTERVAL == 0 for i in range(len(part)))
+        keys = [due and i == 0 for i in range(len(part))]
+        payload, decoded = encode_payload(codec, part, keys, None if keys[0] else state)
+        state = decoded.state
+        times = [t0 + 1000 * (start + i) for i in range(len(part))]
+        head = ChainHead(m.model_ref, times[0], 1000, m.L, m.K) if keys[0] else None
+        frame = chain_frame(0, seq, times, 1000, [i for i, k in enumerate(keys) if k], payload,
+                            head, None if head else times[0] - 1000)  # fmt: skip
+        out.append(encode_chain_frame(frame))
+    return out
+
+
+def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) -> dict[str, float]:
+    codec, W = model.codec, max(model.window, 1)
+    parsed = [decode_chain_frame(f) for f in frames]
+    flags = [[i in f.keys for i in range(f.count)] for f in parsed]
+    n = sum(f.count for f in parsed)
+
+    def ingest(predict: bool) -> None:
+        state, recent = None, np.zeros((0, codec.D))
+        for data in frames:
+            frame = decode_chain_frame(data)
+            keys = [i in frame.keys for i in range(frame.count)]
+            decoded = decode_payload(codec, frame.payload, keys, None if frame.head else state)
+            state = decoded.state
+            codec.denormalise(decoded.recon)
+            if predict:
+                stacked = np.concatenate([recent, decoded.recon])
+                model.predict(stacked)
+                recent = stacked[max(len(stacked) - (W - 1), 0) :]
+
+    def payload_only() -> None:
+        state = None
+        for frame, keys in zip(parsed, flags, strict=True):
+            state = decode_payload(codec, frame.payload, keys, None if frame.head else state).state
+
+    ways = {
+        "decode_per_s_one_core": lambda: ingest(False),
+        "decode_predict_per_s_one_core": lambda: ingest(True),
+        "decode_payload_per_s_one_core": payload_only,
+    }
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way()
+            rates[name].append(n / (time.perf_counter() - started))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def temporal_rows(work: Path, url: str, postgres: str, measurements: int) -> list[dict[str, Any]]:
+    """One row per frame size: decode-only rates and end-to-end runs on 2 workers."""
+    import torch
+    from bench_edge import _rows
+
+    torch.set_num_threads(1)
+    run = _temporal_model(work)
+    model = TemporalModel.load(run)
+    x = _rows(work / "tdata", model.codec.kpis, measurements).astype(np.float64)
+    out = []
+    for per_frame in TEMPORAL_PER_FRAME:
+        frames = _frames(model, x, per_frame)
+        row: dict[str, Any] = {"per_frame": per_frame, "frames": len(frames)}
+        row.update(_decode_only(model, frames[: max(2000 // per_frame, 40)]))
+        row["end_to_end"] = []
+        for kind, db in (
+            ("sqlite", str(work / f"t{per_frame}.db")),
+            ("postgresql", _postgres_db(postgres)),
+        ):
+            if db is not None:
+                e2e = _end_to_end(run, frames, url, db, 2, per_frame)
+                row["end_to_end"].append({"store": kind, **e2e})
+        out.append(row)
+    return out
+
+
+def print_temporal(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        print(f"temporal codec, {row['per_frame']} measurement(s) per frame:")
+        print(f"  decode only, one core:         {row['decode_per_s_one_core']:,.0f} "
+              f"measurements/s (goal {GOAL_DECODE:,})")  # fmt: skip
+        print(f"  decode and predict, one core:  {row['decode_predict_per_s_one_core']:,.0f}")
+        print(f"  decode_payload alone:          {row['decode_payload_per_s_one_core']:,.0f}")
+        for e2e in row["end_to_end"]:
+            print(f"  end to end, {e2e['store']}, 2 workers: {e2e['per_s']:,.0f} measurements/s "
+                  f"({e2e['stored']:,} in {e2e['span_s']:.1f} s; goal {GOAL_E2E:,})")  # fmt: skip
