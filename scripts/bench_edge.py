@@ -64,7 +64,13 @@ def _model(work: Path) -> Path:
     write_sessions(data, n_sessions=6, rows=1200, seed=0)
     run = work / "run"
     options = TrainOptions(
-        data=data, kpis=DEMO_KPIS, target=DEMO_TARGET, out=run, steps=40, finetune_steps=10
+        codec="memoryless",
+        data=data,
+        kpis=DEMO_KPIS,
+        target=DEMO_TARGET,
+        out=run,
+        steps=40,
+        finetune_steps=10,
     )
     train_run(options)
     export_run(run)

@@ -88,6 +88,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _train(args: argparse.Namespace, data: Path, out: Path, K: int, seed: int) -> Path:
     options = TrainOptions(
+        codec="memoryless",
         data=data, kpis=KPI_COLUMNS, target=TARGET, out=out, L=args.L, K=K, seed=seed,
         quick=args.quick, steps=args.steps, code_cost=args.code_cost, threads=1, progress=False,
     )  # fmt: skip

@@ -87,7 +87,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an SDLGM codec and KPI predictor on KPI CSVs")
     _add_data_args(p)
     p.add_argument("--L", type=int, default=4, help="at most L codes per measurement")
-    p.add_argument("--K", type=int, default=128, help="codebook size")
+    p.add_argument("--K", type=int, help="codebook size (memoryless codec; default 128)")
     p.add_argument("--window", type=int, default=8, help="predictor window W (measurements)")
     p.add_argument("--steps", type=int, help="training steps (default: the model's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -114,8 +114,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--codec",
         choices=("temporal", "memoryless"),
-        help="temporal: each measurement coded against the one before, context across frames; "
-        "memoryless: each measurement on its own (the ONNX encoder)",
+        help="temporal (default): each measurement coded against the one before, context "
+        "across frames; memoryless: each measurement on its own (the ONNX encoder; --K, "
+        "--objective, --sparsity, --slots and --code-cost apply to it only)",
     )
     p.add_argument(
         "--snr-db",

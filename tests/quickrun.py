@@ -23,6 +23,7 @@ def quick_run(factory: pytest.TempPathFactory) -> Path:
     if not (run / "checkpoint.pt").exists():
         write_sessions(base / "data", n_sessions=6, rows=400, seed=0)
         options = TrainOptions(
+            codec="memoryless",
             data=base / "data", kpis=KPIS, target=TARGET, out=run, L=4, K=32, quick=True,
             steps=150, finetune_steps=40, eval_every=50, seed=0, progress=False,
         )  # fmt: skip

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..codec.normaliser import fit_normaliser
-from ..data.datasets import Session
 from .gridcode import LOSSLESS_PREDICTOR, LOSSLESS_TABLE, GridLossless
 from .method import TrainData, frames
 
@@ -21,18 +20,19 @@ __all__ = ["grid_lossless_bits"]
 
 
 def grid_lossless_bits(
-    train: Sequence[Session], scored: Sequence[Session], frame: int, names: Sequence[str]
+    train: Sequence[np.ndarray], scored: Sequence[np.ndarray], frame: int, names: Sequence[str]
 ) -> float:
-    """Payload bits per measurement of the lossless native-grid coder on `scored` (frames of
-    `frame`), fitted on `train`; both hold raw KPIs in the order of `names`."""
-    norm = fit_normaliser(np.concatenate([s.kpis for s in train]), list(names))
+    """Payload bits per measurement of the lossless native-grid coder on the sessions
+    `scored` (frames of `frame`), fitted on the sessions `train`; each session raw KPIs
+    (float, [T, D], NaN missing) in the order of `names`."""
+    norm = fit_normaliser(np.concatenate(list(train)), list(names))
 
     def normalised(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = norm.transform(raw)
         seen = np.isfinite(z)
         return np.where(seen, z, 0.0), seen
 
-    pairs = [normalised(s.kpis) for s in train]
+    pairs = [normalised(x) for x in train]
     data = TrainData(
         names=tuple(names),
         x=tuple(x for x, _ in pairs),
@@ -45,8 +45,8 @@ def grid_lossless_bits(
     coder = GridLossless(LOSSLESS_PREDICTOR, LOSSLESS_TABLE)
     coder.fit(data, seed=0)
     bits = n = 0
-    for s in scored:
-        x, seen = normalised(s.kpis)
+    for raw in scored:
+        x, seen = normalised(raw)
         for cut in frames(len(x), frame):
             bits += coder.code_frame(x[cut], seen[cut]).bits
         n += len(x)

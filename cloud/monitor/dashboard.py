@@ -34,7 +34,9 @@ import numpy as np
 
 from ...shared.errors import ConfigError
 from ...shared.manifest import ModelManifest
-from ...shared.rundir import MANIFEST_FILE, read_evaluation
+from ...shared.rundir import CODEC_FILE, MANIFEST_FILE, read_evaluation
+from ...shared.temporalcodec import TemporalCodec
+from ..codec.wordnames import code_names
 from ..store.database import Store
 from .status import check_window, fleet_status
 
@@ -131,6 +133,7 @@ class ModelCatalogue:
     runs: Sequence[Path] = ()
     models_dir: Path | None = None
     _prototypes: dict[str, np.ndarray] = field(default_factory=dict)
+    _names: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def models(self) -> dict[str, _Model]:
@@ -147,6 +150,18 @@ class ModelCatalogue:
                 continue
             out.setdefault(manifest.model_ref.hex(), _Model(run, manifest, read_evaluation(run)))
         return out
+
+    def word_names(self, ref: str, model: _Model) -> list[str] | None:
+        """A temporal codec's code names ("RSRP +1 dB", key words after the K words), read
+        once per model; None for a memoryless model (its codes read through prototypes)."""
+        path = model.run / CODEC_FILE
+        if not path.exists():
+            return None
+        with self._lock:
+            if ref not in self._names:
+                codec = TemporalCodec.from_json(path.read_text(encoding="utf-8"))
+                self._names[ref] = code_names(codec)
+            return self._names[ref]
 
     def prototypes(self, ref: str, model: _Model) -> np.ndarray:
         """What each of the model's K codes decodes to on its own, in units ([K, D]).
@@ -289,14 +304,17 @@ class Dashboard:
         out = []
         for ref, m in sorted(models.items()):
             used = usage.get(ref, {"measurements": 0, "codes": {}})
-            counts = [used["codes"].get(k, 0) for k in range(m.manifest.K)]
-            total = sum(counts)
+            prototypes, reads = None, None
             try:
-                prototypes = self.catalogue.prototypes(ref, m)
+                reads = self.catalogue.word_names(ref, m)
+                if reads is None:
+                    prototypes = self.catalogue.prototypes(ref, m)
+                    reads = _reads_as(prototypes, m.manifest.kpis)
             except Exception as exc:
-                log.warning("model %s: no prototypes: %s", ref, exc)
-                prototypes = None
-            reads = _reads_as(prototypes, m.manifest.kpis) if prototypes is not None else None
+                log.warning("model %s: its codes cannot be read: %s", ref, exc)
+            n_codes = m.manifest.K if prototypes is not None or reads is None else len(reads)
+            counts = [used["codes"].get(k, 0) for k in range(n_codes)]
+            total = sum(counts)
             codes = [
                 {
                     "code": k,

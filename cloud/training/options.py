@@ -20,6 +20,10 @@ DEFAULT = {"steps": 2000, "finetune_steps": 500, "batch": 128, "hidden": 256, "e
 QUICK = {"steps": 600, "finetune_steps": 150, "batch": 64, "hidden": 128, "eval_every": 100}
 
 
+# Flags of the memoryless (ONNX) codec only: the temporal codec's words come from the data.
+MEMORYLESS_ONLY = ("K", "objective", "sparsity", "slots", "code_cost")
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """One training run; None means the DEFAULT (or, with `quick`, the QUICK) value."""
@@ -65,7 +69,7 @@ class TrainOptions:
     # Which codec: "temporal" (closed-loop lattice words, context across frames) or
     # "memoryless" (each measurement on its own, the ONNX encoder); and the temporal codec's
     # fidelity aimed at (None: the SNR validation chose for L) and key interval in training.
-    codec: Literal["temporal", "memoryless"] = "memoryless"
+    codec: Literal["temporal", "memoryless"] = "temporal"
     snr_db: float | None = None
     key_interval: int = 50
 
@@ -124,6 +128,14 @@ class TrainOptions:
         names = ("horizon", "L", "K", "window", "seed", "steps", "sentinels", "objective")
         more = ("sparsity", "slots", "code_cost", "codec", "snr_db", "key_interval")
         given = {k: getattr(args, k, None) for k in (*names, *more)}
+        codec = given["codec"] or cls.codec
+        only = [k for k in MEMORYLESS_ONLY if given.get(k) is not None]
+        if codec == "temporal" and only:
+            flags = ", ".join("--" + k.replace("_", "-") for k in only)
+            raise ConfigError(
+                f"{flags} set the memoryless codec; add --codec memoryless or leave them out",
+                key="train.codec",
+            )
         return cls(
             data=args.data,
             kpis=parse_kpi_list(args.kpis),

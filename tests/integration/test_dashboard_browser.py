@@ -74,6 +74,7 @@ def _models(tmp_path: Path, factory: pytest.TempPathFactory) -> tuple[Path, Path
     data = factory.getbasetemp() / "sparsetel-quick" / "data"
     two = tmp_path / "models" / "l2"
     train_run(TrainOptions(
+        codec="memoryless",
         data=data, kpis=KPIS, target=TARGET, out=two, L=2, K=32, quick=True, steps=150,
         finetune_steps=40, eval_every=50, seed=0, progress=False,
     ))  # fmt: skip

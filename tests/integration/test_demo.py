@@ -27,4 +27,5 @@ def test_demo_stores_every_measurement_and_reports_compression_and_accuracy(
     assert report["wire_bytes_per_measurement"] < report["raw_float32_bytes_per_measurement"] / 4
     assert report["json_bytes_per_measurement"] > report["raw_float32_bytes_per_measurement"]
     assert 0 < report["nmse"] < 0.5
+    assert 0 < report["payload_bits_per_measurement"] < report["lossless_grid_bits_per_measurement"]
     assert report["target_r2"] is not None and report["target_r2"] > 0

@@ -38,6 +38,7 @@ EDGE = "rollout-1"
 def _second_run(first: Path, out: Path) -> Path:
     """Another model on the same sessions (another seed): same KPIs, another sha256."""
     options = TrainOptions(
+        codec="memoryless",
         data=first.parent / "data", kpis=KPIS, target=TARGET, out=out, L=4, K=32, quick=True,
         steps=150, finetune_steps=40, eval_every=50, seed=1, progress=False,
     )  # fmt: skip

@@ -41,7 +41,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_sessions(data, n_sessions=8, rows=PER_EDGE + 200, seed=3)
     run = root / "run"
     options = TrainOptions(
-        data=data, kpis=KPIS, target="DL_bitrate", out=run, L=4, K=64, quick=True, seed=3
+        codec="memoryless",
+        data=data,
+        kpis=KPIS,
+        target="DL_bitrate",
+        out=run,
+        L=4,
+        K=64,
+        quick=True,
+        seed=3,
     )
     train_run(options)
     export_run(run)

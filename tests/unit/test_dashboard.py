@@ -266,3 +266,28 @@ def test_bad_monitor_options_are_clear_errors(
     assert "--drift-ratio must be > 0" in err and "not a sparsetel benchmark result" in err
     assert "--window must be > 0" in err
     assert "no manifest.json" in err
+
+
+def test_a_temporal_codecs_codebook_reads_its_words_as_moves(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from sparsetel.cloud.codec.wordnames import code_names
+    from sparsetel.shared.temporalcodec import TemporalCodec
+    from tests.quickrun import quick_temporal_run
+
+    run = quick_temporal_run(tmp_path_factory)
+    codec = TemporalCodec.from_json((run / "codec.json").read_text(encoding="utf-8"))
+    store = open_store(tmp_path / "empty.db")
+    try:
+        data = Dashboard(store, ModelCatalogue(runs=[run])).data(NOW)
+    finally:
+        store.close()
+    (book,) = data["codebook"]
+    names = {c["code"]: c["reads_as"] for c in book["codes"]}
+    assert len(names) == codec.K + len(codec.keys)
+    assert [names[k] for k in range(len(names))] == code_names(codec)
+    assert all(c["prototype"] is None and c["count"] == 0 for c in book["codes"])
+    html = render_page(
+        Dashboard(open_store(tmp_path / "e2.db"), ModelCatalogue(runs=[run])).data(NOW)
+    )
+    assert code_names(codec)[0] in html

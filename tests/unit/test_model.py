@@ -135,6 +135,7 @@ def test_training_is_reproducible_with_the_same_seed(tmp_path: Path) -> None:
     states = []
     for name in ("a", "b"):
         options = TrainOptions(
+            codec="memoryless",
             data=data, kpis=KPIS, target=TARGET, out=tmp_path / name, K=16, quick=True,
             steps=20, finetune_steps=5, eval_every=10, seed=7, progress=False,
         )  # fmt: skip
@@ -147,7 +148,9 @@ def test_training_is_reproducible_with_the_same_seed(tmp_path: Path) -> None:
 )
 def test_train_options_reject_bad_values_naming_the_key(field: str, value: int) -> None:
     with pytest.raises(ConfigError) as err:
-        TrainOptions(data="d", kpis=KPIS, target=TARGET, out="o", **{field: value})
+        TrainOptions(
+            codec="memoryless", data="d", kpis=KPIS, target=TARGET, out="o", **{field: value}
+        )
     assert err.value.key == f"train.{field}"
 
 
@@ -155,12 +158,25 @@ def test_train_options_from_cli_flags_and_quick_preset() -> None:
     args = argparse.Namespace(
         data=Path("d"), kpis="RSRP, DL bitrate", target="DL bitrate", out=Path("o"),
         horizon=None, L=2, K=64, window=None, seed=3, steps=None, sentinels=None, quick=True,
+        codec="memoryless",
     )  # fmt: skip
     opts = TrainOptions.from_cli(args).resolved()
     assert opts.kpis == ("RSRP", "DL bitrate") and (opts.L, opts.K, opts.seed) == (2, 64, 3)
     assert opts.horizon == 1 and opts.window == 8 and opts.steps is not None and opts.quick
     with pytest.raises(ConfigError):
         TrainOptions.from_cli(argparse.Namespace(**{**vars(args), "kpis": None}))
+
+
+def test_the_temporal_codec_is_the_default_and_refuses_the_memoryless_flags() -> None:
+    args = argparse.Namespace(
+        data=Path("d"), kpis="RSRP,SNR", target="SNR", out=Path("o"), L=4, snr_db=30.0,
+    )  # fmt: skip
+    opts = TrainOptions.from_cli(args)
+    assert opts.codec == "temporal" and opts.snr_db == 30.0
+    for flag, value in (("K", 64), ("objective", "conditional"), ("code_cost", 0.1)):
+        with pytest.raises(ConfigError, match="--codec memoryless") as err:
+            TrainOptions.from_cli(argparse.Namespace(**{**vars(args), flag: value}))
+        assert err.value.key == "train.codec"
 
 
 def test_codec_counts_take_wire_records_and_padded_arrays_alike(codec: CloudCodec) -> None:

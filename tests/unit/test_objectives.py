@@ -36,6 +36,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(data: Path, out: Path, **kw: object) -> Path:
     sizes = {"steps": 40, "finetune_steps": 10, "eval_every": 10, "K": 16, "L": 2}
     options = TrainOptions(
+        codec="memoryless",
         data=data, kpis=KPIS, target=TARGET, out=out, quick=True, seed=0, progress=False,
         **{**sizes, **kw},  # type: ignore[arg-type]
     )  # fmt: skip
@@ -66,6 +67,7 @@ def _trainer(objective: str, **kw: object) -> Trainer:
     norm, scaler = fit_normaliser(x, ["a", "b", "c"]), fit_target_scaler(y, "y")
     w = make_windows([x], [y], norm, window=4, horizon=1)
     opts = TrainOptions(
+        codec="memoryless",
         data="d", kpis=("a", "b", "c"), target="y", out="o", L=2, K=8, window=4, quick=True,
         objective=objective, progress=False, **kw,  # type: ignore[arg-type]
     ).resolved()  # fmt: skip
@@ -153,7 +155,9 @@ def test_a_price_per_code_closes_gates_where_codes_buy_little(data: Path, tmp_pa
 )
 def test_train_options_reject_bad_objectives_and_schedules(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:
-        TrainOptions(data="d", kpis=KPIS, target=TARGET, out="o", L=2, **{field: value})  # type: ignore[arg-type]
+        TrainOptions(
+            codec="memoryless", data="d", kpis=KPIS, target=TARGET, out="o", L=2, **{field: value}
+        )  # type: ignore[arg-type]
     assert err.value.key == f"train.{field}"
 
 
@@ -161,7 +165,7 @@ def test_train_flags_choose_objective_schedule_and_price() -> None:
     args = argparse.Namespace(
         data=Path("d"), kpis="RSRP", target="RSRP", out=Path("o"), horizon=None, L=3, K=64,
         window=None, seed=None, steps=None, sentinels=None, quick=True, objective="conditional",
-        sparsity="adaptive", slots=None, code_cost=0.5,
+        sparsity="adaptive", slots=None, code_cost=0.5, codec="memoryless",
     )  # fmt: skip
     opts = TrainOptions.from_cli(args).resolved()
     assert (opts.objective, opts.sparsity, opts.slots, opts.code_cost) == (
