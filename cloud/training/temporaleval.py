@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from ...shared.chainframe import ChainHead, chain_frame, decode_chain_frame, encode_chain_frame
+from ...shared.health import beat_payload
+from ...shared.receipt import encode_receipt
 from ...shared.rundir import CODEC_FILE, EVALUATION_FILE, PREDICTOR_DIR, read_config, write_json
 from ...shared.temporalcodec import ChainState, TemporalCodec, decode_payload
-from ...shared.topics import data_topic
+from ...shared.topics import data_topic, health_topic, receipt_topic
 from ...shared.wire import mqtt_publish_overhead
 from ..codec.fidelity import snr
 from ..codec.shipping import CodedStream, code_stream
@@ -49,6 +51,8 @@ TRACKED = 0.25  # ... is tracked once the reconstruction is within a quarter of 
 TRACK_LIMIT = 60  # measurements looked at after a jump
 SECONDS_PER_DAY = 86_400
 PUBACK_BYTES = 4  # MQTT 3.1.1 PUBACK: fixed header 2 + packet id 2
+HEALTH_INTERVAL_S = 30.0  # the agent's default heartbeat interval (edge.settings)
+DAYS_UP = 30  # the beat and receipt are sized for an edge a month into its bdSeq
 
 
 def _wire(
@@ -104,6 +108,38 @@ def _rate(
         "max_nonzeros": int(np.max(nnz)),
     }
     return rate, recons, agree
+
+
+def _link_per_day(wire_per_measurement: float, per_frame: int) -> dict[str, float]:
+    """Bytes per day between one edge at 1 Hz (the agent's defaults) and the broker: its
+    frames with their MQTT framing and PUBACKs, its heartbeats (every HEALTH_INTERVAL_S) and
+    the store receipts it gets back (``confirm = "store"``, one per frame at this rate), each
+    with its MQTT framing. Beat and receipt are built as the agent and the cloud build them,
+    with the counters of an edge DAYS_UP days into its bdSeq."""
+    group, edge, seconds = "fleet", "edge-0001", DAYS_UP * SECONDS_PER_DAY
+    frames_sent = seconds // per_frame
+    beat = beat_payload({
+        "edge": edge, "group": group, "bd_seq": 2**31 + 12_345, "model_sha256": "0" * 64,
+        "timestamp_ms": 1_790_000_000_000, "uptime_s": float(seconds),
+        "measurements": seconds, "next_seq": frames_sent, "frames_sent": frames_sent,
+        "frames_acked": frames_sent, "replayed": 0, "confirmed": frames_sent, "audits": 0,
+        "rejects": {}, "spool_depth": 1, "spool_bytes": 64, "spool_dropped": 0, "dropped": [],
+        "encode_ms_per_measurement": 0.085, "encode_batch_ms_max": 0.412,
+    })  # fmt: skip
+    (receipt,) = encode_receipt(2**31 + 12_345, [frames_sent])
+    beat_bytes = len(beat) + mqtt_publish_overhead(health_topic(group, edge), len(beat), qos=0)
+    receipt_bytes = len(receipt) + mqtt_publish_overhead(
+        receipt_topic(group, edge), len(receipt), qos=0
+    )
+    frames = wire_per_measurement * SECONDS_PER_DAY
+    beats = beat_bytes * SECONDS_PER_DAY / HEALTH_INTERVAL_S
+    receipts = receipt_bytes * SECONDS_PER_DAY / per_frame
+    return {
+        "link_bytes_per_day": frames + beats + receipts,
+        "link_bytes_per_day_frames": frames,
+        "link_bytes_per_day_heartbeats": beats,
+        "link_bytes_per_day_receipts": receipts,
+    }
 
 
 def _fidelity(
@@ -233,11 +269,8 @@ def evaluate_temporal(
     rate, recons, agree = _rate(codec, sessions, WIRE_BATCH, None)
     per_frame, key_interval = agent_framing()
     agent, agent_recons, agent_agree = _rate(codec, sessions, per_frame, key_interval)
-    agent.update(
-        records_per_frame=per_frame,
-        key_interval=key_interval,
-        link_bytes_per_day=agent["wire_bytes_per_measurement"] * SECONDS_PER_DAY,
-    )
+    link = _link_per_day(agent["wire_bytes_per_measurement"], per_frame)
+    agent.update(records_per_frame=per_frame, key_interval=key_interval, **link)
     _, to_raw = target_column(codec, config["target"])
     predictors = {
         "": ChangePredictor.load(run / PREDICTOR_DIR / "decoded", to_raw),

@@ -137,12 +137,22 @@ def test_evaluate_measures_the_shipped_path(result: dict[str, Any], codec: Tempo
     assert set(result["snr_db_per_kpi"]) == set(result["max_abs_error_per_kpi"]) == set(KPIS)
     agent = result["agent"]
     assert agent["records_per_frame"] == 2 and agent["key_interval"] == 60
-    assert agent["link_bytes_per_day"] == pytest.approx(
-        86_400 * agent["wire_bytes_per_measurement"]
-    )
+    parts = ("frames", "heartbeats", "receipts")
+    per_day = [agent[f"link_bytes_per_day_{p}"] for p in parts]
+    assert per_day[0] == pytest.approx(86_400 * agent["wire_bytes_per_measurement"])
+    assert agent["link_bytes_per_day"] == pytest.approx(sum(per_day))
+    # a beat of a few hundred bytes every 30 s; a receipt of a few dozen per frame (2 s)
+    assert 2880 * 200 < per_day[1] < 2880 * 1000 and 43_200 * 40 < per_day[2] < 43_200 * 150
     for key in ("target_mae", "raw_target_mae", "persistence_target_mae"):
         assert result[key] > 0
     assert 0 < result["target_reconstruction_mae"] < result["target_change_mae"]
+
+
+def test_evaluate_sizes_heartbeats_at_the_agents_default_interval() -> None:
+    from sparsetel.cloud.training.temporaleval import HEALTH_INTERVAL_S
+    from sparsetel.edge.settings import EdgeConfig
+
+    assert EdgeConfig.__dataclass_fields__["health_interval_s"].default == HEALTH_INTERVAL_S
 
 
 def test_evaluate_saves_its_result_for_the_monitor(result: dict[str, Any], tmp_path_factory):
