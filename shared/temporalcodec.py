@@ -109,6 +109,8 @@ class TemporalCodec:
     group_ids: tuple[int, ...] = field(init=False, repr=False)  # group as Python ints
     local_ids: tuple[int, ...] = field(init=False, repr=False)  # local as Python ints
     delta_ids: tuple[int, ...] = field(init=False, repr=False)  # delta as Python ints
+    member_ids: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # members, ints
+    key_ids: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # keys, ints
 
     def __post_init__(self) -> None:
         D, K = len(self.kpis), len(self.group)
@@ -124,6 +126,8 @@ class TemporalCodec:
         object.__setattr__(self, "group_ids", tuple(int(j) for j in self.group))
         object.__setattr__(self, "local_ids", tuple(int(i) for i in local))
         object.__setattr__(self, "delta_ids", tuple(int(d) for d in self.delta))
+        object.__setattr__(self, "member_ids", tuple(tuple(int(w) for w in m) for m in members))
+        object.__setattr__(self, "key_ids", tuple(tuple(int(u) for u in k) for k in self.keys))
 
     @property
     def D(self) -> int:
@@ -455,37 +459,47 @@ def decode_payload(
     that does not decode to exactly these measurements."""
     if state is None and len(keys) and not keys[0]:
         raise WireError("a frame without a predecessor must start with a key", reason="no_key")
-    units, mask = _start(codec, state)
+    start_units, start_mask = _start(codec, state)
+    # Python ints and lists in the loop (numpy scalars cost more than the arithmetic); the
+    # states are turned into values in one numpy call per frame, as `value` computes them.
+    units, mask = [int(u) for u in start_units], [bool(m) for m in start_mask]
     dec, bit = RangeDecoder(payload), _BIT
+    decode = dec.decode
     D, K = codec.D, codec.K
-    recon, codes = np.empty((len(keys), D)), []
-    for t, is_key in enumerate(keys):
-        before = np.ones(D, dtype=bool) if is_key else mask
-        if dec.decode(codec.mask_table):
-            mask = np.array([bool(dec.decode(bit)) for _ in range(D)])
-        else:
-            mask = before
+    everything = [True] * D
+    members, delta, key_ids = codec.member_ids, codec.delta_ids, codec.key_ids
+    mask_table, key_table = codec.mask_table, codec.key_table
+    states, masks, codes = [], [], []
+    for is_key in keys:
+        before = everything if is_key else mask
+        mask = [bool(decode(bit)) for _ in range(D)] if decode(mask_table) else before
         kind, cap, got = (0, codec.L - 1, []) if is_key else (1, codec.L, [])
         if is_key:
-            kw = dec.decode(codec.key_table)
-            units = codec.keys[kw].copy()
+            kw = decode(key_table)
+            units = list(key_ids[kw])
             got.append(K + kw)
+        kpi_tables, word_tables = codec.kpi_tables[kind], codec.word_tables[kind]
         prev, n = D, 0
         while n < cap:
-            j = dec.decode(codec.kpi_tables[kind][prev])
+            j = decode(kpi_tables[prev])
             if j == D:
                 break
-            local = dec.decode(codec.word_tables[kind][j])
-            if local >= len(codec.members[j]):
+            local = decode(word_tables[j])
+            if local >= len(members[j]):
                 raise WireError(f"KPI {j} has no word {local}", reason="payload_word")
-            w = int(codec.members[j][local])
-            units[j] += codec.delta[w]
+            w = members[j][local]
+            units[j] += delta[w]
             got.append(w)
             prev, n = j, n + 1
-        recon[t] = np.where(mask, codec.value(units), np.nan)
+        states.append(list(units))
+        masks.append(mask)
         codes.append(tuple(got))
     dec.finish()
-    return Decoded(recon, tuple(codes), _state(units, mask))
+    n_rows = len(states)
+    seen = np.array(masks, dtype=bool).reshape(n_rows, D)
+    values = codec.value(np.array(states, dtype=np.int64).reshape(n_rows, D))
+    recon = np.where(seen, values, np.nan)
+    return Decoded(recon, tuple(codes), _state(np.array(units), np.array(mask)))
 
 
 def payload_bits(payload: bytes) -> int:
