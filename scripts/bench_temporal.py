@@ -85,7 +85,7 @@ def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) ->
             keys = [i in frame.keys for i in range(frame.count)]
             decoded = decode_payload(codec, frame.payload, keys, None if frame.head else state)
             state = decoded.state
-            codec.denormalise(decoded.recon)
+            codec.to_raw(decoded.recon)
             if predict:
                 stacked = np.concatenate([recent, decoded.recon])
                 model.predict(stacked)

@@ -101,6 +101,9 @@ class TemporalCodec:
     kpi_tables: tuple[tuple[FrequencyTable, ...], ...]  # [kind][previous KPI or D], D + 1 symbols
     word_tables: tuple[tuple[FrequencyTable, ...], ...]  # [kind][KPI], that KPI's words
     mask_table: FrequencyTable  # 2 symbols: mask as before, mask changed
+    # Per KPI, the decimals its raw values are written with when it has a native grid (1 dB:
+    # 0, 0.1 dB: 1), -1 when it has none; () for none at all. `to_raw` rounds onto the grid.
+    raw_decimals: tuple[int, ...] = ()
     local: np.ndarray = field(init=False, repr=False)  # [K] a word's index among its KPI's
     members: tuple[np.ndarray, ...] = field(init=False, repr=False)  # per KPI, its word ids
     # Derived once, for the encoder's inner loop (the same values it would compute each time):
@@ -154,6 +157,10 @@ class TemporalCodec:
         ):
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        if len(self.raw_decimals) not in (0, D) or not all(
+            -1 <= d <= 15 for d in self.raw_decimals
+        ):
+            raise ValueError(f"raw_decimals must hold {D} values in -1..15, or none")
         floats = (self.mean, self.std, self.unit, self.origin, self.weight, self.log_prior)
         if not all(np.all(np.isfinite(a)) for a in (*floats, self.gate_prior)):
             raise ValueError("codec arrays must be finite")
@@ -200,6 +207,16 @@ class TemporalCodec:
         with np.errstate(over="ignore"):
             out: np.ndarray = np.where(self.log, np.expm1(f), f)
         return out
+
+    def to_raw(self, z: np.ndarray) -> np.ndarray:
+        """Decoded rows (normalised, [..., D]) -> raw units, as the cloud stores them: a KPI
+        on a native grid is rounded to its decimals, so RSRP decodes to -79, not -79.0000036
+        (the state is on the grid; only the normalisation's floating point is off it)."""
+        raw = np.array(self.denormalise(z), dtype=np.float64)
+        for j, decimals in enumerate(self.raw_decimals):
+            if decimals >= 0:
+                raw[..., j] = np.round(raw[..., j], decimals)
+        return raw
 
     def value(self, units: np.ndarray) -> np.ndarray:
         """The reconstruction (normalised, clamped to ±span) of integer states ([..., D])."""
@@ -274,6 +291,7 @@ class TemporalCodec:
             "kpi_tables": [[t.to_list() for t in row] for row in self.kpi_tables],
             "word_tables": [[t.to_list() for t in row] for row in self.word_tables],
             "mask_table": self.mask_table.to_list(),
+            **({"raw_decimals": list(self.raw_decimals)} if self.raw_decimals else {}),
         }
 
     @classmethod
@@ -322,6 +340,7 @@ class TemporalCodec:
             kpi_tables=tables("kpi_tables"),
             word_tables=tables("word_tables"),
             mask_table=FrequencyTable.from_list(obj["mask_table"]),
+            raw_decimals=tuple(_int(d) for d in obj.get("raw_decimals", [])),
         )
 
 

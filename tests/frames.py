@@ -179,7 +179,7 @@ def temporal_frames(
         part = x[start : start + per_frame]
         keys = [(start + i) % key_interval == 0 for i in range(per_frame)]
         payload, decoded = encode_payload(codec, part, keys, state if not keys[0] else None)
-        recon.append(codec.denormalise(decoded.recon))
+        recon.append(codec.to_raw(decoded.recon))
         times = [t0 + 1000 * (start + i) for i in range(per_frame)]
         head = ChainHead(ref, times[0], 1000, codec.L, manifest_k) if keys[0] else None
         audit = None

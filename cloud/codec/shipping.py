@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,13 @@ __all__ = [
     "CodedStream",
     "code_stream",
     "key_flags",
+    "raw_decimals",
     "ship_codec",
 ]
 
 TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
 MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
+MAX_DECIMALS = 9  # of a KPI's native grid in raw units
 
 
 def key_flags(n: int, interval: int) -> list[bool]:
@@ -66,6 +69,30 @@ def ship_codec(
     for x in sample:
         encode_payload(codec, x, key_flags(len(x), len(x)), None, counts)
     return _with_tables(codec, counts)
+
+
+def _decimals(text: str) -> int:
+    """Digits after the point of a number written as `text` ("1" -> 0, "0.25" -> 2)."""
+    exponent = Decimal(text).normalize().as_tuple().exponent
+    return max(-int(exponent), 0)
+
+
+def raw_decimals(model: TemporalSDLGM, norm: Normaliser) -> tuple[int, ...]:
+    """Per KPI the decimals of its native grid in raw units (-1 without one): those of its
+    step (written with 6 significant digits: the grid was found in float32), more while
+    the grid's origin is not within a thousandth of a step of a number with that many."""
+    grid, out = model.grid, []
+    for j, n in enumerate(norm.norms):
+        if grid.step[j] <= 0 or n.log:
+            out.append(-1)
+            continue
+        step = float(f"{float(grid.step[j]) * n.std:.6g}")
+        origin = float(grid.origin[j]) * n.std + n.mean
+        decimals = _decimals(f"{step:.6g}")
+        while decimals < MAX_DECIMALS and abs(round(origin, decimals) - origin) > step / 1000:
+            decimals += 1
+        out.append(decimals)
+    return tuple(out)
 
 
 def _units(model: TemporalSDLGM) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +144,7 @@ def _codec(model: TemporalSDLGM, norm: Normaliser, keep: np.ndarray) -> Temporal
         kpi_tables=tuple(tuple(uniform(D + 1) for _ in range(D + 1)) for _ in range(2)),
         word_tables=tuple(tuple(uniform(n) for n in sizes) for _ in range(2)),
         mask_table=uniform(2),
+        raw_decimals=raw_decimals(model, norm),
     )
 
 

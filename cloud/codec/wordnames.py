@@ -42,7 +42,7 @@ def code_names(codec: TemporalCodec) -> list[str]:
         else:
             unit = UNITS.get(kpi)
             names.append(f"{kpi} {_number(move)}" + (f" {unit}" if unit else ""))
-    raw = codec.denormalise(codec.value(codec.keys))
+    raw = codec.to_raw(codec.value(codec.keys))
     for row in raw:
         parts = ", ".join(f"{kpi} {v:.4g}" for kpi, v in zip(codec.kpis, row, strict=True))
         names.append(f"key ({parts})")

@@ -229,7 +229,7 @@ class ChainIngest:
                 self._count(edge, frame.count, "time_window")
                 return "time_window"
             return host._hold("time_window", edge, frame, message, outside, digest)
-        kpis = np.asarray(codec.denormalise(decoded.recon), dtype=np.float64)
+        kpis = codec.to_raw(decoded.recon)
         predictions = self._predict(edge, frame, model, decoded.recon)
         step = model.horizon * period
         rows = [

@@ -147,10 +147,11 @@ def _fidelity(
 ) -> dict[str, Any]:
     """SNR overall and per KPI (normalised space, the benchmark's definition), each KPI's
     largest error in raw units, and how many measurements a jump takes to be tracked."""
-    z = codec.normalise(np.concatenate([s.kpis for s in sessions]))
+    x = np.concatenate([s.kpis for s in sessions]).astype(np.float64)
+    z = codec.normalise(x)
     seen = np.isfinite(z)
     z0 = np.where(seen, z, 0.0)
-    raw_err = np.abs(codec.denormalise(np.where(seen, recon, 0.0)) - codec.denormalise(z0))
+    raw_err = np.abs(codec.to_raw(np.where(seen, recon, 0.0)) - np.where(seen, x, 0.0))
     out: dict[str, Any] = snr(z0, np.where(seen, recon, 0.0), seen)
     out["snr_db_per_kpi"] = {
         k: snr(z0[:, j], np.where(seen[:, j], recon[:, j], 0.0), seen[:, j])["snr_db"]
@@ -242,7 +243,7 @@ def _target_error(
     err, change = [], []
     for s, recon in zip(sessions, recons, strict=True):
         x = s.kpis[:, j].astype(np.float64)
-        xh = codec.denormalise(np.where(np.isfinite(recon), recon, 0.0))[:, j]
+        xh = codec.to_raw(np.where(np.isfinite(recon), recon, 0.0))[:, j]
         err.append(np.abs(xh - x)[np.isfinite(x)])
         d = np.abs(np.diff(x))
         change.append(d[np.isfinite(d)])

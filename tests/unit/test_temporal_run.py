@@ -181,3 +181,23 @@ def test_the_saved_predictor_predicts_what_it_predicted_before_saving(
         ChangePredictor.load(run / "predictor" / "decoded", None)
     with pytest.raises(ValueError, match="differs"):
         ChangePredictor.load(run / "predictor" / "decoded", lambda v: 2 * to_raw(v))
+
+
+def test_grid_kpis_decode_onto_their_grid_in_raw_units(codec: TemporalCodec, data: Path) -> None:
+    decimals = dict(zip(codec.kpis, codec.raw_decimals, strict=True))
+    assert decimals["RSRP"] == decimals["CQI"] == 0 and decimals["SNR"] == 1
+    assert decimals["DL_bitrate"] == -1  # log-scaled: no grid
+    x = load_dataset(data / "session_000.csv", KPIS, TARGET).sessions[0].kpis[:200]
+    raw = codec.to_raw(code_stream(codec, x, frame=50).recon)
+    j = codec.kpis.index("RSRP")
+    rsrp = raw[:, j][np.isfinite(raw[:, j])]
+    assert np.array_equal(rsrp, np.round(rsrp)) and np.allclose(
+        rsrp,
+        codec.denormalise(code_stream(codec, x, frame=50).recon)[:, j][np.isfinite(raw[:, j])],
+        atol=1e-4,
+    )
+    again = TemporalCodec.from_json(codec.to_json())
+    assert again.raw_decimals == codec.raw_decimals
+    older = json.loads(codec.to_json())
+    del older["raw_decimals"]  # a codec.json written before raw_decimals: no rounding
+    assert TemporalCodec.from_json(json.dumps(older)).raw_decimals == ()
