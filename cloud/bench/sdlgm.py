@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ...shared.temporalcodec import TemporalCodec, decode_payload, encode_payload
-from ..codec.shipping import ship_codec
+from ..codec.shipping import ship_codec, stream_keys
 from ..codec.temporal import (
     LR,
     SNR_AT_L1,
@@ -95,6 +95,7 @@ class SDLGMCodec:
         self.codec: TemporalCodec | None = None
         self._to_raw: Callable[[np.ndarray], np.ndarray] | None = None
         self._used: np.ndarray = np.zeros(0, dtype=bool)
+        self._every_key = False  # sdlgm-memoryless: every measurement a key measurement
         self._nnz: list[np.ndarray] = []
 
     def fit(self, train: TrainData, seed: int) -> None:
@@ -110,6 +111,7 @@ class SDLGMCodec:
             for c in frames(len(x), train.frame)
         ]
         self.codec = ship_codec(model, train.normaliser, pieces)
+        self._every_key = stream_keys(model) == 1
         self._used = np.zeros(self.codec.K, dtype=bool)
         self._nnz = []
 
@@ -131,7 +133,7 @@ class SDLGMCodec:
     def code_frame(self, x: np.ndarray, mask: np.ndarray) -> Coded:
         """The shipped encoder codes the frame; the cloud's decoder reads its bytes back."""
         codec = self._codec()
-        keys = [i == 0 for i in range(len(x))]
+        keys = [self._every_key or i == 0 for i in range(len(x))]
         payload, _ = encode_payload(codec, self._raw(x, mask), keys, None)
         decoded = decode_payload(codec, payload, keys, None)
         for code in decoded.codes:

@@ -35,6 +35,7 @@ __all__ = [
     "key_flags",
     "raw_decimals",
     "ship_codec",
+    "stream_keys",
 ]
 
 TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
@@ -45,6 +46,12 @@ MAX_DECIMALS = 9  # of a KPI's native grid in raw units
 def key_flags(n: int, interval: int) -> list[bool]:
     """Key measurement flags of a stream of n measurements with a key every `interval`."""
     return [t % interval == 0 for t in range(n)]
+
+
+def stream_keys(model: TemporalSDLGM) -> int | None:
+    """The key interval a model's measurements are coded at: 1 (every measurement a key, no
+    temporal context) for a model trained without context, else None (the framing's)."""
+    return None if model.cfg.context else 1
 
 
 def ship_codec(
@@ -58,8 +65,10 @@ def ship_codec(
         raise ValueError("need at least one training frame to fit the entropy tables")
     full = _codec(model, norm, np.arange(model.cfg.K))
     uses = np.zeros(full.K)
+    every = stream_keys(model)
     for x in sample:
-        _, decoded = encode_payload(full, x, key_flags(len(x), len(x)), None, table_counts(full))
+        flags = key_flags(len(x), every or len(x))
+        _, decoded = encode_payload(full, x, flags, None, table_counts(full))
         for code in decoded.codes:
             words = [c for c in code if c < full.K]
             uses += np.bincount(np.asarray(words, dtype=np.int64), minlength=full.K)
@@ -67,7 +76,7 @@ def ship_codec(
     codec = _codec(model, norm, keep if len(keep) else np.array([int(uses.argmax())]))
     counts = table_counts(codec)
     for x in sample:
-        encode_payload(codec, x, key_flags(len(x), len(x)), None, counts)
+        encode_payload(codec, x, key_flags(len(x), every or len(x)), None, counts)
     return _with_tables(codec, counts)
 
 

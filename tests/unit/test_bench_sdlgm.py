@@ -203,6 +203,13 @@ def test_memoryless_L1_codes_with_key_words_alone() -> None:
     coded = codec.code_frame(x, np.ones_like(x, dtype=bool))
     assert coded.recon.shape == x.shape
     assert codec.stats()["max_nonzeros"] == 1
+    # no temporal context: every measurement is a key measurement, its one code a key word,
+    # so no lattice word is ever sent (with context, L = 1 moves by a word after the key)
+    assert len(codec.nnz_per_measurement()) == len(x) and not codec._used.any()
+    with_context = SDLGMCodec("sdlgm", L=1, steps=5, batch=64)
+    with_context.fit(train_data(), seed=0)
+    with_context.code_frame(x, np.ones_like(x, dtype=bool))
+    assert with_context._used.any()
 
 
 def test_the_target_kpi_gets_the_run_s_target_weight() -> None:
