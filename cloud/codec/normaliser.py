@@ -24,6 +24,7 @@ __all__ = [
     "Windows",
     "fit_normaliser",
     "fit_target_scaler",
+    "forward_fill",
     "make_windows",
 ]
 
@@ -150,7 +151,9 @@ class Windows:
         return ends[:, None] + np.arange(1 - self.window, 1)
 
 
-def _forward_fill(y: np.ndarray) -> np.ndarray:
+def forward_fill(y: np.ndarray) -> np.ndarray:
+    """Each entry of `y` ([T]) or, where NaN, the last finite one before it (NaN before the
+    first)."""
     idx = np.where(np.isfinite(y), np.arange(len(y)), -1)
     idx = np.maximum.accumulate(idx)
     return np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
@@ -172,7 +175,7 @@ def make_windows(
         t = t[np.isfinite(y[t + horizon])] if t.size else t
         zs.append(normaliser.transform(x))
         ys.append(y)
-        lasts.append(_forward_fill(y))
+        lasts.append(forward_fill(y))
         ends.append(t + offset)
         offset += len(y)
     z = np.concatenate(zs) if zs else np.zeros((0, len(normaliser.norms)))

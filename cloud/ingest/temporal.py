@@ -10,7 +10,6 @@ starts no torch in the service. Its frames are version 3 chained frames
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -24,8 +23,6 @@ from ...shared.temporalcodec import TemporalCodec
 __all__ = ["PREDICTOR_NAME", "TemporalModel", "is_temporal_run"]
 
 PREDICTOR_NAME = "decoded"  # RUN/predictor/decoded: fitted on the decoded KPIs
-
-ToRaw = Callable[[np.ndarray], np.ndarray]
 
 
 class Predictor(Protocol):
@@ -75,9 +72,9 @@ class TemporalModel:
         folder = run / PREDICTOR_DIR / PREDICTOR_NAME
         if folder.is_dir():
             # numpy only at load and predict time (torch only where it is fitted)
-            from ..training.changepredictor import ChangePredictor
+            from ..training.changepredictor import ChangePredictor, target_column
 
-            predictor = ChangePredictor.load(folder, _to_raw_target(codec, manifest.target))
+            predictor = ChangePredictor.load(folder, target_column(codec, manifest.target)[1])
         return cls(manifest, codec, predictor)
 
     @property
@@ -98,18 +95,3 @@ class TemporalModel:
         if self._predictor is None:
             return np.full(len(zhat), np.nan)
         return np.asarray(self._predictor.predict(zhat), dtype=np.float64)
-
-
-def _to_raw_target(codec: TemporalCodec, target: str) -> ToRaw | None:
-    """The map from the target's normalised column to raw units (None when it is not coded),
-    as `cloud.training.temporalrun.target_column` gives the predictor when it is fitted."""
-    if target not in codec.kpis:
-        return None
-    j = codec.kpis.index(target)
-
-    def to_raw(z: np.ndarray) -> np.ndarray:
-        full = np.zeros((len(z), codec.D))
-        full[:, j] = z
-        return np.asarray(codec.denormalise(full)[:, j], dtype=np.float64)
-
-    return to_raw

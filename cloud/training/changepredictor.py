@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ...shared.temporalcodec import TemporalCodec
+from ..codec.normaliser import forward_fill
+
 __all__ = [
     "CONFIG_FILE",
     "LEARNERS",
@@ -33,6 +36,8 @@ __all__ = [
     "ChangePredictor",
     "ToRaw",
     "fit_change_predictor",
+    "target_column",
+    "target_scores",
 ]
 
 CONFIG_FILE = "change_predictor.json"
@@ -63,11 +68,6 @@ class _Spec:
     probe: tuple[float, ...] = ()  # to_raw_target(_PROBE), () when the target is not coded
 
 
-def _forward_fill(v: np.ndarray) -> np.ndarray:
-    idx = np.maximum.accumulate(np.where(np.isfinite(v), np.arange(len(v)), -1))
-    return np.where(idx >= 0, v[np.maximum(idx, 0)], np.nan)
-
-
 def _features(zhat: np.ndarray, spec: _Spec, to_raw: ToRaw | None) -> tuple[np.ndarray, ...]:
     """Features (float64, shape: [T - W + 1, F]) and base (raw units, [T - W + 1]) of the
     windows ending at rows W - 1 .. T - 1 of one session (zhat: [T, D], NaN = missing)."""
@@ -81,7 +81,7 @@ def _features(zhat: np.ndarray, spec: _Spec, to_raw: ToRaw | None) -> tuple[np.n
     if spec.target_index is None or to_raw is None:
         base = np.full(T - W + 1, spec.mean)
     else:
-        raw = _forward_fill(np.asarray(to_raw(zhat[:, spec.target_index]), dtype=np.float64))
+        raw = forward_fill(np.asarray(to_raw(zhat[:, spec.target_index]), dtype=np.float64))
         raw = np.where(np.isfinite(raw), raw, spec.mean)
         base = raw[W - 1 :]
         past = np.lib.stride_tricks.sliding_window_view(raw, W)[:, :-1]  # [T', W - 1]
@@ -232,11 +232,28 @@ def _fit_trees(x: np.ndarray, u: np.ndarray, seed: int) -> _Trees:
     )
 
 
-def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """(MAE, R²) as `evaluate.target_scores` computes them (y, pred: [M])."""
+def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """(MAE, R²) of `pred` against `y` (both shape: [M]): how `evaluate` scores every
+    predictor, and how this one is chosen."""
+    err = pred - y
     sst = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((pred - y) ** 2)) / sst if sst > 0 else float("nan")
-    return float(np.mean(np.abs(pred - y))), r2
+    r2 = 1.0 - float(np.sum(err**2)) / sst if sst > 0 else float("nan")
+    return float(np.mean(np.abs(err))), r2
+
+
+def target_column(codec: TemporalCodec, target: str) -> tuple[int | None, ToRaw | None]:
+    """The target's column among a temporal codec's KPIs and the map from that normalised
+    column to raw units (`to_raw_target`); (None, None) when the target is not coded."""
+    if target not in codec.kpis:
+        return None, None
+    j = codec.kpis.index(target)
+
+    def to_raw(z: np.ndarray) -> np.ndarray:
+        full = np.zeros((len(z), codec.D))
+        full[:, j] = z
+        return np.asarray(codec.denormalise(full)[:, j], dtype=np.float64)
+
+    return j, to_raw
 
 
 @dataclass(frozen=True)
@@ -340,7 +357,7 @@ def _rows(
             xs.append(x[t - W + 1])
             bases.append(base[t - W + 1])
             ys.append(y[t + h])
-            lasts.append(_forward_fill(y)[t])
+            lasts.append(forward_fill(y)[t])
     if not xs:
         raise ValueError(f"no session has a full window of {W} rows and an observed y[t + {h}]")
     return tuple(np.concatenate(a) for a in (xs, bases, ys, lasts))  # type: ignore[return-value]
@@ -378,9 +395,9 @@ def _fit_learner(name: str, x: np.ndarray, u: np.ndarray, seed: int) -> _Net | _
 
 def _choose_shrink(base: np.ndarray, change: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """The a of SHRINK_GRID with the lowest MAE (the smallest a on ties), and its scores."""
-    maes = [_scores(y, base + a * change)[0] for a in SHRINK_GRID]
+    maes = [target_scores(y, base + a * change)[0] for a in SHRINK_GRID]
     a = SHRINK_GRID[int(np.argmin(maes))]
-    mae, r2 = _scores(y, base + a * change)
+    mae, r2 = target_scores(y, base + a * change)
     return {"shrink": a, "mae": mae, "r2": r2}
 
 
@@ -413,8 +430,8 @@ def fit_change_predictor(
     persistence = np.where(np.isfinite(lv), lv, spec.mean)
     validation: dict[str, Any] = {
         "rows": len(yv),
-        "persistence": dict(zip(("mae", "r2"), _scores(yv, persistence), strict=True)),
-        "decoded_persistence": dict(zip(("mae", "r2"), _scores(yv, bv), strict=True)),
+        "persistence": dict(zip(("mae", "r2"), target_scores(yv, persistence), strict=True)),
+        "decoded_persistence": dict(zip(("mae", "r2"), target_scores(yv, bv), strict=True)),
         "learners": {},
     }
     models: dict[str, _Net | _Trees] = {}

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ...shared.errors import DataError, ModelMismatchError
 from ...shared.kpi import parse_kpi_list, parse_sentinels
 from ...shared.rundir import load_split, read_config
 from ..data.datasets import Session, load_dataset, split_sessions
+from .changepredictor import target_scores
 
 __all__ = ["eval_sessions", "resolve_names", "target_scores"]
 
@@ -47,11 +46,3 @@ def eval_sessions(
     if [s.name for s in test.sessions] != list(split["test"]):
         raise DataError(f"{data} no longer splits into the test sessions recorded in {run}")
     return test.sessions, "test"
-
-
-def target_scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    """(MAE, R²) of `pred` against `y` (both shape: [M])."""
-    err = pred - y
-    sst = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(err**2)) / sst if sst > 0 else float("nan")
-    return float(np.mean(np.abs(err))), r2

@@ -34,11 +34,12 @@ from ...shared.temporalcodec import ChainState, TemporalCodec, decode_payload
 from ...shared.topics import data_topic, health_topic, receipt_topic
 from ...shared.wire import mqtt_publish_overhead
 from ..codec.fidelity import snr
+from ..codec.normaliser import forward_fill
 from ..codec.shipping import CodedStream, code_stream
 from ..data.datasets import Session
-from .changepredictor import ChangePredictor
-from .evaldata import eval_sessions, resolve_names, target_scores
-from .temporalrun import agent_framing, target_column
+from .changepredictor import ChangePredictor, target_column, target_scores
+from .evaldata import eval_sessions, resolve_names
+from .temporalrun import agent_framing
 
 __all__ = ["WIRE_BATCH", "evaluate_temporal"]
 
@@ -207,7 +208,7 @@ def _target(
         p = {
             "": predictors[""].predict(recon),
             "raw_": predictors["raw_"].predict(raw),
-            "persistence": _forward_fill(y),
+            "persistence": forward_fill(y),
         }
         t = np.arange(len(y) - horizon)
         ok = np.isfinite(y[t + horizon]) & np.all([np.isfinite(v[t]) for v in p.values()], 0)
@@ -221,12 +222,6 @@ def _target(
         key = "persistence_" if name == "persistence" else name
         out[f"{key}target_mae"], out[f"{key}target_r2"] = mae, r2
     return out
-
-
-def _forward_fill(y: np.ndarray) -> np.ndarray:
-    idx = np.where(np.isfinite(y), np.arange(len(y)), -1)
-    np.maximum.accumulate(idx, out=idx)
-    return np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
 
 
 def _target_error(

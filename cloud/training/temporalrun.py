@@ -55,8 +55,8 @@ from .changepredictor import (
     LEARNERS,
     MAX_TRAIN_ROWS,
     ChangePredictor,
-    ToRaw,
     fit_change_predictor,
+    target_column,
 )
 from .options import TrainOptions
 
@@ -64,7 +64,6 @@ __all__ = [
     "TEMPORAL_SIZES",
     "agent_framing",
     "code_sessions",
-    "target_column",
     "train_temporal_run",
 ]
 
@@ -89,21 +88,6 @@ def agent_framing() -> tuple[int, int]:
     """Measurements per frame and per key measurement of an agent at 1 Hz with the defaults:
     the cloud's predictor is fitted, and evaluated, on what that agent's frames decode to."""
     return records_per_frame(PERIOD_S, AGENT_BATCH, AGENT_MAX_BATCH_DELAY_S), AGENT_KEY_INTERVAL
-
-
-def target_column(codec: TemporalCodec, target: str) -> tuple[int | None, ToRaw | None]:
-    """The target's column among the coded KPIs and the map from that normalised column to
-    raw units; (None, None) when the target is not coded."""
-    if target not in codec.kpis:
-        return None, None
-    j = codec.kpis.index(target)
-
-    def to_raw(z: np.ndarray) -> np.ndarray:
-        full = np.zeros((len(z), codec.D))
-        full[:, j] = z
-        return np.asarray(codec.denormalise(full)[:, j], dtype=np.float64)
-
-    return j, to_raw
 
 
 def code_sessions(
