@@ -1,8 +1,8 @@
-"""The temporal codec as it ships: closed-loop coding of KPI measurements into at most L lattice
-words each, and the range-coded payload both ends read. numpy and stdlib only, so the edge runs
-exactly what the cloud decodes.
+"""The temporal codec as it ships: each measurement coded closed loop against the previous decoded
+one as at most L lattice words, and the context-coded payload both ends read. numpy and stdlib
+only, so the edge runs exactly what the cloud decodes.
 
-A `TemporalCodec` is everything a trained model leaves (cloud.codec.temporal fits it, the
+A `TemporalCodec` is everything a trained model leaves (`cloud.codec.shipping` fits it, the
 signed bundle carries it as JSON, `TemporalCodec.from_json` checks every field):
 
 - normalisation per KPI: ``z = clip((f(x) - mean) / std, -clip, clip)``, f = log1p where `log`;
@@ -10,33 +10,58 @@ signed bundle carries it as JSON, `TemporalCodec.from_json` checks every field):
   units), reconstructed clamped to ±span. A KPI with a native grid (dBm, CQI) has its grid
   step as `unit`, so it decodes to values it can take; edge and cloud keep only integers, so
   they agree bit for bit whatever their floating point;
-- the lattice: word k moves KPI ``group[k]`` by ``delta[k]`` units; key words: whole-state
-  starts (``keys``: [KW, D] integers) for key measurements, which need no context;
-- the encoder's posterior: per slot the word logits ``gain / 2σ² + log_prior[kind]`` and the
-  gate, open when the expected gain beats the rate (``gate_prior[kind, slot]``) and the word
-  brings the reconstruction closer; kind 0 is a key measurement, 1 one in context;
-- static entropy tables as integer frequencies (`shared.rangecoder`).
+- the lattice: KPI j moves by ``q * steps[j]`` units, q any nonzero integer. The KPIs fall into
+  `groups` of one to three that move together (RSRP with RSSI, the two bitrates), and a
+  **word** is one group's joint move: at most L words per measurement, so a second in which
+  six KPIs move in three groups still fits L = 3;
+- key words: whole-state starts (``keys``: [KW, D] integers) for key measurements, which need no
+  context; a key word counts as one of the L codes;
+- `lossless`: every move is sent, and words past the L-th are escape words (counted), so grid
+  KPIs whose step is their grid's come back exactly.
 
-A measurement's symbols, in order: whether its missing-KPI mask differs from the previous
-measurement's (then D bits, 1 = observed), its key word (key measurements), then its words
-sorted by KPI and word id, each as the KPI given the previous KPI of this measurement (D = none
-yet) and the word among that KPI's words, and the stop symbol D unless the measurement used
-its cap (L - 1 words after a key word, else L). One range coder codes a frame's measurements
-and ends in at most two bytes. A key measurement resets the state and the mask context, so
-decoding can resume at any key.
+The encoder is the model's MAP choice: every group's nearest lattice move, the L whose weighted
+squared-error gain is largest kept (L - 1 after a key word). The symbols of a measurement, in
+order (`shared.temporaltables` has the contexts and table ids):
+
+1. whether its observed-KPI mask differs from the previous measurement's (a key measurement's
+   from "all observed"), then each KPI's observed bit given its previous one;
+2. its key word (key measurements only);
+3. per group with an observed KPI, while fewer than L words are sent (all groups when
+   lossless): whether it moves, given whether it moved in the last two measurements and how
+   many groups have moved so far; if it moves, each observed member's q given its own last two
+   moves and the signs of the members before it: ``q + 7`` for |q| <= 7, else an escape digit
+   followed by the size class of |q| - 7 (given the KPI's last two moves), its sign and its
+   low bits.
+
+One range coder codes a frame's measurements and ends in at most one byte. A key measurement
+resets the state, the mask and the move history, so decoding can resume at any key.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import ModelMismatchError, WireError
-from .rangecoder import FrequencyTable, RangeDecoder, RangeEncoder
+from .rangecoder import PRECISION, FrequencyTable, RangeDecoder, RangeEncoder
+from .temporaltables import (
+    CLASSES,
+    ESCAPE,
+    MAX_GROUP,
+    MOVE_CONTEXTS,
+    OWN_CONTEXTS,
+    RADIX,
+    REACH,
+    delta_context,
+    delta_contexts,
+    move_context,
+    own_context,
+)
 
 __all__ = [
     "CODEC_FORMAT",
@@ -45,35 +70,56 @@ __all__ = [
     "TemporalCodec",
     "decode_payload",
     "encode_payload",
+    "fitted",
     "payload_bits",
     "table_counts",
+    "uniform_tables",
 ]
 
-CODEC_FORMAT = "sparsetel-temporal-1"
+CODEC_FORMAT = "sparsetel-temporal-2"
 MAX_D = 1024
-MAX_WORDS = 1 << 16
+MAX_UNITS = 1 << 48  # a state beyond this many units is a hostile payload's
 
 
 @dataclass(frozen=True)
 class ChainState:
-    """The decoder state a frame leaves to its successor: the integer state per KPI and the
-    last measurement's observed-KPI mask. Plain ints and bools, so a store can keep it."""
+    """The decoder state a frame leaves to its successor: the integer state per KPI, the last
+    measurement's observed-KPI mask and each KPI's moves (q) in the last two measurements.
+    Plain ints and bools, so a store can keep it."""
 
     units: tuple[int, ...]
     mask: tuple[bool, ...]
+    moves: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+
+    def history(self, D: int) -> tuple[list[int], list[int]]:
+        """The moves of the last and the second-last measurement (zeros where not kept)."""
+        last, before = self.moves
+        return (list(last) if last else [0] * D), (list(before) if before else [0] * D)
 
     def to_json(self) -> str:
-        return json.dumps({"units": list(self.units), "mask": [int(m) for m in self.mask]})
+        return json.dumps(
+            {
+                "units": list(self.units),
+                "mask": [int(m) for m in self.mask],
+                "moves": [list(m) for m in self.moves],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str, D: int) -> ChainState:
         obj = json.loads(text)
         units, mask = obj.get("units"), obj.get("mask")
-        if not (isinstance(units, list) and isinstance(mask, list)):
-            raise ValueError("a chain state holds 'units' and 'mask' lists")
+        moves = obj.get("moves", [[], []])
+        if not (isinstance(units, list) and isinstance(mask, list) and isinstance(moves, list)):
+            raise ValueError("a chain state holds 'units', 'mask' and 'moves' lists")
         if len(units) != D or len(mask) != D or not all(type(u) is int for u in units):
             raise ValueError(f"a chain state holds {D} integer units and {D} mask flags")
-        return cls(tuple(units), tuple(bool(m) for m in mask))
+        if len(moves) != 2 or not all(
+            isinstance(m, list) and len(m) in (0, D) and all(type(q) is int for q in m)
+            for m in moves
+        ):
+            raise ValueError(f"a chain state's moves are two lists of {D} integers")
+        return cls(tuple(units), tuple(bool(m) for m in mask), (tuple(moves[0]), tuple(moves[1])))
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +128,6 @@ class TemporalCodec:
 
     kpis: tuple[str, ...]
     L: int
-    gates: bool
     clip: float
     span: float
     sigma2: float
@@ -92,45 +137,58 @@ class TemporalCodec:
     unit: np.ndarray  # [D] float64, > 0
     origin: np.ndarray  # [D] float64
     weight: np.ndarray  # [D] float64, > 0
-    group: np.ndarray  # [K] int64: the KPI each word moves
-    delta: np.ndarray  # [K] int64: by how many units (never 0)
+    steps: np.ndarray  # [D] int64 >= 1: units per lattice step
+    groups: tuple[tuple[int, ...], ...]  # a partition of the KPIs, 1..MAX_GROUP each
     keys: np.ndarray  # [KW, D] int64
-    log_prior: np.ndarray  # [2, K] float64
-    gate_prior: np.ndarray  # [2, L] float64
+    lossless: bool
     key_table: FrequencyTable
-    kpi_tables: tuple[tuple[FrequencyTable, ...], ...]  # [kind][previous KPI or D], D + 1 symbols
-    word_tables: tuple[tuple[FrequencyTable, ...], ...]  # [kind][KPI], that KPI's words
-    mask_table: FrequencyTable  # 2 symbols: mask as before, mask changed
+    mask_tables: tuple[FrequencyTable, FrequencyTable]  # mask changed? [previous all observed]
+    bit_tables: tuple[tuple[FrequencyTable, FrequencyTable], ...]  # [KPI][previous bit]
+    move_tables: tuple[tuple[FrequencyTable, ...], ...]  # [group][MOVE_CONTEXTS], 2 symbols
+    delta_tables: tuple[tuple[FrequencyTable, ...], ...]  # [KPI][its contexts], RADIX symbols
+    class_tables: tuple[tuple[FrequencyTable, ...], ...]  # [KPI][OWN_CONTEXTS], CLASSES symbols
+    top_tables: tuple[tuple[FrequencyTable, ...], ...]  # [KPI][class]: an escape's second bit
     # Per KPI, the decimals its raw values are written with when it has a native grid (1 dB:
     # 0, 0.1 dB: 1), -1 when it has none; () for none at all. `to_raw` rounds onto the grid.
     raw_decimals: tuple[int, ...] = ()
-    local: np.ndarray = field(init=False, repr=False)  # [K] a word's index among its KPI's
-    members: tuple[np.ndarray, ...] = field(init=False, repr=False)  # per KPI, its word ids
-    # Derived once, for the encoder's inner loop (the same values it would compute each time):
-    step: np.ndarray = field(init=False, repr=False)  # [K] delta * unit[group]
+    offsets: tuple[int, ...] = field(init=False, repr=False)  # first word id of each group
+    position: tuple[int, ...] = field(init=False, repr=False)  # a KPI's place in its group
     key_values: np.ndarray = field(init=False, repr=False)  # [KW, D] value(keys)
-    group_ids: tuple[int, ...] = field(init=False, repr=False)  # group as Python ints
-    local_ids: tuple[int, ...] = field(init=False, repr=False)  # local as Python ints
-    delta_ids: tuple[int, ...] = field(init=False, repr=False)  # delta as Python ints
-    member_ids: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # members, ints
     key_ids: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # keys, ints
+    group_matrix: np.ndarray = field(init=False, repr=False)  # [D, G]: 1 where KPI j is in g
+    # For the encoder's inner loop: Python numbers, and each table's cost in bits per symbol.
+    origin_f: tuple[float, ...] = field(init=False, repr=False)
+    unit_f: tuple[float, ...] = field(init=False, repr=False)
+    weight_f: tuple[float, ...] = field(init=False, repr=False)
+    steps_i: tuple[int, ...] = field(init=False, repr=False)
+    rate_cost: float = field(init=False, repr=False)  # 2 ln 2 sigma2: squared error per bit
+    move_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
+    delta_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
+    class_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        D, K = len(self.kpis), len(self.group)
-        members = tuple(np.flatnonzero(self.group == j) for j in range(D))
-        local = np.zeros(K, dtype=np.int64)
-        for ids in members:
-            local[ids] = np.arange(len(ids))
-        object.__setattr__(self, "members", members)
-        object.__setattr__(self, "local", local)
         self._validate()
-        object.__setattr__(self, "step", self.delta * self.unit[self.group])
+        offsets, position = [0], [0] * self.D
+        for g in self.groups:
+            offsets.append(offsets[-1] + RADIX ** len(g))
+            for i, j in enumerate(g):
+                position[j] = i
+        object.__setattr__(self, "offsets", tuple(offsets))
+        object.__setattr__(self, "position", tuple(position))
         object.__setattr__(self, "key_values", self.value(self.keys))
-        object.__setattr__(self, "group_ids", tuple(int(j) for j in self.group))
-        object.__setattr__(self, "local_ids", tuple(int(i) for i in local))
-        object.__setattr__(self, "delta_ids", tuple(int(d) for d in self.delta))
-        object.__setattr__(self, "member_ids", tuple(tuple(int(w) for w in m) for m in members))
         object.__setattr__(self, "key_ids", tuple(tuple(int(u) for u in k) for k in self.keys))
+        member = np.zeros((self.D, len(self.groups)))
+        for i, group in enumerate(self.groups):
+            member[list(group), i] = 1.0
+        object.__setattr__(self, "group_matrix", member)
+        object.__setattr__(self, "origin_f", tuple(float(v) for v in self.origin))
+        object.__setattr__(self, "unit_f", tuple(float(v) for v in self.unit))
+        object.__setattr__(self, "weight_f", tuple(float(v) for v in self.weight))
+        object.__setattr__(self, "steps_i", tuple(int(v) for v in self.steps))
+        object.__setattr__(self, "rate_cost", 2 * math.log(2) * self.sigma2)
+        object.__setattr__(self, "move_costs", _costs(self.move_tables))
+        object.__setattr__(self, "delta_costs", _costs(self.delta_tables))
+        object.__setattr__(self, "class_costs", _costs(self.class_tables))
 
     @property
     def D(self) -> int:
@@ -138,56 +196,77 @@ class TemporalCodec:
 
     @property
     def K(self) -> int:
-        return len(self.group)
+        """Word ids: group g's joint moves are ``offsets[g] + sum_i digit_i * RADIX**i``."""
+        return self.offsets[-1]
 
     def _validate(self) -> None:
-        D, K, L = self.D, self.K, self.L
-        if not (1 <= D <= MAX_D and 1 <= K <= MAX_WORDS and 1 <= L <= 255):
-            raise ValueError(f"need 1 <= D <= {MAX_D}, 1 <= K <= {MAX_WORDS}, 1 <= L <= 255")
-        for name, arr, shape in (
-            ("mean", self.mean, (D,)),
-            ("std", self.std, (D,)),
-            ("log", self.log, (D,)),
-            ("unit", self.unit, (D,)),
-            ("origin", self.origin, (D,)),
-            ("weight", self.weight, (D,)),
-            ("delta", self.delta, (K,)),
-            ("log_prior", self.log_prior, (2, K)),
-            ("gate_prior", self.gate_prior, (2, L)),
+        D, L = self.D, self.L
+        if not (1 <= D <= MAX_D and 1 <= L <= 255):
+            raise ValueError(f"need 1 <= D <= {MAX_D} and 1 <= L <= 255")
+        for name, arr in (
+            ("mean", self.mean),
+            ("std", self.std),
+            ("log", self.log),
+            ("unit", self.unit),
+            ("origin", self.origin),
+            ("weight", self.weight),
+            ("steps", self.steps),
         ):
-            if arr.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+            if arr.shape != (D,):
+                raise ValueError(f"{name} must have shape ({D},), got {arr.shape}")
         if len(self.raw_decimals) not in (0, D) or not all(
             -1 <= d <= 15 for d in self.raw_decimals
         ):
             raise ValueError(f"raw_decimals must hold {D} values in -1..15, or none")
-        floats = (self.mean, self.std, self.unit, self.origin, self.weight, self.log_prior)
-        if not all(np.all(np.isfinite(a)) for a in (*floats, self.gate_prior)):
+        floats = (self.mean, self.std, self.unit, self.origin, self.weight)
+        if not all(np.all(np.isfinite(a)) for a in floats):
             raise ValueError("codec arrays must be finite")
         if np.any(self.std <= 0) or np.any(self.unit <= 0) or np.any(self.weight <= 0):
             raise ValueError("std, unit and weight must be positive")
-        if self.group.min() < 0 or self.group.max() >= D or np.any(self.delta == 0):
-            raise ValueError("every word must move one of the D KPIs by a nonzero step")
+        if np.any(self.steps < 1) or np.any(self.steps > MAX_UNITS):
+            raise ValueError(f"steps must be whole numbers of units in 1..{MAX_UNITS}")
+        members = sorted(j for g in self.groups for j in g)
+        if members != list(range(D)) or not all(1 <= len(g) <= MAX_GROUP for g in self.groups):
+            raise ValueError(f"groups must split the {D} KPIs into groups of 1..{MAX_GROUP}")
         if self.keys.ndim != 2 or self.keys.shape[1] != D or len(self.keys) < 1:
             raise ValueError(f"key words must have shape [KW >= 1, {D}]")
+        if np.any(np.abs(self.keys) > MAX_UNITS):
+            raise ValueError(f"key words lie within ±{MAX_UNITS} units")
         if not (self.clip > 0 and self.span > 0 and self.sigma2 > 0):
             raise ValueError("clip, span and sigma2 must be positive")
         self._validate_tables()
 
     def _validate_tables(self) -> None:
-        D = self.D
-        if self.key_table.size != len(self.keys) or self.mask_table.size != 2:
+        if self.key_table.size != len(self.keys) or any(t.size != 2 for t in self.mask_tables):
             raise ValueError("the key table must have one symbol per key word, the mask two")
-        for kind in range(2):
-            if len(self.kpi_tables[kind]) != D + 1 or len(self.word_tables[kind]) != D:
-                raise ValueError("need D + 1 KPI tables and D word tables per kind")
-            if any(t.size != D + 1 for t in self.kpi_tables[kind]):
-                raise ValueError("a KPI table has D + 1 symbols (the KPIs and stop)")
-            for j, t in enumerate(self.word_tables[kind]):
-                if t.size != max(len(self.members[j]), 1):
-                    raise ValueError(f"word table of KPI {j} must have one symbol per word")
-        if len(self.kpi_tables) != 2 or len(self.word_tables) != 2:
-            raise ValueError("tables come for two kinds of measurement: key and context")
+        if len(self.mask_tables) != 2:
+            raise ValueError("need two mask tables")
+        if len(self.bit_tables) != self.D or any(
+            len(row) != 2 or any(t.size != 2 for t in row) for row in self.bit_tables
+        ):
+            raise ValueError("need two 2-symbol mask-bit tables per KPI")
+        if len(self.move_tables) != len(self.groups) or any(
+            len(row) != MOVE_CONTEXTS or any(t.size != 2 for t in row) for row in self.move_tables
+        ):
+            raise ValueError(f"need {MOVE_CONTEXTS} 2-symbol move tables per group")
+        if len(self.delta_tables) != self.D:
+            raise ValueError("need the delta tables of every KPI")
+        if len(self.class_tables) != self.D or any(
+            len(row) != OWN_CONTEXTS or any(t.size != CLASSES for t in row)
+            for row in self.class_tables
+        ):
+            raise ValueError(f"need {OWN_CONTEXTS} class tables of {CLASSES} symbols per KPI")
+        if len(self.top_tables) != self.D or any(
+            len(row) != CLASSES or any(t.size != 2 for t in row) for row in self.top_tables
+        ):
+            raise ValueError(f"need {CLASSES} 2-symbol top-bit tables per KPI")
+        for g in self.groups:
+            for i, j in enumerate(g):
+                row = self.delta_tables[j]
+                if len(row) != delta_contexts(i) or any(t.size != RADIX for t in row):
+                    raise ValueError(
+                        f"KPI {j} needs {delta_contexts(i)} delta tables of {RADIX} symbols"
+                    )
 
     # ------------------------------------------------------------------ normalised space
 
@@ -225,45 +304,32 @@ class TemporalCodec:
     # ------------------------------------------------------------------ the encoder
 
     def key_word(self, z: np.ndarray, mask: np.ndarray) -> int:
-        """The key word nearest to measurement z (observed KPIs only; [D] each)."""
-        d = ((self.key_values - z) ** 2 * mask).sum(1)
-        return int(d.argmin())
+        """The key word that leaves measurement z (observed KPIs only; [D] each) nearest once
+        the L - 1 words after it have moved the groups that are furthest off: the weighted
+        error of all but its L - 1 worst groups, smallest."""
+        err = ((self.key_values - z) ** 2 * (mask * self.weight)) @ self.group_matrix  # [KW, G]
+        keep = err.shape[1] - (self.L - 1)
+        if keep <= 0:
+            return int(err.sum(1).argmin())
+        left = np.partition(err, keep - 1, axis=1)[:, :keep].sum(1)
+        return int(left.argmin())
 
-    def choose_words(
-        self, z: np.ndarray, mask: np.ndarray, units: np.ndarray, kind: int
-    ) -> list[int]:
-        """The model's exact posterior, slot by slot: the words (ids, in slot order) that
-        code measurement z (normalised, 0 where missing; mask [D] bool) from state `units`
-        (int64 [D], updated in place); at most L - 1 after a key word (kind 0), else L."""
-        # Per KPI where it can (D values, gathered per word: the same numbers), per word
-        # where it must; each value is computed exactly as ``u = (origin + units * unit)[g]``,
-        # ``gain = wg * ((xg - clip(u))**2 - (xg - clip(u + step))**2)`` would.
-        g, step, span, origin, unit = self.group, self.step, self.span, self.origin, self.unit
-        xg, wg = z[g], (self.weight * mask)[g]
-        prior = self.log_prior[kind]
-        twice = 2 * self.sigma2
-        gate_prior = self.gate_prior[kind].tolist()
-        total = np.add.reduce  # what ndarray.sum runs, without its Python layers
-        out: list[int] = []
-        for slot in range(self.L - 1 if kind == 0 else self.L):
-            ud = origin + units * unit
-            near = ((z - _clip(ud, span)) ** 2)[g]
-            gain = wg * (near - (xg - _clip(ud[g] + step, span)) ** 2)
-            alpha = gain / twice + prior
-            c = int(alpha.argmax())
-            if self.gates:
-                p = np.exp(alpha - alpha[c])
-                expected = float(total(p * alpha) / total(p))
-                if not (expected + gate_prior[slot] > 0 and gain[c] > 0):
-                    break
-            units[self.group_ids[c]] += self.delta_ids[c]
-            out.append(c)
-        return out
+    def word_id(self, group: int, moves: Sequence[int]) -> int:
+        """The id of group `group`'s joint move `moves` (q per member; an escaped q reads as
+        the escape digit)."""
+        digit = sum(_digit(q) * RADIX**i for i, q in enumerate(moves))
+        return int(self.offsets[group] + digit)
 
-    def sorted_words(self, words: Sequence[int]) -> list[int]:
-        """Words in the order they are sent: by KPI, then by id."""
-        group = self.group_ids
-        return sorted(words, key=lambda w: (group[w], w))
+    def word_moves(self, word: int) -> tuple[int, dict[int, int | None]]:
+        """Inverse of `word_id`: the group and each member's q (None: escaped, |q| > 7)."""
+        if not 0 <= word < self.K:
+            raise ValueError(f"word {word} is outside 0..{self.K - 1}")
+        g = int(np.searchsorted(self.offsets, word, side="right")) - 1
+        digits, out = word - self.offsets[g], {}
+        for j in self.groups[g]:
+            digits, d = divmod(digits, RADIX)
+            out[j] = None if d == ESCAPE else d - REACH
+        return g, out
 
     # ------------------------------------------------------------------ JSON
 
@@ -272,25 +338,30 @@ class TemporalCodec:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
+        def rows(tables: tuple[tuple[FrequencyTable, ...], ...]) -> list[list[list[int]]]:
+            return [[t.to_list() for t in row] for row in tables]
+
         return {
             "format": CODEC_FORMAT,
             "kpis": list(self.kpis),
             "L": self.L,
-            "gates": self.gates,
             "clip": self.clip,
             "span": self.span,
             "sigma2": self.sigma2,
             **{
                 k: getattr(self, k).tolist()
-                for k in ("mean", "std", "log", "unit", "origin", "weight", "group", "delta")
+                for k in ("mean", "std", "log", "unit", "origin", "weight", "steps")
             },
+            "groups": [list(g) for g in self.groups],
             "keys": self.keys.tolist(),
-            "log_prior": self.log_prior.tolist(),
-            "gate_prior": self.gate_prior.tolist(),
+            "lossless": self.lossless,
             "key_table": self.key_table.to_list(),
-            "kpi_tables": [[t.to_list() for t in row] for row in self.kpi_tables],
-            "word_tables": [[t.to_list() for t in row] for row in self.word_tables],
-            "mask_table": self.mask_table.to_list(),
+            "mask_tables": [t.to_list() for t in self.mask_tables],
+            "bit_tables": rows(self.bit_tables),
+            "move_tables": rows(self.move_tables),
+            "delta_tables": rows(self.delta_tables),
+            "class_tables": rows(self.class_tables),
+            "top_tables": rows(self.top_tables),
             **({"raw_decimals": list(self.raw_decimals)} if self.raw_decimals else {}),
         }
 
@@ -315,13 +386,15 @@ class TemporalCodec:
         def tables(key: str) -> tuple[tuple[FrequencyTable, ...], ...]:
             return tuple(tuple(FrequencyTable.from_list(t) for t in row) for row in obj[key])
 
-        kpis = obj["kpis"]
+        kpis, groups = obj["kpis"], obj["groups"]
         if not (isinstance(kpis, list) and all(isinstance(k, str) for k in kpis)):
             raise ValueError("kpis must be a list of names")
+        if not (isinstance(groups, list) and all(isinstance(g, list) for g in groups)):
+            raise ValueError("groups must be a list of lists of KPI indices")
+        bits = tables("bit_tables")
         return cls(
             kpis=tuple(kpis),
             L=_int(obj["L"]),
-            gates=bool(obj["gates"]),
             clip=float(obj["clip"]),
             span=float(obj["span"]),
             sigma2=float(obj["sigma2"]),
@@ -331,17 +404,28 @@ class TemporalCodec:
             unit=arr("unit", np.float64),
             origin=arr("origin", np.float64),
             weight=arr("weight", np.float64),
-            group=arr("group", np.int64),
-            delta=arr("delta", np.int64),
+            steps=arr("steps", np.int64),
+            groups=tuple(tuple(_int(j) for j in g) for g in groups),
             keys=arr("keys", np.int64),
-            log_prior=arr("log_prior", np.float64),
-            gate_prior=arr("gate_prior", np.float64),
+            lossless=obj["lossless"] is True,
             key_table=FrequencyTable.from_list(obj["key_table"]),
-            kpi_tables=tables("kpi_tables"),
-            word_tables=tables("word_tables"),
-            mask_table=FrequencyTable.from_list(obj["mask_table"]),
+            mask_tables=_pair(tuple(FrequencyTable.from_list(t) for t in obj["mask_tables"])),
+            bit_tables=tuple(_pair(row) for row in bits),
+            move_tables=tables("move_tables"),
+            delta_tables=tables("delta_tables"),
+            class_tables=tables("class_tables"),
+            top_tables=tables("top_tables"),
             raw_decimals=tuple(_int(d) for d in obj.get("raw_decimals", [])),
         )
+
+
+def _costs(
+    tables: tuple[tuple[FrequencyTable, ...], ...],
+) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    """Each table's cost in bits of each of its symbols."""
+    return tuple(
+        tuple(tuple(PRECISION - math.log2(f) for f in t.freqs) for t in row) for row in tables
+    )
 
 
 def _clip(a: np.ndarray, bound: float) -> np.ndarray:
@@ -357,6 +441,16 @@ def _int(v: object) -> int:
     return v
 
 
+def _pair(row: tuple[FrequencyTable, ...]) -> tuple[FrequencyTable, FrequencyTable]:
+    if len(row) != 2:
+        raise ValueError("every KPI has two mask-bit tables")
+    return row[0], row[1]
+
+
+def _digit(q: int) -> int:
+    return q + REACH if -REACH <= q <= REACH else ESCAPE
+
+
 # ---------------------------------------------------------------------- frames of symbols
 
 
@@ -364,20 +458,21 @@ def _int(v: object) -> int:
 class Decoded:
     """A payload decoded: the reconstruction (normalised float64 [n, D], NaN where the KPI
     was missing), the codes per measurement (key word first as ``K + kw`` at a key
-    measurement, then its lattice words) and the state the next frame continues from."""
+    measurement, then its words), how many of them were escape words (lossless codecs only)
+    and the state the next frame continues from."""
 
     recon: np.ndarray
     codes: tuple[tuple[int, ...], ...]
     state: ChainState
+    escapes: int = 0
 
 
-_BIT = FrequencyTable.uniform(2)  # a raw mask bit
+_BIT = FrequencyTable.uniform(2)  # a raw bit
 
 
 class _Sink:
     """Where a measurement's symbols go: a range encoder, or a counter (`counts`) when the
-    cloud fits the tables. `put(table id, table, symbol)`; table ids: (0,) mask changed,
-    (1,) a raw mask bit, (2,) key word, (3, kind, prev) next KPI, (4, kind, j) word of KPI j."""
+    cloud fits the tables. `put(table id, table, symbol)`; the ids are `table_counts`' keys."""
 
     def __init__(self, counts: dict[tuple[int, ...], np.ndarray] | None):
         self.counts = counts
@@ -391,7 +486,11 @@ class _Sink:
 
     def _count(self, tid: tuple[int, ...], table: FrequencyTable, symbol: int) -> None:
         assert self.counts is not None
-        self.counts[tid][symbol] += 1
+        if tid:
+            self.counts[tid][symbol] += 1
+
+
+_RAW: tuple[int, ...] = ()  # table id of a raw bit (never counted)
 
 
 def encode_payload(
@@ -412,62 +511,217 @@ def encode_payload(
         raise ValueError(f"{len(z)} measurements but {len(keys)} key flags")
     if state is None and len(z) and not keys[0]:
         raise ValueError("a frame without a predecessor starts with a key measurement")
-    units, mask = _start(codec, state)
+    units, last, (moved, moved2) = _start(codec, state)
     sink = _Sink(counts)
-    recon, codes = np.empty(z.shape), []
+    states, codes, escapes = [], [], 0
     observed = seen.tolist()  # per measurement, its mask as Python bools
-    last = mask.tolist()
+    rows = z.tolist()
     for t in range(len(z)):
         kw = -1
         if keys[t]:
             kw = codec.key_word(z[t], seen[t])
-            units = codec.keys[kw].copy()
-        words = codec.sorted_words(codec.choose_words(z[t], seen[t], units, 0 if kw >= 0 else 1))
-        _put_measurement(codec, sink, observed[t], last, kw, words)
-        last = observed[t]
-        recon[t] = codec.value(units)
+            units, moved = list(codec.key_ids[kw]), [0] * codec.D
+        q = _choose(codec, rows[t], observed[t], units, (moved, moved2), kw >= 0)
+        _put_mask(codec, sink.put, observed[t], last, kw >= 0)
+        if kw >= 0:
+            sink.put((2,), codec.key_table, kw)
+        words, extra = _put_moves(codec, sink.put, q, observed[t], moved, moved2, kw >= 0)
+        for j, step in enumerate(q):
+            units[j] += step * int(codec.steps[j])
+        moved2, moved, last = moved, q, observed[t]
+        states.append(list(units))
         codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
-    recon[~seen] = np.nan
+        escapes += extra
     payload = b"" if counts is not None else sink.encoder.finish()
-    return payload, Decoded(recon, tuple(codes), ChainState(tuple(units.tolist()), tuple(last)))
+    return payload, _decoded(codec, states, observed, codes, units, last, (moved, moved2), escapes)
 
 
-def _start(codec: TemporalCodec, state: ChainState | None) -> tuple[np.ndarray, np.ndarray]:
+def _decoded(
+    codec: TemporalCodec,
+    states: list[list[int]],
+    masks: list[list[bool]],
+    codes: list[tuple[int, ...]],
+    units: list[int],
+    mask: list[bool],
+    moves: tuple[list[int], list[int]],
+    escapes: int,
+) -> Decoded:
+    n, D = len(states), codec.D
+    seen = np.array(masks, dtype=bool).reshape(n, D)
+    values = codec.value(np.array(states, dtype=np.int64).reshape(n, D))
+    recon = np.where(seen, values, np.nan)
+    state = ChainState(
+        tuple(int(u) for u in units),
+        tuple(bool(m) for m in mask),
+        (tuple(moves[0]), tuple(moves[1])),
+    )
+    return Decoded(recon, tuple(codes), state, escapes)
+
+
+def _start(
+    codec: TemporalCodec, state: ChainState | None
+) -> tuple[list[int], list[bool], tuple[list[int], list[int]]]:
+    D = codec.D
     if state is None:
-        return np.zeros(codec.D, dtype=np.int64), np.ones(codec.D, dtype=bool)
-    if len(state.units) != codec.D or len(state.mask) != codec.D:
-        raise ValueError(f"the chain state must hold {codec.D} KPIs")
-    return np.array(state.units, dtype=np.int64), np.array(state.mask, dtype=bool)
+        return [0] * D, [True] * D, ([0] * D, [0] * D)
+    if len(state.units) != D or len(state.mask) != D:
+        raise ValueError(f"the chain state must hold {D} KPIs")
+    return list(state.units), list(state.mask), state.history(D)
 
 
-def _state(units: np.ndarray, mask: np.ndarray) -> ChainState:
-    return ChainState(tuple(int(u) for u in units), tuple(bool(m) for m in mask))
+def _choose(
+    codec: TemporalCodec,
+    z: list[float],
+    seen: list[bool],
+    units: list[int],
+    history: tuple[list[int], list[int]],
+    key: bool,
+) -> list[int]:
+    """Each KPI's move q (0 where missing or not sent), the model's MAP choice: per group, of
+    the moves its members' nearest lattice moves allow (each member moving or not), the one
+    whose weighted squared-error gain less ``rate_cost`` per bit it costs is best, if that
+    beats not moving; then the L (L - 1 after a key word) best groups. Lossless: every move."""
+    span, q = codec.span, [0] * codec.D
+    gain = [0.0] * codec.D
+    origin, unit, steps, weight = codec.origin_f, codec.unit_f, codec.steps_i, codec.weight_f
+    for j in range(codec.D):
+        if not seen[j]:
+            continue
+        u, o = unit[j], origin[j]
+        v = min(max(o + units[j] * u, -span), span)
+        r = z[j] - v
+        n = round(r / (steps[j] * u))
+        if n:
+            after = min(max(o + (units[j] + n * steps[j]) * u, -span), span)
+            gain[j] = weight[j] * (r * r - (z[j] - after) ** 2)
+            q[j] = n
+    if codec.lossless:
+        return q
+    lam = codec.rate_cost
+    picks: list[tuple[float, int, list[int]]] = []
+    moved, moved2 = history
+    for g, members in enumerate(codec.groups):
+        moving = [j for j in members if q[j]]
+        if not moving:
+            continue
+        ctx = move_context(key, members, moved, moved2, len(picks))
+        costs = codec.move_costs[g][ctx]
+        best, pick = -lam * costs[0], [0] * len(members)
+        for subset in range(1, 1 << len(moving)):
+            chosen = [
+                q[j] if j in moving and (subset >> moving.index(j)) & 1 else 0 for j in members
+            ]
+            if not any(chosen):
+                continue
+            bits = costs[1] + _word_bits(codec, members, chosen, seen, moved, moved2, key)
+            value = sum(gain[j] for j, c in zip(members, chosen, strict=True) if c) - lam * bits
+            if value > best:
+                best, pick = value, chosen
+        if any(pick):
+            picks.append((best + lam * costs[0], g, pick))
+    cap = codec.L - 1 if key else codec.L
+    picks.sort(reverse=True)
+    q = [0] * codec.D
+    for _, g, pick in picks[:cap]:
+        for j, n in zip(codec.groups[g], pick, strict=True):
+            q[j] = n
+    return q
 
 
-def _put_measurement(
-    codec: TemporalCodec, sink: _Sink, seen: list[bool], mask: list[bool], kw: int, words: list[int]
+def _word_bits(
+    codec: TemporalCodec,
+    members: tuple[int, ...],
+    moves: list[int],
+    seen: list[bool],
+    moved: list[int],
+    moved2: list[int],
+    key: bool,
+) -> float:
+    """What a group's word costs in bits after its move flag (the encoder's rate estimate)."""
+    observed = [j for j in members if seen[j]]
+    signs: list[int] = []
+    bits = 0.0
+    for j, n in zip(members, moves, strict=True):
+        if not seen[j]:
+            signs.append(0)
+            continue
+        forced = j == observed[-1] and not any(signs)
+        ctx = delta_context(key, moved[j], moved2[j], signs, forced)
+        digit = _digit(n)
+        bits += codec.delta_costs[j][ctx][digit]
+        if digit == ESCAPE:
+            width = (abs(n) - REACH).bit_length()
+            bits += codec.class_costs[j][own_context(key, moved[j], moved2[j])][width - 1] + width
+        signs.append((n > 0) - (n < 0))
+    return bits
+
+
+def _put_mask(
+    codec: TemporalCodec, put: Callable[..., None], seen: list[bool], last: list[bool], key: bool
 ) -> None:
-    """The symbols of one measurement (`seen`: its observed KPIs; `mask`: the previous
-    measurement's), in the order the module docstring gives."""
-    changed = (not all(seen)) if kw >= 0 else seen != mask
-    put = sink.put
-    put((0,), codec.mask_table, int(changed))
+    before = [True] * codec.D if key else last
+    changed = seen != before
+    ctx = int(all(before))
+    put((0, ctx), codec.mask_tables[ctx], int(changed))
     if changed:
-        for bit in seen:
-            put((1,), _BIT, int(bit))
-    kind, cap = (0, codec.L - 1) if kw >= 0 else (1, codec.L)
-    if kw >= 0:
-        put((2,), codec.key_table, kw)
-    kpi_tables, word_tables = codec.kpi_tables[kind], codec.word_tables[kind]
-    prev = codec.D
-    group, local = codec.group_ids, codec.local_ids
-    for w in words:
-        j = group[w]
-        put((3, kind, prev), kpi_tables[prev], j)
-        put((4, kind, j), word_tables[j], local[w])
-        prev = j
-    if len(words) < cap:
-        put((3, kind, prev), kpi_tables[prev], codec.D)
+        for j, bit in enumerate(seen):
+            prev = int(before[j])
+            put((1, j, prev), codec.bit_tables[j][prev], int(bit))
+
+
+def _put_moves(
+    codec: TemporalCodec,
+    put: Callable[..., None],
+    q: list[int],
+    seen: list[bool],
+    moved: list[int],
+    moved2: list[int],
+    key: bool,
+) -> tuple[list[int], int]:
+    """The words of one measurement (moves q per KPI) as symbols; their ids and how many
+    were escape words."""
+    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    words: list[int] = []
+    for g, members in enumerate(codec.groups):
+        observed = [j for j in members if seen[j]]
+        if not observed or len(words) >= cap:
+            continue
+        moves = any(q[j] for j in members)
+        ctx = move_context(key, members, moved, moved2, len(words))
+        put((3, g, ctx), codec.move_tables[g][ctx], int(moves))
+        if not moves:
+            continue
+        signs: list[int] = []
+        for j in members:
+            if not seen[j]:
+                signs.append(0)
+                continue
+            forced = j == observed[-1] and not any(signs)
+            ctx = delta_context(key, moved[j], moved2[j], signs, forced)
+            n = q[j]
+            put((4, j, ctx), codec.delta_tables[j][ctx], _digit(n))
+            if _digit(n) == ESCAPE:
+                own = own_context(key, moved[j], moved2[j])
+                _put_escape(put, codec, j, own, n)
+            signs.append((n > 0) - (n < 0))
+        words.append(codec.word_id(g, [q[j] for j in members]))
+    return words, max(len(words) - (codec.L - 1 if key else codec.L), 0)
+
+
+def _put_escape(put: Callable[..., None], codec: TemporalCodec, j: int, own: int, n: int) -> None:
+    """KPI j's escaped move n: the size class c of m = |n| - REACH (``2**(c-1) <= m < 2**c``)
+    given its history `own`, its sign (raw), the bit of m below its leading one given c, and
+    the c - 2 bits below that (raw)."""
+    m = abs(n) - REACH
+    width = m.bit_length()
+    if width > CLASSES:
+        raise ValueError(f"a move of {n} steps is beyond what a payload carries")
+    put((5, j, own), codec.class_tables[j][own], width - 1)
+    put(_RAW, _BIT, int(n < 0))
+    if width >= 2:
+        put((6, j, width - 1), codec.top_tables[j][width - 1], (m >> (width - 2)) & 1)
+    for shift in range(width - 3, -1, -1):
+        put(_RAW, _BIT, (m >> shift) & 1)
 
 
 def decode_payload(
@@ -478,47 +732,91 @@ def decode_payload(
     that does not decode to exactly these measurements."""
     if state is None and len(keys) and not keys[0]:
         raise WireError("a frame without a predecessor must start with a key", reason="no_key")
-    start_units, start_mask = _start(codec, state)
-    # Python ints and lists in the loop (numpy scalars cost more than the arithmetic); the
-    # states are turned into values in one numpy call per frame, as `value` computes them.
-    units, mask = [int(u) for u in start_units], [bool(m) for m in start_mask]
-    dec, bit = RangeDecoder(payload), _BIT
+    units, mask, (moved, moved2) = _start(codec, state)
+    dec = RangeDecoder(payload)
     decode = dec.decode
     D, K = codec.D, codec.K
     everything = [True] * D
-    members, delta, key_ids = codec.member_ids, codec.delta_ids, codec.key_ids
-    mask_table, key_table = codec.mask_table, codec.key_table
-    states, masks, codes = [], [], []
+    steps = [int(s) for s in codec.steps]
+    states, masks, codes, escapes = [], [], [], 0
     for is_key in keys:
         before = everything if is_key else mask
-        mask = [bool(decode(bit)) for _ in range(D)] if decode(mask_table) else before
-        kind, cap, got = (0, codec.L - 1, []) if is_key else (1, codec.L, [])
+        if decode(codec.mask_tables[int(all(before))]):
+            mask = [bool(decode(codec.bit_tables[j][int(before[j])])) for j in range(D)]
+        else:
+            mask = before
+        got: list[int] = []
         if is_key:
-            kw = decode(key_table)
-            units = list(key_ids[kw])
+            kw = decode(codec.key_table)
+            units, moved = list(codec.key_ids[kw]), [0] * D
             got.append(K + kw)
-        kpi_tables, word_tables = codec.kpi_tables[kind], codec.word_tables[kind]
-        prev, n = D, 0
-        while n < cap:
-            j = decode(kpi_tables[prev])
-            if j == D:
-                break
-            local = decode(word_tables[j])
-            if local >= len(members[j]):
-                raise WireError(f"KPI {j} has no word {local}", reason="payload_word")
-            w = members[j][local]
-            units[j] += delta[w]
-            got.append(w)
-            prev, n = j, n + 1
+        q, words = _read_moves(codec, decode, mask, moved, moved2, is_key)
+        for j in range(D):
+            if q[j]:
+                units[j] += q[j] * steps[j]
+                if abs(units[j]) > MAX_UNITS:
+                    raise WireError(f"KPI {j} moves out of range", reason="payload_word")
+        moved2, moved = moved, q
+        escapes += max(len(words) - (codec.L - 1 if is_key else codec.L), 0)
         states.append(list(units))
         masks.append(mask)
-        codes.append(tuple(got))
+        codes.append(tuple(got + words))
     dec.finish()
-    n_rows = len(states)
-    seen = np.array(masks, dtype=bool).reshape(n_rows, D)
-    values = codec.value(np.array(states, dtype=np.int64).reshape(n_rows, D))
-    recon = np.where(seen, values, np.nan)
-    return Decoded(recon, tuple(codes), _state(np.array(units), np.array(mask)))
+    return _decoded(codec, states, masks, codes, units, mask, (moved, moved2), escapes)
+
+
+def _read_moves(
+    codec: TemporalCodec,
+    decode: Callable[[FrequencyTable], int],
+    seen: list[bool],
+    moved: list[int],
+    moved2: list[int],
+    key: bool,
+) -> tuple[list[int], list[int]]:
+    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    q, words = [0] * codec.D, list[int]()
+    for g, members in enumerate(codec.groups):
+        observed = [j for j in members if seen[j]]
+        if not observed or len(words) >= cap:
+            continue
+        ctx = move_context(key, members, moved, moved2, len(words))
+        if not decode(codec.move_tables[g][ctx]):
+            continue
+        signs: list[int] = []
+        for j in members:
+            if not seen[j]:
+                signs.append(0)
+                continue
+            forced = j == observed[-1] and not any(signs)
+            ctx = delta_context(key, moved[j], moved2[j], signs, forced)
+            digit = decode(codec.delta_tables[j][ctx])
+            if digit == ESCAPE:
+                own = own_context(key, moved[j], moved2[j])
+                n = _read_escape(decode, codec.class_tables[j][own], codec.top_tables[j])
+            else:
+                n = digit - REACH
+            q[j] = n
+            signs.append((n > 0) - (n < 0))
+        if not any(signs):
+            raise WireError(f"group {g} is sent as moving but does not move", "payload_word")
+        words.append(codec.word_id(g, [q[j] for j in members]))
+    return q, words
+
+
+def _read_escape(
+    decode: Callable[[FrequencyTable], int],
+    table: FrequencyTable,
+    top: tuple[FrequencyTable, ...],
+) -> int:
+    width = decode(table) + 1
+    negative = decode(_BIT)
+    m = 1
+    if width >= 2:
+        m = (m << 1) | decode(top[width - 1])
+    for _ in range(width - 2):
+        m = (m << 1) | decode(_BIT)
+    n = m + REACH
+    return -n if negative else n
 
 
 def payload_bits(payload: bytes) -> int:
@@ -528,15 +826,62 @@ def payload_bits(payload: bytes) -> int:
 
 def table_counts(codec: TemporalCodec) -> dict[tuple[int, ...], np.ndarray]:
     """Zeroed symbol counts for every table id of `codec` (see `encode_payload`)."""
-    D = codec.D
     counts: dict[tuple[int, ...], np.ndarray] = {
-        (0,): np.zeros(2),
-        (1,): np.zeros(2),
+        (0, 0): np.zeros(2),
+        (0, 1): np.zeros(2),
         (2,): np.zeros(len(codec.keys)),
     }
-    for kind in range(2):
-        for prev in range(D + 1):
-            counts[(3, kind, prev)] = np.zeros(D + 1)
-        for j in range(D):
-            counts[(4, kind, j)] = np.zeros(max(len(codec.members[j]), 1))
+    for j in range(codec.D):
+        counts[(1, j, 0)], counts[(1, j, 1)] = np.zeros(2), np.zeros(2)
+        for ctx in range(delta_contexts(codec.position[j])):
+            counts[(4, j, ctx)] = np.zeros(RADIX)
+        for ctx in range(OWN_CONTEXTS):
+            counts[(5, j, ctx)] = np.zeros(CLASSES)
+        for c in range(CLASSES):
+            counts[(6, j, c)] = np.zeros(2)
+    for g in range(len(codec.groups)):
+        for ctx in range(MOVE_CONTEXTS):
+            counts[(3, g, ctx)] = np.zeros(2)
     return counts
+
+
+def fitted(codec: TemporalCodec, counts: dict[tuple[int, ...], np.ndarray]) -> TemporalCodec:
+    """`codec` with every table fitted on `counts` (add-one smoothing)."""
+
+    def fit(tid: tuple[int, ...]) -> FrequencyTable:
+        return FrequencyTable.from_counts(counts[tid])
+
+    D = codec.D
+    return replace(
+        codec,
+        key_table=fit((2,)),
+        mask_tables=(fit((0, 0)), fit((0, 1))),
+        bit_tables=tuple((fit((1, j, 0)), fit((1, j, 1))) for j in range(D)),
+        move_tables=tuple(
+            tuple(fit((3, g, c)) for c in range(MOVE_CONTEXTS)) for g in range(len(codec.groups))
+        ),
+        delta_tables=tuple(
+            tuple(fit((4, j, c)) for c in range(delta_contexts(codec.position[j])))
+            for j in range(D)
+        ),
+        class_tables=tuple(tuple(fit((5, j, c)) for c in range(OWN_CONTEXTS)) for j in range(D)),
+        top_tables=tuple(tuple(fit((6, j, c)) for c in range(CLASSES)) for j in range(D)),
+    )
+
+
+def uniform_tables(D: int, groups: Sequence[Sequence[int]], n_keys: int) -> dict[str, Any]:
+    """Every table of a codec with `groups` and `n_keys` key words, uniform (the
+    `TemporalCodec` fields, before the tables are fitted)."""
+    u = FrequencyTable.uniform
+    position = {j: i for g in groups for i, j in enumerate(g)}
+    return {
+        "key_table": u(max(n_keys, 1)),
+        "mask_tables": (u(2), u(2)),
+        "bit_tables": tuple((u(2), u(2)) for _ in range(D)),
+        "move_tables": tuple(tuple(u(2) for _ in range(MOVE_CONTEXTS)) for _ in groups),
+        "delta_tables": tuple(
+            tuple(u(RADIX) for _ in range(delta_contexts(position.get(j, 0)))) for j in range(D)
+        ),
+        "class_tables": tuple(tuple(u(CLASSES) for _ in range(OWN_CONTEXTS)) for _ in range(D)),
+        "top_tables": tuple(tuple(u(2) for _ in range(CLASSES)) for _ in range(D)),
+    }

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sparsetel.cloud.ingest.limits import IngestLimits
 from sparsetel.cloud.store.schema import MIGRATIONS
+from sparsetel.shared.temporalcodec import TemporalCodec, uniform_tables
 
 REPO = Path(__file__).resolve().parents[1]
 # The package's folders in the checkout: sparsetel/ (the command line, and links to the others).
@@ -97,3 +99,23 @@ def copy_checkout(dest: Path, names: Iterable[str] = PACKAGE_FOLDERS) -> Path:
         else:
             shutil.copy(src, dest / name)
     return dest
+
+
+def small_temporal_codec(
+    unit: float = 0.1,
+    kpis: tuple[str, ...] = ("a", "b", "c"),
+    L: int = 3,
+    groups: tuple[tuple[int, ...], ...] = ((0, 1), (2,)),
+    lossless: bool = False,
+) -> TemporalCodec:
+    """A hand-made temporal codec of three KPIs: units (unit, 0.25, 0.5), one step each, KPIs
+    0 and 1 grouped; four key words; uniform tables."""
+    D = len(kpis)
+    keys = np.array([[0, 0, 0], [10, 4, 2], [-10, -4, -2], [5, -4, 0]])[:, :D]
+    return TemporalCodec(
+        kpis=kpis, L=L, clip=6.0, span=6.0, sigma2=1e-3,
+        mean=np.zeros(D), std=np.ones(D), log=np.zeros(D, dtype=bool),
+        unit=np.array([unit, 0.25, 0.5])[:D], origin=np.zeros(D), weight=np.ones(D),
+        steps=np.ones(D, dtype=np.int64), groups=groups, keys=keys, lossless=lossless,
+        **uniform_tables(D, groups, len(keys)),
+    )  # fmt: skip

@@ -1,34 +1,38 @@
 """From a trained temporal SDLGM (`cloud.codec.temporal`) to the codec that ships
-(`shared.temporalcodec.TemporalCodec`): integer lattice, key words, priors, entropy tables.
+(`shared.temporalcodec.TemporalCodec`): integer lattice, KPI groups, key words, entropy tables.
 
 - The state is counted in integer units per KPI: a KPI's native grid step where it has one
-  (its key words are snapped onto the grid, its lattice steps are whole grid steps), else
-  its lattice step; key words of a KPI without a grid are rounded to that step.
-- Words the training stream hardly uses (fewer than MIN_WORD_USES times on a sample of
-  training frames) are pruned, as VQ training resets dead codes; their moves fall to the
-  words that stay.
-- The entropy tables are the symbol counts of that sample, coded closed loop by the shipped
-  encoder itself, add-one smoothed and quantised to integer frequencies.
+  (its key words are snapped onto the grid), else the lattice step. A move is a whole number
+  of `steps` units: the lattice step aligned to the grid (one grid step in `lossless` mode).
+- The KPIs that move together are grouped (`cloud.codec.grouping`, from the moves the
+  ungrouped codec makes on training frames), so one word moves a group.
+- The entropy tables are the symbol counts of a sample of training frames, coded closed loop
+  by the shipped encoder itself, add-one smoothed and quantised to integer frequencies.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from ...shared.rangecoder import FrequencyTable
-from ...shared.temporalcodec import TemporalCodec, encode_payload, table_counts
+from ...shared.temporalcodec import (
+    TemporalCodec,
+    encode_payload,
+    fitted,
+    table_counts,
+    uniform_tables,
+)
+from ...shared.temporaltables import RADIX
+from .grouping import fit_groups
 from .normaliser import Normaliser
 from .temporal import TemporalSDLGM, lattice_step
 
 __all__ = [
-    "MIN_WORD_USES",
     "TABLE_SAMPLE",
     "CodedStream",
     "code_stream",
@@ -38,8 +42,12 @@ __all__ = [
     "stream_keys",
 ]
 
-TABLE_SAMPLE = 400  # training frames whose codes fit the entropy tables
-MIN_WORD_USES = 3  # uses on that sample below which a word is pruned
+TABLE_SAMPLE = 5000  # training frames whose codes fit the groups and the entropy tables
+# The encoder's price of a bit, in weighted squared error: RATE_SCALE step². High-rate theory
+# gives 2 ln 2 step² / 12 (0.12); chosen on the validation sessions.
+RATE_SCALE = 0.12
+NEAREST = 1e-12  # sigma2 of an encoder that takes every nearest move
+TABLE_PASSES = 3  # fits of the tables: nearest moves, then the MAP choice twice
 MAX_DECIMALS = 9  # of a KPI's native grid in raw units
 
 
@@ -55,29 +63,56 @@ def stream_keys(model: TemporalSDLGM) -> int | None:
 
 
 def ship_codec(
-    model: TemporalSDLGM, norm: Normaliser, frames: Sequence[np.ndarray]
+    model: TemporalSDLGM,
+    norm: Normaliser,
+    frames: Sequence[np.ndarray],
+    step: float | None = None,
+    lossless: bool = False,
+    table_sample: int = TABLE_SAMPLE,
 ) -> TemporalCodec:
-    """The shipped codec of `model`, its tables fitted on `frames` (raw training measurements,
-    [n_i, D] each, NaN missing; each coded from a key measurement, as an edge sends them).
-    Frames beyond TABLE_SAMPLE are thinned evenly."""
-    sample = list(frames[:: max(len(frames) // TABLE_SAMPLE, 1)])
+    """The shipped codec of `model` at lattice step `step` (normalised; None: the one the
+    model was trained for), grouped and with tables fitted on `frames` (raw training
+    measurements, [n_i, D] each, NaN missing; each coded from a key measurement, as an edge
+    sends them). Frames beyond `table_sample` are thinned evenly."""
+    sample = list(frames[:: max(len(frames) // max(table_sample, 1), 1)])
     if not sample:
         raise ValueError("need at least one training frame to fit the entropy tables")
-    full = _codec(model, norm, np.arange(model.cfg.K))
-    uses = np.zeros(full.K)
+    step = lattice_step(model.cfg.snr_db) if step is None else float(step)
+    if not step > 0:
+        raise ValueError(f"the lattice step must be positive, got {step}")
     every = stream_keys(model)
+    alone = tuple((j,) for j in range(model.cfg.D))
+    ungrouped = _codec(model, norm, step, alone, lossless=True)
+    moves, seen = [], []
     for x in sample:
         flags = key_flags(len(x), every or len(x))
-        _, decoded = encode_payload(full, x, flags, None, table_counts(full))
-        for code in decoded.codes:
-            words = [c for c in code if c < full.K]
-            uses += np.bincount(np.asarray(words, dtype=np.int64), minlength=full.K)
-    keep = np.flatnonzero(uses >= MIN_WORD_USES)
-    codec = _codec(model, norm, keep if len(keep) else np.array([int(uses.argmax())]))
-    counts = table_counts(codec)
-    for x in sample:
-        encode_payload(codec, x, key_flags(len(x), every or len(x)), None, counts)
-    return _with_tables(codec, counts)
+        _, decoded = encode_payload(ungrouped, x, flags, None, table_counts(ungrouped))
+        moves.append(_moves(ungrouped, decoded.codes))
+        seen.append(np.isfinite(x))
+    groups = fit_groups(np.concatenate(moves), np.concatenate(seen))
+    # Tables for the nearest moves first (a rate cost of ~0), then for the MAP choice they
+    # price: the moves it makes depend on the tables, so they are refitted on them.
+    codec = _codec(model, norm, step, groups, lossless, sigma2=NEAREST)
+    sigma2 = RATE_SCALE * step**2 / (2 * math.log(2))
+    for _ in range(TABLE_PASSES):
+        counts = table_counts(codec)
+        for x in sample:
+            encode_payload(codec, x, key_flags(len(x), every or len(x)), None, counts)
+        codec = replace(fitted(codec, counts), sigma2=sigma2)
+    return codec
+
+
+def _moves(codec: TemporalCodec, codes: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """Per measurement each KPI's move (int64, [n, D]; an escaped one as ±(REACH + 1)) from
+    the codes of a codec with one KPI per group."""
+    out = np.zeros((len(codes), codec.D), dtype=np.int64)
+    for t, code in enumerate(codes):
+        for w in code:
+            if w < codec.K:
+                _, moves = codec.word_moves(w)
+                for j, q in moves.items():
+                    out[t, j] = q if q is not None else RADIX // 2
+    return out
 
 
 def _decimals(text: str) -> int:
@@ -104,72 +139,42 @@ def raw_decimals(model: TemporalSDLGM, norm: Normaliser) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _units(model: TemporalSDLGM) -> tuple[np.ndarray, np.ndarray]:
-    """(unit, origin) per KPI: the grid step and origin where the KPI has a grid, else the
-    lattice step and 0."""
-    grid = model.grid
-    step = grid.aligned(lattice_step(model.cfg.snr_db))
-    unit = np.where(grid.step > 0, grid.step, step)
-    origin = np.where(grid.step > 0, grid.origin, 0.0)
-    return unit.astype(np.float64), origin.astype(np.float64)
-
-
-def _codec(model: TemporalSDLGM, norm: Normaliser, keep: np.ndarray) -> TemporalCodec:
-    """The codec with words `keep` (ids into the model's lattice) and uniform tables."""
-    cfg = model.cfg
-    unit, origin = _units(model)
-    group = model.group.numpy()[keep].astype(np.int64)
-    value = model.value.double().numpy()[keep]
-    delta = np.rint(value / unit[group]).astype(np.int64)
-    if np.any(delta == 0) or not np.allclose(delta * unit[group], value, rtol=1e-4, atol=1e-6):
-        raise ValueError("the lattice words are not whole multiples of their KPI's unit")
+def _codec(
+    model: TemporalSDLGM,
+    norm: Normaliser,
+    step: float,
+    groups: tuple[tuple[int, ...], ...],
+    lossless: bool,
+    sigma2: float = NEAREST,
+) -> TemporalCodec:
+    """The codec at lattice step `step` with `groups` and uniform tables."""
+    cfg, grid = model.cfg, model.grid
+    gridded = grid.step > 0
+    weight = model.weight.double().numpy()
+    fine = step / np.sqrt(weight)  # a KPI weighted w times the others: its error w times less
+    unit = np.where(gridded, grid.step, fine).astype(np.float64)
+    origin = np.where(gridded, grid.origin, 0.0).astype(np.float64)
+    aligned = np.maximum(np.rint(fine / np.where(gridded, grid.step, 1.0)), 1)
+    steps = np.where(gridded & ~np.bool_(lossless), aligned, 1).astype(np.int64)
     keys = np.rint((model.keys.double().numpy() - origin) / unit).astype(np.int64)
-    with torch.no_grad():
-        log_prior = F.log_softmax(model.code_prior[:, torch.from_numpy(keep)], -1).double()
-        gate_prior = model.gate_prior.detach().double().numpy()
-    mean = np.array([n.mean for n in norm.norms])
-    D, KW = cfg.D, len(keys)
-    sizes = [max(int(np.sum(group == j)), 1) for j in range(D)]
-    uniform = FrequencyTable.uniform
     return TemporalCodec(
         kpis=norm.names,
         L=cfg.L,
-        gates=cfg.gates,
         clip=float(norm.clip),
         span=float(cfg.span),
-        sigma2=float(cfg.sigma2),
-        mean=mean,
+        sigma2=sigma2,
+        mean=np.array([n.mean for n in norm.norms]),
         std=np.array([n.std for n in norm.norms]),
         log=np.array([n.log for n in norm.norms], dtype=bool),
         unit=unit,
         origin=origin,
-        weight=model.weight.double().numpy(),
-        group=group,
-        delta=delta,
+        weight=weight,
+        steps=steps,
+        groups=groups,
         keys=keys,
-        log_prior=log_prior.numpy(),
-        gate_prior=gate_prior,
-        key_table=uniform(KW),
-        kpi_tables=tuple(tuple(uniform(D + 1) for _ in range(D + 1)) for _ in range(2)),
-        word_tables=tuple(tuple(uniform(n) for n in sizes) for _ in range(2)),
-        mask_table=uniform(2),
+        lossless=lossless,
+        **uniform_tables(cfg.D, groups, len(keys)),
         raw_decimals=raw_decimals(model, norm),
-    )
-
-
-def _with_tables(codec: TemporalCodec, counts: dict[tuple[int, ...], np.ndarray]) -> TemporalCodec:
-    """`codec` with every table fitted on `counts` (add-one smoothing)."""
-    D = codec.D
-
-    def fit(tid: tuple[int, ...]) -> FrequencyTable:
-        return FrequencyTable.from_counts(counts[tid])
-
-    return replace(
-        codec,
-        key_table=fit((2,)),
-        mask_table=fit((0,)),
-        kpi_tables=tuple(tuple(fit((3, k, p)) for p in range(D + 1)) for k in range(2)),
-        word_tables=tuple(tuple(fit((4, k, j)) for j in range(D)) for k in range(2)),
     )
 
 

@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 STEP_SCALE = 0.6  # lattice step relative to the σ² it serves; chosen on validation sessions
 HISTORY = 4  # measurements coded closed loop before each training measurement
-KEY_WORDS = 256  # whole-measurement words a key measurement starts from
+KEY_WORDS = 1024  # whole-measurement words a key measurement starts from
 KMEANS_ROWS = 50_000  # training measurements the key words are fitted on
 MIN_USES = 0.01  # share of a KPI's training moves beyond which its lattice stops
 FINE_LEVELS = 64  # lattice levels of a KPI kept one by one; beyond, two scales (`_levels`)

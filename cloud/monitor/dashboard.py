@@ -133,7 +133,7 @@ class ModelCatalogue:
     runs: Sequence[Path] = ()
     models_dir: Path | None = None
     _prototypes: dict[str, np.ndarray] = field(default_factory=dict)
-    _names: dict[str, list[str]] = field(default_factory=dict)
+    _names: dict[str, Sequence[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def models(self) -> dict[str, _Model]:
@@ -151,7 +151,7 @@ class ModelCatalogue:
             out.setdefault(manifest.model_ref.hex(), _Model(run, manifest, read_evaluation(run)))
         return out
 
-    def word_names(self, ref: str, model: _Model) -> list[str] | None:
+    def word_names(self, ref: str, model: _Model) -> Sequence[str] | None:
         """A temporal codec's code names ("RSRP +1 dB", key words after the K words), read
         once per model; None for a memoryless model (its codes read through prototypes)."""
         path = model.run / CODEC_FILE

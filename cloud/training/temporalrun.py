@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,15 @@ from ...shared.wire import (
     AGENT_MAX_BATCH_DELAY_S,
     records_per_frame,
 )
+from ..codec.fidelity import snr
 from ..codec.normaliser import Normaliser, fit_normaliser
 from ..codec.shipping import code_stream, ship_codec
 from ..codec.temporal import (
     LR,
     TARGET_WEIGHT,
     TemporalConfig,
+    TemporalSDLGM,
+    lattice_step,
     target_snr_db,
     train_temporal,
 )
@@ -76,6 +80,9 @@ QUICK_LEARNERS = ("linear", "trees")  # --quick: the predictor's learners and tr
 QUICK_PREDICTOR_ROWS = 20_000
 PERIOD_S = 1.0  # the agent's measurement interval the predictor is fitted for
 N_PROBES = 16
+# Rounds of fitting the lattice step to the SNR asked for, and the training frames their
+# tables are fitted on (the final codec's are fitted on all).
+CALIBRATION_ROUNDS, CALIBRATION_QUICK, CALIBRATION_SAMPLE = 3, 1, 400
 
 
 def _normalised(norm: Normaliser, s: Session) -> tuple[np.ndarray, np.ndarray]:
@@ -91,13 +98,13 @@ def agent_framing() -> tuple[int, int]:
 
 
 def code_sessions(
-    codec: TemporalCodec, sessions: list[Session], frame: int, key_interval: int | None
+    codec: TemporalCodec, sessions: Sequence[Session], frame: int, key_interval: int | None
 ) -> list[np.ndarray]:
     """Each session's decoded KPIs (normalised, [T, D], NaN missing) as the cloud gets them."""
     return [code_stream(codec, s.kpis, frame, key_interval).recon for s in sessions]
 
 
-def _fit_codec(opts: TrainOptions, train: Dataset, norm: Normaliser) -> TemporalCodec:
+def _fit_codec(opts: TrainOptions, train: Dataset, val: Dataset, norm: Normaliser) -> TemporalCodec:
     sizes = TEMPORAL_QUICK if opts.quick else TEMPORAL_SIZES
     pairs = [_normalised(norm, s) for s in train.sessions]
     names = norm.names
@@ -119,7 +126,31 @@ def _fit_codec(opts: TrainOptions, train: Dataset, norm: Normaliser) -> Temporal
         for s in train.sessions
         for i in range(0, len(s), opts.key_interval)
     ]
-    return ship_codec(model, norm, frames)
+    step = _calibrate(model, norm, frames, val, opts)
+    return ship_codec(model, norm, frames, step=step)
+
+
+def _calibrate(
+    model: TemporalSDLGM,
+    norm: Normaliser,
+    frames: list[np.ndarray],
+    val: Dataset,
+    opts: TrainOptions,
+) -> float:
+    """The lattice step at which the codec reaches the SNR asked for on the validation
+    sessions (coded a key every `key_interval`): from the high-rate guess, each round scales
+    the step by the SNR it missed by (6 dB per halving)."""
+    snr_db, step = model.cfg.snr_db, lattice_step(model.cfg.snr_db)
+    for _ in range(CALIBRATION_QUICK if opts.quick else CALIBRATION_ROUNDS):
+        codec = ship_codec(model, norm, frames, step=step, table_sample=CALIBRATION_SAMPLE)
+        z = [codec.normalise(s.kpis) for s in val.sessions]
+        recon = code_sessions(codec, val.sessions, opts.key_interval, None)
+        x, r = np.concatenate(z), np.concatenate(recon)
+        seen = np.isfinite(x)
+        got = snr(np.where(seen, x, 0.0), np.where(seen, r, 0.0), seen)["snr_db"]
+        log.info("lattice step %.4g: %.2f dB on validation (aiming at %.1f)", step, got, snr_db)
+        step *= 10 ** ((got - snr_db) / 20)
+    return step
 
 
 def _fit_predictors(
@@ -172,7 +203,7 @@ def train_temporal_run(options: TrainOptions) -> Path:
     write_json(out / CONFIG_FILE, opts.to_dict())
     write_json(out / SPLIT_FILE, _split(opts, train, val, test))
     started = time.monotonic()
-    codec = _fit_codec(opts, train, norm)
+    codec = _fit_codec(opts, train, val, norm)
     (out / CODEC_FILE).write_text(codec.to_json(), encoding="utf-8")
     fitted = time.monotonic()
     predictors = _fit_predictors(opts, codec, train, val)

@@ -285,7 +285,7 @@ def test_a_temporal_codecs_codebook_reads_its_words_as_moves(
     (book,) = data["codebook"]
     names = {c["code"]: c["reads_as"] for c in book["codes"]}
     assert len(names) == codec.K + len(codec.keys)
-    assert [names[k] for k in range(len(names))] == code_names(codec)
+    assert [names[k] for k in range(len(names))] == list(code_names(codec))
     assert all(c["prototype"] is None and c["count"] == 0 for c in book["codes"])
     html = render_page(
         Dashboard(open_store(tmp_path / "e2.db"), ModelCatalogue(runs=[run])).data(NOW)

@@ -34,29 +34,16 @@ from sparsetel.shared.bundle import pack_bundle
 from sparsetel.shared.chainframe import decode_chain_frame, frame_version
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest
-from sparsetel.shared.rangecoder import FrequencyTable
 from sparsetel.shared.rundir import CODEC_FILE, MANIFEST_FILE, write_json
 from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, decode_payload
+from tests.helpers import small_temporal_codec
 
 KPIS = ("a", "b", "c")
 D, L = 3, 3
 
 
 def small_codec(unit: float = 0.1, kpis: tuple[str, ...] = KPIS) -> TemporalCodec:
-    """A hand-made codec: KPI j moves by ±1 and ±2 units; four key words; uniform tables."""
-    group = np.repeat(np.arange(D), 4)
-    u = FrequencyTable.uniform
-    sizes = [int(np.sum(group == j)) for j in range(D)]
-    return TemporalCodec(
-        kpis=kpis, L=L, gates=True, clip=6.0, span=6.0, sigma2=1e-3,
-        mean=np.zeros(D), std=np.ones(D), log=np.zeros(D, dtype=bool),
-        unit=np.array([unit, 0.25, 0.5]), origin=np.zeros(D), weight=np.ones(D),
-        group=group, delta=np.tile([1, 2, -1, -2], D),
-        keys=np.array([[0, 0, 0], [10, 4, 2], [-10, -4, -2], [5, -4, 0]]),
-        log_prior=np.full((2, len(group)), -np.log(len(group))), gate_prior=np.zeros((2, L)),
-        key_table=u(4), kpi_tables=tuple(tuple(u(D + 1) for _ in range(D + 1)) for _ in range(2)),
-        word_tables=tuple(tuple(u(n) for n in sizes) for _ in range(2)), mask_table=u(2),
-    )  # fmt: skip
+    return small_temporal_codec(unit, kpis, L)
 
 
 def walk(n: int, seed: int, missing: float = 0.1) -> np.ndarray:
@@ -99,7 +86,7 @@ def test_a_temporal_run_loads_as_a_temporal_encoder_and_passes_its_self_test(run
     encoder = load_encoder(run)
     assert isinstance(encoder, TemporalEncoder)
     assert encoder.self_test() == 12
-    assert (encoder.L, encoder.K, encoder.D, encoder.kpis) == (L, 12, D, KPIS)
+    assert (encoder.L, encoder.K, encoder.D, encoder.kpis) == (L, 16**2 + 16, D, KPIS)
     assert encoder.model_ref == bytes.fromhex(encoder.model_sha256[:16])
     assert encoder.runtime_version.startswith("numpy ")
     encoder.check_schema(KPIS)

@@ -11,47 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsetel.shared.errors import ModelMismatchError, WireError
-from sparsetel.shared.rangecoder import FrequencyTable
 from sparsetel.shared.temporalcodec import (
     ChainState,
     TemporalCodec,
     decode_payload,
     encode_payload,
+    fitted,
     table_counts,
 )
+from tests.helpers import small_temporal_codec
 
 D, L = 3, 3
 
 
-def small_codec(gates: bool = True) -> TemporalCodec:
-    """A hand-made codec: KPI j moves by ±1 and ±2 units; four key words; uniform tables."""
-    group = np.repeat(np.arange(D), 4)
-    delta = np.tile([1, 2, -1, -2], D)
-    u = FrequencyTable.uniform
-    sizes = [int(np.sum(group == j)) for j in range(D)]
-    return TemporalCodec(
-        kpis=("a", "b", "c"),
-        L=L,
-        gates=gates,
-        clip=6.0,
-        span=6.0,
-        sigma2=1e-3,
-        mean=np.zeros(D),
-        std=np.ones(D),
-        log=np.zeros(D, dtype=bool),
-        unit=np.array([0.1, 0.25, 0.5]),
-        origin=np.zeros(D),
-        weight=np.ones(D),
-        group=group,
-        delta=delta,
-        keys=np.array([[0, 0, 0], [10, 4, 2], [-10, -4, -2], [5, -4, 0]]),
-        log_prior=np.full((2, len(group)), -np.log(len(group))),
-        gate_prior=np.zeros((2, L)),
-        key_table=u(4),
-        kpi_tables=tuple(tuple(u(D + 1) for _ in range(D + 1)) for _ in range(2)),
-        word_tables=tuple(tuple(u(n) for n in sizes) for _ in range(2)),
-        mask_table=u(2),
-    )
+def small_codec(lossless: bool = False) -> TemporalCodec:
+    return small_temporal_codec(L=L, lossless=lossless)
 
 
 def walk(n: int, seed: int, missing: float = 0.1) -> np.ndarray:
@@ -76,12 +50,45 @@ def test_cloud_decodes_exactly_what_the_edge_reconstructs_across_chained_frames(
 
 
 def test_every_measurement_uses_at_most_L_codes_key_word_included() -> None:
-    codec = small_codec(gates=False)
+    codec = small_codec()
     x = walk(60, 1, missing=0.0) * 5
     keys = [i % 10 == 0 for i in range(60)]
     _, decoded = encode_payload(codec, x, keys, None)
-    assert max(len(c) for c in decoded.codes) == L
+    assert max(len(c) for c in decoded.codes) <= L
     assert all(c[0] >= codec.K for c, k in zip(decoded.codes, keys, strict=True) if k)
+    assert all(sum(w < codec.K for w in c) <= len(codec.groups) for c in decoded.codes)
+
+
+def test_a_word_moves_a_whole_group_and_its_id_says_how() -> None:
+    codec = small_codec()
+    word = codec.word_id(0, [2, -1])
+    assert codec.word_moves(word) == (0, {0: 2, 1: -1})
+    assert codec.word_moves(codec.word_id(1, [30])) == (1, {2: None})  # beyond the digits
+    with pytest.raises(ValueError):
+        codec.word_moves(codec.K)
+
+
+def test_a_jump_of_many_steps_is_one_escaped_word_and_decodes_exactly() -> None:
+    codec = small_codec()
+    x = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [40.0, 0.0, -35.0]])
+    payload, edge = encode_payload(codec, x, [True, False, False], None)
+    cloud = decode_payload(codec, payload, [True, False, False], None)
+    assert np.allclose(cloud.recon[2], [6.0, 0.0, -6.0])  # clamped at the span, in one step
+    assert len(cloud.codes[2]) == 2 and cloud.codes == edge.codes
+
+
+def test_lossless_mode_sends_every_move_and_counts_words_past_L_as_escapes() -> None:
+    codec = small_temporal_codec(L=1, lossless=True, groups=((0,), (1,), (2,)))
+    rng = np.random.default_rng(5)
+    x = np.cumsum(rng.integers(-1, 2, (80, D)), axis=0) * np.array([0.1, 0.25, 0.5])
+    x = np.clip(x, -5.0, 5.0)
+    keys = [i % 20 == 0 for i in range(80)]
+    payload, edge = encode_payload(codec, x, keys, None)
+    cloud = decode_payload(codec, payload, keys, None)
+    assert np.allclose(cloud.recon, x, atol=1e-9)
+    assert cloud.escapes == edge.escapes == sum(max(len(c) - 1, 0) for c in cloud.codes) > 0
+    lossy, _ = encode_payload(small_temporal_codec(L=1, groups=((0,), (1,), (2,))), x, keys, None)
+    assert len(lossy) < len(payload)
 
 
 def test_context_costs_fewer_bits_than_a_key_every_measurement() -> None:
@@ -105,23 +112,12 @@ def test_symbol_counts_fit_tables_that_code_the_stream_in_fewer_bits() -> None:
     keys = [i % 50 == 0 for i in range(300)]
     counts = table_counts(codec)
     encode_payload(codec, x, keys, None, counts)
-    fitted = TemporalCodec.from_json(
-        json.dumps(
-            {
-                **codec.to_dict(),
-                "kpi_tables": [
-                    [FrequencyTable.from_counts(counts[(3, k, p)]).to_list() for p in range(D + 1)]
-                    for k in range(2)
-                ],
-                "mask_table": FrequencyTable.from_counts(counts[(0,)]).to_list(),
-            }
-        )
-    )
+    better = TemporalCodec.from_json(fitted(codec, counts).to_json())
     before, _ = encode_payload(codec, x, keys, None)
-    after, decoded = encode_payload(fitted, x, keys, None)
+    after, decoded = encode_payload(better, x, keys, None)
     assert len(after) < len(before)
     assert np.array_equal(
-        decode_payload(fitted, after, keys, None).recon, decoded.recon, equal_nan=True
+        decode_payload(better, after, keys, None).recon, decoded.recon, equal_nan=True
     )
 
 
@@ -129,10 +125,14 @@ def test_codec_survives_its_json_and_chain_state_its_store() -> None:
     codec = small_codec()
     again = TemporalCodec.from_json(codec.to_json())
     assert again.to_json() == codec.to_json()
-    state = ChainState((1, -2, 3), (True, False, True))
+    state = ChainState((1, -2, 3), (True, False, True), ((0, 2, -1), (1, 0, 0)))
     assert ChainState.from_json(state.to_json(), D) == state
-    with pytest.raises(ValueError):
-        ChainState.from_json('{"units": [1, 2], "mask": [1, 1]}', D)
+    older = ChainState.from_json('{"units": [1, 2, 3], "mask": [1, 1, 0]}', D)
+    assert older.history(D) == ([0, 0, 0], [0, 0, 0])
+    for bad in ('{"units": [1, 2], "mask": [1, 1]}', '{"units": [1, 2, 3], "mask": [1, 1, 1], '
+                '"moves": [[1], []]}'):  # fmt: skip
+        with pytest.raises(ValueError):
+            ChainState.from_json(bad, D)
 
 
 BAD_CODECS = {
@@ -141,13 +141,15 @@ BAD_CODECS = {
     "L_float": {"L": 3.0},
     "std_zero": {"std": [1.0, 0.0, 1.0]},
     "unit_negative": {"unit": [0.1, -0.25, 0.5]},
-    "delta_zero": {"delta": [0] * 12},
-    "group_range": {"group": [7] * 12},
+    "steps_zero": {"steps": [1, 0, 1]},
+    "groups_overlap": {"groups": [[0, 1], [1, 2]]},
+    "groups_too_big": {"groups": [[0, 1, 2, 3]]},
+    "groups_missing_kpi": {"groups": [[0, 1]]},
     "key_shape": {"keys": [[0, 0]]},
-    "nan_prior": {"log_prior": [[float("nan")] * 12] * 2},
-    "table_sum": {"mask_table": [1, 1]},
-    "kpi_table_size": {"kpi_tables": [[[16384, 16384]] * 4] * 2},
-    "word_tables_missing": {"word_tables": [[], []]},
+    "table_sum": {"mask_tables": [[1, 1], [16384, 16384]]},
+    "move_tables_short": {"move_tables": [[[16384, 16384]], [[16384, 16384]]]},
+    "delta_tables_missing": {"delta_tables": [[], [], []]},
+    "class_tables_missing": {"class_tables": []},
 }
 
 

@@ -1,0 +1,77 @@
+"""The contexts of the temporal codec's entropy tables (`shared.temporalcodec`).
+
+A measurement's moves are coded per group of KPIs (a word is one group's joint move), each
+symbol with the table its context picks, so a KPI that moved a second ago, or whose partner in
+the group has just moved, is coded with the statistics of such moments:
+
+- whether a group moves: key measurement or not, whether the group moved in each of the last
+  two measurements, and how many groups of this measurement have moved before it (0..3+);
+- a member's move as a digit (``q + REACH`` for |q| <= REACH, else ESCAPE): key measurement,
+  else the size classes of its own last two moves (|q|: 0, 1, 2-3, 4-7, 8-15, 16+ a second
+  ago; 0, 1, 2-3, 4+ before); then the sign of each member before
+  it in the group; then whether it must move (the last observed member of a moving group whose
+  other members did not). An escaped move's size class (|q| - REACH in [2**(c-1), 2**c)) is
+  coded with the KPI's own-history context, then its sign and c - 1 low bits raw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CLASSES",
+    "ESCAPE",
+    "MAX_GROUP",
+    "MOVE_CONTEXTS",
+    "OWN_CONTEXTS",
+    "RADIX",
+    "REACH",
+    "delta_context",
+    "delta_contexts",
+    "move_context",
+    "own_context",
+]
+
+REACH = 7  # moves coded as one digit: -REACH..REACH
+RADIX = 2 * REACH + 2  # digits of a move: those, and ESCAPE
+ESCAPE = RADIX - 1
+MAX_GROUP = 3  # KPIs in one group
+_COUNT = 4  # groups moved so far: 0, 1, 2, 3 or more
+MOVE_CONTEXTS = 4 * _COUNT + _COUNT  # in context (moved at t-1, at t-2, count), at a key
+_LAST, _BEFORE = 6, 4  # size classes of a KPI's move at t-1 and t-2 (bit length, capped)
+OWN_CONTEXTS = _LAST * _BEFORE + 1  # a KPI's own history, or a key
+CLASSES = 48  # size classes of an escaped move: |q| - REACH < 2**48
+
+
+def move_context(
+    key: bool, members: Sequence[int], moved: Sequence[int], moved2: Sequence[int], count: int
+) -> int:
+    """The table of "does this group move" (0 .. MOVE_CONTEXTS - 1)."""
+    count = min(count, _COUNT - 1)
+    if key:
+        return 4 * _COUNT + count
+    last = any(moved[j] for j in members)
+    before = any(moved2[j] for j in members)
+    return (2 * last + before) * _COUNT + count
+
+
+def delta_context(key: bool, m1: int, m2: int, signs: Sequence[int], forced: bool) -> int:
+    """The table of a member's digit, for the member with `signs` (-1, 0, 1) before it in
+    its group (0 .. delta_contexts(len(signs)) - 1)."""
+    ctx = own_context(key, m1, m2)
+    for s in signs:
+        ctx = ctx * 3 + s + 1
+    return 2 * ctx + forced
+
+
+def own_context(key: bool, m1: int, m2: int) -> int:
+    """A KPI's own-history context (0 .. OWN_CONTEXTS - 1) from its last two moves."""
+    if key:
+        return OWN_CONTEXTS - 1
+    last, before = min(abs(m1).bit_length(), _LAST - 1), min(abs(m2).bit_length(), _BEFORE - 1)
+    return int(last * _BEFORE + before)
+
+
+def delta_contexts(position: int) -> int:
+    """How many digit tables the member at `position` (0-based) of a group has."""
+    return int(OWN_CONTEXTS * 3**position * 2)
