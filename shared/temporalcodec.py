@@ -468,6 +468,8 @@ class Decoded:
 
 
 _BIT = FrequencyTable.uniform(2)  # a raw bit
+RAW_CHUNK = 15  # raw bits coded as one symbol at most
+_UNIFORM = (_BIT, *(FrequencyTable.uniform(1 << k) for k in range(1, RAW_CHUNK + 1)))
 
 
 class _Sink:
@@ -521,11 +523,12 @@ def encode_payload(
         if keys[t]:
             kw = codec.key_word(z[t], seen[t])
             units, moved = list(codec.key_ids[kw]), [0] * codec.D
-        q = _choose(codec, rows[t], observed[t], units, (moved, moved2), kw >= 0)
+        own = [own_context(kw >= 0, a, b) for a, b in zip(moved, moved2, strict=True)]
+        q = _choose(codec, rows[t], observed[t], units, (moved, moved2), own, kw >= 0)
         _put_mask(codec, sink.put, observed[t], last, kw >= 0)
         if kw >= 0:
             sink.put((2,), codec.key_table, kw)
-        words, extra = _put_moves(codec, sink.put, q, observed[t], moved, moved2, kw >= 0)
+        words, extra = _put_moves(codec, sink.put, q, observed[t], (moved, moved2), own, kw >= 0)
         for j, step in enumerate(q):
             units[j] += step * int(codec.steps[j])
         moved2, moved, last = moved, q, observed[t]
@@ -575,6 +578,7 @@ def _choose(
     seen: list[bool],
     units: list[int],
     history: tuple[list[int], list[int]],
+    own: list[int],
     key: bool,
 ) -> list[int]:
     """Each KPI's move q (0 where missing or not sent), the model's MAP choice: per group, of
@@ -613,7 +617,7 @@ def _choose(
             ]
             if not any(chosen):
                 continue
-            bits = costs[1] + _word_bits(codec, members, chosen, seen, moved, moved2, key)
+            bits = costs[1] + _word_bits(codec, members, chosen, seen, own)
             value = sum(gain[j] for j, c in zip(members, chosen, strict=True) if c) - lam * bits
             if value > best:
                 best, pick = value, chosen
@@ -633,9 +637,7 @@ def _word_bits(
     members: tuple[int, ...],
     moves: list[int],
     seen: list[bool],
-    moved: list[int],
-    moved2: list[int],
-    key: bool,
+    own: list[int],
 ) -> float:
     """What a group's word costs in bits after its move flag (the encoder's rate estimate)."""
     observed = [j for j in members if seen[j]]
@@ -646,12 +648,12 @@ def _word_bits(
             signs.append(0)
             continue
         forced = j == observed[-1] and not any(signs)
-        ctx = delta_context(key, moved[j], moved2[j], signs, forced)
+        ctx = delta_context(own[j], signs, forced)
         digit = _digit(n)
         bits += codec.delta_costs[j][ctx][digit]
         if digit == ESCAPE:
             width = (abs(n) - REACH).bit_length()
-            bits += codec.class_costs[j][own_context(key, moved[j], moved2[j])][width - 1] + width
+            bits += codec.class_costs[j][own[j]][width - 1] + width
         signs.append((n > 0) - (n < 0))
     return bits
 
@@ -674,13 +676,14 @@ def _put_moves(
     put: Callable[..., None],
     q: list[int],
     seen: list[bool],
-    moved: list[int],
-    moved2: list[int],
+    history: tuple[list[int], list[int]],
+    own: list[int],
     key: bool,
 ) -> tuple[list[int], int]:
     """The words of one measurement (moves q per KPI) as symbols; their ids and how many
     were escape words."""
     cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    moved, moved2 = history
     words: list[int] = []
     for g, members in enumerate(codec.groups):
         observed = [j for j in members if seen[j]]
@@ -697,12 +700,11 @@ def _put_moves(
                 signs.append(0)
                 continue
             forced = j == observed[-1] and not any(signs)
-            ctx = delta_context(key, moved[j], moved2[j], signs, forced)
+            ctx = delta_context(own[j], signs, forced)
             n = q[j]
             put((4, j, ctx), codec.delta_tables[j][ctx], _digit(n))
             if _digit(n) == ESCAPE:
-                own = own_context(key, moved[j], moved2[j])
-                _put_escape(put, codec, j, own, n)
+                _put_escape(put, codec, j, own[j], n)
             signs.append((n > 0) - (n < 0))
         words.append(codec.word_id(g, [q[j] for j in members]))
     return words, max(len(words) - (codec.L - 1 if key else codec.L), 0)
@@ -710,18 +712,34 @@ def _put_moves(
 
 def _put_escape(put: Callable[..., None], codec: TemporalCodec, j: int, own: int, n: int) -> None:
     """KPI j's escaped move n: the size class c of m = |n| - REACH (``2**(c-1) <= m < 2**c``)
-    given its history `own`, its sign (raw), the bit of m below its leading one given c, and
-    the c - 2 bits below that (raw)."""
+    given its history `own`, the bit of m below its leading one given c, then its sign and
+    the c - 2 bits below that, raw (`_put_raw`)."""
     m = abs(n) - REACH
     width = m.bit_length()
     if width > CLASSES:
         raise ValueError(f"a move of {n} steps is beyond what a payload carries")
     put((5, j, own), codec.class_tables[j][own], width - 1)
-    put(_RAW, _BIT, int(n < 0))
     if width >= 2:
         put((6, j, width - 1), codec.top_tables[j][width - 1], (m >> (width - 2)) & 1)
-    for shift in range(width - 3, -1, -1):
-        put(_RAW, _BIT, (m >> shift) & 1)
+    low = width - 2 if width >= 2 else 0
+    _put_raw(put, (int(n < 0) << low) | (m & ((1 << low) - 1)), low + 1)
+
+
+def _put_raw(put: Callable[..., None], value: int, bits: int) -> None:
+    """`bits` raw bits of `value`, most significant first, up to RAW_CHUNK a symbol."""
+    while bits > 0:
+        take = min(bits, RAW_CHUNK)
+        bits -= take
+        put(_RAW, _UNIFORM[take], (value >> bits) & ((1 << take) - 1))
+
+
+def _read_raw(decode: Callable[[FrequencyTable], int], bits: int) -> int:
+    value = 0
+    while bits > 0:
+        take = min(bits, RAW_CHUNK)
+        bits -= take
+        value = (value << take) | decode(_UNIFORM[take])
+    return value
 
 
 def decode_payload(
@@ -773,33 +791,42 @@ def _read_moves(
     moved2: list[int],
     key: bool,
 ) -> tuple[list[int], list[int]]:
+    """One measurement's words: each KPI's move and the word ids. The contexts are those of
+    `shared.temporaltables`, computed inline here: this loop is the cloud's decoding rate."""
     cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
     q, words = [0] * codec.D, list[int]()
+    move_tables, delta_tables, offsets = codec.move_tables, codec.delta_tables, codec.offsets
     for g, members in enumerate(codec.groups):
+        count = len(words)
+        if count >= cap:
+            break
         observed = [j for j in members if seen[j]]
-        if not observed or len(words) >= cap:
+        if not observed:
             continue
-        ctx = move_context(key, members, moved, moved2, len(words))
-        if not decode(codec.move_tables[g][ctx]):
+        ctx = move_context(key, members, moved, moved2, count)
+        if not decode(move_tables[g][ctx]):
             continue
-        signs: list[int] = []
-        for j in members:
-            if not seen[j]:
-                signs.append(0)
-                continue
-            forced = j == observed[-1] and not any(signs)
-            ctx = delta_context(key, moved[j], moved2[j], signs, forced)
-            digit = decode(codec.delta_tables[j][ctx])
-            if digit == ESCAPE:
+        last, ctx_signs, word, scale, moving = observed[-1], 0, offsets[g], 1, False
+        for i, j in enumerate(members):
+            if seen[j]:
                 own = own_context(key, moved[j], moved2[j])
-                n = _read_escape(decode, codec.class_tables[j][own], codec.top_tables[j])
+                forced = j == last and not moving
+                digit = decode(delta_tables[j][2 * (own * scale + ctx_signs) + forced])
+                if digit == ESCAPE:
+                    n = _read_escape(decode, codec.class_tables[j][own], codec.top_tables[j])
+                else:
+                    n = digit - REACH
+                q[j] = n
+                sign = (n > 0) - (n < 0)
+                moving = moving or n != 0
             else:
-                n = digit - REACH
-            q[j] = n
-            signs.append((n > 0) - (n < 0))
-        if not any(signs):
+                digit, sign = REACH, 0
+            # the context of the members after: own * 3^i + their signs so far, in base 3
+            ctx_signs, scale = ctx_signs * 3 + sign + 1, scale * 3
+            word += digit * RADIX**i
+        if not moving:
             raise WireError(f"group {g} is sent as moving but does not move", "payload_word")
-        words.append(codec.word_id(g, [q[j] for j in members]))
+        words.append(word)
     return q, words
 
 
@@ -809,14 +836,14 @@ def _read_escape(
     top: tuple[FrequencyTable, ...],
 ) -> int:
     width = decode(table) + 1
-    negative = decode(_BIT)
     m = 1
     if width >= 2:
         m = (m << 1) | decode(top[width - 1])
-    for _ in range(width - 2):
-        m = (m << 1) | decode(_BIT)
+    low = width - 2 if width >= 2 else 0
+    raw = _read_raw(decode, low + 1)
+    m = (m << low) | (raw & ((1 << low) - 1))
     n = m + REACH
-    return -n if negative else n
+    return -n if raw >> low else n
 
 
 def payload_bits(payload: bytes) -> int:

@@ -55,10 +55,10 @@ def move_context(
     return (2 * last + before) * _COUNT + count
 
 
-def delta_context(key: bool, m1: int, m2: int, signs: Sequence[int], forced: bool) -> int:
-    """The table of a member's digit, for the member with `signs` (-1, 0, 1) before it in
-    its group (0 .. delta_contexts(len(signs)) - 1)."""
-    ctx = own_context(key, m1, m2)
+def delta_context(own: int, signs: Sequence[int], forced: bool) -> int:
+    """The table of a member's digit, from its `own_context` and the `signs` (-1, 0, 1) of
+    the members before it in its group (0 .. delta_contexts(len(signs)) - 1)."""
+    ctx = own
     for s in signs:
         ctx = ctx * 3 + s + 1
     return 2 * ctx + forced

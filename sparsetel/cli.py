@@ -129,6 +129,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         help="temporal codec: measurements per key measurement in training (default 50)",
     )
+    p.add_argument(
+        "--lossless",
+        action="store_true",
+        default=None,
+        help="temporal codec without loss: every move sent (words past L are counted escape "
+        "words), KPIs on a native grid come back exactly; instead of --snr-db",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 

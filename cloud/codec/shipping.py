@@ -30,14 +30,13 @@ from ...shared.temporalcodec import (
 from ...shared.temporaltables import RADIX
 from .grouping import fit_groups
 from .normaliser import Normaliser
-from .temporal import TemporalSDLGM, lattice_step
+from .temporal import Grid, TemporalSDLGM, find_grid, lattice_step
 
 __all__ = [
     "TABLE_SAMPLE",
     "CodedStream",
     "code_stream",
     "key_flags",
-    "raw_decimals",
     "ship_codec",
     "stream_keys",
 ]
@@ -47,6 +46,8 @@ TABLE_SAMPLE = 5000  # training frames whose codes fit the groups and the entrop
 # gives 2 ln 2 step² / 12 (0.12); chosen on the validation sessions.
 RATE_SCALE = 0.12
 NEAREST = 1e-12  # sigma2 of an encoder that takes every nearest move
+LOSSLESS_SPAN = 1e9  # clip and span of a lossless codec: none
+LOSSLESS_FINE = 1e-4  # its step (std) for a KPI without a native grid
 TABLE_PASSES = 3  # fits of the tables: nearest moves, then the MAP choice twice
 MAX_DECIMALS = 9  # of a KPI's native grid in raw units
 
@@ -73,7 +74,9 @@ def ship_codec(
     """The shipped codec of `model` at lattice step `step` (normalised; None: the one the
     model was trained for), grouped and with tables fitted on `frames` (raw training
     measurements, [n_i, D] each, NaN missing; each coded from a key measurement, as an edge
-    sends them). Frames beyond `table_sample` are thinned evenly."""
+    sends them). Frames beyond `table_sample` are thinned evenly. `lossless`: every move
+    sent, one grid step each, in a linear normalisation without a clip, so every KPI on a
+    native grid comes back exactly (those without one to within LOSSLESS_FINE std)."""
     sample = list(frames[:: max(len(frames) // max(table_sample, 1), 1)])
     if not sample:
         raise ValueError("need at least one training frame to fit the entropy tables")
@@ -81,8 +84,9 @@ def ship_codec(
     if not step > 0:
         raise ValueError(f"the lattice step must be positive, got {step}")
     every = stream_keys(model)
+    space = _lossless_space(model, norm, sample) if lossless else _model_space(model, norm)
     alone = tuple((j,) for j in range(model.cfg.D))
-    ungrouped = _codec(model, norm, step, alone, lossless=True)
+    ungrouped = _codec(model, space, norm.names, step, alone, lossless=True)
     moves, seen = [], []
     for x in sample:
         flags = key_flags(len(x), every or len(x))
@@ -92,7 +96,7 @@ def ship_codec(
     groups = fit_groups(np.concatenate(moves), np.concatenate(seen))
     # Tables for the nearest moves first (a rate cost of ~0), then for the MAP choice they
     # price: the moves it makes depend on the tables, so they are refitted on them.
-    codec = _codec(model, norm, step, groups, lossless, sigma2=NEAREST)
+    codec = _codec(model, space, norm.names, step, groups, lossless, sigma2=NEAREST)
     sigma2 = RATE_SCALE * step**2 / (2 * math.log(2))
     for _ in range(TABLE_PASSES):
         counts = table_counts(codec)
@@ -121,51 +125,102 @@ def _decimals(text: str) -> int:
     return max(-int(exponent), 0)
 
 
-def raw_decimals(model: TemporalSDLGM, norm: Normaliser) -> tuple[int, ...]:
-    """Per KPI the decimals of its native grid in raw units (-1 without one): those of its
-    step (written with 6 significant digits: the grid was found in float32), more while
-    the grid's origin is not within a thousandth of a step of a number with that many."""
-    grid, out = model.grid, []
-    for j, n in enumerate(norm.norms):
-        if grid.step[j] <= 0 or n.log:
-            out.append(-1)
-            continue
-        step = float(f"{float(grid.step[j]) * n.std:.6g}")
-        origin = float(grid.origin[j]) * n.std + n.mean
-        decimals = _decimals(f"{step:.6g}")
-        while decimals < MAX_DECIMALS and abs(round(origin, decimals) - origin) > step / 1000:
-            decimals += 1
-        out.append(decimals)
-    return tuple(out)
+@dataclass(frozen=True)
+class _Space:
+    """Where the codec counts: the normalisation (mean, std, log, clip; [D] each) and each
+    KPI's grid in it, the span its values are clamped to and the key words in it ([KW, D])."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    log: np.ndarray
+    clip: float
+    span: float
+    grid: Grid
+    keys: np.ndarray
+
+    def raw_decimals(self) -> tuple[int, ...]:
+        """Per KPI the decimals of its native grid in raw units (-1 without one): those of its
+        step (written with 6 significant digits: the grid was found in float32), more while
+        the grid's origin is not within a thousandth of a step of a number with that many."""
+        out = []
+        for j in range(len(self.mean)):
+            if self.grid.step[j] <= 0 or self.log[j]:
+                out.append(-1)
+                continue
+            step = float(f"{float(self.grid.step[j]) * self.std[j]:.6g}")
+            origin = float(self.grid.origin[j]) * self.std[j] + self.mean[j]
+            decimals = _decimals(f"{step:.6g}")
+            while decimals < MAX_DECIMALS and abs(round(origin, decimals) - origin) > step / 1000:
+                decimals += 1
+            out.append(decimals)
+        return tuple(out)
+
+
+def _model_space(model: TemporalSDLGM, norm: Normaliser) -> _Space:
+    """The model's own normalisation and grid."""
+    return _Space(
+        mean=np.array([n.mean for n in norm.norms]),
+        std=np.array([n.std for n in norm.norms]),
+        log=np.array([n.log for n in norm.norms], dtype=bool),
+        clip=float(norm.clip),
+        span=float(model.cfg.span),
+        grid=model.grid,
+        keys=model.keys.double().numpy(),
+    )
+
+
+def _lossless_space(model: TemporalSDLGM, norm: Normaliser, frames: Sequence[np.ndarray]) -> _Space:
+    """A linear normalisation (no log, no clip: a value comes back only where its own grid
+    holds it) and the grids found in it; the model's key words carried over."""
+    rows = np.concatenate([np.asarray(f, dtype=np.float64) for f in frames])
+    seen = np.isfinite(rows)
+    counts = np.maximum(seen.sum(0), 1)
+    mean = np.where(seen, rows, 0.0).sum(0) / counts
+    std = np.sqrt(np.where(seen, (rows - mean) ** 2, 0.0).sum(0) / counts)
+    std = np.where(std > 0, std, 1.0)
+    z = np.where(seen, (rows - mean) / std, 0.0)
+    keys = (norm.inverse(model.keys.double().numpy()) - mean) / std
+    return _Space(
+        mean=mean,
+        std=std,
+        log=np.zeros(len(mean), dtype=bool),
+        clip=LOSSLESS_SPAN,
+        span=LOSSLESS_SPAN,
+        grid=find_grid(z, seen),
+        keys=keys,
+    )
 
 
 def _codec(
     model: TemporalSDLGM,
-    norm: Normaliser,
+    space: _Space,
+    names: tuple[str, ...],
     step: float,
     groups: tuple[tuple[int, ...], ...],
     lossless: bool,
     sigma2: float = NEAREST,
 ) -> TemporalCodec:
     """The codec at lattice step `step` with `groups` and uniform tables."""
-    cfg, grid = model.cfg, model.grid
+    grid = space.grid
     gridded = grid.step > 0
     weight = model.weight.double().numpy()
     fine = step / np.sqrt(weight)  # a KPI weighted w times the others: its error w times less
+    if lossless:
+        fine = np.full_like(fine, LOSSLESS_FINE)
     unit = np.where(gridded, grid.step, fine).astype(np.float64)
     origin = np.where(gridded, grid.origin, 0.0).astype(np.float64)
     aligned = np.maximum(np.rint(fine / np.where(gridded, grid.step, 1.0)), 1)
     steps = np.where(gridded & ~np.bool_(lossless), aligned, 1).astype(np.int64)
-    keys = np.rint((model.keys.double().numpy() - origin) / unit).astype(np.int64)
+    keys = np.rint((space.keys - origin) / unit).astype(np.int64)
     return TemporalCodec(
-        kpis=norm.names,
-        L=cfg.L,
-        clip=float(norm.clip),
-        span=float(cfg.span),
+        kpis=names,
+        L=model.cfg.L,
+        clip=space.clip,
+        span=space.span,
         sigma2=sigma2,
-        mean=np.array([n.mean for n in norm.norms]),
-        std=np.array([n.std for n in norm.norms]),
-        log=np.array([n.log for n in norm.norms], dtype=bool),
+        mean=space.mean,
+        std=space.std,
+        log=space.log,
         unit=unit,
         origin=origin,
         weight=weight,
@@ -173,8 +228,8 @@ def _codec(
         groups=groups,
         keys=keys,
         lossless=lossless,
-        **uniform_tables(cfg.D, groups, len(keys)),
-        raw_decimals=raw_decimals(model, norm),
+        **uniform_tables(model.cfg.D, groups, len(keys)),
+        raw_decimals=space.raw_decimals(),
     )
 
 

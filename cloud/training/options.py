@@ -72,6 +72,9 @@ class TrainOptions:
     codec: Literal["temporal", "memoryless"] = "temporal"
     snr_db: float | None = None
     key_interval: int = 50
+    # The temporal codec without loss: every move sent (words past L as counted escapes), each
+    # KPI on a native grid coming back exactly; --snr-db does not apply.
+    lossless: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -95,6 +98,7 @@ class TrainOptions:
             "codec": self.codec in ("temporal", "memoryless"),
             "snr_db": self.snr_db is None or 0 < self.snr_db <= 90,
             "key_interval": 1 <= self.key_interval <= 100_000,
+            "lossless": isinstance(self.lossless, bool),
         }
         for key, ok in checks.items():
             if not ok:
@@ -126,7 +130,7 @@ class TrainOptions:
         if not args.target:
             raise ConfigError("--target is required", key="train.target")
         names = ("horizon", "L", "K", "window", "seed", "steps", "sentinels", "objective")
-        more = ("sparsity", "slots", "code_cost", "codec", "snr_db", "key_interval")
+        more = ("sparsity", "slots", "code_cost", "codec", "snr_db", "key_interval", "lossless")
         given = {k: getattr(args, k, None) for k in (*names, *more)}
         codec = given["codec"] or cls.codec
         only = [k for k in MEMORYLESS_ONLY if given.get(k) is not None]
@@ -135,6 +139,11 @@ class TrainOptions:
             raise ConfigError(
                 f"{flags} set the memoryless codec; add --codec memoryless or leave them out",
                 key="train.codec",
+            )
+        if given["lossless"] and (codec == "memoryless" or given["snr_db"] is not None):
+            raise ConfigError(
+                "--lossless is a temporal codec's mode and takes no --snr-db",
+                key="train.lossless",
             )
         return cls(
             data=args.data,

@@ -88,7 +88,7 @@ def _rate(
     whether they equal the encoder's, bit for bit."""
     model_ref = bytes(8)
     topic = data_topic("fleet", "edge-0001")
-    bits = frame_bytes = link = n = 0
+    bits = frame_bytes = link = n = escapes = 0
     nnz: list[int] = []
     recons, agree = [], True
     for s in sessions:
@@ -101,12 +101,14 @@ def _rate(
         link += sum(len(f) + mqtt_publish_overhead(topic, len(f)) + PUBACK_BYTES for f in frames)
         n += len(s)
         nnz.extend(len(c) for c in stream.codes)
+        escapes += sum(max(len(c) - codec.L, 0) for c in stream.codes)
     rate = {
         "bits_per_measurement": bits / n,
         "frame_bytes_per_measurement": frame_bytes / n,
         "wire_bytes_per_measurement": link / n,
         "mean_nonzeros": float(np.mean(nnz)),
         "max_nonzeros": int(np.max(nnz)),
+        "escape_words": escapes,
     }
     return rate, recons, agree
 
@@ -280,6 +282,7 @@ def evaluate_temporal(
         "split": split,
         "L": codec.L,
         "K": codec.K,
+        "lossless": codec.lossless,
         **_fidelity(codec, sessions, recon),
         **rate,
         "edge_cloud_agree": agree and agent_agree,

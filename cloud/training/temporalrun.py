@@ -126,6 +126,8 @@ def _fit_codec(opts: TrainOptions, train: Dataset, val: Dataset, norm: Normalise
         for s in train.sessions
         for i in range(0, len(s), opts.key_interval)
     ]
+    if opts.lossless:
+        return ship_codec(model, norm, frames, lossless=True)
     step = _calibrate(model, norm, frames, val, opts)
     return ship_codec(model, norm, frames, step=step)
 

@@ -179,6 +179,20 @@ def test_the_temporal_codec_is_the_default_and_refuses_the_memoryless_flags() ->
         assert err.value.key == "train.codec"
 
 
+def test_lossless_is_a_temporal_mode_without_a_target_snr() -> None:
+    args = argparse.Namespace(
+        data=Path("d"), kpis="RSRP,SNR", target="SNR", out=Path("o"), L=4, lossless=True,
+    )  # fmt: skip
+    assert TrainOptions.from_cli(args).lossless
+    for change in ({"snr_db": 30.0}, {"codec": "memoryless"}):
+        with pytest.raises(ConfigError, match="--lossless") as err:
+            TrainOptions.from_cli(argparse.Namespace(**{**vars(args), **change}))
+        assert err.value.key == "train.lossless"
+    assert not TrainOptions.from_cli(
+        argparse.Namespace(**{**vars(args), "lossless": None})
+    ).lossless
+
+
 def test_codec_counts_take_wire_records_and_padded_arrays_alike(codec: CloudCodec) -> None:
     K = codec.K
     records = [(), (3,), (1, 1, 5), (0, 2, 2, K - 1)]

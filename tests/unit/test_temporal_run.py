@@ -201,3 +201,25 @@ def test_grid_kpis_decode_onto_their_grid_in_raw_units(codec: TemporalCodec, dat
     older = json.loads(codec.to_json())
     del older["raw_decimals"]  # a codec.json written before raw_decimals: no rounding
     assert TemporalCodec.from_json(json.dumps(older)).raw_decimals == ()
+
+
+def test_lossless_mode_brings_every_grid_kpi_back_exactly_and_counts_escapes(
+    data: Path, tmp_path: Path
+) -> None:
+    from sparsetel.cloud.training.train import TrainOptions, train_run
+
+    run = tmp_path / "lossless"
+    options = TrainOptions(
+        data=data, kpis=KPIS, target=TARGET, out=run, L=2, quick=True, codec="temporal",
+        steps=20, seed=0, progress=False, lossless=True,
+    )  # fmt: skip
+    train_run(options)
+    export_run(run)
+    codec = TemporalCodec.from_json((run / "codec.json").read_text(encoding="utf-8"))
+    assert codec.lossless and not codec.log.any() and int(codec.steps.max()) == 1
+    result = evaluate_run(run, data)
+    assert result["lossless"] is True and result["edge_cloud_agree"] is True
+    assert result["escape_words"] > 0 and result["max_nonzeros"] > codec.L  # past L: escapes
+    gridded = [k for k, d in zip(codec.kpis, codec.raw_decimals, strict=True) if d >= 0]
+    # exact at the KPI's decimals: only the float32 the CSV was read into differs (SNR 10.7)
+    assert gridded and all(result["max_abs_error_per_kpi"][k] < 1e-5 for k in gridded)
