@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import WireError
-from .manifest import ModelManifest
+from .manifest import MAX_K, ModelManifest
 from .topics import validate_id
 
 __all__ = [
@@ -83,7 +83,7 @@ def _problems(data: dict[str, Any], birth: bool) -> str | None:
     """The first thing wrong with a state's fields, or None."""
     ints = {"bd_seq": (0, _U32), "timestamp_ms": (0, _U64)}
     if birth:
-        ints.update(L=(1, 255), K=(2, 65535), D=(1, 65535))
+        ints.update(L=(1, 255), K=(2, MAX_K), D=(1, 65535))
     if type(data["online"]) is not bool:
         return "online must be true or false"
     for key in ("edge", "group"):

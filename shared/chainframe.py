@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from .manifest import MAX_K
 from .wire import (
     CRC_SIZE,
     FLAG_AUDIT,
@@ -49,7 +50,6 @@ __all__ = [
 
 CHAIN_VERSION = 3
 FLAG_CHAINED = 0x08
-MAX_K = 2**24
 MIN_FRAME_BYTES = 14  # a chained frame: magic, version, flags, 6 one-byte varints, CRC
 _KNOWN_FLAGS = FLAG_HISTORICAL | FLAG_AUDIT | FLAG_IRREGULAR | FLAG_CHAINED
 _U32 = 2**32 - 1

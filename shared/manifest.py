@@ -16,8 +16,13 @@ from typing import Any
 
 from .errors import ModelMismatchError
 
+# Codebook size a manifest, a birth and a chained frame's header allow: a temporal codec's
+# words number 16**|g| per group of KPIs, over a million for a thousand KPIs in threes.
+MAX_K = 2**24
+
 __all__ = [
     "MANIFEST_VERSION",
+    "MAX_K",
     "KpiNorm",
     "ModelManifest",
     "file_sha256",
@@ -143,8 +148,8 @@ class ModelManifest:
         """Raise ModelMismatchError when the fields contradict each other."""
         if not 1 <= self.L <= 255:
             raise ModelMismatchError(f"L must be in 1..255, got {self.L}")
-        if not 2 <= self.K <= 65535:
-            raise ModelMismatchError(f"K must be in 2..65535, got {self.K}")
+        if not 2 <= self.K <= MAX_K:
+            raise ModelMismatchError(f"K must be in 2..{MAX_K}, got {self.K}")
         if len(self.norms) != len(self.kpis):
             raise ModelMismatchError("norms and kpis differ in length")
         if [n.name for n in self.norms] != list(self.kpis):

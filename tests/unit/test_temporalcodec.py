@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsetel.shared.errors import ModelMismatchError, WireError
+from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.temporalcodec import (
     ChainState,
     TemporalCodec,
@@ -18,6 +19,7 @@ from sparsetel.shared.temporalcodec import (
     encode_payload,
     fitted,
     table_counts,
+    uniform_tables,
 )
 from tests.helpers import small_temporal_codec
 
@@ -169,3 +171,21 @@ def test_a_hostile_payload_decodes_or_raises_wire_error(data: bytes, keys: list[
         return
     assert len(decoded.recon) == len(keys)
     assert max(len(c) for c in decoded.codes) <= L
+
+
+def test_a_codec_of_many_kpis_has_more_words_than_a_memoryless_codebook_and_a_manifest_takes_it():
+    D = 60
+    kpis = tuple(f"k{j}" for j in range(D))
+    groups = tuple(tuple(range(j, j + 3)) for j in range(0, D, 3))
+    codec = TemporalCodec(
+        kpis=kpis, L=4, clip=6.0, span=6.0, sigma2=1e-3, mean=np.zeros(D), std=np.ones(D),
+        log=np.zeros(D, dtype=bool), unit=np.full(D, 0.1), origin=np.zeros(D),
+        weight=np.ones(D), steps=np.ones(D, dtype=np.int64), groups=groups,
+        keys=np.zeros((2, D), dtype=np.int64), lossless=False, **uniform_tables(D, groups, 2),
+    )  # fmt: skip
+    assert codec.K == 20 * 16**3 > 65535
+    ModelManifest(
+        model_sha256="0" * 64, L=4, K=codec.K, kpis=kpis,
+        norms=tuple(KpiNorm(k, 0.0, 1.0) for k in kpis), target="k0", horizon=1, window=4,
+        opset=0,
+    ).validate()  # fmt: skip
