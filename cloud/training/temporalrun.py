@@ -2,12 +2,14 @@
 does unless told ``--codec memoryless``.
 
 1. Split the sessions by file (`split_sessions`), fit the normaliser on the training part.
-2. Fit the temporal SDLGM (`cloud.codec.temporal`: lattice from the data, priors by the ELBO)
-   aiming at ``--snr-db`` (default: the SNR the validation sessions chose for L words), the
-   target KPI weighted TARGET_WEIGHT times the others where it is one of them.
-3. Make the codec that ships (`cloud.codec.shipping.ship_codec`: integer lattice, pruned
-   words, entropy tables fitted on training frames coded by the shipped encoder itself) and
-   write it to RUN/codec.json. Everything after this uses that codec, never the torch model.
+2. Fit the temporal SDLGM (`cloud.codec.temporal`): what the codec keeps of it are each KPI's
+   grid and the key words; the target KPI is weighted TARGET_WEIGHT times the others where it
+   is one of them.
+3. Make the codec that ships (`cloud.codec.shipping.ship_codec`: integer lattice, groups of
+   KPIs per word, entropy tables fitted on training frames coded by the shipped encoder
+   itself), its lattice step calibrated on the validation sessions to ``--snr-db`` (default:
+   the SNR chosen for L words) unless ``--lossless``, and write it to RUN/codec.json.
+   Everything after this uses that codec, never the torch model.
 4. Code the training and validation sessions with it, closed loop, as an edge sends them, and
    fit the KPI predictor on what the cloud decodes (`changepredictor`), its shrinkage chosen
    on the validation sessions.
@@ -16,6 +18,7 @@ does unless told ``--codec memoryless``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +72,7 @@ __all__ = [
     "agent_framing",
     "code_sessions",
     "train_temporal_run",
+    "validation_snr",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,7 @@ PERIOD_S = 1.0  # the agent's measurement interval the predictor is fitted for
 N_PROBES = 16
 # Rounds of fitting the lattice step to the SNR asked for, and the training frames their
 # tables are fitted on (the final codec's are fitted on all).
-CALIBRATION_ROUNDS, CALIBRATION_QUICK, CALIBRATION_SAMPLE = 3, 1, 400
+CALIBRATION_ROUNDS, CALIBRATION_QUICK, CALIBRATION_SAMPLE = 5, 3, 400
 
 
 def _normalised(norm: Normaliser, s: Session) -> tuple[np.ndarray, np.ndarray]:
@@ -139,20 +143,35 @@ def _calibrate(
     val: Dataset,
     opts: TrainOptions,
 ) -> float:
-    """The lattice step at which the codec reaches the SNR asked for on the validation
-    sessions (coded a key every `key_interval`): from the high-rate guess, each round scales
-    the step by the SNR it missed by (6 dB per halving)."""
-    snr_db, step = model.cfg.snr_db, lattice_step(model.cfg.snr_db)
+    """The lattice step whose codec comes nearest the SNR asked for on the validation
+    sessions (coded a key every `key_interval`), of those tried: the high-rate guess, then
+    the step scaled by the SNR it missed (6 dB per halving) until one step falls short of the
+    aim and one passes it, then bisection between the two nearest (geometric). The SNR is
+    jagged in the step (a KPI's step jumps a whole grid step at a time), so it is measured,
+    never interpolated."""
+    aim, step = model.cfg.snr_db, lattice_step(model.cfg.snr_db)
+    tried: list[tuple[float, float]] = []  # (SNR dB, step)
     for _ in range(CALIBRATION_QUICK if opts.quick else CALIBRATION_ROUNDS):
         codec = ship_codec(model, norm, frames, step=step, table_sample=CALIBRATION_SAMPLE)
-        z = [codec.normalise(s.kpis) for s in val.sessions]
-        recon = code_sessions(codec, val.sessions, opts.key_interval, None)
-        x, r = np.concatenate(z), np.concatenate(recon)
-        seen = np.isfinite(x)
-        got = snr(np.where(seen, x, 0.0), np.where(seen, r, 0.0), seen)["snr_db"]
-        log.info("lattice step %.4g: %.2f dB on validation (aiming at %.1f)", step, got, snr_db)
-        step *= 10 ** ((got - snr_db) / 20)
-    return step
+        got = validation_snr(codec, val, opts.key_interval)
+        log.info("lattice step %.4g: %.2f dB on validation (aiming at %.1f)", step, got, aim)
+        tried.append((got, step))
+        above = [s for snr_db, s in tried if snr_db >= aim]
+        below = [s for snr_db, s in tried if snr_db < aim]
+        if above and below:
+            step = math.sqrt(max(above) * min(below))
+        else:
+            step *= 10 ** ((got - aim) / 20)
+    return min(tried, key=lambda t: abs(t[0] - aim))[1]
+
+
+def validation_snr(codec: TemporalCodec, val: Dataset, key_interval: int) -> float:
+    """The SNR (dB) of `val`'s sessions coded in frames of `key_interval`, each from a key."""
+    z = [codec.normalise(s.kpis) for s in val.sessions]
+    recon = code_sessions(codec, val.sessions, key_interval, None)
+    x, r = np.concatenate(z), np.concatenate(recon)
+    seen = np.isfinite(x)
+    return float(snr(np.where(seen, x, 0.0), np.where(seen, r, 0.0), seen)["snr_db"])
 
 
 def _fit_predictors(
@@ -217,6 +236,9 @@ def train_temporal_run(options: TrainOptions) -> Path:
         "K": codec.K,
         "key_words": len(codec.keys),
         "sigma2": codec.sigma2,
+        "lossless": codec.lossless,
+        # what the codec reaches on the validation sessions, a key every key_interval
+        "validation_snr_db": round(validation_snr(codec, val, opts.key_interval), 2),
         "codec_seconds": round(fitted - started, 1),
         "predictor_seconds": round(time.monotonic() - fitted, 1),
         "probe_inputs": _probes(val).tolist(),

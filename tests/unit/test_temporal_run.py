@@ -63,6 +63,8 @@ def test_train_writes_the_codec_its_predictors_and_its_probes(run: Path, codec: 
     assert codec.kpis == KPIS and codec.L == 4
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["codec"] == "temporal" and len(summary["probe_inputs"]) == 16
+    # --snr-db left out: L = 4's 25 dB, the lattice step calibrated to it on validation
+    assert abs(summary["validation_snr_db"] - 25.0) < 2.0 and summary["lossless"] is False
     for name in ("decoded", "raw"):
         assert (run / "predictor" / name / "change_predictor.json").exists()
         assert summary["predictors"][name]["learner"] in ("linear", "mlp", "trees")
