@@ -25,7 +25,8 @@ import numpy as np
 from ..shared.errors import ModelMismatchError
 from ..shared.manifest import ModelManifest
 from ..shared.rundir import CODEC_FILE, MANIFEST_FILE
-from ..shared.temporalcodec import ChainState, Decoded, TemporalCodec, encode_payload
+from ..shared.temporalcodec import ChainState, TemporalCodec
+from ..shared.temporalpayload import Decoded, encode_payload
 from .models import ManifestChecks, is_temporal
 
 __all__ = ["TemporalEncoder"]

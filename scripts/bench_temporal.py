@@ -25,7 +25,8 @@ from sparsetel.shared.chainframe import (
     decode_chain_frame,
     encode_chain_frame,
 )
-from sparsetel.shared.temporalcodec import ChainState, decode_payload, encode_payload
+from sparsetel.shared.temporalcodec import ChainState
+from sparsetel.shared.temporalpayload import decode_payload, encode_payload
 from sparsetel.shared.wire import AGENT_KEY_INTERVAL
 
 __all__ = ["print_temporal", "temporal_rows"]

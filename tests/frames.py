@@ -19,7 +19,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from sparsetel.shared.chainframe import ChainHead, chain_frame, encode_chain_frame
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
-from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, encode_payload
+from sparsetel.shared.temporalcodec import ChainState, TemporalCodec
+from sparsetel.shared.temporalpayload import encode_payload
 from sparsetel.shared.topics import data_topic
 from sparsetel.shared.wire import Frame, Record, encode_frame
 

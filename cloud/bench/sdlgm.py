@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ...shared.temporalcodec import TemporalCodec, decode_payload, encode_payload
+from ...shared.temporalcodec import TemporalCodec
+from ...shared.temporalpayload import decode_payload, encode_payload
 from ..codec.shipping import ship_codec, stream_keys
 from ..codec.temporal import (
     LR,

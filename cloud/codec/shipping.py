@@ -20,13 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ...shared.temporalcodec import (
-    TemporalCodec,
-    encode_payload,
-    fitted,
-    table_counts,
-    uniform_tables,
-)
+from ...shared.temporalcodec import TemporalCodec, uniform_tables
+from ...shared.temporalpayload import encode_payload, fitted, table_counts
 from ...shared.temporaltables import RADIX
 from .grouping import fit_groups
 from .normaliser import Normaliser

@@ -19,7 +19,8 @@ import numpy as np
 from ... import __version__
 from ...shared.manifest import KpiNorm, ModelManifest, file_sha256
 from ...shared.rundir import CODEC_FILE, MANIFEST_FILE, read_config, read_summary
-from ...shared.temporalcodec import CODEC_FORMAT, TemporalCodec, encode_payload
+from ...shared.temporalcodec import CODEC_FORMAT, TemporalCodec
+from ...shared.temporalpayload import encode_payload
 
 __all__ = ["export_temporal", "probe_payload"]
 

@@ -30,7 +30,8 @@ from ...shared.chainframe import ChainHead, chain_frame, decode_chain_frame, enc
 from ...shared.health import beat_payload
 from ...shared.receipt import encode_receipt
 from ...shared.rundir import CODEC_FILE, EVALUATION_FILE, PREDICTOR_DIR, read_config, write_json
-from ...shared.temporalcodec import ChainState, TemporalCodec, decode_payload
+from ...shared.temporalcodec import ChainState, TemporalCodec
+from ...shared.temporalpayload import decode_payload
 from ...shared.topics import data_topic, health_topic, receipt_topic
 from ...shared.wire import mqtt_publish_overhead
 from ..codec.fidelity import snr

@@ -20,7 +20,8 @@ from sparsetel.edge.temporalencoder import TemporalEncoder
 from sparsetel.shared.birth import EdgeState, parse_state
 from sparsetel.shared.chainframe import ChainFrame, decode_chain_frame, frame_version
 from sparsetel.shared.config import BrokerConfig
-from sparsetel.shared.temporalcodec import ChainState, decode_payload
+from sparsetel.shared.temporalcodec import ChainState
+from sparsetel.shared.temporalpayload import decode_payload
 from sparsetel.shared.topics import data_topic, parse_topic, state_topic
 from tests.agents import EDGE, agent_config
 from tests.mqttclients import Listener

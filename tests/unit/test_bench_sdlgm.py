@@ -30,7 +30,7 @@ from sparsetel.cloud.codec.temporal import (
     train_temporal,
 )
 from sparsetel.shared.manifest import KpiNorm
-from sparsetel.shared.temporalcodec import encode_payload
+from sparsetel.shared.temporalpayload import encode_payload
 
 D = 4
 

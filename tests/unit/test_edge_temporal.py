@@ -35,7 +35,8 @@ from sparsetel.shared.chainframe import decode_chain_frame, frame_version
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import CODEC_FILE, MANIFEST_FILE, write_json
-from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, decode_payload
+from sparsetel.shared.temporalcodec import ChainState, TemporalCodec
+from sparsetel.shared.temporalpayload import decode_payload
 from tests.helpers import small_temporal_codec
 
 KPIS = ("a", "b", "c")

@@ -33,7 +33,8 @@ from sparsetel.shared.chainframe import (
 from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import read_evaluation
-from sparsetel.shared.temporalcodec import TemporalCodec, decode_payload
+from sparsetel.shared.temporalcodec import TemporalCodec
+from sparsetel.shared.temporalpayload import decode_payload
 from tests.quickrun import KPIS, TARGET, quick_temporal_run
 
 

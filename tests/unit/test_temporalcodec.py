@@ -12,15 +12,8 @@ from hypothesis import strategies as st
 
 from sparsetel.shared.errors import ModelMismatchError, WireError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
-from sparsetel.shared.temporalcodec import (
-    ChainState,
-    TemporalCodec,
-    decode_payload,
-    encode_payload,
-    fitted,
-    table_counts,
-    uniform_tables,
-)
+from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, uniform_tables
+from sparsetel.shared.temporalpayload import decode_payload, encode_payload, fitted, table_counts
 from tests.helpers import small_temporal_codec
 
 D, L = 3, 3

@@ -1,0 +1,479 @@
+"""The temporal codec's payload: `encode_payload` (the edge's closed loop) and `decode_payload`
+(the cloud's), one range coder a frame; the symbols and their order are in
+`shared.temporalcodec`'s docstring, the contexts in `shared.temporaltables`. `table_counts` and
+`fitted` let the cloud fit the tables on what the encoder itself sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import WireError
+from .rangecoder import FrequencyTable, RangeDecoder, RangeEncoder
+from .temporalcodec import MAX_UNITS, ChainState, TemporalCodec, move_digit
+from .temporaltables import (
+    CLASSES,
+    ESCAPE,
+    MOVE_CONTEXTS,
+    OWN_CONTEXTS,
+    RADIX,
+    REACH,
+    delta_context,
+    delta_contexts,
+    move_context,
+    own_context,
+)
+
+__all__ = [
+    "Decoded",
+    "decode_payload",
+    "encode_payload",
+    "fitted",
+    "payload_bits",
+    "table_counts",
+]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A payload decoded: the reconstruction (normalised float64 [n, D], NaN where the KPI
+    was missing), the codes per measurement (key word first as ``K + kw`` at a key
+    measurement, then its words), how many of them were escape words (lossless codecs only)
+    and the state the next frame continues from."""
+
+    recon: np.ndarray
+    codes: tuple[tuple[int, ...], ...]
+    state: ChainState
+    escapes: int = 0
+
+
+_BIT = FrequencyTable.uniform(2)  # a raw bit
+RAW_CHUNK = 15  # raw bits coded as one symbol at most
+_UNIFORM = (_BIT, *(FrequencyTable.uniform(1 << k) for k in range(1, RAW_CHUNK + 1)))
+
+
+class _Sink:
+    """Where a measurement's symbols go: a range encoder, or a counter (`counts`) when the
+    cloud fits the tables. `put(table id, table, symbol)`; the ids are `table_counts`' keys."""
+
+    def __init__(self, counts: dict[tuple[int, ...], np.ndarray] | None):
+        self.counts = counts
+        self.encoder = RangeEncoder()
+        self.put: Callable[[tuple[int, ...], FrequencyTable, int], None] = (
+            self._count if counts is not None else self._code
+        )
+
+    def _code(self, tid: tuple[int, ...], table: FrequencyTable, symbol: int) -> None:
+        self.encoder.encode(symbol, table)
+
+    def _count(self, tid: tuple[int, ...], table: FrequencyTable, symbol: int) -> None:
+        assert self.counts is not None
+        if tid:
+            self.counts[tid][symbol] += 1
+
+
+_RAW: tuple[int, ...] = ()  # table id of a raw bit (never counted)
+
+
+def encode_payload(
+    codec: TemporalCodec,
+    x: np.ndarray,
+    keys: Sequence[bool],
+    state: ChainState | None,
+    counts: dict[tuple[int, ...], np.ndarray] | None = None,
+) -> tuple[bytes, Decoded]:
+    """Code measurements x (raw units, [n, D], NaN missing) closed loop from `state` (None:
+    the first measurement must be a key); `keys[i]` marks key measurements. Returns the
+    payload and what the decoder will make of it (the edge's copy of the cloud's state).
+    With `counts` (table id -> symbol counts), symbols are counted instead (tables unfit)."""
+    z = codec.normalise(x)
+    seen = np.isfinite(z)
+    z = np.where(seen, z, 0.0)
+    if len(keys) != len(z):
+        raise ValueError(f"{len(z)} measurements but {len(keys)} key flags")
+    if state is None and len(z) and not keys[0]:
+        raise ValueError("a frame without a predecessor starts with a key measurement")
+    units, last, (moved, moved2) = _start(codec, state)
+    sink = _Sink(counts)
+    states, codes, escapes = [], [], 0
+    observed = seen.tolist()  # per measurement, its mask as Python bools
+    rows = z.tolist()
+    for t in range(len(z)):
+        kw = -1
+        if keys[t]:
+            kw = codec.key_word(z[t], seen[t])
+            units, moved = list(codec.key_ids[kw]), [0] * codec.D
+        own = [own_context(kw >= 0, a, b) for a, b in zip(moved, moved2, strict=True)]
+        q = _choose(codec, rows[t], observed[t], units, (moved, moved2), own, kw >= 0)
+        _put_mask(codec, sink.put, observed[t], last, kw >= 0)
+        if kw >= 0:
+            sink.put((2,), codec.key_table, kw)
+        words, extra = _put_moves(codec, sink.put, q, observed[t], (moved, moved2), own, kw >= 0)
+        for j, step in enumerate(q):
+            units[j] += step * int(codec.steps[j])
+        moved2, moved, last = moved, q, observed[t]
+        states.append(list(units))
+        codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
+        escapes += extra
+    payload = b"" if counts is not None else sink.encoder.finish()
+    return payload, _decoded(codec, states, observed, codes, units, last, (moved, moved2), escapes)
+
+
+def _decoded(
+    codec: TemporalCodec,
+    states: list[list[int]],
+    masks: list[list[bool]],
+    codes: list[tuple[int, ...]],
+    units: list[int],
+    mask: list[bool],
+    moves: tuple[list[int], list[int]],
+    escapes: int,
+) -> Decoded:
+    n, D = len(states), codec.D
+    seen = np.array(masks, dtype=bool).reshape(n, D)
+    values = codec.value(np.array(states, dtype=np.int64).reshape(n, D))
+    recon = np.where(seen, values, np.nan)
+    state = ChainState(
+        tuple(int(u) for u in units),
+        tuple(bool(m) for m in mask),
+        (tuple(moves[0]), tuple(moves[1])),
+    )
+    return Decoded(recon, tuple(codes), state, escapes)
+
+
+def _start(
+    codec: TemporalCodec, state: ChainState | None
+) -> tuple[list[int], list[bool], tuple[list[int], list[int]]]:
+    D = codec.D
+    if state is None:
+        return [0] * D, [True] * D, ([0] * D, [0] * D)
+    if len(state.units) != D or len(state.mask) != D:
+        raise ValueError(f"the chain state must hold {D} KPIs")
+    return list(state.units), list(state.mask), state.history(D)
+
+
+def _choose(
+    codec: TemporalCodec,
+    z: list[float],
+    seen: list[bool],
+    units: list[int],
+    history: tuple[list[int], list[int]],
+    own: list[int],
+    key: bool,
+) -> list[int]:
+    """Each KPI's move q (0 where missing or not sent), the model's MAP choice: per group, of
+    the moves its members' nearest lattice moves allow (each member moving or not), the one
+    whose weighted squared-error gain less ``rate_cost`` per bit it costs is best, if that
+    beats not moving; then the L (L - 1 after a key word) best groups. Lossless: every move."""
+    span, q = codec.span, [0] * codec.D
+    gain = [0.0] * codec.D
+    origin, unit, steps, weight = codec.origin_f, codec.unit_f, codec.steps_i, codec.weight_f
+    for j in range(codec.D):
+        if not seen[j]:
+            continue
+        u, o = unit[j], origin[j]
+        v = min(max(o + units[j] * u, -span), span)
+        r = z[j] - v
+        n = round(r / (steps[j] * u))
+        if n:
+            after = min(max(o + (units[j] + n * steps[j]) * u, -span), span)
+            gain[j] = weight[j] * (r * r - (z[j] - after) ** 2)
+            q[j] = n
+    if codec.lossless:
+        return q
+    lam = codec.rate_cost
+    picks: list[tuple[float, int, list[int]]] = []
+    moved, moved2 = history
+    for g, members in enumerate(codec.groups):
+        moving = [j for j in members if q[j]]
+        if not moving:
+            continue
+        ctx = move_context(key, members, moved, moved2, len(picks))
+        costs = codec.move_costs[g][ctx]
+        best, pick = -lam * costs[0], [0] * len(members)
+        for subset in range(1, 1 << len(moving)):
+            chosen = [
+                q[j] if j in moving and (subset >> moving.index(j)) & 1 else 0 for j in members
+            ]
+            if not any(chosen):
+                continue
+            bits = costs[1] + _word_bits(codec, members, chosen, seen, own)
+            value = sum(gain[j] for j, c in zip(members, chosen, strict=True) if c) - lam * bits
+            if value > best:
+                best, pick = value, chosen
+        if any(pick):
+            picks.append((best + lam * costs[0], g, pick))
+    cap = codec.L - 1 if key else codec.L
+    picks.sort(reverse=True)
+    q = [0] * codec.D
+    for _, g, pick in picks[:cap]:
+        for j, n in zip(codec.groups[g], pick, strict=True):
+            q[j] = n
+    return q
+
+
+def _word_bits(
+    codec: TemporalCodec,
+    members: tuple[int, ...],
+    moves: list[int],
+    seen: list[bool],
+    own: list[int],
+) -> float:
+    """What a group's word costs in bits after its move flag (the encoder's rate estimate)."""
+    observed = [j for j in members if seen[j]]
+    signs: list[int] = []
+    bits = 0.0
+    for j, n in zip(members, moves, strict=True):
+        if not seen[j]:
+            signs.append(0)
+            continue
+        forced = j == observed[-1] and not any(signs)
+        ctx = delta_context(own[j], signs, forced)
+        digit = move_digit(n)
+        bits += codec.delta_costs[j][ctx][digit]
+        if digit == ESCAPE:
+            width = (abs(n) - REACH).bit_length()
+            bits += codec.class_costs[j][own[j]][width - 1] + width
+        signs.append((n > 0) - (n < 0))
+    return bits
+
+
+def _put_mask(
+    codec: TemporalCodec, put: Callable[..., None], seen: list[bool], last: list[bool], key: bool
+) -> None:
+    before = [True] * codec.D if key else last
+    changed = seen != before
+    ctx = int(all(before))
+    put((0, ctx), codec.mask_tables[ctx], int(changed))
+    if changed:
+        for j, bit in enumerate(seen):
+            prev = int(before[j])
+            put((1, j, prev), codec.bit_tables[j][prev], int(bit))
+
+
+def _put_moves(
+    codec: TemporalCodec,
+    put: Callable[..., None],
+    q: list[int],
+    seen: list[bool],
+    history: tuple[list[int], list[int]],
+    own: list[int],
+    key: bool,
+) -> tuple[list[int], int]:
+    """The words of one measurement (moves q per KPI) as symbols; their ids and how many
+    were escape words."""
+    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    moved, moved2 = history
+    words: list[int] = []
+    for g, members in enumerate(codec.groups):
+        observed = [j for j in members if seen[j]]
+        if not observed or len(words) >= cap:
+            continue
+        moves = any(q[j] for j in members)
+        ctx = move_context(key, members, moved, moved2, len(words))
+        put((3, g, ctx), codec.move_tables[g][ctx], int(moves))
+        if not moves:
+            continue
+        signs: list[int] = []
+        for j in members:
+            if not seen[j]:
+                signs.append(0)
+                continue
+            forced = j == observed[-1] and not any(signs)
+            ctx = delta_context(own[j], signs, forced)
+            n = q[j]
+            put((4, j, ctx), codec.delta_tables[j][ctx], move_digit(n))
+            if move_digit(n) == ESCAPE:
+                _put_escape(put, codec, j, own[j], n)
+            signs.append((n > 0) - (n < 0))
+        words.append(codec.word_id(g, [q[j] for j in members]))
+    return words, max(len(words) - (codec.L - 1 if key else codec.L), 0)
+
+
+def _put_escape(put: Callable[..., None], codec: TemporalCodec, j: int, own: int, n: int) -> None:
+    """KPI j's escaped move n: the size class c of m = |n| - REACH (``2**(c-1) <= m < 2**c``)
+    given its history `own`, the bit of m below its leading one given c, then its sign and
+    the c - 2 bits below that, raw (`_put_raw`)."""
+    m = abs(n) - REACH
+    width = m.bit_length()
+    if width > CLASSES:
+        raise ValueError(f"a move of {n} steps is beyond what a payload carries")
+    put((5, j, own), codec.class_tables[j][own], width - 1)
+    if width >= 2:
+        put((6, j, width - 1), codec.top_tables[j][width - 1], (m >> (width - 2)) & 1)
+    low = width - 2 if width >= 2 else 0
+    _put_raw(put, (int(n < 0) << low) | (m & ((1 << low) - 1)), low + 1)
+
+
+def _put_raw(put: Callable[..., None], value: int, bits: int) -> None:
+    """`bits` raw bits of `value`, most significant first, up to RAW_CHUNK a symbol."""
+    while bits > 0:
+        take = min(bits, RAW_CHUNK)
+        bits -= take
+        put(_RAW, _UNIFORM[take], (value >> bits) & ((1 << take) - 1))
+
+
+def _read_raw(decode: Callable[[FrequencyTable], int], bits: int) -> int:
+    value = 0
+    while bits > 0:
+        take = min(bits, RAW_CHUNK)
+        bits -= take
+        value = (value << take) | decode(_UNIFORM[take])
+    return value
+
+
+def decode_payload(
+    codec: TemporalCodec, payload: bytes, keys: Sequence[bool], state: ChainState | None
+) -> Decoded:
+    """The cloud's side of `encode_payload`: len(keys) measurements from `payload`,
+    continuing `state` (None: the frame starts with a key). Raises WireError on a payload
+    that does not decode to exactly these measurements."""
+    if state is None and len(keys) and not keys[0]:
+        raise WireError("a frame without a predecessor must start with a key", reason="no_key")
+    units, mask, (moved, moved2) = _start(codec, state)
+    dec = RangeDecoder(payload)
+    decode = dec.decode
+    D, K = codec.D, codec.K
+    everything = [True] * D
+    steps = [int(s) for s in codec.steps]
+    states, masks, codes, escapes = [], [], [], 0
+    for is_key in keys:
+        before = everything if is_key else mask
+        if decode(codec.mask_tables[int(all(before))]):
+            mask = [bool(decode(codec.bit_tables[j][int(before[j])])) for j in range(D)]
+        else:
+            mask = before
+        got: list[int] = []
+        if is_key:
+            kw = decode(codec.key_table)
+            units, moved = list(codec.key_ids[kw]), [0] * D
+            got.append(K + kw)
+        q, words = _read_moves(codec, decode, mask, moved, moved2, is_key)
+        for j in range(D):
+            if q[j]:
+                units[j] += q[j] * steps[j]
+                if abs(units[j]) > MAX_UNITS:
+                    raise WireError(f"KPI {j} moves out of range", reason="payload_word")
+        moved2, moved = moved, q
+        escapes += max(len(words) - (codec.L - 1 if is_key else codec.L), 0)
+        states.append(list(units))
+        masks.append(mask)
+        codes.append(tuple(got + words))
+    dec.finish()
+    return _decoded(codec, states, masks, codes, units, mask, (moved, moved2), escapes)
+
+
+def _read_moves(
+    codec: TemporalCodec,
+    decode: Callable[[FrequencyTable], int],
+    seen: list[bool],
+    moved: list[int],
+    moved2: list[int],
+    key: bool,
+) -> tuple[list[int], list[int]]:
+    """One measurement's words: each KPI's move and the word ids. The contexts are those of
+    `shared.temporaltables`, computed inline here: this loop is the cloud's decoding rate."""
+    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    q, words = [0] * codec.D, list[int]()
+    move_tables, delta_tables, offsets = codec.move_tables, codec.delta_tables, codec.offsets
+    for g, members in enumerate(codec.groups):
+        count = len(words)
+        if count >= cap:
+            break
+        observed = [j for j in members if seen[j]]
+        if not observed:
+            continue
+        ctx = move_context(key, members, moved, moved2, count)
+        if not decode(move_tables[g][ctx]):
+            continue
+        last, ctx_signs, word, scale, moving = observed[-1], 0, offsets[g], 1, False
+        for i, j in enumerate(members):
+            if seen[j]:
+                own = own_context(key, moved[j], moved2[j])
+                forced = j == last and not moving
+                digit = decode(delta_tables[j][2 * (own * scale + ctx_signs) + forced])
+                if digit == ESCAPE:
+                    n = _read_escape(decode, codec.class_tables[j][own], codec.top_tables[j])
+                else:
+                    n = digit - REACH
+                q[j] = n
+                sign = (n > 0) - (n < 0)
+                moving = moving or n != 0
+            else:
+                digit, sign = REACH, 0
+            # the context of the members after: own * 3^i + their signs so far, in base 3
+            ctx_signs, scale = ctx_signs * 3 + sign + 1, scale * 3
+            word += digit * RADIX**i
+        if not moving:
+            raise WireError(f"group {g} is sent as moving but does not move", "payload_word")
+        words.append(word)
+    return q, words
+
+
+def _read_escape(
+    decode: Callable[[FrequencyTable], int],
+    table: FrequencyTable,
+    top: tuple[FrequencyTable, ...],
+) -> int:
+    width = decode(table) + 1
+    m = 1
+    if width >= 2:
+        m = (m << 1) | decode(top[width - 1])
+    low = width - 2 if width >= 2 else 0
+    raw = _read_raw(decode, low + 1)
+    m = (m << low) | (raw & ((1 << low) - 1))
+    n = m + REACH
+    return -n if raw >> low else n
+
+
+def payload_bits(payload: bytes) -> int:
+    """Bits a payload costs as sent."""
+    return 8 * len(payload)
+
+
+def table_counts(codec: TemporalCodec) -> dict[tuple[int, ...], np.ndarray]:
+    """Zeroed symbol counts for every table id of `codec` (see `encode_payload`)."""
+    counts: dict[tuple[int, ...], np.ndarray] = {
+        (0, 0): np.zeros(2),
+        (0, 1): np.zeros(2),
+        (2,): np.zeros(len(codec.keys)),
+    }
+    for j in range(codec.D):
+        counts[(1, j, 0)], counts[(1, j, 1)] = np.zeros(2), np.zeros(2)
+        for ctx in range(delta_contexts(codec.position[j])):
+            counts[(4, j, ctx)] = np.zeros(RADIX)
+        for ctx in range(OWN_CONTEXTS):
+            counts[(5, j, ctx)] = np.zeros(CLASSES)
+        for c in range(CLASSES):
+            counts[(6, j, c)] = np.zeros(2)
+    for g in range(len(codec.groups)):
+        for ctx in range(MOVE_CONTEXTS):
+            counts[(3, g, ctx)] = np.zeros(2)
+    return counts
+
+
+def fitted(codec: TemporalCodec, counts: dict[tuple[int, ...], np.ndarray]) -> TemporalCodec:
+    """`codec` with every table fitted on `counts` (add-one smoothing)."""
+
+    def fit(tid: tuple[int, ...]) -> FrequencyTable:
+        return FrequencyTable.from_counts(counts[tid])
+
+    D = codec.D
+    return replace(
+        codec,
+        key_table=fit((2,)),
+        mask_tables=(fit((0, 0)), fit((0, 1))),
+        bit_tables=tuple((fit((1, j, 0)), fit((1, j, 1))) for j in range(D)),
+        move_tables=tuple(
+            tuple(fit((3, g, c)) for c in range(MOVE_CONTEXTS)) for g in range(len(codec.groups))
+        ),
+        delta_tables=tuple(
+            tuple(fit((4, j, c)) for c in range(delta_contexts(codec.position[j])))
+            for j in range(D)
+        ),
+        class_tables=tuple(tuple(fit((5, j, c)) for c in range(OWN_CONTEXTS)) for j in range(D)),
+        top_tables=tuple(tuple(fit((6, j, c)) for c in range(CLASSES)) for j in range(D)),
+    )
