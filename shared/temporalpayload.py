@@ -50,9 +50,8 @@ class Decoded:
     escapes: int = 0
 
 
-_BIT = FrequencyTable.uniform(2)  # a raw bit
 RAW_CHUNK = 15  # raw bits coded as one symbol at most
-_UNIFORM = (_BIT, *(FrequencyTable.uniform(1 << k) for k in range(1, RAW_CHUNK + 1)))
+_UNIFORM = tuple(FrequencyTable.uniform(1 << k) for k in range(RAW_CHUNK + 1))  # k raw bits
 
 
 class _Sink:
@@ -113,7 +112,7 @@ def encode_payload(
             sink.put((2,), codec.key_table, kw)
         words, extra = _put_moves(codec, sink.put, q, observed[t], (moved, moved2), own, kw >= 0)
         for j, step in enumerate(q):
-            units[j] += step * int(codec.steps[j])
+            units[j] += step * codec.steps_i[j]
         moved2, moved, last = moved, q, observed[t]
         states.append(list(units))
         codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
