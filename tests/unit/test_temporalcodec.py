@@ -3,6 +3,7 @@ most L codes per measurement, context across frames, hostile codecs and payloads
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -182,3 +183,53 @@ def test_a_codec_of_many_kpis_has_more_words_than_a_memoryless_codebook_and_a_ma
         norms=tuple(KpiNorm(k, 0.0, 1.0) for k in kpis), target="k0", horizon=1, window=4,
         opset=0,
     ).validate()  # fmt: skip
+
+
+@st.composite
+def _codecs_and_streams(draw: st.DrawFn) -> tuple[TemporalCodec, np.ndarray, list[bool]]:
+    """A codec of 1..6 KPIs in random groups of 1..3, lossy or lossless, and a stream of
+    random walks (some values missing, some jumps far past a digit's reach) with keys."""
+    D = draw(st.integers(1, 6))
+    order = draw(st.permutations(range(D)))
+    sizes, left = [], D
+    while left:
+        sizes.append(draw(st.integers(1, min(3, left))))
+        left -= sizes[-1]
+    cuts = np.cumsum([0, *sizes])
+    groups = tuple(tuple(sorted(order[a:b])) for a, b in itertools.pairwise(cuts))
+    lossless = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    codec = TemporalCodec(
+        kpis=tuple(f"k{j}" for j in range(D)), L=draw(st.integers(1, 4)), clip=6.0, span=6.0,
+        sigma2=draw(st.sampled_from([1e-6, 1e-3, 1e-1])), mean=np.zeros(D), std=np.ones(D),
+        log=np.zeros(D, dtype=bool), unit=rng.uniform(0.01, 0.3, D), origin=np.zeros(D),
+        weight=rng.uniform(0.5, 4.0, D), steps=rng.integers(1, 4, D), groups=groups,
+        keys=rng.integers(-20, 20, (3, D)), lossless=lossless, **uniform_tables(D, groups, 3),
+    )  # fmt: skip
+    n = draw(st.integers(1, 40))
+    x = np.cumsum(rng.normal(0, 0.3, (n, D)) * (rng.random((n, D)) < 0.1) * 20 + 0.01, axis=0)
+    x = np.clip(x, -5.5, 5.5)
+    x[rng.random((n, D)) < draw(st.sampled_from([0.0, 0.2]))] = np.nan
+    keys = [True] + [bool(k) for k in rng.random(n - 1) < 0.1]
+    return codec, x, keys
+
+
+@settings(max_examples=60, deadline=None)
+@given(_codecs_and_streams())
+def test_any_codec_decodes_what_its_encoder_kept_and_caps_words_unless_lossless(
+    case: tuple[TemporalCodec, np.ndarray, list[bool]],
+) -> None:
+    codec, x, keys = case
+    half = len(x) // 2
+    state = None
+    for part, flags in ((x[:half], keys[:half]), (x[half:], keys[half:])):
+        if not len(part):
+            continue
+        payload, edge = encode_payload(codec, part, flags, state)
+        cloud = decode_payload(codec, payload, flags, state)
+        assert np.array_equal(cloud.recon, edge.recon, equal_nan=True)
+        assert cloud.codes == edge.codes and cloud.state == edge.state
+        assert cloud.escapes == edge.escapes
+        if not codec.lossless:
+            assert cloud.escapes == 0 and all(len(c) <= codec.L for c in cloud.codes)
+        state = cloud.state
