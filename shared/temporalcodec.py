@@ -307,6 +307,11 @@ class TemporalCodec:
         left = np.partition(err, keep - 1, axis=1)[:, :keep].sum(1)
         return int(left.argmin())
 
+    def word_cap(self, key: bool) -> int:
+        """Words a measurement sends within L: L - 1 after a key word, else L (a lossless
+        codec sends more, as escape words)."""
+        return self.L - 1 if key else self.L
+
     def word_id(self, group: int, moves: Sequence[int]) -> int:
         """The id of group `group`'s joint move `moves` (q per member; an escaped q reads as
         the escape digit)."""

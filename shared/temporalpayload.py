@@ -205,10 +205,9 @@ def _choose(
                 best, pick = value, chosen
         if any(pick):
             picks.append((best + lam * costs[0], g, pick))
-    cap = codec.L - 1 if key else codec.L
     picks.sort(reverse=True)
     q = [0] * codec.D
-    for _, g, pick in picks[:cap]:
+    for _, g, pick in picks[: codec.word_cap(key)]:
         for j, n in zip(codec.groups[g], pick, strict=True):
             q[j] = n
     return q
@@ -264,7 +263,7 @@ def _put_moves(
 ) -> tuple[list[int], int]:
     """The words of one measurement (moves q per KPI) as symbols; their ids and how many
     were escape words."""
-    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    cap = codec.D + 1 if codec.lossless else codec.word_cap(key)
     moved, moved2 = history
     words: list[int] = []
     for g, members in enumerate(codec.groups):
@@ -289,7 +288,7 @@ def _put_moves(
                 _put_escape(put, codec, j, own[j], n)
             signs.append((n > 0) - (n < 0))
         words.append(codec.word_id(g, [q[j] for j in members]))
-    return words, max(len(words) - (codec.L - 1 if key else codec.L), 0)
+    return words, max(len(words) - codec.word_cap(key), 0)
 
 
 def _put_escape(put: Callable[..., None], codec: TemporalCodec, j: int, own: int, n: int) -> None:
@@ -337,7 +336,6 @@ def decode_payload(
     decode = dec.decode
     D, K = codec.D, codec.K
     everything = [True] * D
-    steps = [int(s) for s in codec.steps]
     states, masks, codes, escapes = [], [], [], 0
     for is_key in keys:
         before = everything if is_key else mask
@@ -353,11 +351,11 @@ def decode_payload(
         q, words = _read_moves(codec, decode, mask, moved, moved2, is_key)
         for j in range(D):
             if q[j]:
-                units[j] += q[j] * steps[j]
+                units[j] += q[j] * codec.steps_i[j]
                 if abs(units[j]) > MAX_UNITS:
                     raise WireError(f"KPI {j} moves out of range", reason="payload_word")
         moved2, moved = moved, q
-        escapes += max(len(words) - (codec.L - 1 if is_key else codec.L), 0)
+        escapes += max(len(words) - codec.word_cap(is_key), 0)
         states.append(list(units))
         masks.append(mask)
         codes.append(tuple(got + words))
@@ -375,7 +373,7 @@ def _read_moves(
 ) -> tuple[list[int], list[int]]:
     """One measurement's words: each KPI's move and the word ids. The contexts are those of
     `shared.temporaltables`, computed inline here: this loop is the cloud's decoding rate."""
-    cap = codec.D + 1 if codec.lossless else (codec.L - 1 if key else codec.L)
+    cap = codec.D + 1 if codec.lossless else codec.word_cap(key)
     q, words = [0] * codec.D, list[int]()
     move_tables, delta_tables, offsets = codec.move_tables, codec.delta_tables, codec.offsets
     for g, members in enumerate(codec.groups):

@@ -87,12 +87,12 @@ def _skewness(v: np.ndarray) -> float:
     return 0.0 if std == 0 else float(np.mean(((v - v.mean()) / std) ** 3))
 
 
-def _fit_one(name: str, v: np.ndarray) -> KpiNorm:
+def _fit_one(name: str, v: np.ndarray, log: bool) -> KpiNorm:
     v = v[np.isfinite(v)].astype(np.float64)
     if v.size == 0:
         raise DataError(f"KPI {name!r} has no observed value in the training split")
     lo, hi = float(v.min()), float(v.max())
-    use_log = lo >= 0 and _skewness(v) > _SKEW_FOR_LOG
+    use_log = log and lo >= 0 and _skewness(v) > _SKEW_FOR_LOG
     f = np.log1p(v) if use_log else v
     std = float(f.std())
     return KpiNorm(
@@ -105,12 +105,15 @@ def _fit_one(name: str, v: np.ndarray) -> KpiNorm:
     )
 
 
-def fit_normaliser(x: np.ndarray, names: Sequence[str], clip: float = CLIP) -> Normaliser:
-    """Fit per-KPI norms on the training rows (shape: [N, D], NaN = missing)."""
+def fit_normaliser(
+    x: np.ndarray, names: Sequence[str], clip: float = CLIP, log: bool = True
+) -> Normaliser:
+    """Fit per-KPI norms on the training rows (shape: [N, D], NaN = missing); `log` False
+    keeps every KPI linear (a skewed one is log-scaled otherwise)."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != len(names):
         raise ValueError(f"expected shape [N, {len(names)}], got {list(x.shape)}")
-    return Normaliser(tuple(_fit_one(n, x[:, i]) for i, n in enumerate(names)), clip)
+    return Normaliser(tuple(_fit_one(n, x[:, i], log) for i, n in enumerate(names)), clip)
 
 
 def fit_target_scaler(y: np.ndarray, name: str) -> TargetScaler:

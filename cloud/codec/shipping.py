@@ -24,7 +24,7 @@ from ...shared.temporalcodec import TemporalCodec, uniform_tables
 from ...shared.temporalpayload import encode_payload, fitted, table_counts
 from ...shared.temporaltables import RADIX
 from .grouping import fit_groups
-from .normaliser import Normaliser
+from .normaliser import Normaliser, fit_normaliser
 from .temporal import Grid, TemporalSDLGM, find_grid, lattice_step
 
 __all__ = [
@@ -81,7 +81,7 @@ def ship_codec(
     every = stream_keys(model)
     space = _lossless_space(model, norm, sample) if lossless else _model_space(model, norm)
     alone = tuple((j,) for j in range(model.cfg.D))
-    ungrouped = _codec(model, space, norm.names, step, alone, lossless=True)
+    ungrouped = _codec(model, space, step, alone, lossless=True)
     moves, seen = [], []
     for x in sample:
         flags = key_flags(len(x), every or len(x))
@@ -91,7 +91,7 @@ def ship_codec(
     groups = fit_groups(np.concatenate(moves), np.concatenate(seen))
     # Tables for the nearest moves first (a rate cost of ~0), then for the MAP choice they
     # price: the moves it makes depend on the tables, so they are refitted on them.
-    codec = _codec(model, space, norm.names, step, groups, lossless, sigma2=NEAREST)
+    codec = _codec(model, space, step, groups, lossless, sigma2=NEAREST)
     sigma2 = RATE_SCALE * step**2 / (2 * math.log(2))
     for _ in range(TABLE_PASSES):
         counts = table_counts(codec)
@@ -122,13 +122,10 @@ def _decimals(text: str) -> int:
 
 @dataclass(frozen=True)
 class _Space:
-    """Where the codec counts: the normalisation (mean, std, log, clip; [D] each) and each
-    KPI's grid in it, the span its values are clamped to and the key words in it ([KW, D])."""
+    """Where the codec counts: its normalisation, each KPI's grid in it, the span values are
+    clamped to and the key words in it ([KW, D])."""
 
-    mean: np.ndarray
-    std: np.ndarray
-    log: np.ndarray
-    clip: float
+    norm: Normaliser
     span: float
     grid: Grid
     keys: np.ndarray
@@ -138,12 +135,12 @@ class _Space:
         step (written with 6 significant digits: the grid was found in float32), more while
         the grid's origin is not within a thousandth of a step of a number with that many."""
         out = []
-        for j in range(len(self.mean)):
-            if self.grid.step[j] <= 0 or self.log[j]:
+        for j, n in enumerate(self.norm.norms):
+            if self.grid.step[j] <= 0 or n.log:
                 out.append(-1)
                 continue
-            step = float(f"{float(self.grid.step[j]) * self.std[j]:.6g}")
-            origin = float(self.grid.origin[j]) * self.std[j] + self.mean[j]
+            step = float(f"{float(self.grid.step[j]) * n.std:.6g}")
+            origin = float(self.grid.origin[j]) * n.std + n.mean
             decimals = _decimals(f"{step:.6g}")
             while decimals < MAX_DECIMALS and abs(round(origin, decimals) - origin) > step / 1000:
                 decimals += 1
@@ -153,43 +150,24 @@ class _Space:
 
 def _model_space(model: TemporalSDLGM, norm: Normaliser) -> _Space:
     """The model's own normalisation and grid."""
-    return _Space(
-        mean=np.array([n.mean for n in norm.norms]),
-        std=np.array([n.std for n in norm.norms]),
-        log=np.array([n.log for n in norm.norms], dtype=bool),
-        clip=float(norm.clip),
-        span=float(model.cfg.span),
-        grid=model.grid,
-        keys=model.keys.double().numpy(),
-    )
+    return _Space(norm, float(model.cfg.span), model.grid, model.keys.double().numpy())
 
 
 def _lossless_space(model: TemporalSDLGM, norm: Normaliser, frames: Sequence[np.ndarray]) -> _Space:
     """A linear normalisation (no log, no clip: a value comes back only where its own grid
-    holds it) and the grids found in it; the model's key words carried over."""
+    holds it) fitted on `frames`, and the grids found in it; the model's key words carried
+    over."""
     rows = np.concatenate([np.asarray(f, dtype=np.float64) for f in frames])
-    seen = np.isfinite(rows)
-    counts = np.maximum(seen.sum(0), 1)
-    mean = np.where(seen, rows, 0.0).sum(0) / counts
-    std = np.sqrt(np.where(seen, (rows - mean) ** 2, 0.0).sum(0) / counts)
-    std = np.where(std > 0, std, 1.0)
-    z = np.where(seen, (rows - mean) / std, 0.0)
-    keys = (norm.inverse(model.keys.double().numpy()) - mean) / std
-    return _Space(
-        mean=mean,
-        std=std,
-        log=np.zeros(len(mean), dtype=bool),
-        clip=LOSSLESS_SPAN,
-        span=LOSSLESS_SPAN,
-        grid=find_grid(z, seen),
-        keys=keys,
-    )
+    linear = fit_normaliser(rows, norm.names, clip=LOSSLESS_SPAN, log=False)
+    z = linear.transform(rows)
+    seen = np.isfinite(z)
+    keys = linear.transform(norm.inverse(model.keys.double().numpy()))
+    return _Space(linear, LOSSLESS_SPAN, find_grid(np.where(seen, z, 0.0), seen), keys)
 
 
 def _codec(
     model: TemporalSDLGM,
     space: _Space,
-    names: tuple[str, ...],
     step: float,
     groups: tuple[tuple[int, ...], ...],
     lossless: bool,
@@ -208,14 +186,14 @@ def _codec(
     steps = np.where(gridded & ~np.bool_(lossless), aligned, 1).astype(np.int64)
     keys = np.rint((space.keys - origin) / unit).astype(np.int64)
     return TemporalCodec(
-        kpis=names,
+        kpis=space.norm.names,
         L=model.cfg.L,
-        clip=space.clip,
+        clip=float(space.norm.clip),
         span=space.span,
         sigma2=sigma2,
-        mean=space.mean,
-        std=space.std,
-        log=space.log,
+        mean=np.array([n.mean for n in space.norm.norms]),
+        std=np.array([n.std for n in space.norm.norms]),
+        log=np.array([n.log for n in space.norm.norms], dtype=bool),
         unit=unit,
         origin=origin,
         weight=weight,

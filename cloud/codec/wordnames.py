@@ -70,19 +70,18 @@ class CodeNames(Sequence[str]):
         return ", ".join(parts) if parts else "no move"
 
     def _move(self, j: int, q: int | None) -> str:
+        """KPI j's move of q steps (None: escaped, past the digits' reach) in its units."""
         codec = self.codec
         kpi, size = codec.kpis[j], float(codec.steps[j] * codec.unit[j] * codec.std[j])
-        beyond = q is None
-        move = size * (REACH + 1) if q is None else size * q
+        unit = "" if codec.log[j] or kpi not in UNITS else f" {UNITS[kpi]}"
+        if q is None:
+            beyond = size * (REACH + 1)
+            if codec.log[j]:
+                return f"{kpi} moves x>{math.exp(beyond):.3g}"
+            return f"{kpi} moves ±>{beyond:.3g}{unit}"
         if codec.log[j]:
-            return (
-                f"{kpi} "
-                + ("moves x>" if beyond else "x")
-                + f"{math.exp(abs(move) if beyond else move):.3g}"
-            )
-        unit = UNITS.get(kpi)
-        text = f"{kpi} moves ±>{abs(move):.3g}" if beyond else f"{kpi} {_number(move)}"
-        return text + (f" {unit}" if unit else "")
+            return f"{kpi} x{math.exp(size * q):.3g}"
+        return f"{kpi} {_number(size * q)}{unit}"
 
 
 def code_names(codec: TemporalCodec) -> CodeNames:
