@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from bench_ingest import GOAL_DECODE, GOAL_E2E, TEMPORAL_PER_FRAME, _end_to_end, _postgres_db
 
+from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.cloud.ingest.temporal import TemporalModel
 from sparsetel.shared.chainframe import (
     ChainHead,
@@ -26,7 +27,7 @@ from sparsetel.shared.chainframe import (
     encode_chain_frame,
 )
 from sparsetel.shared.temporalcodec import ChainState
-from sparsetel.shared.temporalpayload import decode_payload, encode_payload
+from sparsetel.shared.temporalpayload import encode_payload
 from sparsetel.shared.wire import AGENT_KEY_INTERVAL
 
 __all__ = ["print_temporal", "temporal_rows"]

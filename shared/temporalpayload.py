@@ -1,7 +1,8 @@
-"""The temporal codec's payload: `encode_payload` (the edge's closed loop) and `decode_payload`
-(the cloud's), one range coder a frame; the symbols and their order are in
-`shared.temporalcodec`'s docstring, the contexts in `shared.temporaltables`. `table_counts` and
-`fitted` let the cloud fit the tables on what the encoder itself sends.
+"""The temporal codec's payload: `encode_payload` (the edge's closed loop), one range coder a
+frame; the symbols and their order are in `shared.temporalcodec`'s docstring, the contexts in
+`shared.temporaltables`. The cloud reads payloads back with the compiled
+`cloud.codec.payloaddecoder.decode_payload`. `table_counts` and `fitted` let the cloud fit the
+tables on what the encoder itself sends.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import WireError
-from .rangecoder import FrequencyTable, RangeDecoder, RangeEncoder
-from .temporalcodec import MAX_UNITS, ChainState, TemporalCodec, move_digit
+from .rangecoder import FrequencyTable, RangeEncoder
+from .temporalcodec import ChainState, TemporalCodec, move_digit
 from .temporaltables import (
     CLASSES,
     ESCAPE,
@@ -29,7 +29,6 @@ from .temporaltables import (
 
 __all__ = [
     "Decoded",
-    "decode_payload",
     "encode_payload",
     "fitted",
     "payload_bits",
@@ -312,118 +311,6 @@ def _put_raw(put: Callable[..., None], value: int, bits: int) -> None:
         take = min(bits, RAW_CHUNK)
         bits -= take
         put(_RAW, _UNIFORM[take], (value >> bits) & ((1 << take) - 1))
-
-
-def _read_raw(decode: Callable[[FrequencyTable], int], bits: int) -> int:
-    value = 0
-    while bits > 0:
-        take = min(bits, RAW_CHUNK)
-        bits -= take
-        value = (value << take) | decode(_UNIFORM[take])
-    return value
-
-
-def decode_payload(
-    codec: TemporalCodec, payload: bytes, keys: Sequence[bool], state: ChainState | None
-) -> Decoded:
-    """The cloud's side of `encode_payload`: len(keys) measurements from `payload`,
-    continuing `state` (None: the frame starts with a key). Raises WireError on a payload
-    that does not decode to exactly these measurements."""
-    if state is None and len(keys) and not keys[0]:
-        raise WireError("a frame without a predecessor must start with a key", reason="no_key")
-    units, mask, (moved, moved2) = _start(codec, state)
-    dec = RangeDecoder(payload)
-    decode = dec.decode
-    D, K = codec.D, codec.K
-    everything = [True] * D
-    states, masks, codes, escapes = [], [], [], 0
-    for is_key in keys:
-        before = everything if is_key else mask
-        if decode(codec.mask_tables[int(all(before))]):
-            mask = [bool(decode(codec.bit_tables[j][int(before[j])])) for j in range(D)]
-        else:
-            mask = before
-        got: list[int] = []
-        if is_key:
-            kw = decode(codec.key_table)
-            units, moved = list(codec.key_ids[kw]), [0] * D
-            got.append(K + kw)
-        q, words = _read_moves(codec, decode, mask, moved, moved2, is_key)
-        for j in range(D):
-            if q[j]:
-                units[j] += q[j] * codec.steps_i[j]
-                if abs(units[j]) > MAX_UNITS:
-                    raise WireError(f"KPI {j} moves out of range", reason="payload_word")
-        moved2, moved = moved, q
-        escapes += max(len(words) - codec.word_cap(is_key), 0)
-        states.append(list(units))
-        masks.append(mask)
-        codes.append(tuple(got + words))
-    dec.finish()
-    return _decoded(codec, states, masks, codes, units, mask, (moved, moved2), escapes)
-
-
-def _read_moves(
-    codec: TemporalCodec,
-    decode: Callable[[FrequencyTable], int],
-    seen: list[bool],
-    moved: list[int],
-    moved2: list[int],
-    key: bool,
-) -> tuple[list[int], list[int]]:
-    """One measurement's words: each KPI's move and the word ids. The contexts are those of
-    `shared.temporaltables`, computed inline here: this loop is the cloud's decoding rate."""
-    cap = codec.D + 1 if codec.lossless else codec.word_cap(key)
-    q, words = [0] * codec.D, list[int]()
-    move_tables, delta_tables, offsets = codec.move_tables, codec.delta_tables, codec.offsets
-    for g, members in enumerate(codec.groups):
-        count = len(words)
-        if count >= cap:
-            break
-        observed = [j for j in members if seen[j]]
-        if not observed:
-            continue
-        ctx = move_context(key, members, moved, moved2, count)
-        if not decode(move_tables[g][ctx]):
-            continue
-        last, ctx_signs, word, scale, moving = observed[-1], 0, offsets[g], 1, False
-        for i, j in enumerate(members):
-            if seen[j]:
-                own = own_context(key, moved[j], moved2[j])
-                forced = j == last and not moving
-                digit = decode(delta_tables[j][2 * (own * scale + ctx_signs) + forced])
-                if digit == ESCAPE:
-                    n = _read_escape(decode, codec.class_tables[j][own], codec.top_tables[j])
-                else:
-                    n = digit - REACH
-                q[j] = n
-                sign = (n > 0) - (n < 0)
-                moving = moving or n != 0
-            else:
-                digit, sign = REACH, 0
-            # the context of the members after: own * 3^i + their signs so far, in base 3
-            ctx_signs, scale = ctx_signs * 3 + sign + 1, scale * 3
-            word += digit * RADIX**i
-        if not moving:
-            raise WireError(f"group {g} is sent as moving but does not move", "payload_word")
-        words.append(word)
-    return q, words
-
-
-def _read_escape(
-    decode: Callable[[FrequencyTable], int],
-    table: FrequencyTable,
-    top: tuple[FrequencyTable, ...],
-) -> int:
-    width = decode(table) + 1
-    m = 1
-    if width >= 2:
-        m = (m << 1) | decode(top[width - 1])
-    low = width - 2 if width >= 2 else 0
-    raw = _read_raw(decode, low + 1)
-    m = (m << low) | (raw & ((1 << low) - 1))
-    n = m + REACH
-    return -n if raw >> low else n
 
 
 def payload_bits(payload: bytes) -> int:

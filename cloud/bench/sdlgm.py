@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ...shared.temporalcodec import TemporalCodec
-from ...shared.temporalpayload import decode_payload, encode_payload
+from ...shared.temporalpayload import encode_payload
+from ..codec.payloaddecoder import decode_payload
 from ..codec.shipping import ship_codec, stream_keys
 from ..codec.temporal import (
     LR,

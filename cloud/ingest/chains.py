@@ -45,8 +45,8 @@ import numpy as np
 from ...shared.chainframe import ChainFrame, decode_chain_frame
 from ...shared.errors import WireError
 from ...shared.temporalcodec import ChainState
-from ...shared.temporalpayload import decode_payload
 from ...shared.wire import Frame, Record
+from ..codec.payloaddecoder import decode_payload
 from ..store.rows import ChainTip, FrameRow, MeasurementRow, PendingFrame
 from .audit import audit_accuracy
 from .digest import chain_digest

@@ -31,11 +31,11 @@ from ...shared.health import beat_payload
 from ...shared.receipt import encode_receipt
 from ...shared.rundir import CODEC_FILE, EVALUATION_FILE, PREDICTOR_DIR, read_config, write_json
 from ...shared.temporalcodec import ChainState, TemporalCodec
-from ...shared.temporalpayload import decode_payload
 from ...shared.topics import data_topic, health_topic, receipt_topic
 from ...shared.wire import mqtt_publish_overhead
 from ..codec.fidelity import snr
 from ..codec.normaliser import forward_fill
+from ..codec.payloaddecoder import decode_payload
 from ..codec.shipping import CodedStream, code_stream
 from ..data.datasets import Session
 from .changepredictor import ChangePredictor, target_column, target_scores

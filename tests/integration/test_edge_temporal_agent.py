@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.edge.agent import AgentStats, run_agent
 from sparsetel.edge.replay import CsvReplaySource
 from sparsetel.edge.temporalencoder import TemporalEncoder
@@ -21,7 +22,6 @@ from sparsetel.shared.birth import EdgeState, parse_state
 from sparsetel.shared.chainframe import ChainFrame, decode_chain_frame, frame_version
 from sparsetel.shared.config import BrokerConfig
 from sparsetel.shared.temporalcodec import ChainState
-from sparsetel.shared.temporalpayload import decode_payload
 from sparsetel.shared.topics import data_topic, parse_topic, state_topic
 from tests.agents import EDGE, agent_config
 from tests.mqttclients import Listener

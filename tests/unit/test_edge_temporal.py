@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.cloud.codec.temporalexport import export_temporal
 from sparsetel.cloud.fleet.keys import build_bundle, keygen, load_private_key
 from sparsetel.edge.chain import FrameChain
@@ -36,7 +37,6 @@ from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import CODEC_FILE, MANIFEST_FILE, write_json
 from sparsetel.shared.temporalcodec import ChainState, TemporalCodec
-from sparsetel.shared.temporalpayload import decode_payload
 from tests.helpers import small_temporal_codec
 
 KPIS = ("a", "b", "c")

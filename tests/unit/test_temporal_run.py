@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sparsetel.cloud.codec.export import export_run
+from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.cloud.codec.shipping import code_stream
 from sparsetel.cloud.codec.temporalexport import probe_payload
 from sparsetel.cloud.data.datasets import load_dataset
@@ -34,7 +35,6 @@ from sparsetel.shared.errors import ModelMismatchError
 from sparsetel.shared.manifest import ModelManifest
 from sparsetel.shared.rundir import read_evaluation
 from sparsetel.shared.temporalcodec import TemporalCodec
-from sparsetel.shared.temporalpayload import decode_payload
 from tests.quickrun import KPIS, TARGET, quick_temporal_run
 
 

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.shared.errors import ModelMismatchError, WireError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, uniform_tables
-from sparsetel.shared.temporalpayload import decode_payload, encode_payload, fitted, table_counts
+from sparsetel.shared.temporalpayload import encode_payload, fitted, table_counts
 from tests.helpers import small_temporal_codec
 
 D, L = 3, 3
