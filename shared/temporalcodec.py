@@ -158,6 +158,8 @@ class TemporalCodec:
     move_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
     delta_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
     class_costs: tuple[tuple[tuple[float, ...], ...], ...] = field(init=False, repr=False)
+    # For `to_raw`: the KPIs on a native grid, and 10**decimals of each.
+    grid_columns: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -182,6 +184,9 @@ class TemporalCodec:
         object.__setattr__(self, "move_costs", _costs(self.move_tables))
         object.__setattr__(self, "delta_costs", _costs(self.delta_tables))
         object.__setattr__(self, "class_costs", _costs(self.class_tables))
+        columns = [j for j, d in enumerate(self.raw_decimals) if d >= 0]
+        scale = np.array([10.0 ** self.raw_decimals[j] for j in columns])
+        object.__setattr__(self, "grid_columns", (np.array(columns, dtype=np.int64), scale))
 
     @property
     def D(self) -> int:
@@ -285,9 +290,9 @@ class TemporalCodec:
         on a native grid is rounded to its decimals, so RSRP decodes to -79, not -79.0000036
         (the state is on the grid; only the normalisation's floating point is off it)."""
         raw = np.array(self.denormalise(z), dtype=np.float64)
-        for j, decimals in enumerate(self.raw_decimals):
-            if decimals >= 0:
-                raw[..., j] = np.round(raw[..., j], decimals)
+        columns, scale = self.grid_columns
+        if len(columns):  # np.round(v, d) is rint(v * 10**d) / 10**d, on all such KPIs at once
+            raw[..., columns] = np.rint(raw[..., columns] * scale) / scale
         return raw
 
     def value(self, units: np.ndarray) -> np.ndarray:

@@ -8,12 +8,12 @@ tables on what the encoder itself sends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from .rangecoder import FrequencyTable, RangeEncoder
-from .temporalcodec import ChainState, TemporalCodec, move_digit
+from .temporalcodec import ChainState, TemporalCodec
 from .temporaltables import (
     CLASSES,
     ESCAPE,
@@ -21,7 +21,6 @@ from .temporaltables import (
     OWN_CONTEXTS,
     RADIX,
     REACH,
-    delta_context,
     delta_contexts,
     move_context,
     own_context,
@@ -36,17 +35,32 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
 class Decoded:
     """A payload decoded: the reconstruction (normalised float64 [n, D], NaN where the KPI
     was missing), the codes per measurement (key word first as ``K + kw`` at a key
     measurement, then its words), how many of them were escape words (lossless codecs only)
-    and the state the next frame continues from."""
+    and the state the next frame continues from.
 
-    recon: np.ndarray
-    codes: tuple[tuple[int, ...], ...]
-    state: ChainState
-    escapes: int = 0
+    `recon` may be given as a function that makes it: the edge's encoder keeps only the state,
+    and at one measurement a frame building an array it never reads was a tenth of its time."""
+
+    __slots__ = ("_recon", "codes", "escapes", "state")
+
+    def __init__(
+        self,
+        recon: np.ndarray | Callable[[], np.ndarray],
+        codes: tuple[tuple[int, ...], ...],
+        state: ChainState,
+        escapes: int = 0,
+    ) -> None:
+        self._recon = recon
+        self.codes, self.state, self.escapes = codes, state, escapes
+
+    @property
+    def recon(self) -> np.ndarray:
+        if callable(self._recon):
+            self._recon = self._recon()
+        return self._recon
 
 
 RAW_CHUNK = 15  # raw bits coded as one symbol at most
@@ -73,6 +87,8 @@ class _Sink:
             self.counts[tid][symbol] += 1
 
 
+# `own_context` of the moves a KPI makes most, looked up (-1: not here, computed)
+_OWN = {(a, b): own_context(False, a, b) for a in range(-16, 17) for b in range(-16, 17)}
 _RAW: tuple[int, ...] = ()  # table id of a raw bit (never counted)
 
 
@@ -104,7 +120,12 @@ def encode_payload(
         if keys[t]:
             kw = codec.key_word(z[t], seen[t])
             units, moved = list(codec.key_ids[kw]), [0] * codec.D
-        own = [own_context(kw >= 0, a, b) for a, b in zip(moved, moved2, strict=True)]
+        if kw >= 0:
+            own = [OWN_CONTEXTS - 1] * codec.D
+        else:
+            own = [_OWN.get(pair, -1) for pair in zip(moved, moved2, strict=True)]
+            if -1 in own:
+                own = [own_context(False, a, b) for a, b in zip(moved, moved2, strict=True)]
         q = _choose(codec, rows[t], observed[t], units, (moved, moved2), own, kw >= 0)
         _put_mask(codec, sink.put, observed[t], last, kw >= 0)
         if kw >= 0:
@@ -131,14 +152,13 @@ def _decoded(
     escapes: int,
 ) -> Decoded:
     n, D = len(states), codec.D
-    seen = np.array(masks, dtype=bool).reshape(n, D)
-    values = codec.value(np.array(states, dtype=np.int64).reshape(n, D))
-    recon = np.where(seen, values, np.nan)
-    state = ChainState(
-        tuple(int(u) for u in units),
-        tuple(bool(m) for m in mask),
-        (tuple(moves[0]), tuple(moves[1])),
-    )
+
+    def recon() -> np.ndarray:
+        seen = np.array(masks, dtype=bool).reshape(n, D)
+        values = codec.value(np.array(states, dtype=np.int64).reshape(n, D))
+        return np.where(seen, values, np.nan)
+
+    state = ChainState(tuple(units), tuple(mask), (tuple(moves[0]), tuple(moves[1])))
     return Decoded(recon, tuple(codes), state, escapes)
 
 
@@ -172,12 +192,14 @@ def _choose(
     for j in range(codec.D):
         if not seen[j]:
             continue
-        u, o = unit[j], origin[j]
-        v = min(max(o + units[j] * u, -span), span)
+        u = unit[j]
+        v = origin[j] + units[j] * u  # clamped to ±span (as min(max(v, -span), span))
+        v = span if v > span else -span if v < -span else v
         r = z[j] - v
         n = round(r / (steps[j] * u))
         if n:
-            after = min(max(o + (units[j] + n * steps[j]) * u, -span), span)
+            after = origin[j] + (units[j] + n * steps[j]) * u
+            after = span if after > span else -span if after < -span else after
             gain[j] = weight[j] * (r * r - (z[j] - after) ** 2)
             q[j] = n
     if codec.lossless:
@@ -186,23 +208,25 @@ def _choose(
     picks: list[tuple[float, int, list[int]]] = []
     moved, moved2 = history
     for g, members in enumerate(codec.groups):
-        moving = [j for j in members if q[j]]
-        if not moving:
+        places = [i for i, j in enumerate(members) if q[j]]  # members whose nearest move is not 0
+        if not places:
             continue
-        ctx = move_context(key, members, moved, moved2, len(picks))
-        costs = codec.move_costs[g][ctx]
-        best, pick = -lam * costs[0], [0] * len(members)
-        for subset in range(1, 1 << len(moving)):
-            chosen = [
-                q[j] if j in moving and (subset >> moving.index(j)) & 1 else 0 for j in members
-            ]
-            if not any(chosen):
-                continue
+        costs = codec.move_costs[g][move_context(key, members, moved, moved2, len(picks))]
+        best, pick = -lam * costs[0], None
+        for subset in range(1, 1 << len(places)):
+            chosen = [0] * len(members)
+            for b, i in enumerate(places):
+                if subset >> b & 1:
+                    chosen[i] = q[members[i]]
             bits = costs[1] + _word_bits(codec, members, chosen, seen, own)
-            value = sum(gain[j] for j, c in zip(members, chosen, strict=True) if c) - lam * bits
+            value = 0.0
+            for j, c in zip(members, chosen, strict=True):
+                if c:
+                    value += gain[j]
+            value -= lam * bits
             if value > best:
                 best, pick = value, chosen
-        if any(pick):
+        if pick is not None:
             picks.append((best + lam * costs[0], g, pick))
     picks.sort(reverse=True)
     q = [0] * codec.D
@@ -219,22 +243,25 @@ def _word_bits(
     seen: list[bool],
     own: list[int],
 ) -> float:
-    """What a group's word costs in bits after its move flag (the encoder's rate estimate)."""
-    observed = [j for j in members if seen[j]]
-    signs: list[int] = []
-    bits = 0.0
+    """What a group's word costs in bits after its move flag (the encoder's rate estimate);
+    the contexts are `_put_word`'s."""
+    last = -1
+    for j in members:
+        if seen[j]:
+            last = j
+    bits, signs, scale, moving = 0.0, 0, 1, False
     for j, n in zip(members, moves, strict=True):
-        if not seen[j]:
-            signs.append(0)
-            continue
-        forced = j == observed[-1] and not any(signs)
-        ctx = delta_context(own[j], signs, forced)
-        digit = move_digit(n)
-        bits += codec.delta_costs[j][ctx][digit]
-        if digit == ESCAPE:
-            width = (abs(n) - REACH).bit_length()
-            bits += codec.class_costs[j][own[j]][width - 1] + width
-        signs.append((n > 0) - (n < 0))
+        sign = 0
+        if seen[j]:
+            digit = n + REACH if -REACH <= n <= REACH else ESCAPE
+            ctx = 2 * (own[j] * scale + signs) + (j == last and not moving)
+            bits += codec.delta_costs[j][ctx][digit]
+            if digit == ESCAPE:
+                width = (abs(n) - REACH).bit_length()
+                bits += codec.class_costs[j][own[j]][width - 1] + width
+            sign = (n > 0) - (n < 0)
+            moving = moving or n != 0
+        signs, scale = signs * 3 + sign + 1, scale * 3
     return bits
 
 
@@ -266,28 +293,51 @@ def _put_moves(
     moved, moved2 = history
     words: list[int] = []
     for g, members in enumerate(codec.groups):
-        observed = [j for j in members if seen[j]]
-        if not observed or len(words) >= cap:
+        if len(words) >= cap:
+            break
+        last = -1
+        for j in members:
+            if seen[j]:
+                last = j
+        if last < 0:
             continue
-        moves = any(q[j] for j in members)
+        moves = False
+        for j in members:
+            if q[j]:
+                moves = True
         ctx = move_context(key, members, moved, moved2, len(words))
         put((3, g, ctx), codec.move_tables[g][ctx], int(moves))
-        if not moves:
-            continue
-        signs: list[int] = []
-        for j in members:
-            if not seen[j]:
-                signs.append(0)
-                continue
-            forced = j == observed[-1] and not any(signs)
-            ctx = delta_context(own[j], signs, forced)
-            n = q[j]
-            put((4, j, ctx), codec.delta_tables[j][ctx], move_digit(n))
-            if move_digit(n) == ESCAPE:
-                _put_escape(put, codec, j, own[j], n)
-            signs.append((n > 0) - (n < 0))
-        words.append(codec.word_id(g, [q[j] for j in members]))
+        if moves:
+            words.append(_put_word(codec, put, g, q, seen, own, last))
     return words, max(len(words) - codec.word_cap(key), 0)
+
+
+def _put_word(
+    codec: TemporalCodec,
+    put: Callable[..., None],
+    g: int,
+    q: list[int],
+    seen: list[bool],
+    own: list[int],
+    last: int,
+) -> int:
+    """Group g's moves as one digit per observed member (an escape's size and bits after its
+    digit); the word id, whose digit for an unobserved member is REACH (no move)."""
+    word, power, signs, scale, moving = codec.offsets[g], 1, 0, 1, False
+    for j in codec.groups[g]:
+        n, sign, digit = q[j], 0, REACH
+        if seen[j]:
+            digit = n + REACH if -REACH <= n <= REACH else ESCAPE
+            ctx = 2 * (own[j] * scale + signs) + (j == last and not moving)
+            put((4, j, ctx), codec.delta_tables[j][ctx], digit)
+            if digit == ESCAPE:
+                _put_escape(put, codec, j, own[j], n)
+            sign = (n > 0) - (n < 0)
+            moving = moving or n != 0
+        signs, scale = signs * 3 + sign + 1, scale * 3
+        word += digit * power
+        power *= RADIX
+    return word
 
 
 def _put_escape(put: Callable[..., None], codec: TemporalCodec, j: int, own: int, n: int) -> None:

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 
 __all__ = [
     "CLASSES",
+    "COUNTS",
     "ESCAPE",
     "MAX_GROUP",
     "MOVE_CONTEXTS",
     "OWN_CONTEXTS",
     "RADIX",
     "REACH",
-    "delta_context",
     "delta_contexts",
     "move_context",
     "own_context",
@@ -36,8 +36,8 @@ REACH = 7  # moves coded as one digit: -REACH..REACH
 RADIX = 2 * REACH + 2  # digits of a move: those, and ESCAPE
 ESCAPE = RADIX - 1
 MAX_GROUP = 3  # KPIs in one group
-_COUNT = 4  # groups moved so far: 0, 1, 2, 3 or more
-MOVE_CONTEXTS = 4 * _COUNT + _COUNT  # in context (moved at t-1, at t-2, count), at a key
+COUNTS = 4  # groups moved so far: 0, 1, 2, 3 or more
+MOVE_CONTEXTS = 4 * COUNTS + COUNTS  # in context (moved at t-1, at t-2, count), at a key
 _LAST, _BEFORE = 6, 4  # size classes of a KPI's move at t-1 and t-2 (bit length, capped)
 OWN_CONTEXTS = _LAST * _BEFORE + 1  # a KPI's own history, or a key
 CLASSES = 48  # size classes of an escaped move: |q| - REACH < 2**48
@@ -47,21 +47,16 @@ def move_context(
     key: bool, members: Sequence[int], moved: Sequence[int], moved2: Sequence[int], count: int
 ) -> int:
     """The table of "does this group move" (0 .. MOVE_CONTEXTS - 1)."""
-    count = min(count, _COUNT - 1)
+    count = count if count < COUNTS else COUNTS - 1
     if key:
-        return 4 * _COUNT + count
-    last = any(moved[j] for j in members)
-    before = any(moved2[j] for j in members)
-    return (2 * last + before) * _COUNT + count
-
-
-def delta_context(own: int, signs: Sequence[int], forced: bool) -> int:
-    """The table of a member's digit, from its `own_context` and the `signs` (-1, 0, 1) of
-    the members before it in its group (0 .. delta_contexts(len(signs)) - 1)."""
-    ctx = own
-    for s in signs:
-        ctx = ctx * 3 + s + 1
-    return 2 * ctx + forced
+        return 4 * COUNTS + count
+    last = before = 0  # whether a member moved a measurement ago (2), two ago (1)
+    for j in members:
+        if moved[j]:
+            last = 2
+        if moved2[j]:
+            before = 1
+    return (last + before) * COUNTS + count
 
 
 def own_context(key: bool, m1: int, m2: int) -> int:
@@ -73,5 +68,8 @@ def own_context(key: bool, m1: int, m2: int) -> int:
 
 
 def delta_contexts(position: int) -> int:
-    """How many digit tables the member at `position` (0-based) of a group has."""
+    """How many digit tables the member at `position` (0-based) of a group has. The member at
+    position i reads its digit with table ``2 * (own * 3**i + s) + forced``: `own` its
+    `own_context`, s the signs (-1, 0, 1) of the members before it, each plus one, read as a
+    base-3 number (an unobserved member's sign is 0), and `forced` whether it must move."""
     return int(OWN_CONTEXTS * 3**position * 2)

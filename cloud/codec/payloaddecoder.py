@@ -29,6 +29,7 @@ from ...shared.temporalcodec import MAX_UNITS, ChainState, TemporalCodec
 from ...shared.temporalpayload import RAW_CHUNK, Decoded
 from ...shared.temporaltables import (
     CLASSES,
+    COUNTS,
     ESCAPE,
     MAX_GROUP,
     MOVE_CONTEXTS,
@@ -40,8 +41,7 @@ from ...shared.temporaltables import (
 __all__ = ["decode_payload"]
 
 _TOP = 1 << 24
-_COUNT = 4  # groups moved so far, as `shared.temporaltables.move_context` counts them
-_KEY_MOVE = MOVE_CONTEXTS - _COUNT  # first "does this group move" context at a key
+_KEY_MOVE = MOVE_CONTEXTS - COUNTS  # first "does this group move" context at a key
 _KEY_OWN = OWN_CONTEXTS - 1
 _LAST, _BEFORE = 6, 4  # size classes of a KPI's own last two moves
 
@@ -334,7 +334,7 @@ def _decode(data, size_bytes, keys, blob, reals, chain, recon, out):  # type: ig
                     last = j
             if last < 0:
                 continue
-            c = min(words, _COUNT - 1)
+            c = min(words, COUNTS - 1)
             if key:
                 ctx = _KEY_MOVE + c
             else:
@@ -344,7 +344,7 @@ def _decode(data, size_bytes, keys, blob, reals, chain, recon, out):  # type: ig
                     if j >= 0:
                         was = was | (moved[j] != 0)
                         was2 = was2 | (moved2[j] != 0)
-                ctx = (2 * was + was2) * _COUNT + c
+                ctx = (2 * was + was2) * COUNTS + c
             moves = _symbol(st, data, starts, freqs, offset, size, move + g * MOVE_CONTEXTS + ctx)
             if moves < 0:
                 return moves, 0, 0
