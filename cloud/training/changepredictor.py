@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from ...shared.temporalcodec import TemporalCodec
 from ..codec.normaliser import forward_fill
@@ -189,14 +190,31 @@ class _Trees:
     leaf: np.ndarray
     value: np.ndarray
 
+    def __post_init__(self) -> None:
+        """ValueError unless every walk down a tree ends at a leaf inside the arrays: the
+        compiled walk (`_leaves`) checks no index, so the arrays are checked here, once."""
+        n = len(self.leaf)
+        arrays = (self.feature, self.threshold, self.left, self.right, self.value)
+        if any(len(a) != n for a in arrays) or not len(self.roots):
+            raise ValueError("a tree predictor's node arrays differ in length, or it has no tree")
+        inner = np.flatnonzero(~self.leaf.astype(bool))
+        if np.any((self.roots < 0) | (self.roots >= n)):
+            raise ValueError("a tree's root lies outside its nodes")
+        # sklearn numbers a node's children after it, so every walk goes forward and ends
+        if np.any(self.left[inner] <= inner) or np.any(self.right[inner] <= inner):
+            raise ValueError("a tree node's children must come after it")
+        if np.any(self.left[inner] >= n) or np.any(self.right[inner] >= n):
+            raise ValueError("a tree node's children lie outside its nodes")
+        if np.any(self.feature[inner] < 0):
+            raise ValueError("a tree node splits on a negative feature")
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Changes in scale units (float64, shape: [N]) for features `x` ([N, F])."""
-        node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
-        rows = np.arange(len(x))[:, None]
-        while not self.leaf[node].all():
-            go_left = x[rows, self.feature[node]] <= self.threshold[node]
-            step = np.where(go_left, self.left[node], self.right[node])
-            node = np.where(self.leaf[node], node, step)
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(len(x), -1)
+        node, whole = _leaves(x, self.roots, self.feature, self.threshold, self.left,
+                              self.right, self.leaf.astype(np.bool_, copy=False))  # fmt: skip
+        if not whole:
+            raise ValueError(f"a tree splits on a feature past the {x.shape[1]} given")
         return np.asarray(self.baseline + self.value[node].sum(axis=1), dtype=np.float64)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -206,6 +224,23 @@ class _Trees:
     def from_arrays(cls, a: dict[str, np.ndarray]) -> _Trees:
         names = ("roots", "feature", "threshold", "left", "right", "leaf", "value")
         return cls(float(a["baseline"]), *(a[k] for k in names))
+
+
+@njit(cache=True, nogil=True)
+def _leaves(x, roots, feature, threshold, left, right, leaf):  # type: ignore[no-untyped-def]
+    """The leaf each row of `x` reaches in each tree ([N, n_trees] node ids): left where its
+    feature is <= the threshold, else right (NaN goes right); and False if a node splits on
+    a feature `x` does not have."""
+    out = np.empty((x.shape[0], roots.shape[0]), dtype=np.int64)
+    for i in range(x.shape[0]):
+        for k in range(roots.shape[0]):
+            node = roots[k]
+            while not leaf[node]:
+                if feature[node] >= x.shape[1]:
+                    return out, False
+                node = left[node] if x[i, feature[node]] <= threshold[node] else right[node]
+            out[i, k] = node
+    return out, True
 
 
 def _fit_trees(x: np.ndarray, u: np.ndarray, seed: int) -> _Trees:

@@ -4,6 +4,7 @@ than decoded persistence there; plain-data save and load."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from sparsetel.cloud.training.changepredictor import (
     SHRINK_GRID,
     ChangePredictor,
+    _Trees,
     fit_change_predictor,
 )
 
@@ -68,3 +70,60 @@ def test_bad_inputs_are_refused_with_a_reason() -> None:
         fit_change_predictor(train, train, 0, 1, 4, None)
     with pytest.raises(ValueError, match="full window"):
         fit_change_predictor(train, [(train[0][0][:3], train[0][1][:3])], 0, 1, 4, _to_raw)
+
+
+def _walk(trees: _Trees, row: np.ndarray) -> float:
+    """One row down every tree, node by node: the reference for the compiled walk."""
+    total = 0.0
+    for root in trees.roots:
+        node = int(root)
+        while not trees.leaf[node]:
+            go_left = row[trees.feature[node]] <= trees.threshold[node]
+            node = int(trees.left[node] if go_left else trees.right[node])
+        total += trees.value[node]
+    return trees.baseline + total
+
+
+def test_the_compiled_tree_walk_reaches_the_leaves_a_plain_walk_reaches() -> None:
+    train, val = _sessions(3, 0, True), _sessions(1, 1, True)
+    p = fit_change_predictor(train, val, 0, 1, 4, _to_raw, seed=0, learners=["trees"])
+    trees = p.model
+    assert isinstance(trees, _Trees)
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 2, (300, int(trees.feature.max()) + 1))
+    x[rng.random(x.shape) < 0.1] = np.nan  # NaN goes right
+    want = np.array([_walk(trees, row) for row in x])
+    assert np.allclose(trees.predict(x), want, rtol=0, atol=1e-9)
+
+
+def _tree(**change: np.ndarray) -> dict[str, Any]:
+    """A stump: node 0 splits feature 0 at 0.5 into leaves 1 and 2."""
+    arrays = {
+        "baseline": 0.0, "roots": np.array([0]), "feature": np.array([0, 0, 0]),
+        "threshold": np.array([0.5, 0.0, 0.0]), "left": np.array([1, 0, 0]),
+        "right": np.array([2, 0, 0]), "leaf": np.array([False, True, True]),
+        "value": np.array([0.0, -1.0, 1.0]),
+    }  # fmt: skip
+    return {**arrays, **change}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"left": np.array([0, 0, 0])}, "after it"),
+        ({"right": np.array([2, 0, 0]), "left": np.array([7, 0, 0])}, "outside its nodes"),
+        ({"roots": np.array([3])}, "root"),
+        ({"feature": np.array([-1, 0, 0])}, "negative feature"),
+        ({"value": np.array([0.0, 1.0])}, "length"),
+    ],
+    ids=["a loop back", "a child past the end", "a root past the end", "feature -1", "short"],
+)
+def test_a_tree_that_could_walk_outside_its_nodes_is_refused(change, reason) -> None:
+    assert _Trees(**_tree()).predict(np.array([[0.0], [1.0]])).tolist() == [-1.0, 1.0]
+    with pytest.raises(ValueError, match=reason):
+        _Trees(**_tree(**change))
+
+
+def test_a_tree_splitting_on_a_feature_not_given_is_refused() -> None:
+    with pytest.raises(ValueError, match="feature past"):
+        _Trees(**_tree(feature=np.array([3, 0, 0]))).predict(np.zeros((2, 2)))
