@@ -82,8 +82,10 @@ RESCAN_S = 5.0  # a model still missing is looked for again after this long
 
 
 def _load_run(run_dir: Path) -> Model:
-    if is_temporal_run(run_dir):  # numpy only
-        return TemporalModel.load(run_dir)
+    if is_temporal_run(run_dir):  # numpy and numba
+        model = TemporalModel.load(run_dir)
+        model.warm()
+        return model
     from ..codec.decoder import CloudCodec  # torch lives behind the codec; load it only when used
 
     codec: Decoder = CloudCodec.load(run_dir)

@@ -19,6 +19,7 @@ from ...shared.errors import ModelMismatchError
 from ...shared.manifest import ModelManifest, file_sha256
 from ...shared.rundir import CODEC_FILE, MANIFEST_FILE, PREDICTOR_DIR
 from ...shared.temporalcodec import TemporalCodec
+from ..codec.payloaddecoder import decode_payload
 
 __all__ = ["PREDICTOR_NAME", "TemporalModel", "is_temporal_run"]
 
@@ -76,6 +77,14 @@ class TemporalModel:
 
             predictor = ChangePredictor.load(folder, target_column(codec, manifest.target)[1])
         return cls(manifest, codec, predictor)
+
+    def warm(self) -> None:
+        """Load the compiled decoder and tree walk now (numba reads them from its cache, about
+        a second the first time in a process), so that the first frame a worker takes is not
+        the one that waits."""
+        decode_payload(self.codec, b"", [], None)
+        if self._predictor is not None:
+            self.predict(np.zeros((max(self.window, 1), self.codec.D)))
 
     @property
     def window(self) -> int:
