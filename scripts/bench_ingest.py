@@ -245,6 +245,15 @@ def main() -> int:
     parser.add_argument(
         "--measurements", type=int, default=20_000, help="temporal: measurements per run"
     )
+    parser.add_argument(
+        "--per-frame", default="1,50", help="temporal: measurements per frame, comma-separated"
+    )
+    parser.add_argument(
+        "--e2e-runs", type=int, default=1,
+        help="temporal: end-to-end runs per store and frame size, the median run reported (the "
+        "lower middle one of an even count); one run of 20,000 measurements at 50 a frame "
+        "lasts a second or two",
+    )  # fmt: skip
     args = parser.parse_args()
     result: dict[str, Any] = {"end_to_end": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +262,10 @@ def main() -> int:
         if args.temporal or args.temporal_only:
             from bench_temporal import temporal_rows
 
-            result["temporal"] = temporal_rows(work, url, args.postgres, args.measurements)
+            per_frame = tuple(int(n) for n in args.per_frame.split(","))
+            result["temporal"] = temporal_rows(
+                work, url, args.postgres, args.measurements, per_frame, args.e2e_runs
+            )
         if args.temporal_only:
             return _finish(args, result, broker)
         run = _model(work)
