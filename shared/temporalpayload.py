@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .rangecoder import FrequencyTable, RangeEncoder
-from .temporalcodec import ChainState, TemporalCodec
+from .temporalcodec import ChainState, TemporalCodec, move_digit
 from .temporaltables import (
     CLASSES,
     ESCAPE,
@@ -121,7 +121,7 @@ def encode_payload(
             kw = codec.key_word(z[t], seen[t])
             units, moved = list(codec.key_ids[kw]), [0] * codec.D
         if kw >= 0:
-            own = [OWN_CONTEXTS - 1] * codec.D
+            own = [own_context(True, 0, 0)] * codec.D
         else:
             own = [_OWN.get(pair, -1) for pair in zip(moved, moved2, strict=True)]
             if -1 in own:
@@ -212,13 +212,14 @@ def _choose(
         if not places:
             continue
         costs = codec.move_costs[g][move_context(key, members, moved, moved2, len(picks))]
+        last = _last_observed(members, seen)
         best, pick = -lam * costs[0], None
         for subset in range(1, 1 << len(places)):
             chosen = [0] * len(members)
             for b, i in enumerate(places):
                 if subset >> b & 1:
                     chosen[i] = q[members[i]]
-            bits = costs[1] + _word_bits(codec, members, chosen, seen, own)
+            bits = costs[1] + _word_bits(codec, members, chosen, seen, own, last)
             value = 0.0
             for j, c in zip(members, chosen, strict=True):
                 if c:
@@ -242,18 +243,15 @@ def _word_bits(
     moves: list[int],
     seen: list[bool],
     own: list[int],
+    last: int,
 ) -> float:
     """What a group's word costs in bits after its move flag (the encoder's rate estimate);
-    the contexts are `_put_word`'s."""
-    last = -1
-    for j in members:
-        if seen[j]:
-            last = j
+    the contexts are `_put_word`'s (`last`: the group's last observed member)."""
     bits, signs, scale, moving = 0.0, 0, 1, False
     for j, n in zip(members, moves, strict=True):
         sign = 0
         if seen[j]:
-            digit = n + REACH if -REACH <= n <= REACH else ESCAPE
+            digit = move_digit(n)
             ctx = 2 * (own[j] * scale + signs) + (j == last and not moving)
             bits += codec.delta_costs[j][ctx][digit]
             if digit == ESCAPE:
@@ -263,6 +261,16 @@ def _word_bits(
             moving = moving or n != 0
         signs, scale = signs * 3 + sign + 1, scale * 3
     return bits
+
+
+def _last_observed(members: tuple[int, ...], seen: list[bool]) -> int:
+    """The group's last observed member (the one that must move when the others do not);
+    -1 when none is observed."""
+    last = -1
+    for j in members:
+        if seen[j]:
+            last = j
+    return last
 
 
 def _put_mask(
@@ -295,10 +303,7 @@ def _put_moves(
     for g, members in enumerate(codec.groups):
         if len(words) >= cap:
             break
-        last = -1
-        for j in members:
-            if seen[j]:
-                last = j
+        last = _last_observed(members, seen)
         if last < 0:
             continue
         moves = False
@@ -327,7 +332,7 @@ def _put_word(
     for j in codec.groups[g]:
         n, sign, digit = q[j], 0, REACH
         if seen[j]:
-            digit = n + REACH if -REACH <= n <= REACH else ESCAPE
+            digit = move_digit(n)
             ctx = 2 * (own[j] * scale + signs) + (j == last and not moving)
             put((4, j, ctx), codec.delta_tables[j][ctx], digit)
             if digit == ESCAPE:

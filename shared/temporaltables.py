@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BEFORE_CLASSES",
     "CLASSES",
     "COUNTS",
     "ESCAPE",
+    "LAST_CLASSES",
     "MAX_GROUP",
     "MOVE_CONTEXTS",
     "OWN_CONTEXTS",
@@ -38,8 +40,9 @@ ESCAPE = RADIX - 1
 MAX_GROUP = 3  # KPIs in one group
 COUNTS = 4  # groups moved so far: 0, 1, 2, 3 or more
 MOVE_CONTEXTS = 4 * COUNTS + COUNTS  # in context (moved at t-1, at t-2, count), at a key
-_LAST, _BEFORE = 6, 4  # size classes of a KPI's move at t-1 and t-2 (bit length, capped)
-OWN_CONTEXTS = _LAST * _BEFORE + 1  # a KPI's own history, or a key
+# size classes of a KPI's move at t-1 and at t-2 (bit length, capped)
+LAST_CLASSES, BEFORE_CLASSES = 6, 4
+OWN_CONTEXTS = LAST_CLASSES * BEFORE_CLASSES + 1  # a KPI's own history, or a key
 CLASSES = 48  # size classes of an escaped move: |q| - REACH < 2**48
 
 
@@ -63,8 +66,11 @@ def own_context(key: bool, m1: int, m2: int) -> int:
     """A KPI's own-history context (0 .. OWN_CONTEXTS - 1) from its last two moves."""
     if key:
         return OWN_CONTEXTS - 1
-    last, before = min(abs(m1).bit_length(), _LAST - 1), min(abs(m2).bit_length(), _BEFORE - 1)
-    return int(last * _BEFORE + before)
+    last, before = (
+        min(abs(m1).bit_length(), LAST_CLASSES - 1),
+        min(abs(m2).bit_length(), BEFORE_CLASSES - 1),
+    )
+    return int(last * BEFORE_CLASSES + before)
 
 
 def delta_contexts(position: int) -> int:

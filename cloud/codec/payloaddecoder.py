@@ -28,9 +28,11 @@ from ...shared.rangecoder import MAX_OVERRUN, PRECISION, TOTAL, FrequencyTable
 from ...shared.temporalcodec import MAX_UNITS, ChainState, TemporalCodec
 from ...shared.temporalpayload import RAW_CHUNK, Decoded
 from ...shared.temporaltables import (
+    BEFORE_CLASSES,
     CLASSES,
     COUNTS,
     ESCAPE,
+    LAST_CLASSES,
     MAX_GROUP,
     MOVE_CONTEXTS,
     OWN_CONTEXTS,
@@ -43,7 +45,6 @@ __all__ = ["decode_payload"]
 _TOP = 1 << 24
 _KEY_MOVE = MOVE_CONTEXTS - COUNTS  # first "does this group move" context at a key
 _KEY_OWN = OWN_CONTEXTS - 1
-_LAST, _BEFORE = 6, 4  # size classes of a KPI's own last two moves
 
 # Why the compiled loop stopped (its first return value); `detail` says which KPI or group.
 _INVALID, _OVERRUN, _RANGE, _IDLE, _TRAILING, _STATE = -1, -2, -3, -4, -5, -6
@@ -358,9 +359,10 @@ def _decode(data, size_bytes, keys, blob, reals, chain, recon, out):  # type: ig
                 digit, sign = REACH, 0
                 if mask[j]:
                     own = _KEY_OWN
-                    if not key:
-                        own = _size_class(moved[j], _LAST - 1) * _BEFORE + _size_class(
-                            moved2[j], _BEFORE - 1
+                    if not key:  # `own_context`: the size classes of its last two moves
+                        last_class = _size_class(moved[j], LAST_CLASSES - 1)
+                        own = last_class * BEFORE_CLASSES + _size_class(
+                            moved2[j], BEFORE_CLASSES - 1
                         )
                     forced = 1 if j == last and not moving else 0
                     ctx = delta[j] + 2 * (own * scale + signs) + forced
