@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..shared import native
 from ..shared.errors import ModelMismatchError
 from ..shared.manifest import ModelManifest
 from ..shared.rundir import CODEC_FILE, MANIFEST_FILE
@@ -73,12 +74,13 @@ class TemporalEncoder(ManifestChecks):
         self.model_ref: bytes = self.manifest.model_ref
         self.model_sha256: str = self.manifest.model_sha256
         log.info(
-            "temporal codec %s loaded: L=%s K=%s D=%s sha256=%s",
+            "temporal codec %s loaded: L=%s K=%s D=%s sha256=%s, encoder %s",
             model_dir,
             self.L,
             self.K,
             self.D,
             actual[:16],
+            native.status().get("temporalpayload", "source"),
         )
 
     @property

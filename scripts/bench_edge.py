@@ -18,7 +18,9 @@ With ``--codec temporal`` (or ``both``) the temporal codec the agent ships inste
 
 4. CPU per measurement of the encoder (`edge.temporalencoder`, numpy, one thread) coding
    frames of 1 and of 50 measurements that continue each other, a key every 60 measurements,
-   into version 3 frame bytes; median and p99 latency of one frame.
+   into version 3 frame bytes; median and p99 latency of one frame. The codec's modules run
+   compiled where the install compiled them (`sparsetel.shared.native`; the output names
+   which ran); ``SPARSETEL_PURE=1`` measures them run from source.
 5. The real agent streaming `--temporal-measurements` measurements (CSV, as fast as
    possible) at 1 and at 50 measurements per frame to the broker: its CPU per measurement
    (user + system, spool and MQTT included; the CPU of a run of STARTUP_ROWS measurements,
@@ -45,6 +47,7 @@ import numpy as np
 
 from sparsetel.edge.encoder import OnnxEncoder
 from sparsetel.edge.temporalencoder import TemporalEncoder
+from sparsetel.shared import native
 
 GOAL_BATCHED = 50_000  # measurements/s on one core
 GOAL_P99_MS = 1.0
@@ -258,7 +261,9 @@ def _temporal(work: Path, broker: str, model: Path | None, n: int) -> dict[str, 
 
 
 def _print_temporal(result: dict[str, float]) -> None:
+    modules = ", ".join(f"{name} {how}" for name, how in native.status().items())
     print(f"temporal codec (goal <= {GOAL_TEMPORAL_US:.0f} us CPU per measurement, p99 < 1 ms):")
+    print(f"  its modules: {modules}")
     for per in (1, 50):
         r = {k.removeprefix(f"temporal_{per}_"): v for k, v in result.items() if f"_{per}_" in k}
         print(
@@ -290,7 +295,7 @@ def main() -> int:
             n = args.temporal_measurements
             result.update(_temporal(work, args.broker, args.temporal_model, n))
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "codec_modules": native.status()}))
         return 0
     if args.codec in ("onnx", "both"):
         _print_onnx(result)

@@ -2,3 +2,9 @@
 
 numpy and the standard library only.
 """
+
+from pathlib import Path
+
+from . import native
+
+native.check(__name__, Path(__file__).parent)

@@ -129,6 +129,9 @@ class FrequencyTable:
             raise ValueError(f"a frequency table is a list, not {type(values).__name__}")
         if len(values) > TOTAL:
             raise ValueError(f"a table has at most {TOTAL} symbols, not {len(values)}")
+        for symbol, freq in enumerate(values):  # here too: a compiled table checks types first
+            if type(freq) is not int:
+                raise ValueError(f"frequency of symbol {symbol} is not an int: {freq!r}")
         return cls(tuple(values))
 
     def to_list(self) -> list[int]:

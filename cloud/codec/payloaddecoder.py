@@ -16,7 +16,7 @@ construction (a symbol below its table's size, a context below its count of tabl
 
 from __future__ import annotations
 
-import weakref
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,7 +121,11 @@ class _Compiled:
     reals: np.ndarray  # [3, D] float64: origin, unit, and the span in [2, 0]
 
 
-_COMPILED: weakref.WeakKeyDictionary[TemporalCodec, _Compiled] = weakref.WeakKeyDictionary()
+# Each codec's tables as the compiled decoder reads them, for the KEEP_TABLES codecs flattened
+# most recently (a compiled TemporalCodec takes no weak reference, so they are held here).
+KEEP_TABLES = 64
+_COMPILED: dict[TemporalCodec, _Compiled] = {}
+_COMPILING = threading.Lock()
 
 
 def _compiled(codec: TemporalCodec) -> _Compiled:
@@ -129,7 +133,11 @@ def _compiled(codec: TemporalCodec) -> _Compiled:
     if found is None:
         reals = np.zeros((3, codec.D))
         reals[0], reals[1], reals[2, 0] = codec.origin, codec.unit, codec.span
-        found = _COMPILED[codec] = _Compiled(_blob(codec), reals)
+        found = _Compiled(_blob(codec), reals)
+        with _COMPILING:
+            while len(_COMPILED) >= KEEP_TABLES:
+                del _COMPILED[next(iter(_COMPILED))]
+            _COMPILED[codec] = found
     return found
 
 
