@@ -4,7 +4,8 @@ Beside this module, by concern: tests/frames.py (the fake model and the DATA fra
 the decoder), tests/stores.py (store rows, a filled fleet, checks run on SQLite and on
 PostgreSQL), tests/mqttclients.py (MQTT clients on a real broker), tests/agents.py (the edge
 agent's config, input and process), tests/processes.py (child processes, always cleaned up),
-tests/tinymodel.py, tests/quickrun.py and tests/mosquitto.py. Fixtures live in conftest.py
+tests/tinymodel.py, tests/quickrun.py, tests/mosquitto.py and tests/codeccases.py (random
+temporal codecs and what they code). Fixtures live in conftest.py
 files: tests/conftest.py (the services), tests/integration/conftest.py.
 """
 

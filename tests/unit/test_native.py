@@ -4,7 +4,6 @@ compiled one."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import json
 import os
@@ -17,65 +16,16 @@ import pytest
 
 from sparsetel.cloud.codec.payloaddecoder import decode_payload
 from sparsetel.shared import native
-from sparsetel.shared.temporalcodec import TemporalCodec, uniform_tables
-from sparsetel.shared.temporalpayload import encode_payload, fitted, table_counts
+from sparsetel.shared.temporalpayload import encode_payload
+from tests.codeccases import coded_digests, random_codec_case
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _case(seed: int) -> tuple[TemporalCodec, np.ndarray, list[bool]]:
-    """A random codec (1..6 KPIs in groups of 1..3, lossy or lossless, tables fitted on its
-    own stream) and a stream of walks with jumps, gaps and keys."""
-    rng = np.random.default_rng(seed)
-    D = int(rng.integers(1, 7))
-    order, groups, at = rng.permutation(D), [], 0
-    while at < D:
-        size = int(rng.integers(1, min(3, D - at) + 1))
-        groups.append(tuple(sorted(int(j) for j in order[at : at + size])))
-        at += size
-    codec = TemporalCodec(
-        kpis=tuple(f"k{j}" for j in range(D)), L=int(rng.integers(1, 5)), clip=6.0, span=6.0,
-        sigma2=float(rng.choice([1e-6, 1e-3, 1e-1])), mean=np.zeros(D), std=np.ones(D),
-        log=np.zeros(D, dtype=bool), unit=rng.uniform(0.01, 0.3, D), origin=np.zeros(D),
-        weight=rng.uniform(0.5, 4.0, D), steps=rng.integers(1, 4, D), groups=tuple(groups),
-        keys=rng.integers(-20, 20, (3, D)), lossless=bool(seed % 3 == 0),
-        **uniform_tables(D, groups, 3),
-    )  # fmt: skip
-    n = 60
-    x = np.cumsum(rng.normal(0, 0.3, (n, D)) * (rng.random((n, D)) < 0.1) * 20 + 0.01, axis=0)
-    x = np.clip(x, -5.5, 5.5)
-    x[rng.random((n, D)) < 0.15] = np.nan
-    keys = [True] + [bool(k) for k in rng.random(n - 1) < 0.1]
-    counts = table_counts(codec)
-    encode_payload(codec, x, keys, None, counts)
-    return fitted(codec, counts), x, keys
-
-
-def coded(seeds: range) -> list[str]:
-    """Per case, the sha256 of its frames' payloads, codes, chain states and reconstructions
-    (the tables fitted on the stream by the same encoder counting symbols), coded in frames
-    of 1 to 9 measurements that continue each other."""
-    out = []
-    for seed in seeds:
-        codec, x, keys = _case(seed)
-        digest, state, at = hashlib.sha256(), None, 0
-        while at < len(x):
-            n = 1 + (at + seed) % 9
-            payload, decoded = encode_payload(codec, x[at : at + n], keys[at : at + n], state)
-            digest.update(payload + repr((decoded.codes, decoded.state)).encode())
-            digest.update(np.nan_to_num(decoded.recon, nan=1e300).tobytes())
-            state, at = decoded.state, at + n
-        out.append(digest.hexdigest())
-    return out
-
-
-SEEDS = range(40)
-
-
 def test_the_codec_codes_the_same_bytes_compiled_and_from_source() -> None:
     script = (
-        "import json; from sparsetel.shared import native; from tests.unit.test_native import "
-        "coded, SEEDS; print(json.dumps([native.status(), coded(SEEDS)]))"
+        "import json; from sparsetel.shared import native; from tests.codeccases import "
+        "coded_digests; print(json.dumps([native.status(), coded_digests(range(40))]))"
     )
     env = {**os.environ, "SPARSETEL_PURE": "1"}
     out = subprocess.run(
@@ -84,12 +34,12 @@ def test_the_codec_codes_the_same_bytes_compiled_and_from_source() -> None:
     )  # fmt: skip
     status, expected = json.loads(out.stdout)
     assert set(status.values()) <= {"source", "source (SPARSETEL_PURE)"}, status
-    assert coded(SEEDS) == expected
+    assert coded_digests(range(40)) == expected
 
 
 def test_what_the_compiled_encoder_codes_the_cloud_decodes() -> None:
     for seed in range(10):
-        codec, x, keys = _case(seed)
+        codec, x, keys = random_codec_case(seed)
         payload, edge = encode_payload(codec, x, keys, None)
         cloud = decode_payload(codec, payload, keys, None)
         assert cloud.codes == edge.codes and cloud.state == edge.state
