@@ -71,23 +71,51 @@ class _Spec:
 
 def _features(zhat: np.ndarray, spec: _Spec, to_raw: ToRaw | None) -> tuple[np.ndarray, ...]:
     """Features (float64, shape: [T - W + 1, F]) and base (raw units, [T - W + 1]) of the
-    windows ending at rows W - 1 .. T - 1 of one session (zhat: [T, D], NaN = missing)."""
-    W, T = spec.window, zhat.shape[0]
+    windows ending at rows W - 1 .. T - 1 of one session (zhat: [T, D], NaN = missing).
+
+    Per window ending at t, in this order: the W rows of KPIs (NaN as 0; KPI-major: KPI d's
+    W values, oldest first), which KPIs row t has (1 or 0), each KPI's share of the window it
+    was seen in, each KPI's last step (row t less row t - 1; 0 when W is 1); with the target
+    coded, also its W - 1 earlier raw values less the base, and the base, both over `scale`."""
+    W = spec.window
     seen = np.isfinite(zhat)
     z = np.where(seen, zhat, 0.0)
-    win = np.lib.stride_tricks.sliding_window_view(z, W, axis=0)  # [T', D, W]
-    seen_win = np.lib.stride_tricks.sliding_window_view(seen, W, axis=0).mean(axis=2)
-    step = z[W - 1 :] - z[W - 2 : T - 1] if W > 1 else np.zeros_like(z)
-    parts = [win.reshape(T - W + 1, -1), seen[W - 1 :], seen_win, step]
     if spec.target_index is None or to_raw is None:
-        base = np.full(T - W + 1, spec.mean)
+        raw = np.empty(0)
+        base = np.full(zhat.shape[0] - W + 1, spec.mean)
     else:
         raw = forward_fill(np.asarray(to_raw(zhat[:, spec.target_index]), dtype=np.float64))
         raw = np.where(np.isfinite(raw), raw, spec.mean)
         base = raw[W - 1 :]
-        past = np.lib.stride_tricks.sliding_window_view(raw, W)[:, :-1]  # [T', W - 1]
-        parts += [(past - base[:, None]) / spec.scale, base[:, None] / spec.scale]
-    return np.concatenate(parts, axis=1), base
+    return _window_features(z, seen, raw, W, float(spec.scale)), base
+
+
+@njit(cache=True, nogil=True)
+def _window_features(z, seen, raw, W, scale):  # type: ignore[no-untyped-def]
+    """`_features`' matrix, compiled: at one frame's few rows numpy's calls cost more than the
+    arithmetic (the serving path predicts each frame). `raw`: the target's raw values, or an
+    empty array when it is not coded. The same floating-point operations in the same order
+    as the numpy expression this replaced, so the same features bit for bit."""
+    T, D = z.shape
+    n = T - W + 1
+    F = D * W + 3 * D + (W if raw.shape[0] else 0)
+    out = np.empty((n, F))
+    for i in range(n):
+        t = i + W - 1
+        for d in range(D):
+            count = 0.0
+            for k in range(W):
+                out[i, d * W + k] = z[i + k, d]
+                count += 1.0 if seen[i + k, d] else 0.0
+            out[i, D * W + d] = 1.0 if seen[t, d] else 0.0
+            out[i, D * W + D + d] = count / W
+            out[i, D * W + 2 * D + d] = z[t, d] - z[t - 1, d] if W > 1 else 0.0
+        if raw.shape[0]:
+            at = D * W + 3 * D
+            for k in range(W - 1):
+                out[i, at + k] = (raw[i + k] - raw[t]) / scale
+            out[i, at + W - 1] = raw[t] / scale
+    return out
 
 
 def _check_zhat(zhat: np.ndarray, dims: int) -> np.ndarray:

@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sparsetel.cloud.codec.normaliser import forward_fill
 from sparsetel.cloud.training.changepredictor import (
     SHRINK_GRID,
     ChangePredictor,
+    _features,
+    _Spec,
     _Trees,
     fit_change_predictor,
 )
@@ -94,6 +97,39 @@ def test_the_compiled_tree_walk_reaches_the_leaves_a_plain_walk_reaches() -> Non
     x[rng.random(x.shape) < 0.1] = np.nan  # NaN goes right
     want = np.array([_walk(trees, row) for row in x])
     assert np.allclose(trees.predict(x), want, rtol=0, atol=1e-9)
+
+
+def _numpy_features(zhat: np.ndarray, spec: _Spec, to_raw: Any) -> tuple[np.ndarray, ...]:
+    """The feature matrix as numpy expressions: the reference for the compiled one."""
+    W, T = spec.window, zhat.shape[0]
+    seen = np.isfinite(zhat)
+    z = np.where(seen, zhat, 0.0)
+    win = np.lib.stride_tricks.sliding_window_view(z, W, axis=0)  # [T', D, W]
+    seen_win = np.lib.stride_tricks.sliding_window_view(seen, W, axis=0).mean(axis=2)
+    step = z[W - 1 :] - z[W - 2 : T - 1] if W > 1 else np.zeros_like(z)
+    parts = [win.reshape(T - W + 1, -1), seen[W - 1 :], seen_win, step]
+    if to_raw is None:
+        return np.concatenate(parts, axis=1), np.full(T - W + 1, spec.mean)
+    raw = forward_fill(np.asarray(to_raw(zhat[:, spec.target_index]), dtype=np.float64))
+    raw = np.where(np.isfinite(raw), raw, spec.mean)
+    base = raw[W - 1 :]
+    past = np.lib.stride_tricks.sliding_window_view(raw, W)[:, :-1]
+    parts += [(past - base[:, None]) / spec.scale, base[:, None] / spec.scale]
+    return np.concatenate(parts, axis=1), base
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 8, 12])
+@pytest.mark.parametrize("coded", [True, False])
+def test_the_compiled_features_are_numpys_bit_for_bit(window: int, coded: bool) -> None:
+    rng = np.random.default_rng(window)
+    for T in (window, window + 1, 60):
+        zhat = rng.normal(0, 1.5, (T, 4))
+        zhat[rng.random(zhat.shape) < 0.3] = np.nan
+        spec = _Spec(4, 2 if coded else None, 1, window, 3.7, 0.3)
+        to_raw = _to_raw if coded else None
+        got, want = _features(zhat, spec, to_raw), _numpy_features(zhat, spec, to_raw)
+        assert got[0].dtype == np.float64 and got[0].shape == want[0].shape
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
 def _tree(**change: np.ndarray) -> dict[str, Any]:
