@@ -11,8 +11,8 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 # The helper modules in tests/, importable as tests.<name> (see tests/helpers.py).
 HELPERS = {
-    "agents", "conftest", "frames", "helpers", "mosquitto", "mqttclients", "processes",
-    "quickrun", "stores", "tinymodel",
+    "agents", "codeccases", "conftest", "frames", "helpers", "mosquitto", "mqttclients",
+    "processes", "quickrun", "stores", "tinymodel",
 }  # fmt: skip
 SUITES = {"unit", "integration"}
 
