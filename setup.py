@@ -9,8 +9,6 @@ whose source changes later runs from source until the next build instead of runn
 
 from __future__ import annotations
 
-import hashlib
-import os
 import runpy
 from pathlib import Path
 
@@ -23,7 +21,7 @@ SOURCES = [f"sparsetel/shared/{name}.py" for name in NATIVE["COMPILED"]]
 
 
 def _extensions() -> list[Extension]:
-    if os.environ.get("SPARSETEL_PURE", "") not in ("", "0"):
+    if NATIVE["pure_requested"]():
         return []
     try:
         from mypyc.build import mypycify
@@ -48,10 +46,8 @@ class BuildExt(build_ext):
         if not built:
             return
         folder = next(iter(built.values())).parent
-        lines = [
-            f"{name} {hashlib.sha256((ROOT / 'shared' / f'{name}.py').read_bytes()).hexdigest()}"
-            for name in built
-        ]
+        digest = NATIVE["source_digest"]
+        lines = [f"{name} {digest(ROOT / 'shared' / f'{name}.py')}" for name in built]
         (folder / NATIVE["MANIFEST"]).write_text("\n".join(lines) + "\n", encoding="ascii")
 
 

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["COMPILED", "MANIFEST", "check", "source_digest", "stale", "status"]
+__all__ = ["COMPILED", "MANIFEST", "check", "pure_requested", "source_digest", "stale", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ COMPILED = ("rangecoder", "temporaltables", "temporalcodec", "temporalpayload")
 MANIFEST = "native_sources.txt"  # "<module> <sha256 of its source>" per line
 
 _status: dict[str, str] = {}
+
+
+def pure_requested() -> bool:
+    """Whether the environment asks for the sources to run (and be built): ``SPARSETEL_PURE``
+    set, and not to 0."""
+    return os.environ.get("SPARSETEL_PURE", "") not in ("", "0")
 
 
 def source_digest(path: Path) -> str:
@@ -105,7 +111,7 @@ def check(package: str, folder: Path, names: tuple[str, ...] = COMPILED) -> dict
     (they were compiled as one group, each expecting the others' compiled classes) or with
     ``SPARSETEL_PURE=1``. Returns what runs (see `status`), which `status` reports for
     this package."""
-    pure = os.environ.get("SPARSETEL_PURE", "") not in ("", "0")
+    pure = pure_requested()
     bad = stale(folder, names)
     if bad:
         log.warning(

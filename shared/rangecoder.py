@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import operator
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -70,6 +70,15 @@ _TOP = 1 << 24  # renormalise below this range
 _MASK = (1 << 32) - 1
 
 
+def _check_frequencies(freqs: Sequence[object]) -> None:
+    """ValueError naming the first frequency that is not an int >= 1."""
+    for symbol, freq in enumerate(freqs):
+        if type(freq) is not int:
+            raise ValueError(f"frequency of symbol {symbol} is not an int: {freq!r}")
+        if freq < 1:
+            raise ValueError(f"frequency of symbol {symbol} is {freq}, not >= 1")
+
+
 @dataclass(frozen=True, slots=True)
 class FrequencyTable:
     """Static integer frequencies of the symbols ``0 .. size - 1``, summing to `TOTAL`.
@@ -88,11 +97,7 @@ class FrequencyTable:
             raise ValueError(f"freqs must be a tuple, not {type(freqs).__name__}")
         if not 1 <= len(freqs) <= TOTAL:
             raise ValueError(f"a table has 1 to {TOTAL} symbols, not {len(freqs)}")
-        for symbol, freq in enumerate(freqs):
-            if type(freq) is not int:
-                raise ValueError(f"frequency of symbol {symbol} is not an int: {freq!r}")
-            if freq < 1:
-                raise ValueError(f"frequency of symbol {symbol} is {freq}, not >= 1")
+        _check_frequencies(freqs)
         if sum(freqs) != TOTAL:
             raise ValueError(f"frequencies sum to {sum(freqs)}, not {TOTAL}")
         starts = [0] * len(freqs)
@@ -129,9 +134,7 @@ class FrequencyTable:
             raise ValueError(f"a frequency table is a list, not {type(values).__name__}")
         if len(values) > TOTAL:
             raise ValueError(f"a table has at most {TOTAL} symbols, not {len(values)}")
-        for symbol, freq in enumerate(values):  # here too: a compiled table checks types first
-            if type(freq) is not int:
-                raise ValueError(f"frequency of symbol {symbol} is not an int: {freq!r}")
+        _check_frequencies(values)  # before the table: a compiled one checks types first
         return cls(tuple(values))
 
     def to_list(self) -> list[int]:

@@ -16,6 +16,7 @@ from sparsetel.shared.errors import ModelMismatchError, WireError
 from sparsetel.shared.manifest import KpiNorm, ModelManifest
 from sparsetel.shared.temporalcodec import ChainState, TemporalCodec, uniform_tables
 from sparsetel.shared.temporalpayload import encode_payload, fitted, table_counts
+from tests.codeccases import random_codec, random_walks
 from tests.helpers import small_temporal_codec
 
 D, L = 3, 3
@@ -200,18 +201,10 @@ def _codecs_and_streams(draw: st.DrawFn) -> tuple[TemporalCodec, np.ndarray, lis
     groups = tuple(tuple(sorted(order[a:b])) for a, b in itertools.pairwise(cuts))
     lossless = draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    codec = TemporalCodec(
-        kpis=tuple(f"k{j}" for j in range(D)), L=draw(st.integers(1, 4)), clip=6.0, span=6.0,
-        sigma2=draw(st.sampled_from([1e-6, 1e-3, 1e-1])), mean=np.zeros(D), std=np.ones(D),
-        log=np.zeros(D, dtype=bool), unit=rng.uniform(0.01, 0.3, D), origin=np.zeros(D),
-        weight=rng.uniform(0.5, 4.0, D), steps=rng.integers(1, 4, D), groups=groups,
-        keys=rng.integers(-20, 20, (3, D)), lossless=lossless, **uniform_tables(D, groups, 3),
-    )  # fmt: skip
-    n = draw(st.integers(1, 40))
-    x = np.cumsum(rng.normal(0, 0.3, (n, D)) * (rng.random((n, D)) < 0.1) * 20 + 0.01, axis=0)
-    x = np.clip(x, -5.5, 5.5)
-    x[rng.random((n, D)) < draw(st.sampled_from([0.0, 0.2]))] = np.nan
-    keys = [True] + [bool(k) for k in rng.random(n - 1) < 0.1]
+    codec = random_codec(
+        rng, groups, draw(st.integers(1, 4)), draw(st.sampled_from([1e-6, 1e-3, 1e-1])), lossless
+    )
+    x, keys = random_walks(rng, draw(st.integers(1, 40)), D, draw(st.sampled_from([0.0, 0.2])))
     return codec, x, keys
 
 
