@@ -126,13 +126,14 @@ def _decode_only(run: Path, frames: list[bytes], repeats: int = 11) -> dict[str,
     return out
 
 
-def _publish(url: str, group: str, frames: list[bytes]) -> None:
+def _publish(url: str, group: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish (edge, frame) messages QoS 1, in their order, as fast as the broker takes them."""
     _, host, port = parse_broker_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(100)
     client.connect(host, port)
     client.loop_start()
-    infos = [client.publish(data_topic(group, "bench"), f, qos=1) for f in frames]
+    infos = [client.publish(data_topic(group, edge), f, qos=1) for edge, f in messages]
     for info in infos:
         info.wait_for_publish(60)
     client.disconnect()
@@ -170,10 +171,17 @@ def _own_broker(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _end_to_end(
-    run: Path, frames: list[bytes], url: str, db: str, workers: int, per_frame: int = PER_FRAME
+    run: Path,
+    frames: list[bytes] | list[tuple[str, bytes]],
+    url: str,
+    db: str,
+    workers: int,
+    per_frame: int = PER_FRAME,
 ) -> dict[str, Any]:
+    """`frames` of one edge ("bench"), or (edge, frame) messages in the order they are sent."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
-    total = len(frames) * per_frame
+    messages = [m if isinstance(m, tuple) else ("bench", m) for m in frames]
+    total = len(messages) * per_frame
     cmd = [
         sys.executable, "-m", "sparsetel", "serve", "--model", str(run), "--db", db,
         "--group", group, "--broker", url, "--workers", str(workers),
@@ -200,7 +208,7 @@ def _end_to_end(
                 tail = "".join(log)
                 raise SystemExit(f"serve --workers {workers} did not subscribe:\n{tail}")
     started = time.perf_counter()
-    _publish(url, group, frames)
+    _publish(url, group, messages)
     with open_store(db) as store:
         while store.count_records() < total and proc.poll() is None:
             time.sleep(0.05)

@@ -5,6 +5,19 @@ Decode only, one core: per version 3 frame what `cloud.ingest.chains` does befor
 run's KPI predictor over its window, and `decode_payload` alone; measurements per second,
 median of interleaved rounds. End to end: ``serve --workers 2`` storing frames published in
 order, on SQLite and (when it answers) PostgreSQL. At 1 and at 50 measurements per frame.
+
+End to end, two layouts of the same number of measurements:
+
+- one edge: every frame on one edge's topic, as fast as the broker takes them. The shared
+  subscription hands consecutive frames of the edge to alternate workers, and a chained frame
+  decodes only after its predecessor, so the workers mostly wait for each other's commits
+  (and frames that overtake their predecessor are kept pending and decoded later): the worst
+  case of ordered decoding, one stream at thousands of frames a second.
+- a fleet: FLEET_EDGES edges (fewer when that would leave an edge under FLEET_MIN_FRAMES
+  frames), each sending the same chained frames in order; the edges' frames interleave, in
+  rounds shuffled with a fixed seed (edges are not in step, and a fixed order would hand each
+  worker a fixed half of the edges). What a fleet of edges looks like to the decoders.
+
 Numbers are printed, never asserted.
 """
 
@@ -31,6 +44,21 @@ from sparsetel.shared.temporalpayload import encode_payload
 from sparsetel.shared.wire import AGENT_KEY_INTERVAL
 
 __all__ = ["print_temporal", "temporal_rows"]
+
+FLEET_EDGES = 100  # edges of the fleet layout, at most
+FLEET_MIN_FRAMES = 20  # frames per edge, at least
+
+
+def _fleet(frames: list[bytes]) -> list[tuple[str, bytes]]:
+    """The fleet layout of `frames` (see the docstring): (edge, frame) in sending order."""
+    edges = max(1, min(FLEET_EDGES, len(frames) // FLEET_MIN_FRAMES))
+    each = len(frames) // edges
+    rng = np.random.default_rng(0)
+    out = []
+    for seq in range(each):
+        for e in rng.permutation(edges).tolist():
+            out.append((f"edge{e:03d}", frames[seq]))
+    return out
 
 
 def _temporal_model(work: Path) -> Path:
@@ -135,21 +163,26 @@ def temporal_rows(
         row: dict[str, Any] = {"per_frame": per_frame, "frames": len(frames)}
         row.update(_decode_only(model, frames[: max(2000 // per_frame, 40)]))
         row["end_to_end"] = []
-        for kind in ("sqlite", "postgresql"):
-            tries = []
-            for i in range(runs):  # a fresh database each run
-                db = (
-                    str(work / f"t{per_frame}-{i}.db")
-                    if kind == "sqlite"
-                    else _postgres_db(postgres)
+        fleet = _fleet(frames)
+        layouts = {"one edge": frames, f"{len({e for e, _ in fleet})} edges": fleet}
+        for n_layout, (layout, messages) in enumerate(layouts.items()):
+            for kind in ("sqlite", "postgresql"):
+                tries = []
+                for i in range(runs):  # a fresh database each run
+                    db = (
+                        str(work / f"t{per_frame}-{n_layout}-{i}.db")
+                        if kind == "sqlite"
+                        else _postgres_db(postgres)
+                    )
+                    if db is not None:
+                        tries.append(_end_to_end(run, messages, url, db, 2, per_frame))
+                if not tries:
+                    continue
+                e2e = sorted(tries, key=lambda t: t["per_s"])[(len(tries) - 1) // 2]  # median
+                runs_per_s = [round(t["per_s"]) for t in tries]
+                row["end_to_end"].append(
+                    {"store": kind, "layout": layout, **e2e, "runs_per_s": runs_per_s}
                 )
-                if db is not None:
-                    tries.append(_end_to_end(run, frames, url, db, 2, per_frame))
-            if not tries:
-                continue
-            e2e = sorted(tries, key=lambda t: t["per_s"])[(len(tries) - 1) // 2]  # the median
-            runs_per_s = [round(t["per_s"]) for t in tries]
-            row["end_to_end"].append({"store": kind, **e2e, "runs_per_s": runs_per_s})
         out.append(row)
     return out
 
@@ -164,6 +197,7 @@ def print_temporal(rows: list[dict[str, Any]]) -> None:
         for e2e in row["end_to_end"]:
             runs = e2e["runs_per_s"]
             spread = f"; median of {len(runs)}: {runs}" if len(runs) > 1 else ""
-            print(f"  end to end, {e2e['store']}, 2 workers: {e2e['per_s']:,.0f} measurements/s "
+            print(f"  end to end, {e2e['store']}, {e2e['layout']}, 2 workers: "
+                  f"{e2e['per_s']:,.0f} measurements/s "
                   f"({e2e['stored']:,} in {e2e['span_s']:.1f} s{spread}; "
                   f"goal {GOAL_E2E:,})")  # fmt: skip

@@ -18,6 +18,7 @@ connection to a single thread (its writer); other readers should open their own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -35,7 +36,7 @@ from .reads import StoreReads
 from .rows import SUMS, AccuracyRow, FrameRow, MeasurementRow
 from .schema import MEASUREMENT_COLUMNS, MIGRATIONS, TYPES, json_floats
 
-__all__ = ["MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
+__all__ = ["COPY_FROM", "MIGRATIONS", "FrameRow", "MeasurementRow", "Store", "open_store"]
 
 
 # The first key of the PostgreSQL advisory lock a migration holds ("spt"); the second is the
@@ -50,6 +51,9 @@ _ADD_ACCURACY = (
     "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
     + ", ".join(f"{c} = accuracy.{c} + excluded.{c}" for c in SUMS)
 )
+_MEASUREMENT_VALUES = f"({', '.join('?' * len(MEASUREMENT_COLUMNS.split(',')))})"
+# A frame of fewer measurements is stored by one INSERT on PostgreSQL, a larger one by COPY
+COPY_FROM = 8
 _KPI_SUMS = ("n", "se", "ss", "se_raw")  # KpiError's sums
 _ADD_KPI_ACCURACY = (
     f"INSERT INTO accuracy_kpi (edge, model_ref, bucket_ms, kpi, {', '.join(_KPI_SUMS)}) "
@@ -69,6 +73,8 @@ class Store(StoreReads, StoreChains):
         self._lock = threading.RLock()
         self._closed = False
         self._depth = 0  # nesting of _transaction: > 1 inside a batch
+        self._edge_depth = 0  # the depth of the innermost edge_transaction (0: none open)
+        self._locked: set[str] = set()  # edges whose chain lock this transaction holds
         self._migrate()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -89,16 +95,20 @@ class Store(StoreReads, StoreChains):
 
     def _insert_measurements(self, rows: Sequence[Sequence[Any]]) -> None:
         """Append measurement rows (their frame's insert just succeeded, so none exists yet):
-        COPY on PostgreSQL, the fastest bulk path it has; executemany on SQLite."""
-        if self.dialect == "postgresql":
+        on PostgreSQL one INSERT of them all up to COPY_FROM rows (one round trip), COPY
+        above (the fastest bulk path it has, but two round trips); executemany on SQLite."""
+        if self.dialect == "postgresql" and len(rows) < COPY_FROM:
+            values = ", ".join([_MEASUREMENT_VALUES] * len(rows))
+            self._execute(f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) VALUES {values}",
+                          [v for row in rows for v in row])  # fmt: skip
+        elif self.dialect == "postgresql":
             sql = f"COPY measurements ({MEASUREMENT_COLUMNS}) FROM STDIN"
             with self._conn.cursor() as cursor, cursor.copy(sql) as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
             self._conn.executemany(
-                f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) VALUES {_MEASUREMENT_VALUES}",
                 rows,
             )
 
@@ -127,6 +137,8 @@ class Store(StoreReads, StoreChains):
                         yield
             finally:
                 self._depth -= 1
+                if self._depth == 0:
+                    self._locked.clear()  # the transaction's locks ended with it
 
     @contextmanager
     def _sqlite_transaction(self) -> Iterator[None]:
@@ -161,15 +173,23 @@ class Store(StoreReads, StoreChains):
     @contextmanager
     def edge_transaction(self, edge: str) -> Iterator[None]:
         """A transaction (a savepoint inside `batch`) holding `edge`'s chain lock until the
-        outermost transaction ends: on PostgreSQL an advisory transaction lock, so another
-        connection decoding the same edge waits; on SQLite the write transaction is
-        exclusive already (BEGIN IMMEDIATE)."""
+        outermost transaction ends: on PostgreSQL an advisory transaction lock (taken once
+        per transaction: `lock_edges` may hold it already), so another connection decoding
+        the same edge waits; on SQLite the write transaction is exclusive already (BEGIN
+        IMMEDIATE). What is written inside commits or rolls back as a whole, so the store's
+        writes inside need no savepoints of their own (`store_frame`)."""
         with self._transaction():
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql" and edge not in self._locked:
                 self._execute(
                     "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
                 )
-            yield
+                if self._depth == 1:  # (a savepoint rolled back would release it)
+                    self._locked.add(edge)
+            outer, self._edge_depth = self._edge_depth, self._depth
+            try:
+                yield
+            finally:
+                self._edge_depth = outer
 
     def lock_edges(self, edges: Sequence[str]) -> None:
         """Take the chain locks of `edges` now, in one order (sorted), for the rest of the
@@ -178,10 +198,12 @@ class Store(StoreReads, StoreChains):
         if self.dialect != "postgresql":
             return
         with self._lock:
-            for edge in sorted(set(edges)):
+            for edge in sorted(set(edges) - self._locked):
                 self._execute(
                     "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
                 )
+                if self._depth == 1:  # held until the transaction ends (see edge_transaction)
+                    self._locked.add(edge)
 
     def _migrate(self) -> None:
         """Apply the migrations this database has not seen yet, each in its own transaction."""
@@ -230,10 +252,13 @@ class Store(StoreReads, StoreChains):
         `accuracy` sums to their buckets in the same one.
 
         Returns False, writing nothing, when (edge, bd_seq, seq) is already stored: the
-        database's unique constraint decides, so this holds across processes too.
+        database's unique constraint decides, so this holds across processes too. Inside an
+        `edge_transaction`, that transaction is its own (no savepoint: a round trip each way
+        on PostgreSQL).
         """
         ref = frame.model_ref.hex()
-        with self._transaction():
+        whole = self._edge_depth > 0 and self._edge_depth == self._depth
+        with contextlib.nullcontext() if whole else self._transaction():
             inserted = self._execute(
                 "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, "
                 "historical, received_ms, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "

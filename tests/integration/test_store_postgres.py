@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 
 import pytest
 
 from sparsetel.cloud.ingest.handler import FrameIngest, ServiceStats
 from sparsetel.cloud.ingest.registry import ModelRegistry
-from sparsetel.cloud.store.database import MIGRATIONS, Store, open_store
-from sparsetel.cloud.store.rows import FrameRow, MeasurementRow
+from sparsetel.cloud.store.database import COPY_FROM, MIGRATIONS, Store, open_store
+from sparsetel.cloud.store.rows import ChainTip, FrameRow, MeasurementRow
 from tests.frames import TOPIC, FakeCodec, audited_frame
 from tests.helpers import ANY_TIME, store_a_frame_before_digests
 from tests.stores import (
@@ -118,6 +119,43 @@ def test_postgres_failed_measurements_roll_the_frame_back(pg_url: str) -> None:
             store.store_frame(_frame(1), [*_rows(), _rows()[0]])
         assert store.count_frames() == 0
         assert store.store_frame(_frame(1), _rows())
+
+
+@pytest.mark.parametrize("n", [1, COPY_FROM - 1, COPY_FROM, 3 * COPY_FROM])
+def test_postgres_stores_small_frames_by_insert_and_large_by_copy_alike(
+    pg_url: str, n: int
+) -> None:
+    """Fewer than COPY_FROM measurements go in one INSERT, more by COPY: the same rows."""
+    rows = measurement_rows(n)
+    with open_store(pg_url) as store:
+        assert store.store_frame(frame_row(1, n=n), rows)
+        stored = store.fetch_measurements("edge-1")
+    assert [m["rec"] for m in stored] == list(range(n))
+    assert [m["kpis"] for m in stored] == [[-90.5 + i, None, 12.0] for i in range(n)]
+    assert [m["codes"] for m in stored] == [[3, 3 + i] for i in range(n)]
+    assert [m["prediction"] for m in stored] == [r.prediction for r in rows]
+
+
+def test_postgres_an_edge_transaction_rolls_back_as_a_whole(pg_url: str) -> None:
+    """Inside an edge transaction the frame has no savepoint of its own: when the decode
+    fails after it, the frame and the chain tip written with it are undone together, and
+    inside a batch only that edge transaction is."""
+    tip = ChainTip(1, 1, "ab" * 32, "{}", 1_000, 1_000)
+    with open_store(pg_url) as store:
+        with store.batch():
+            with pytest.raises(RuntimeError), store.edge_transaction("edge-1"):
+                assert store.store_frame(frame_row(1), measurement_rows())
+                store.set_chain_tip("edge-1", tip)
+                raise RuntimeError("the decode failed after the writes")
+            with store.edge_transaction("edge-2"):
+                assert store.store_frame(frame_row(1, edge="edge-2"), measurement_rows())
+                store.set_chain_tip("edge-2", tip)
+        assert store.chain_tip("edge-1", 1, 1) is None and store.count_measurements("edge-1") == 0
+        assert store.chain_tip("edge-2", 1, 1) == tip and store.count_measurements("edge-2") == 2
+        with store.edge_transaction("edge-2"):  # the next frame's tip replaces it
+            store.set_chain_tip("edge-2", replace(tip, seq=2))
+        assert store.chain_tip("edge-2", 1, 1) is None
+        assert store.chain_tip("edge-2", 1, 2) == replace(tip, seq=2)
 
 
 def test_postgres_edge_births_and_deaths(pg_url: str) -> None:
