@@ -67,10 +67,22 @@ class FrameChain:
         """The chain cannot go on (switch, a frame lost, the spool dropped it): key next."""
         self.link = None
 
-    def _due(self, since_key: int, key_ms: int, t_ms: int) -> bool:
+    def due(self, since_key: int, key_ms: int, t_ms: int) -> bool:
+        """Whether a key falls due at a measurement at `t_ms`, `since_key` measurements after
+        the last key (that key included), which was at `key_ms`."""
         if since_key >= self.key_interval:
             return True
         return self.key_interval_ms is not None and t_ms - key_ms >= self.key_interval_ms
+
+    def opening(self, t_ms: int) -> tuple[bool, int, int]:
+        """For a next frame whose first measurement is at `t_ms`: whether it starts a new
+        chain, and the measurements since the last key and that key's time before it (what
+        `due` asks about each measurement after it)."""
+        link = self.link
+        key = link is None or self.due(link.since_key, link.key_ms, t_ms)
+        if key or link is None:
+            return True, 0, t_ms
+        return False, link.since_key, link.key_ms
 
     def split(self, times_ms: Sequence[int]) -> tuple[bool, int]:
         """For measurements at `times_ms` (non-empty, as they come): whether the next frame
@@ -78,12 +90,10 @@ class FrameChain:
         most -- up to, not including, the next measurement a key falls due at."""
         if not times_ms:
             raise ValueError("a frame needs at least one measurement")
-        link = self.link
-        key = link is None or self._due(link.since_key, link.key_ms, times_ms[0])
-        since, key_ms = (0, times_ms[0]) if key or link is None else (link.since_key, link.key_ms)
+        key, since, key_ms = self.opening(times_ms[0])
         n = 0
         for t in times_ms:
-            if n and self._due(since, key_ms, t):
+            if n and self.due(since, key_ms, t):
                 break
             since, n = since + 1, n + 1
         return key, n

@@ -2,7 +2,8 @@
 
 `Framer` holds what a run needs (built and checked before the network is touched: ids, the
 model's sha256, self-test and KPI schema, the source) and runs the loop: gather up to `batch`
-measurements (`edge.intake`), drop those out of the model's range, encode them, build frame
+measurements (`edge.intake`; a temporal codec codes each as it comes, `edge.ahead`), drop
+those out of the model's range, encode them (or end what was coded ahead), build frame
 seq 0, 1, 2, ... of the bdSeq and hand it to the delivery (`edge.delivery`: spool first, then
 the broker). An ONNX encoder codes the batch in one onnxruntime call into a version 2 frame
 that stands alone; a temporal codec codes it into version 3 frames that continue each other
@@ -32,6 +33,7 @@ from ..shared.errors import SparsetelError, WireError
 from ..shared.kpi import parse_sentinels
 from ..shared.topics import validate_id
 from ..shared.wire import Frame, Record, encode_frame
+from .ahead import FrameAhead
 from .chain import FrameChain
 from .delivery import Delivery
 from .heartbeat import Heartbeat
@@ -80,6 +82,7 @@ class AgentStats:
     spool_depth: int = 0
     spool_dropped: int = 0
     switches: int = 0
+    coded_ahead: int = 0  # version 3 frames coded as their measurements came (`edge.ahead`)
     rollbacks: int = 0
     resumed_at: int | None = None
     model_sha256: str | None = None
@@ -133,6 +136,7 @@ class Framer:
             None if cfg.key_interval_s is None else max(1, round(cfg.key_interval_s * 1000))
         )
         self.chain = FrameChain(cfg.key_interval, interval_ms)  # temporal codec: v3 frames
+        self.ahead = FrameAhead()  # the next v3 frame, coded as its measurements come
 
     @property
     def encoder(self) -> Encoder:
@@ -242,6 +246,7 @@ class Framer:
             lambda: self.counters(publisher), publisher.publish_health, self.cfg.health_interval_s
         )
         beat = self.heartbeat.start(self.stopping)
+        self.ahead.clock = self.heartbeat.clock
         self.intake.start()
         if self.updater is not None:
             threading.Thread(
@@ -255,13 +260,21 @@ class Framer:
             # Deferred frames (and frames without receipt) are resent between batches: come
             # back even when nothing arrives.
             come_back = bool(delivery.deferred) or delivery.confirm_wait_s is not None
-            batch, ended = self.intake.gather(lambda: self._switch(publisher), come_back)
+            batch, ended = self.intake.gather(
+                lambda: self._switch(publisher), come_back, self._arrived
+            )
             for start in range(0, len(batch), self.cfg.batch):
                 self._send(batch[start : start + self.cfg.batch], publisher)
             delivery.resend()
             delivery.resend_overdue()
         self.stopping.set()  # the source is done: the heartbeat thread ends too
         beat.join(timeout=5.0)
+
+    def _arrived(self, m: Measurement) -> None:
+        """A measurement taken from the intake: coded at once into the next version 3 frame."""
+        encoder = self.encoder
+        if isinstance(encoder, TemporalEncoder):
+            self.ahead.arrived(encoder, self.chain, m, self.cfg.range_margin)
 
     def _send(self, batch: list[Measurement], publisher: Publisher) -> None:
         if not batch:
@@ -336,11 +349,18 @@ class Framer:
         times = [m.t_ms for m in batch[start:]]
         key, n = chain.split(times)
         audited = self._audits(n, count=False)  # drawn once, kept if the frame is halved
+        coded = self.ahead.take(encoder, key, chain.state, batch[start : start + n])
+        ahead = coded is not None
         while True:
-            started = time.perf_counter()
-            payload, decoded = encoder.encode_frame(x[start : start + n], key, chain.state)
-            if self.heartbeat is not None:
-                self.heartbeat.clock.record(time.perf_counter() - started, n)
+            if coded is not None:  # coded as the measurements came (`edge.ahead`)
+                payload, decoded = coded
+                coded = None
+            else:
+                ahead = False
+                started = time.perf_counter()
+                payload, decoded = encoder.encode_frame(x[start : start + n], key, chain.state)
+                if self.heartbeat is not None:
+                    self.heartbeat.clock.record(time.perf_counter() - started, n)
             try:
                 data = self._chain_bytes(
                     encoder, batch[start : start + n], key, payload, audited[:n]
@@ -355,6 +375,7 @@ class Framer:
                 log.error("frame of %s measurements dropped: %s", n, exc)
                 return start + n
         self.models.encoded()
+        self.stats.coded_ahead += ahead
         self.stats.audits += sum(audited[:n])
         sent = batch[start : start + n]
         if self._deliver(data, sent, starts=key):

@@ -74,13 +74,17 @@ class Intake:
         return False
 
     def gather(
-        self, between: Callable[[], None], come_back: bool = False
+        self,
+        between: Callable[[], None],
+        come_back: bool = False,
+        arrived: Callable[[Measurement], None] | None = None,
     ) -> tuple[list[Measurement], bool]:
         """Up to `batch` measurements, or fewer once `max_delay_s` has passed since the first;
         (batch, True) when the source ended or a stop was asked.
 
         `between` runs every time the loop waits (no frame is being encoded then); with
-        `come_back` the call returns within `max_delay_s` even when nothing arrives.
+        `come_back` the call returns within `max_delay_s` even when nothing arrives;
+        `arrived` is given each measurement as it is taken (not those drained at a stop).
         """
         batch: list[Measurement] = []
         deadline = time.monotonic() + self.max_delay_s if come_back else float("inf")
@@ -99,6 +103,8 @@ class Intake:
                 return batch, True
             assert isinstance(item, Measurement)
             batch.append(item)
+            if arrived is not None:
+                arrived(item)
             if len(batch) == 1:
                 deadline = time.monotonic() + self.max_delay_s
         return batch, False

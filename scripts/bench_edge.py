@@ -18,7 +18,9 @@ With ``--codec temporal`` (or ``both``) the temporal codec the agent ships inste
 
 4. CPU per measurement of the encoder (`edge.temporalencoder`, numpy, one thread) coding
    frames of 1 and of 50 measurements that continue each other, a key every 60 measurements,
-   into version 3 frame bytes; median and p99 latency of one frame. The codec's modules run
+   into version 3 frame bytes, as the agent does: each measurement coded as it comes
+   (`edge.ahead`; p99 latency of each measurement's step, median and p99 of the frame's when
+   it is due), and, for comparison, each frame coded at once when due. The codec's modules run
    compiled where the install compiled them (`sparsetel.shared.native`; the output names
    which ran); ``SPARSETEL_PURE=1`` measures them run from source.
 5. The real agent streaming `--temporal-measurements` measurements (CSV, as fast as
@@ -205,33 +207,51 @@ def _temporal_model(work: Path) -> Path:
 
 
 def _temporal_frames(enc: TemporalEncoder, x: np.ndarray, per: int) -> dict[str, float]:
-    """CPU per measurement and frame latency of coding `x` in frames of `per` measurements
-    that continue each other (a key every KEY_INTERVAL), frame bytes included."""
+    """CPU per measurement and latency of coding `x` in frames of `per` measurements that
+    continue each other (a key every KEY_INTERVAL), frame bytes included, both ways the agent
+    can: each measurement coded as it comes (`edge.ahead`: the latency of each step, and of
+    the frame when it is due) and the frame coded at once when it is due."""
+    from sparsetel.edge.ahead import FrameAhead
     from sparsetel.edge.chain import FrameChain
+    from sparsetel.edge.source import Measurement
     from sparsetel.shared.chainframe import ChainHead, chain_frame, encode_chain_frame
 
-    chain = FrameChain(KEY_INTERVAL)
-    times = [1_700_000_000_000 + 1000 * i for i in range(len(x))]
-    latency = []
-    cpu_started = time.process_time()
-    seq, at = 0, 0
-    while at < len(x):
-        started = time.perf_counter()
-        key, n = chain.split(times[at : at + per])
-        payload, decoded = enc.encode_frame(x[at : at + n], key, chain.state)
-        t = times[at : at + n]
-        head = ChainHead(enc.model_ref, t[0], 1000, enc.L, enc.K) if key else None
-        frame = chain_frame(1, seq, t, 1000, (0,) if key else (), payload, head, chain.last_ms)
-        encode_chain_frame(frame)
-        chain.advance(key, t, decoded.state)
-        latency.append(time.perf_counter() - started)
-        seq, at = seq + 1, at + n
-    cpu = time.process_time() - cpu_started
-    return {
-        f"temporal_{per}_cpu_us_per_measurement": cpu / len(x) * 1e6,
-        f"temporal_{per}_frame_p50_ms": float(np.percentile(latency, 50)) * 1000,
-        f"temporal_{per}_frame_p99_ms": float(np.percentile(latency, 99)) * 1000,
-    }
+    out: dict[str, float] = {}
+    rows = [Measurement(1_700_000_000_000 + 1000 * i, v) for i, v in enumerate(x)]
+    for way in ("ahead", "at_once"):
+        chain, ahead = FrameChain(KEY_INTERVAL), FrameAhead()
+        steps, frames = [], []
+        cpu_started = time.process_time()
+        seq, at = 0, 0
+        while at < len(x):
+            for m in rows[at : at + per] if way == "ahead" else ():
+                started = time.perf_counter()
+                ahead.arrived(enc, chain, m)
+                steps.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            t = [m.t_ms for m in rows[at : at + per]]
+            key, n = chain.split(t)
+            t = t[:n]
+            coded = ahead.take(enc, key, chain.state, rows[at : at + n])
+            if coded is None:
+                coded = enc.encode_frame(x[at : at + n], key, chain.state)
+            payload, decoded = coded
+            head = ChainHead(enc.model_ref, t[0], 1000, enc.L, enc.K) if key else None
+            frame = chain_frame(1, seq, t, 1000, (0,) if key else (), payload, head,
+                                chain.last_ms)  # fmt: skip
+            encode_chain_frame(frame)
+            chain.advance(key, t, decoded.state)
+            frames.append(time.perf_counter() - started)
+            seq, at = seq + 1, at + n
+        cpu = time.process_time() - cpu_started
+        prefix = f"temporal_{per}_{way}_"
+        out[prefix + "cpu_us_per_measurement"] = cpu / len(x) * 1e6
+        out[prefix + "frame_p50_ms"] = float(np.percentile(frames, 50)) * 1000
+        out[prefix + "frame_p99_ms"] = float(np.percentile(frames, 99)) * 1000
+        if steps:
+            out[prefix + "step_p99_ms"] = float(np.percentile(steps, 99)) * 1000
+            out[prefix + "frames_coded_ahead"] = float(ahead.used)
+    return out
 
 
 def _temporal(work: Path, broker: str, model: Path | None, n: int) -> dict[str, float]:
@@ -267,11 +287,21 @@ def _print_temporal(result: dict[str, float]) -> None:
     for per in (1, 50):
         r = {k.removeprefix(f"temporal_{per}_"): v for k, v in result.items() if f"_{per}_" in k}
         print(
-            f"  {per:>2} per frame: encoder {r['cpu_us_per_measurement']:.1f} us/measurement, "
-            f"frame p50 {r['frame_p50_ms']:.3f} ms p99 {r['frame_p99_ms']:.3f} ms; agent "
-            f"{r['agent_cpu_us_per_measurement']:.1f} us/measurement (spool, MQTT included), "
-            f"peak RSS {r['agent_peak_rss_mb']:.1f} MB over {r['agent_measurements']:,.0f} "
-            f"(start-up {r['agent_startup_cpu_s']:.2f} s CPU)"
+            f"  {per:>2} per frame, coded as they come: "
+            f"{r['ahead_cpu_us_per_measurement']:.1f} us/measurement, each measurement's step "
+            f"p99 {r['ahead_step_p99_ms']:.3f} ms, the frame when due p50 "
+            f"{r['ahead_frame_p50_ms']:.3f} ms p99 {r['ahead_frame_p99_ms']:.3f} ms "
+            f"({r['ahead_frames_coded_ahead']:,.0f} frames coded ahead)"
+        )
+        print(
+            f"  {per:>2} per frame, coded when due:    "
+            f"{r['at_once_cpu_us_per_measurement']:.1f} us/measurement, the frame p50 "
+            f"{r['at_once_frame_p50_ms']:.3f} ms p99 {r['at_once_frame_p99_ms']:.3f} ms"
+        )
+        print(
+            f"  {per:>2} per frame, the agent: {r['agent_cpu_us_per_measurement']:.1f} "
+            f"us/measurement (spool, MQTT included), peak RSS {r['agent_peak_rss_mb']:.1f} MB "
+            f"over {r['agent_measurements']:,.0f} (start-up {r['agent_startup_cpu_s']:.2f} s CPU)"
         )
 
 

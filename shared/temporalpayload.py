@@ -28,6 +28,7 @@ from .temporaltables import (
 
 __all__ = [
     "Decoded",
+    "PayloadEncoder",
     "encode_payload",
     "fitted",
     "payload_bits",
@@ -102,23 +103,71 @@ def encode_payload(
     """Code measurements x (raw units, [n, D], NaN missing) closed loop from `state` (None:
     the first measurement must be a key); `keys[i]` marks key measurements. Returns the
     payload and what the decoder will make of it (the edge's copy of the cloud's state).
-    With `counts` (table id -> symbol counts), symbols are counted instead (tables unfit)."""
+    With `counts` (table id -> symbol counts), symbols are counted instead (tables unfit).
+    The same as a `PayloadEncoder` given the measurements one by one, then finished."""
     z = codec.normalise(x)
     seen = np.isfinite(z)
     z = np.where(seen, z, 0.0)
     if len(keys) != len(z):
         raise ValueError(f"{len(z)} measurements but {len(keys)} key flags")
-    if state is None and len(z) and not keys[0]:
-        raise ValueError("a frame without a predecessor starts with a key measurement")
-    units, last, (moved, moved2) = _start(codec, state)
-    sink = _Sink(counts)
-    states, codes, escapes = [], [], 0
+    encoder = PayloadEncoder(codec, state, counts)
     observed = seen.tolist()  # per measurement, its mask as Python bools
     rows = z.tolist()
     for t in range(len(z)):
+        encoder.code(rows[t], observed[t], z[t], seen[t], keys[t])
+    return encoder.finish()
+
+
+class PayloadEncoder:
+    """The closed loop one measurement at a time, so an edge codes each measurement as it
+    comes and a frame is ready when it is due: `add` codes one (raw units, [D], NaN
+    missing), `finish` ends the payload. What it makes is `encode_payload`'s, byte for byte
+    (normalising a row alone or among others gives the same floats)."""
+
+    def __init__(
+        self,
+        codec: TemporalCodec,
+        state: ChainState | None,
+        counts: dict[tuple[int, ...], np.ndarray] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.units, self.last, (self.moved, self.moved2) = _start(codec, state)
+        self.keyed = state is not None  # a first measurement without a state must be a key
+        self.sink = _Sink(counts)
+        self.states: list[list[int]] = []
+        self.masks: list[list[bool]] = []
+        self.codes: list[tuple[int, ...]] = []
+        self.escapes = 0
+        self.done = False
+
+    @property
+    def count(self) -> int:
+        """Measurements coded so far."""
+        return len(self.codes)
+
+    def add(self, x: np.ndarray, key: bool) -> None:
+        """Code measurement `x` (raw units, [D], NaN missing); `key`: a key measurement.
+        ValueError for a badly shaped `x`, a first measurement without a state that is not a
+        key, or a move beyond what a payload carries."""
+        z = self.codec.normalise(np.asarray(x, dtype=np.float64).reshape(1, -1))[0]
+        seen = np.isfinite(z)
+        z = np.where(seen, z, 0.0)
+        self.code(z.tolist(), seen.tolist(), z, seen, key)
+
+    def code(
+        self, row: list[float], observed: list[bool], z: np.ndarray, seen: np.ndarray, key: bool
+    ) -> None:
+        """Code one normalised measurement: `row` and `z` its values (0 where missing) as
+        Python floats and as an array, `observed` and `seen` its mask likewise."""
+        if self.done:
+            raise ValueError("the payload is finished")
+        if not key and not self.keyed:
+            raise ValueError("a frame without a predecessor starts with a key measurement")
+        codec, put = self.codec, self.sink.put
+        moved, moved2, units = self.moved, self.moved2, self.units
         kw = -1
-        if keys[t]:
-            kw = codec.key_word(z[t], seen[t])
+        if key:
+            kw = codec.key_word(z, seen)
             units, moved = list(codec.key_ids[kw]), [0] * codec.D
         if kw >= 0:
             own = [own_context(True, 0, 0)] * codec.D
@@ -126,19 +175,31 @@ def encode_payload(
             own = [_OWN.get(pair, -1) for pair in zip(moved, moved2, strict=True)]
             if -1 in own:
                 own = [own_context(False, a, b) for a, b in zip(moved, moved2, strict=True)]
-        q = _choose(codec, rows[t], observed[t], units, (moved, moved2), own, kw >= 0)
-        _put_mask(codec, sink.put, observed[t], last, kw >= 0)
+        q = _choose(codec, row, observed, units, (moved, moved2), own, kw >= 0)
+        _put_mask(codec, put, observed, self.last, kw >= 0)
         if kw >= 0:
-            sink.put((2,), codec.key_table, kw)
-        words, extra = _put_moves(codec, sink.put, q, observed[t], (moved, moved2), own, kw >= 0)
+            put((2,), codec.key_table, kw)
+        words, extra = _put_moves(codec, put, q, observed, (moved, moved2), own, kw >= 0)
         for j, step in enumerate(q):
             units[j] += step * codec.steps_i[j]
-        moved2, moved, last = moved, q, observed[t]
-        states.append(list(units))
-        codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
-        escapes += extra
-    payload = b"" if counts is not None else sink.encoder.finish()
-    return payload, _decoded(codec, states, observed, codes, units, last, (moved, moved2), escapes)
+        self.moved2, self.moved, self.last, self.units = moved, q, observed, units
+        self.keyed = True
+        self.states.append(list(units))
+        self.masks.append(observed)
+        self.codes.append(((codec.K + kw,) if kw >= 0 else ()) + tuple(words))
+        self.escapes += extra
+
+    def finish(self) -> tuple[bytes, Decoded]:
+        """The payload (the range coder ended) and what the decoder will make of it."""
+        if self.done:
+            raise ValueError("the payload is finished")
+        self.done = True
+        payload = b"" if self.sink.counts is not None else self.sink.encoder.finish()
+        decoded = _decoded(
+            self.codec, self.states, self.masks, self.codes, self.units, self.last,
+            (self.moved, self.moved2), self.escapes,
+        )  # fmt: skip
+        return payload, decoded
 
 
 def _decoded(

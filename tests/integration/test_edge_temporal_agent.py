@@ -115,3 +115,4 @@ def test_a_temporal_agents_chained_frames_decode_in_order_to_the_csv(
     nmse = float((err**2).sum() / (np.where(seen, z, 0.0) ** 2).sum())
     assert nmse < 0.2, nmse
     assert stats.measurements == ROWS and stats.rejects == {}
+    assert stats.coded_ahead == ROWS // 2  # each frame coded as its measurements came

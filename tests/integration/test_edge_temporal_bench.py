@@ -29,6 +29,13 @@ def test_edge_benchmark_reports_the_temporal_codecs_cpu_latency_and_memory(
         assert result[f"temporal_{per}_agent_measurements"] == 1000
         # a due key ends a frame early: at 50 per frame, 50 + 10 for every 60 measurements
         assert result[f"temporal_{per}_agent_acked_frames"] == {1: 1000, 50: 33}[per]
-        for key in ("cpu_us_per_measurement", "agent_peak_rss_mb", "agent_startup_cpu_s"):
+        for key in ("agent_cpu_us_per_measurement", "agent_peak_rss_mb", "agent_startup_cpu_s"):
             assert result[f"temporal_{per}_{key}"] > 0, key
-        assert 0 < result[f"temporal_{per}_frame_p50_ms"] <= result[f"temporal_{per}_frame_p99_ms"]
+        for way in ("ahead", "at_once"):  # each measurement coded as it comes, or the frame
+            r = {k.removeprefix(f"temporal_{per}_{way}_"): v for k, v in result.items()}
+            assert r["cpu_us_per_measurement"] > 0
+            assert 0 < r["frame_p50_ms"] <= r["frame_p99_ms"]
+        # the encoder's own run: 6,000 measurements, every frame coded as its measurements came
+        assert result[f"temporal_{per}_ahead_step_p99_ms"] > 0
+        frames = {1: 6000, 50: 200}[per]  # 50 per frame: 50 + 10 for every 60 measurements
+        assert result[f"temporal_{per}_ahead_frames_coded_ahead"] == frames
