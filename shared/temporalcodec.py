@@ -150,6 +150,9 @@ class TemporalCodec:
     key_ids: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # keys, ints
     group_matrix: np.ndarray = field(init=False, repr=False)  # [D, G]: 1 where KPI j is in g
     # For the encoder's inner loop: Python numbers, and each table's cost in bits per symbol.
+    mean_f: tuple[float, ...] = field(init=False, repr=False)
+    std_f: tuple[float, ...] = field(init=False, repr=False)
+    log_columns: tuple[int, ...] = field(init=False, repr=False)  # the KPIs coded as log1p
     origin_f: tuple[float, ...] = field(init=False, repr=False)
     unit_f: tuple[float, ...] = field(init=False, repr=False)
     weight_f: tuple[float, ...] = field(init=False, repr=False)
@@ -176,6 +179,9 @@ class TemporalCodec:
         for i, group in enumerate(self.groups):
             member[list(group), i] = 1.0
         object.__setattr__(self, "group_matrix", member)
+        object.__setattr__(self, "mean_f", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std_f", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "log_columns", tuple(j for j in range(self.D) if self.log[j]))
         object.__setattr__(self, "origin_f", tuple(float(v) for v in self.origin))
         object.__setattr__(self, "unit_f", tuple(float(v) for v in self.unit))
         object.__setattr__(self, "weight_f", tuple(float(v) for v in self.weight))
@@ -277,6 +283,28 @@ class TemporalCodec:
             f = np.where(self.log, np.log1p(np.maximum(x, 0.0)), x)
             out: np.ndarray = _clip((f - self.mean) / self.std, self.clip)
         return out
+
+    def normalise_row(self, x: Sequence[float]) -> tuple[list[float], list[bool]]:
+        """One measurement (raw, [D], NaN missing) -> its normalised values, 0.0 where it is
+        missing, and which KPIs it has: `normalise` of it as a row, bit for bit (the same
+        float operations one by one; log1p by numpy, as there, for math.log1p's last bit can
+        differ from it), at a fraction of the cost of numpy's calls on a row."""
+        if len(x) != self.D:
+            raise ValueError(f"expected {self.D} KPIs, got {len(x)}")
+        f = [float(v) for v in x]
+        if self.log_columns:
+            logged = np.log1p(np.maximum(np.array([f[j] for j in self.log_columns]), 0.0))
+            for j, v in zip(self.log_columns, logged.tolist(), strict=True):
+                f[j] = v
+        bound, mean, std = self.clip, self.mean_f, self.std_f
+        row, seen = [0.0] * self.D, [False] * self.D
+        for j in range(self.D):
+            z = (f[j] - mean[j]) / std[j]
+            if z != z:  # NaN: missing
+                continue
+            row[j] = bound if z > bound else -bound if z < -bound else z
+            seen[j] = True
+        return row, seen
 
     def denormalise(self, z: np.ndarray) -> np.ndarray:
         """Normalised rows (any leading shape, [..., D]) -> raw units float64."""

@@ -114,7 +114,7 @@ def encode_payload(
     observed = seen.tolist()  # per measurement, its mask as Python bools
     rows = z.tolist()
     for t in range(len(z)):
-        encoder.code(rows[t], observed[t], z[t], seen[t], keys[t])
+        encoder.code(rows[t], observed[t], keys[t], z[t], seen[t])
     return encoder.finish()
 
 
@@ -149,16 +149,20 @@ class PayloadEncoder:
         """Code measurement `x` (raw units, [D], NaN missing); `key`: a key measurement.
         ValueError for a badly shaped `x`, a first measurement without a state that is not a
         key, or a move beyond what a payload carries."""
-        z = self.codec.normalise(np.asarray(x, dtype=np.float64).reshape(1, -1))[0]
-        seen = np.isfinite(z)
-        z = np.where(seen, z, 0.0)
-        self.code(z.tolist(), seen.tolist(), z, seen, key)
+        row, observed = self.codec.normalise_row(np.asarray(x, dtype=np.float64).tolist())
+        self.code(row, observed, key)
 
     def code(
-        self, row: list[float], observed: list[bool], z: np.ndarray, seen: np.ndarray, key: bool
+        self,
+        row: list[float],
+        observed: list[bool],
+        key: bool,
+        z: np.ndarray | None = None,
+        seen: np.ndarray | None = None,
     ) -> None:
-        """Code one normalised measurement: `row` and `z` its values (0 where missing) as
-        Python floats and as an array, `observed` and `seen` its mask likewise."""
+        """Code one normalised measurement: `row` its values (0 where missing), `observed`
+        its mask; `z` and `seen` the same as arrays, if they are at hand (a key's word needs
+        them)."""
         if self.done:
             raise ValueError("the payload is finished")
         if not key and not self.keyed:
@@ -167,7 +171,8 @@ class PayloadEncoder:
         moved, moved2, units = self.moved, self.moved2, self.units
         kw = -1
         if key:
-            kw = codec.key_word(z, seen)
+            z = np.array(row) if z is None else z
+            kw = codec.key_word(z, np.array(observed) if seen is None else seen)
             units, moved = list(codec.key_ids[kw]), [0] * codec.D
         if kw >= 0:
             own = [own_context(True, 0, 0)] * codec.D
