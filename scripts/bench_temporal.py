@@ -164,7 +164,10 @@ def temporal_rows(
         row.update(_decode_only(model, frames[: max(2000 // per_frame, 40)]))
         row["end_to_end"] = []
         fleet = _fleet(frames)
-        layouts = {"one edge": frames, f"{len({e for e, _ in fleet})} edges": fleet}
+        layouts: dict[str, list[bytes] | list[tuple[str, bytes]]] = {"one edge": frames}
+        edges = len({e for e, _ in fleet})
+        if edges > 1:  # (too few frames for a fleet: one edge only)
+            layouts[f"{edges} edges"] = fleet
         for n_layout, (layout, messages) in enumerate(layouts.items()):
             for kind in ("sqlite", "postgresql"):
                 tries = []
