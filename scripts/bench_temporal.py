@@ -84,7 +84,8 @@ def _frames(model: TemporalModel, x: np.ndarray, per_frame: int) -> list[bytes]:
     """`x` coded as the agent codes it: chained frames of `per_frame`, a key every
     AGENT_KEY_INTERVAL measurements (a frame starting at one carries a ChainHead)."""
     codec, m = model.codec, model.manifest
-    t0 = (int(time.time()) - 3600) * 1000  # inside serve's window for frame times
+    # inside serve's window for frame times: the last an hour ago (a day ahead is refused)
+    t0 = (int(time.time()) - 3600 - len(x)) * 1000
     state: ChainState | None = None
     out = []
     for seq, start in enumerate(range(0, len(x), per_frame)):
