@@ -172,3 +172,24 @@ def test_what_was_coded_from_a_state_that_changed_since_is_never_sent(
     assert starts == [0]
     assert np.array_equal(recon, encoder.encode_frame(walk(16, 3)[8:12], True, None)[1].recon,
                           equal_nan=True)  # fmt: skip
+
+
+def test_a_step_that_fails_leaves_the_frame_to_the_loop(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong coding ahead (here: any step at all), the frame loop codes the
+    frame itself: the same frames, none lost."""
+
+    class Failing:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def add(self, *args: object) -> None:
+            raise RuntimeError("a step failed")
+
+    batch = measurements(walk(8, 6))
+    agent, publisher = framer(run, tmp_path / "a", batch=4)
+    plain = _stream(*framer(run, tmp_path / "b", batch=4), [batch[:4], batch[4:]], ahead=False)
+    monkeypatch.setattr("sparsetel.edge.ahead.PayloadEncoder", Failing)
+    assert _stream(agent, publisher, [batch[:4], batch[4:]], ahead=True) == plain
+    assert (agent.ahead.used, agent.ahead.missed, agent.stats.coded_ahead) == (0, 2, 0)
