@@ -73,7 +73,7 @@ class FrameAhead:
         now = self._open
         if now is not None and (now.closed or now.encoder is not encoder):
             return
-        if margin is not None and not encoder.valid_rows(m.values[None, :], margin)[0]:
+        if margin is not None and not encoder.valid_row(m.values, margin):
             return
         started = time.perf_counter()
         try:

@@ -64,6 +64,7 @@ class ManifestChecks:
     manifest: ModelManifest
     kpis: tuple[str, ...]
     _range_cache: tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    _row_range_cache: tuple[float, tuple[list[float], list[float], tuple[int, ...]]] | None = None
 
     def valid_rows(self, x: np.ndarray, margin: float) -> np.ndarray:
         """Which rows of `x` (shape: [N, D]) lie in the schema's range, a bool mask [N].
@@ -83,6 +84,29 @@ class ManifestChecks:
             bad = (v < lo) | (v > hi) | (logs & (x < 0))
         ok: np.ndarray = ~np.any(bad & ~np.isnan(x), axis=1)
         return ok
+
+    def valid_row(self, values: np.ndarray, margin: float) -> bool:
+        """`valid_rows` of one measurement (shape: [D]), which the agent asks of each
+        measurement as it comes (`edge.ahead`): the same comparisons, one by one in Python,
+        log1p by numpy on the log-scaled KPIs, without numpy's cost on a one-row array."""
+        if not math.isfinite(margin):
+            return True
+        cached = self._row_range_cache
+        if cached is None or cached[0] != margin:
+            lo_a, hi_a, logs_a = self._ranges(margin)
+            logged = tuple(j for j, log in enumerate(logs_a.tolist()) if log)
+            cached = (margin, (lo_a.tolist(), hi_a.tolist(), logged))
+            self._row_range_cache = cached
+        lo, hi, logs = cached[1]
+        x = np.asarray(values, dtype=np.float64).tolist()
+        if logs:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                logged_x = np.log1p(np.array([x[j] for j in logs])).tolist()
+            for j, v in zip(logs, logged_x, strict=True):
+                if x[j] < 0:
+                    return False
+                x[j] = v
+        return all(v != v or lo[j] <= v <= hi[j] for j, v in enumerate(x))  # NaN passes
 
     def _ranges(self, margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cached = self._range_cache

@@ -158,3 +158,10 @@ def test_rows_beyond_the_widened_training_range_are_flagged(tmp_path: Path) -> N
     # margin 0: exactly the training range; inf: no check at all
     assert encoder.valid_rows(x, 0.0).tolist()[:2] == [True, False]
     assert encoder.valid_rows(x, float("inf")).all()
+    # one measurement at a time (the agent's per-measurement check): the same answers
+    rng = np.random.default_rng(0)
+    many = np.concatenate([x, (rng.normal(0, 1, (5000, 3)) * [60, 20, 9000]).astype(np.float32)])
+    many[rng.random(many.shape) < 0.05] = np.nan
+    for margin in (0.0, 0.3, 1.0, float("inf")):
+        rows = [encoder.valid_row(row, margin) for row in many]
+        assert rows == encoder.valid_rows(many, margin).tolist()
