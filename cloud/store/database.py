@@ -179,12 +179,7 @@ class Store(StoreReads, StoreChains):
         IMMEDIATE). What is written inside commits or rolls back as a whole, so the store's
         writes inside need no savepoints of their own (`store_frame`)."""
         with self._transaction():
-            if self.dialect == "postgresql" and edge not in self._locked:
-                self._execute(
-                    "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
-                )
-                if self._depth == 1:  # (a savepoint rolled back would release it)
-                    self._locked.add(edge)
+            self._chain_lock(edge)
             outer, self._edge_depth = self._edge_depth, self._depth
             try:
                 yield
@@ -195,15 +190,19 @@ class Store(StoreReads, StoreChains):
         """Take the chain locks of `edges` now, in one order (sorted), for the rest of the
         current transaction (a batch): two workers whose batches hold several edges each
         then never wait for each other in a cycle. SQLite: nothing to do."""
-        if self.dialect != "postgresql":
-            return
         with self._lock:
-            for edge in sorted(set(edges) - self._locked):
-                self._execute(
-                    "SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge))
-                )
-                if self._depth == 1:  # held until the transaction ends (see edge_transaction)
-                    self._locked.add(edge)
+            for edge in sorted(set(edges)):
+                self._chain_lock(edge)
+
+    def _chain_lock(self, edge: str) -> None:
+        """Take `edge`'s chain lock on PostgreSQL unless this transaction holds it already;
+        remembered as held only when taken at the transaction's outer level (a savepoint
+        rolled back releases what it took)."""
+        if self.dialect != "postgresql" or edge in self._locked:
+            return
+        self._execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (CHAIN_LOCK, str(edge)))
+        if self._depth == 1:
+            self._locked.add(edge)
 
     def _migrate(self) -> None:
         """Apply the migrations this database has not seen yet, each in its own transaction."""
