@@ -46,6 +46,7 @@ __all__ = [
     "decode_chain_frame",
     "encode_chain_frame",
     "frame_version",
+    "is_chain_frame",
 ]
 
 CHAIN_VERSION = 3
@@ -280,6 +281,12 @@ def frame_version(data: bytes | bytearray | memoryview) -> int:
     if bytes(data[:2]) != MAGIC:
         raise _fail("magic", f"bad magic {bytes(data[:2])!r}")
     return int(data[2])
+
+
+def is_chain_frame(payload: bytes | bytearray | memoryview) -> bool:
+    """Whether `payload` says it is a version 3 frame (anything else, malformed or not, goes
+    to `shared.wire.decode_frame`, which says what is wrong with it)."""
+    return len(payload) >= 3 and payload[2] == CHAIN_VERSION and bytes(payload[:2]) == MAGIC
 
 
 def decode_chain_frame(data: bytes | bytearray | memoryview) -> ChainFrame:

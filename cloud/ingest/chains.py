@@ -55,7 +55,7 @@ from .temporal import TemporalModel
 if TYPE_CHECKING:
     from .handler import FrameIngest
 
-__all__ = ["MAX_DROPPED_RANGES", "ChainIngest", "parse_dropped"]
+__all__ = ["MAX_DROPPED_RANGES", "ChainIngest", "parse_dropped", "stored_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -232,22 +232,9 @@ class ChainIngest:
             return host._hold("time_window", edge, frame, message, outside, digest)
         kpis = codec.to_raw(decoded.recon)
         predictions = self._predict(edge, frame, model, decoded.recon)
-        step = model.horizon * period
-        rows = [
-            MeasurementRow(
-                rec=i, t_ms=times[i], nnz=len(decoded.codes[i]), codes=decoded.codes[i],
-                kpis=tuple(kpis[i].tolist()), prediction=predictions[i],
-                predicted_t_ms=None if predictions[i] is None else times[i] + step,
-                audit=None if frame.audit is None else frame.audit[i],
-            )
-            for i in range(frame.count)
-        ]  # fmt: skip
-        ref = m.model_ref
-        row = FrameRow(edge, frame.bd_seq, frame.seq, ref, frame.count, len(data),
-                       frame.historical, received_ms, digest)  # fmt: skip
-        if ref not in host._known:
-            host.store.register_model(ref, m.kpis, m.target)
-            host._known.add(ref)
+        row, rows = stored_rows(message, edge, frame, digest, model, times, period,
+                                decoded.codes, kpis, predictions)  # fmt: skip
+        self.known(model)
         accuracy = self._accuracy(edge, frame, model, times, period, kpis, predictions)
         if not host.store.store_frame(row, rows, accuracy):
             return host._repeat(topic, edge, frame, data, received_ms, digest)
@@ -256,6 +243,13 @@ class ChainIngest:
         host.stats.add("records_stored", frame.count)
         host.stats.add("predictions", sum(p is not None for p in predictions))
         return "stored"
+
+    def known(self, model: TemporalModel) -> None:
+        """Register `model`'s KPI names in the store once (before its first frame)."""
+        host, m = self.host, model.manifest
+        if m.model_ref not in host._known:
+            host.store.register_model(m.model_ref, m.kpis, m.target)
+            host._known.add(m.model_ref)
 
     def _successors(self, edge: str, bd_seq: int, seq: int) -> None:
         """Decode the pending frames that follow a decoded one, in order, while they come."""
@@ -394,6 +388,36 @@ class ChainIngest:
             self.host._throttle.warning("accuracy", "audit of %s failed: %r", edge, exc)
             self.host.stats.add("accuracy_errors")
             return []
+
+
+def stored_rows(
+    message: tuple[str, bytes, int],
+    edge: str,
+    frame: ChainFrame,
+    digest: str,
+    model: TemporalModel,
+    times: Sequence[int],
+    period: int,
+    codes: Sequence[tuple[int, ...]],
+    kpis: np.ndarray,
+    predictions: Sequence[float | None],
+) -> tuple[FrameRow, list[MeasurementRow]]:
+    """What the store keeps of a decoded chained frame: its row and its measurements' rows
+    (`kpis`: raw units, [count, D]; predictions of the target `model.horizon` periods on)."""
+    _, data, received_ms = message
+    step = model.horizon * period
+    rows = [
+        MeasurementRow(
+            rec=i, t_ms=times[i], nnz=len(codes[i]), codes=codes[i],
+            kpis=tuple(kpis[i].tolist()), prediction=predictions[i],
+            predicted_t_ms=None if predictions[i] is None else times[i] + step,
+            audit=None if frame.audit is None else frame.audit[i],
+        )
+        for i in range(frame.count)
+    ]  # fmt: skip
+    row = FrameRow(edge, frame.bd_seq, frame.seq, model.manifest.model_ref, frame.count,
+                   len(data), frame.historical, received_ms, digest)  # fmt: skip
+    return row, rows
 
 
 def parse_dropped(value: object) -> list[tuple[int, int, int]]:

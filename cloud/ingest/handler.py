@@ -44,14 +44,15 @@ from typing import Any
 import numpy as np
 
 from ...shared.birth import parse_state, state_record
-from ...shared.chainframe import CHAIN_VERSION, ChainFrame
+from ...shared.chainframe import ChainFrame, is_chain_frame
 from ...shared.errors import WireError
 from ...shared.health import parse_beat
 from ...shared.topics import parse_topic
-from ...shared.wire import MAGIC, Frame, decode_frame
+from ...shared.wire import Frame, decode_frame
 from ..store.database import Store
 from ..store.rows import AccuracyRow, FrameRow, MeasurementRow
 from .audit import audit_accuracy
+from .chainbatch import ChainBatch
 from .chains import ChainIngest, parse_dropped
 from .counters import ServiceStats, Throttle
 from .deadletter import TokenBucket
@@ -136,6 +137,7 @@ class FrameIngest:
         self._held = HeldCounts(lim.held_per_edge, lim.held_total, {})
         self._pending = HeldCounts(lim.pending_per_edge, lim.pending_total, {})
         self.chains = ChainIngest(self)
+        self.chain_batch = ChainBatch(self)
         self._count_held()  # what the store holds already
         self._clock = clock
         self._sweep_at = clock() + self.limits.idle_s / 4
@@ -146,17 +148,20 @@ class FrameIngest:
         payload: bytes,
         received_ms: int | None = None,
         ahead: tuple[Frame, np.ndarray | None] | None = None,
+        flood_checked: bool = False,
     ) -> str:
-        """One message; `ahead`: its frame and KPIs, already decoded (see `handle_batch`)."""
+        """One message; `ahead`: its frame and KPIs, already decoded (see `handle_batch`);
+        `flood_checked`: it passed the flood limit already."""
         now_ms = int(time.time() * 1000) if received_ms is None else received_ms
         self._sweep()
         try:
             parts = parse_topic(topic)
             kind = str(parts.kind).upper()
             if kind == "DATA":
-                if self.flood is not None and not self.flood.allow(parts.edge):
+                flood = None if flood_checked else self.flood
+                if flood is not None and not flood.allow(parts.edge):
                     return self._reject("flood", "%s: more frames than the flood limit", topic)
-                if ahead is None and _is_chain_frame(payload):
+                if ahead is None and is_chain_frame(payload):
                     outcome, chain = self.chains.handle(topic, parts.edge, bytes(payload), now_ms)
                     if outcome in FINAL:
                         self.receipts.note(parts.group, parts.edge, chain.bd_seq, chain.seq)
@@ -187,7 +192,8 @@ class FrameIngest:
         only for what was committed.
 
         The frames of one model are decoded together first (`decode_many`: one pass of the
-        decoder over the whole batch instead of one per frame)."""
+        decoder over the whole batch instead of one per frame), and the chained frames that
+        go on from stored tips are decoded and stored together (`ChainBatch`)."""
         try:
             ahead = self._decode_ahead(messages)
         except Exception as exc:  # a bug here must not stop the service: decode one by one
@@ -197,8 +203,11 @@ class FrameIngest:
             with self.store.batch() if self.batch_commits else contextlib.nullcontext():
                 if self.batch_commits:  # chain locks in one order: no two batches wait in a cycle
                     self.store.lock_edges(_chain_edges(messages))
+                done = self.chain_batch.run(messages)
+                checked = self.chain_batch.flood_checked
                 return [
-                    self.handle(t, p, ms, ahead.get(i)) for i, (t, p, ms) in enumerate(messages)
+                    done[i] if i in done else self.handle(t, p, ms, ahead.get(i), i in checked)
+                    for i, (t, p, ms) in enumerate(messages)
                 ]
         except Exception as exc:
             self._throttle.warning(
@@ -579,12 +588,6 @@ class FrameIngest:
         return self._decoder(ref) is not None
 
 
-def _is_chain_frame(payload: bytes) -> bool:
-    """Whether `payload` says it is a version 3 frame (anything else, malformed or not, goes
-    to `decode_frame`, which says what is wrong with it)."""
-    return len(payload) >= 3 and payload[2] == CHAIN_VERSION and bytes(payload[:2]) == MAGIC
-
-
 def _dropped_field(body: dict[str, Any], payload: bytes) -> object:
     """A heartbeat's ``dropped`` ranges (`parse_dropped` checks them): from the beat as
     `parse_beat` keeps it, or, while that schema does not know the field yet, from the JSON
@@ -604,7 +607,7 @@ def _chain_edges(messages: Sequence[tuple[str, bytes, int]]) -> list[str]:
         try:
             parts = parse_topic(topic)
             kind = str(parts.kind).upper()
-            if kind == "HEALTH" or (kind == "DATA" and _is_chain_frame(payload)):
+            if kind == "HEALTH" or (kind == "DATA" and is_chain_frame(payload)):
                 edges.append(parts.edge)
         except WireError:
             continue

@@ -51,6 +51,9 @@ class StoreChains:
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         raise NotImplementedError
 
+    def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
     # -- tips -----------------------------------------------------------------------------
 
     def chain_tip(self, edge: str, bd_seq: int, seq: int) -> ChainTip | None:
@@ -80,6 +83,51 @@ class StoreChains:
                 self._execute(_SET_TIP, row)
                 self._execute(_FORGET_TIP, forget)
 
+    def tips_of(self, edges: Sequence[str]) -> dict[tuple[str, int, int], ChainTip]:
+        """Every chain tip of `edges`, by (edge, bd_seq, seq): what a batch of their frames
+        decodes from, read in one query (an edge keeps about one tip per session)."""
+        where, params = self._edges_in(edges)
+        with self._lock:
+            rows = self._query(
+                "SELECT edge, bd_seq, seq, model_sha256, state, last_ms, period_ms, reason "
+                f"FROM chains WHERE {where}",
+                params,
+            )
+        return {
+            (str(e), int(b), int(s)): ChainTip(int(b), int(s), sha, state, int(last), int(p), why)
+            for e, b, s, sha, state, last, p, why in rows
+        }
+
+    def move_tips(
+        self, tips: Sequence[tuple[str, ChainTip]], forget: Sequence[tuple[str, int, int]]
+    ) -> None:
+        """Record the tips a batch of frames left, (edge, tip) each, and forget the tips
+        (edge, bd_seq, seq) they went on from: `set_chain_tip` for many chains at once."""
+        now = int(time.time() * 1000)
+        rows = [(edge, t.bd_seq, t.seq, t.model_sha256, t.state, t.last_ms, t.period_ms,
+                 t.reason, now) for edge, t in tips]  # fmt: skip
+        with self._lock:
+            if rows:
+                self._execute_many(_SET_TIP, rows)
+            if forget:
+                self._execute_many(_FORGET_TIP, forget)
+
+    def pending_of(self, edges: Sequence[str]) -> set[tuple[str, int, int]]:
+        """The keys (edge, bd_seq, seq) of the pending frames of `edges`."""
+        where, params = self._edges_in(edges)
+        with self._lock:
+            rows = self._query(
+                f"SELECT edge, bd_seq, seq FROM pending_frames WHERE {where}", params
+            )
+        return {(str(e), int(b), int(s)) for e, b, s in rows}
+
+    def _edges_in(self, edges: Sequence[str]) -> tuple[str, list[Any]]:
+        """A WHERE clause for rows of `edges` and its parameters."""
+        names = sorted(set(edges))
+        if self.dialect == "postgresql":
+            return "edge = ANY(?)", [names]
+        return f"edge IN ({', '.join('?' * len(names))})", list(names)
+
     def has_frame(self, edge: str, bd_seq: int, seq: int) -> bool:
         """Whether frame (edge, bd_seq, seq) is stored (decoded)."""
         with self._lock:
@@ -89,6 +137,16 @@ class StoreChains:
                     (edge, bd_seq, seq),
                 )
             )
+
+    def frames_in(self, keys: Sequence[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+        """Which of `keys` (edge, bd_seq, seq) are stored frames, in one query."""
+        where = " OR ".join(["(edge = ? AND bd_seq = ? AND seq = ?)"] * len(keys))
+        with self._lock:
+            rows = self._query(
+                f"SELECT edge, bd_seq, seq FROM frames WHERE {where}",
+                [v for key in keys for v in key],
+            )
+        return {(str(e), int(b), int(s)) for e, b, s in rows}
 
     def recent_kpis(
         self, edge: str, bd_seq: int, before_seq: int, limit: int

@@ -51,7 +51,7 @@ _ADD_ACCURACY = (
     "ON CONFLICT (edge, model_ref, bucket_ms) DO UPDATE SET "
     + ", ".join(f"{c} = accuracy.{c} + excluded.{c}" for c in SUMS)
 )
-_MEASUREMENT_VALUES = f"({', '.join('?' * len(MEASUREMENT_COLUMNS.split(',')))})"
+_FRAME_COLUMNS = "edge, bd_seq, seq, model_ref, n_records, n_bytes, historical, received_ms, digest"
 # A frame of fewer measurements is stored by one INSERT on PostgreSQL, a larger one by COPY
 COPY_FROM = 8
 _KPI_SUMS = ("n", "se", "ss", "se_raw")  # KpiError's sums
@@ -93,24 +93,24 @@ class Store(StoreReads, StoreChains):
         else:
             self._conn.executemany(sql, rows)
 
-    def _insert_measurements(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Append measurement rows (their frame's insert just succeeded, so none exists yet):
-        on PostgreSQL one INSERT of them all up to COPY_FROM rows (one round trip), COPY
-        above (the fastest bulk path it has, but two round trips); executemany on SQLite."""
+    def _insert_rows(self, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Append rows to `table` (none of their keys is stored yet): on PostgreSQL one INSERT
+        of them all up to COPY_FROM rows (one round trip), COPY above (the fastest bulk path it
+        has, but two round trips); executemany on SQLite."""
+        values = f"({', '.join('?' * len(columns.split(',')))})"
         if self.dialect == "postgresql" and len(rows) < COPY_FROM:
-            values = ", ".join([_MEASUREMENT_VALUES] * len(rows))
-            self._execute(f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) VALUES {values}",
+            many = ", ".join([values] * len(rows))
+            self._execute(f"INSERT INTO {table} ({columns}) VALUES {many}",
                           [v for row in rows for v in row])  # fmt: skip
         elif self.dialect == "postgresql":
-            sql = f"COPY measurements ({MEASUREMENT_COLUMNS}) FROM STDIN"
-            with self._conn.cursor() as cursor, cursor.copy(sql) as copy:
+            with (
+                self._conn.cursor() as cursor,
+                cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
         else:
-            self._conn.executemany(
-                f"INSERT INTO measurements ({MEASUREMENT_COLUMNS}) VALUES {_MEASUREMENT_VALUES}",
-                rows,
-            )
+            self._conn.executemany(f"INSERT INTO {table} ({columns}) VALUES {values}", rows)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._conn.execute(self._sql(sql), tuple(params)).fetchall())
@@ -255,47 +255,17 @@ class Store(StoreReads, StoreChains):
         `edge_transaction`, that transaction is its own (no savepoint: a round trip each way
         on PostgreSQL).
         """
-        ref = frame.model_ref.hex()
         whole = self._edge_depth > 0 and self._edge_depth == self._depth
         with contextlib.nullcontext() if whole else self._transaction():
             inserted = self._execute(
-                "INSERT INTO frames (edge, bd_seq, seq, model_ref, n_records, n_bytes, "
-                "historical, received_ms, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO frames ({_FRAME_COLUMNS}) VALUES ({', '.join('?' * 9)}) "
                 "ON CONFLICT (edge, bd_seq, seq) DO NOTHING",
-                (
-                    frame.edge,
-                    frame.bd_seq,
-                    frame.seq,
-                    ref,
-                    frame.n_records,
-                    frame.n_bytes,
-                    frame.historical,
-                    frame.received_ms,
-                    frame.digest,
-                ),
+                _frame_values(frame),
             )
             if inserted == 0:
                 return False
-            rows = [
-                (
-                    frame.edge,
-                    frame.bd_seq,
-                    frame.seq,
-                    m.rec,
-                    m.t_ms,
-                    ref,
-                    m.nnz,
-                    ",".join(str(c) for c in m.codes),
-                    json_floats(m.kpis),
-                    m.prediction
-                    if m.prediction is not None and math.isfinite(m.prediction)
-                    else None,
-                    m.predicted_t_ms,
-                    None if m.audit is None else json_floats(m.audit),
-                )
-                for m in measurements
-            ]
-            self._insert_measurements(rows)
+            self._insert_rows("measurements", MEASUREMENT_COLUMNS,
+                              _measurement_values(frame, measurements))  # fmt: skip
             if accuracy:
                 self._execute_many(
                     _ADD_ACCURACY, [[getattr(a, c) for c in _ACCURACY_COLUMNS] for a in accuracy]
@@ -305,6 +275,18 @@ class Store(StoreReads, StoreChains):
                 if per_kpi:
                     self._execute_many(_ADD_KPI_ACCURACY, per_kpi)
         return True
+
+    def store_frames(self, frames: Sequence[tuple[FrameRow, Sequence[MeasurementRow]]]) -> None:
+        """Write frames none of which is stored yet, with their measurements, in two
+        statements (PostgreSQL: an INSERT or a COPY each): the chained frames of a batch,
+        whose predecessors' tips say they are new. Inside a transaction only (`batch`): a
+        frame stored already fails the call (the unique key), and that transaction with it."""
+        with self._lock:
+            if self._depth == 0:
+                raise RuntimeError("store_frames runs inside a transaction")
+            self._insert_rows("frames", _FRAME_COLUMNS, [_frame_values(f) for f, _ in frames])
+            measurements = [v for f, rows in frames for v in _measurement_values(f, rows)]
+            self._insert_rows("measurements", MEASUREMENT_COLUMNS, measurements)
 
     def set_edge_state(
         self,
@@ -448,6 +430,28 @@ def _open_postgresql(url: str) -> Store:
         reason = " ".join(str(exc).split())
         raise SparsetelError(f"cannot connect to PostgreSQL: {reason}") from exc
     return Store(conn, "postgresql")
+
+
+def _frame_values(frame: FrameRow) -> tuple[Any, ...]:
+    """A ``frames`` row in _FRAME_COLUMNS' order."""
+    return (frame.edge, frame.bd_seq, frame.seq, frame.model_ref.hex(), frame.n_records,
+            frame.n_bytes, frame.historical, frame.received_ms, frame.digest)  # fmt: skip
+
+
+def _measurement_values(
+    frame: FrameRow, measurements: Sequence[MeasurementRow]
+) -> list[tuple[Any, ...]]:
+    """The ``measurements`` rows of `frame`, in MEASUREMENT_COLUMNS' order."""
+    ref = frame.model_ref.hex()
+    return [
+        (
+            frame.edge, frame.bd_seq, frame.seq, m.rec, m.t_ms, ref, m.nnz,
+            ",".join(str(c) for c in m.codes), json_floats(m.kpis),
+            m.prediction if m.prediction is not None and math.isfinite(m.prediction) else None,
+            m.predicted_t_ms, None if m.audit is None else json_floats(m.audit),
+        )
+        for m in measurements
+    ]  # fmt: skip
 
 
 def open_store(url_or_path: str | Path) -> Store:

@@ -14,6 +14,7 @@ from sparsetel.cloud.ingest.registry import ModelRegistry
 from sparsetel.cloud.ingest.temporal import TemporalModel
 from sparsetel.cloud.store.database import open_store
 from sparsetel.shared.topics import data_topic
+from tests.chainfleet import fleet, table_rows
 from tests.frames import temporal_frames
 from tests.helpers import ANY_TIME
 from tests.quickrun import quick_temporal_run
@@ -94,3 +95,25 @@ def test_workers_on_postgres_decode_one_edges_chains_in_order(run: Path, pg_url:
         np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-7)
     for s in stores:
         s.close()
+
+
+def test_batches_on_postgres_store_what_one_message_at_a_time_stores_on_sqlite(
+    run: Path, pg_url: str, tmp_path: Path
+) -> None:
+    """The chained frames of a batch decoded together (`ChainBatch`, inside the batch's one
+    transaction on PostgreSQL) against the one-at-a-time path: the same outcomes and rows."""
+    messages = fleet(run)
+    model = TemporalModel.load(run)
+    outcomes = []
+    for url, size in ((pg_url, 7), (tmp_path / "slow.db", 0)):
+        with open_store(url) as store:
+            ingest = FrameIngest(ModelRegistry([model]), store, ServiceStats(), limits=ANY_TIME)
+            if size:
+                got = []
+                for at in range(0, len(messages), size):
+                    got += ingest.handle_batch(messages[at : at + size])
+            else:
+                got = [ingest.handle(t, p, ms) for t, p, ms in messages]
+            outcomes.append(got)
+    assert outcomes[0] == outcomes[1]
+    assert table_rows(pg_url) == table_rows(tmp_path / "slow.db")

@@ -11,8 +11,8 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 # The helper modules in tests/, importable as tests.<name> (see tests/helpers.py).
 HELPERS = {
-    "agents", "codeccases", "conftest", "frames", "helpers", "mosquitto", "mqttclients",
-    "processes", "quickrun", "stores", "temporalagent", "tinymodel",
+    "agents", "chainfleet", "codeccases", "conftest", "frames", "helpers", "mosquitto",
+    "mqttclients", "processes", "quickrun", "stores", "temporalagent", "tinymodel",
 }  # fmt: skip
 SUITES = {"unit", "integration"}
 

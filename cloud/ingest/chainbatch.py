@@ -1,0 +1,275 @@
+"""The chained frames of a batch decoded and stored together: `ChainBatch`.
+
+At 1 Hz an edge's frame holds one or two measurements, so the decoders see frames, not
+measurements: handled one at a time (`cloud.ingest.chains`), each costs a transaction of
+eight statements and most of a worker's time. Here the common case of a batch -- a chained
+frame that goes on from the tip its predecessor left -- takes a few statements for the whole
+batch instead: the tips of the batch's edges and their pending frames read in one query each,
+every frame decoded in the batch's order (an edge's later frames from the state its earlier
+ones left, in memory), the KPIs of one model converted to raw units at once, and the frames,
+their measurements and the edges' new tips written by one statement each.
+
+A frame is decoded here only when the slow path would store it (outcome "stored"): no
+ChainHead, no audit samples, its predecessor's tip stored (or left by a frame earlier in the
+batch) with a state of a registered temporal model, no tip or pending frame of its own key,
+a payload that decodes and times inside the window. Any other frame of a batch -- and every
+later frame of its edge in that batch -- goes through `FrameIngest.handle` one at a time
+afterwards, exactly as before, so a frame that waits, is refused, given up, repeated or
+cloned gets the outcome, rows and counters it always got (tests/unit/test_chain_batch.py
+compares the two paths' stores row by row). A pending frame that follows the last frame
+decoded here is decoded after it, in the same transaction (`ChainIngest._successors`).
+
+Everything runs in one transaction (a savepoint inside a `batch_commits` batch), with the
+chain locks of the batch's edges held (PostgreSQL; SQLite's write transaction is exclusive).
+If anything in it fails, nothing of it is written and every frame goes the slow way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...shared.chainframe import ChainFrame, decode_chain_frame, is_chain_frame
+from ...shared.errors import WireError
+from ...shared.temporalcodec import ChainState
+from ...shared.temporalpayload import Decoded
+from ...shared.topics import parse_topic
+from ..codec.payloaddecoder import decode_payload
+from ..store.rows import ChainTip
+from .chains import stored_rows
+from .digest import chain_digest
+from .temporal import TemporalModel
+
+if TYPE_CHECKING:
+    from .handler import FrameIngest
+
+__all__ = ["ChainBatch"]
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[str, int, int]  # (edge, bd_seq, seq)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A chained frame of the batch that may be decoded here."""
+
+    at: int  # its position in the batch
+    topic: str
+    group: str
+    edge: str
+    data: bytes
+    received_ms: int
+    frame: ChainFrame
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A candidate decoded: what it leaves its chain and what it stores."""
+
+    candidate: _Candidate
+    model: TemporalModel
+    times: list[int]
+    period: int
+    decoded: Decoded
+
+    def tip(self) -> ChainTip:
+        f, sha = self.candidate.frame, self.model.manifest.model_sha256
+        return ChainTip(f.bd_seq, f.seq, sha, self.decoded.state.to_json(), self.times[-1],
+                        self.period)  # fmt: skip
+
+
+class ChainBatch:
+    """The batch half of `ChainIngest` (`host`: the `FrameIngest` whose store, registry,
+    counters and receipts it uses)."""
+
+    def __init__(self, host: FrameIngest) -> None:
+        self.host = host
+        self.flood_checked: set[int] = set()  # positions the last run took through the flood limit
+
+    def run(self, messages: Sequence[tuple[str, bytes, int]]) -> dict[int, str]:
+        """Position -> outcome of each message of `messages` handled here: the chained frames
+        decoded and stored ("stored", committed or inside the caller's batch), and those
+        refused as "flood". The rest are the caller's, one at a time (`flood_checked`: those
+        that passed the flood limit here already)."""
+        host, out = self.host, dict[int, str]()
+        host._sweep()
+        candidates = self._candidates(messages, out)
+        if not candidates:
+            return out
+        try:
+            with host.store.batch():
+                host.store.lock_edges([c.edge for c in candidates])
+                done = self._decode(candidates)
+                self._store(done)
+        except Exception as exc:  # nothing of it was written: the slow path takes them all
+            host._throttle.warning("chain_batch", "chained frames one at a time: %r", exc)
+            host._known.clear()  # a model registered in it is registered again
+            host.chains.forget()  # the rows it kept were rolled back
+            host._count_held()  # what its successors took off the pending frames came back
+            return out
+        for item in done:
+            c = item.candidate
+            out[c.at] = "stored"
+            host.receipts.note(c.group, c.edge, c.frame.bd_seq, c.frame.seq)
+        host.stats.add("frames_v3", len(done))
+        host.stats.add("frames_ok", len(done))
+        host.stats.add("records_stored", sum(item.candidate.frame.count for item in done))
+        return out
+
+    def _candidates(
+        self, messages: Sequence[tuple[str, bytes, int]], out: dict[int, str]
+    ) -> list[_Candidate]:
+        """The well-formed version 3 DATA frames without audits, in batch order; each
+        version 3 DATA frame passes the flood limit here (or is refused into `out`)."""
+        host, found = self.host, []
+        self.flood_checked = set()
+        for at, (topic, payload, received_ms) in enumerate(messages):
+            if not is_chain_frame(payload):
+                continue
+            try:
+                parts = parse_topic(topic)
+                if str(parts.kind).upper() != "DATA":
+                    continue
+                frame = decode_chain_frame(bytes(payload))
+            except WireError:
+                continue  # refused by the slow path, with its reason
+            if host.flood is not None:
+                if not host.flood.allow(parts.edge):
+                    why = "%s: more frames than the flood limit"
+                    out[at] = host._reject("flood", why, topic)
+                    continue
+                self.flood_checked.add(at)
+            if frame.audit is None:
+                found.append(_Candidate(at, topic, parts.group, parts.edge, bytes(payload),
+                                        received_ms, frame))  # fmt: skip
+        return found
+
+    def _decode(self, candidates: Sequence[_Candidate]) -> list[_Done]:
+        """The candidates that decode, in order: a head alone, a chained frame from the tip
+        its predecessor left (stored, or in memory from earlier in the batch). An edge's
+        frames stop at its first that does not (it and the rest are the slow path's)."""
+        store = self.host.store
+        edges = [c.edge for c in candidates]
+        tips: dict[_Key, ChainTip | _Done] = dict(store.tips_of(edges))
+        self._stored = set(tips)
+        self._pending = pending = store.pending_of(edges)
+        heads = [_key(c) for c in candidates if c.frame.head is not None]
+        taken = store.frames_in(heads) if heads else set()  # (a head has no tip to tell)
+        stopped: set[str] = set()
+        done: list[_Done] = []
+        for c in candidates:
+            if c.edge in stopped:
+                continue
+            key = _key(c)
+            before = (c.edge, c.frame.bd_seq, c.frame.seq - 1)
+            tip = tips.get(before)
+            item = None
+            new = key not in pending and key not in tips and key not in taken
+            if new and (tip is not None or c.frame.head is not None):
+                item = self._decode_one(c, None if c.frame.head is not None else tip)
+            if item is None:
+                stopped.add(c.edge)
+                continue
+            tips.pop(before, None)  # as `set_chain_tip` forgets it
+            tips[key] = item
+            done.append(item)
+        self._tips = tips
+        return done
+
+    def _decode_one(self, c: _Candidate, tip: ChainTip | _Done | None) -> _Done | None:
+        """`c` decoded from `tip` (None: `c` is a head), or None where the slow path must
+        decide."""
+        start = self._start(c, tip)
+        if start is None:
+            return None
+        model, state, last_ms, period = start
+        f = c.frame
+        keys = [False] * f.count
+        for k in f.keys:
+            keys[k] = True
+        try:
+            times = f.times(None if f.head else period, last_ms)
+            decoded = decode_payload(model.codec, f.payload, keys, state)
+        except (WireError, ValueError):
+            return None
+        if self.host.limits.times_error(times, c.received_ms) is not None:
+            return None
+        return _Done(c, model, list(times), period, decoded)
+
+    def _start(
+        self, c: _Candidate, tip: ChainTip | _Done | None
+    ) -> tuple[TemporalModel, ChainState | None, int | None, int] | None:
+        """(model, state, last time, period) `c` decodes from, or None where the slow path
+        must decide: a model not registered (a head's is parked there), a tip given up."""
+        if isinstance(tip, _Done):
+            return tip.model, tip.decoded.state, tip.times[-1], tip.period
+        if tip is None:
+            head = c.frame.head
+            found = None if head is None else self.host.registry.get(head.model_ref)
+            if head is None or not isinstance(found, TemporalModel):
+                return None
+            m = found.manifest
+            return (found, None, None, head.period_ms) if (head.L, head.K) == (m.L, m.K) else None
+        if tip.state is None or tip.model_sha256 is None:
+            return None  # given up
+        model = self.host.registry.resolve(bytes.fromhex(tip.model_sha256[:16]))
+        if not isinstance(model, TemporalModel):
+            return None
+        try:
+            return model, ChainState.from_json(tip.state, model.codec.D), tip.last_ms, tip.period_ms
+        except ValueError:
+            return None
+
+    def _store(self, done: Sequence[_Done]) -> None:
+        """Predict, write the frames, their measurements and the edges' tips, then decode the
+        pending frames that follow each edge's last one."""
+        host = self.host
+        chains, rows = host.chains, []
+        kpis = _raw(done)
+        predicted = 0
+        for item, values in zip(done, kpis, strict=True):
+            c = item.candidate
+            message = (c.topic, c.data, c.received_ms)
+            predictions = chains._predict(c.edge, c.frame, item.model, item.decoded.recon)
+            predicted += sum(p is not None for p in predictions)
+            chains.known(item.model)
+            rows.append(stored_rows(message, c.edge, c.frame, chain_digest(c.frame), item.model,
+                                    item.times, item.period, item.decoded.codes, values,
+                                    predictions))  # fmt: skip
+        if not done:
+            return
+        store = host.store
+        store.store_frames(rows)
+        new = [(key[0], tip.tip()) for key, tip in self._tips.items() if isinstance(tip, _Done)]
+        store.move_tips(new, sorted(self._stored - set(self._tips)))
+        host.stats.add("predictions", predicted)
+        for edge, tip in new:  # (the batch holds the edges' locks: no frame came since)
+            if (edge, tip.bd_seq, tip.seq + 1) in self._pending:
+                chains._successors(edge, tip.bd_seq, tip.seq + 1)
+
+
+def _key(c: _Candidate) -> _Key:
+    return (c.edge, c.frame.bd_seq, c.frame.seq)
+
+
+def _raw(done: Sequence[_Done]) -> list[np.ndarray]:
+    """Each decoded frame's KPIs in raw units ([count, D]), converted model by model in one
+    call each (at one measurement a frame the call, not the arithmetic, is the cost)."""
+    out: list[np.ndarray | None] = [None] * len(done)
+    by_model: dict[int, list[int]] = {}
+    for i, item in enumerate(done):
+        by_model.setdefault(id(item.model), []).append(i)
+    for positions in by_model.values():
+        codec = done[positions[0]].model.codec
+        raw = codec.to_raw(np.concatenate([done[i].decoded.recon for i in positions]))
+        at = 0
+        for i in positions:
+            n = len(done[i].decoded.recon)
+            out[i] = raw[at : at + n]
+            at += n
+    return [r for r in out if r is not None]
