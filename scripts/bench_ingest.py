@@ -262,6 +262,11 @@ def main() -> int:
         "lower middle one of an even count); one run of 20,000 measurements at 50 a frame "
         "lasts a second or two",
     )  # fmt: skip
+    parser.add_argument(
+        "--e2e-workers", default="2",
+        help="temporal: decoder workers of the end-to-end runs, comma-separated (at one "
+        "measurement a frame one worker beats two on 2 cores: see docs/performance.md)",
+    )  # fmt: skip
     args = parser.parse_args()
     result: dict[str, Any] = {"end_to_end": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,8 +276,9 @@ def main() -> int:
             from bench_temporal import temporal_rows
 
             per_frame = tuple(int(n) for n in args.per_frame.split(","))
+            workers = tuple(int(n) for n in args.e2e_workers.split(","))
             result["temporal"] = temporal_rows(
-                work, url, args.postgres, args.measurements, per_frame, args.e2e_runs
+                work, url, args.postgres, args.measurements, per_frame, args.e2e_runs, workers
             )
         if args.temporal_only:
             return _finish(args, result, broker)

@@ -3,8 +3,9 @@
 Decode only, one core: per version 3 frame what `cloud.ingest.chains` does before storing
 (parse the frame, `decode_payload` from the chain state, `denormalise`), the same with the
 run's KPI predictor over its window, and `decode_payload` alone; measurements per second,
-median of interleaved rounds. End to end: ``serve --workers 2`` storing frames published in
-order, on SQLite and (when it answers) PostgreSQL. At 1 and at 50 measurements per frame.
+median of interleaved rounds. End to end: ``serve --workers 2`` (or each count of
+``--e2e-workers``) storing frames published in order, on SQLite and (when it answers)
+PostgreSQL. At 1 and at 50 measurements per frame.
 
 End to end, two layouts of the same number of measurements:
 
@@ -148,9 +149,10 @@ def temporal_rows(
     measurements: int,
     per_frames: tuple[int, ...] = TEMPORAL_PER_FRAME,
     runs: int = 1,
+    workers: tuple[int, ...] = (2,),
 ) -> list[dict[str, Any]]:
-    """One row per frame size: decode-only rates and end-to-end runs on 2 workers (the
-    median of `runs` runs per store, each run's rate kept in ``runs_per_s``)."""
+    """One row per frame size: decode-only rates and end-to-end runs on each count of
+    `workers` (the median of `runs` runs per store, each run's rate kept in ``runs_per_s``)."""
     import torch
     from bench_edge import _rows
 
@@ -171,22 +173,23 @@ def temporal_rows(
             layouts[f"{edges} edges"] = fleet
         for n_layout, (layout, messages) in enumerate(layouts.items()):
             for kind in ("sqlite", "postgresql"):
-                tries = []
-                for i in range(runs):  # a fresh database each run
-                    db = (
-                        str(work / f"t{per_frame}-{n_layout}-{i}.db")
-                        if kind == "sqlite"
-                        else _postgres_db(postgres)
+                for n in workers:
+                    tries = []
+                    for i in range(runs):  # a fresh database each run
+                        db = (
+                            str(work / f"t{per_frame}-{n_layout}-{n}-{i}.db")
+                            if kind == "sqlite"
+                            else _postgres_db(postgres)
+                        )
+                        if db is not None:
+                            tries.append(_end_to_end(run, messages, url, db, n, per_frame))
+                    if not tries:
+                        continue
+                    e2e = sorted(tries, key=lambda t: t["per_s"])[(len(tries) - 1) // 2]
+                    runs_per_s = [round(t["per_s"]) for t in tries]  # (above: the median)
+                    row["end_to_end"].append(
+                        {"store": kind, "layout": layout, **e2e, "runs_per_s": runs_per_s}
                     )
-                    if db is not None:
-                        tries.append(_end_to_end(run, messages, url, db, 2, per_frame))
-                if not tries:
-                    continue
-                e2e = sorted(tries, key=lambda t: t["per_s"])[(len(tries) - 1) // 2]  # median
-                runs_per_s = [round(t["per_s"]) for t in tries]
-                row["end_to_end"].append(
-                    {"store": kind, "layout": layout, **e2e, "runs_per_s": runs_per_s}
-                )
         out.append(row)
     return out
 
@@ -201,7 +204,7 @@ def print_temporal(rows: list[dict[str, Any]]) -> None:
         for e2e in row["end_to_end"]:
             runs = e2e["runs_per_s"]
             spread = f"; median of {len(runs)}: {runs}" if len(runs) > 1 else ""
-            print(f"  end to end, {e2e['store']}, {e2e['layout']}, 2 workers: "
+            print(f"  end to end, {e2e['store']}, {e2e['layout']}, {e2e['workers']} workers: "
                   f"{e2e['per_s']:,.0f} measurements/s "
                   f"({e2e['stored']:,} in {e2e['span_s']:.1f} s{spread}; "
                   f"goal {GOAL_E2E:,})")  # fmt: skip

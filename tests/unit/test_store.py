@@ -235,3 +235,43 @@ def test_frames_stored_before_the_digest_migration_have_no_digest(
         assert new.schema_version() == len(MIGRATIONS)
         assert new.stored_digest("edge-1", 0, 0) is None
         assert new.count_frames() == 1
+
+
+def test_writers_of_one_database_take_turns_on_a_file_lock(tmp_path: Path) -> None:
+    """A write transaction holds the writers' flock from BEGIN to COMMIT, so the next writer
+    (another worker) is woken the moment it ends instead of sleeping in SQLite's busy
+    handler; a rolled-back transaction lets go of it too."""
+    import fcntl
+
+    path = tmp_path / "w.db"
+    with open_store(path) as store, (tmp_path / "w.db-writers").open("a") as probe:
+
+        def free() -> bool:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return True
+
+        assert free()
+        with store.batch():
+            assert store.store_frame(frame_row(0), measurement_rows())
+            assert not free()
+        assert free()
+        with pytest.raises(RuntimeError), store.batch():
+            assert not free()
+            raise RuntimeError("undone")
+        assert free()
+        with open_store(path) as other:  # another connection waits for its turn, then writes
+            done = threading.Event()
+            with store.batch():
+                writer = threading.Thread(
+                    target=lambda: (
+                        other.store_frame(frame_row(1), measurement_rows()) and done.set()
+                    )
+                )
+                writer.start()
+                assert not done.wait(0.3)
+            writer.join(10)
+            assert done.is_set() and store.count_frames() == 2
