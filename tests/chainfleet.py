@@ -43,8 +43,9 @@ def interleave(*streams: Sequence[Message], seed: int = 0) -> list[Message]:
 
 
 def fleet(run: Path) -> list[Message]:
-    """Eight edges, each doing something else: in order, reordered, repeated, cloned, broken,
-    dropped, audited, of an unknown model, and a new session."""
+    """Nine edges, each doing something else: in order, reordered, repeated, cloned, broken,
+    dropped, audited, of an unknown model, a new session, and a run of frames that waits for
+    the one before it, then repeats."""
     a, _ = temporal_frames(run, 14, per_frame=1, key_interval=5)
     b, _ = temporal_frames(run, 8, per_frame=2, key_interval=8, seed=1)
     c, _ = temporal_frames(run, 5, per_frame=1, key_interval=10, seed=2)
@@ -62,6 +63,7 @@ def fleet(run: Path) -> list[Message]:
     )
     h0, _ = temporal_frames(run, 4, per_frame=1, key_interval=10, seed=8)
     h1, _ = temporal_frames(run, 4, per_frame=1, key_interval=10, bd_seq=1, seed=9)
+    p, _ = temporal_frames(run, 6, per_frame=1, key_interval=10, seed=10)
     streams = [
         [data("a", x) for x in a],
         [data("b", b[i]) for i in (0, 2, 1, 3, 5, 4, 6, 7, 7)],
@@ -71,6 +73,7 @@ def fleet(run: Path) -> list[Message]:
         [data("f", x) for x in f],
         [data("g", x) for x in g],
         [data("h", x) for x in (h0[0], h0[1], h1[0], h0[2], h1[1], h0[3], h1[2], h1[3])],
+        [data("p", p[i]) for i in (1, 2, 3, 0, 4, 2, 0, 5, 5)],  # a run waits for its start
     ]
     return interleave(*streams)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +39,7 @@ from ...shared.temporalcodec import ChainState
 from ...shared.temporalpayload import Decoded
 from ...shared.topics import parse_topic
 from ..codec.payloaddecoder import decode_payload
-from ..store.rows import ChainTip
+from ..store.rows import ChainTip, PendingFrame
 from .chains import stored_rows
 from .digest import chain_digest
 from .temporal import TemporalModel
@@ -52,6 +52,7 @@ __all__ = ["ChainBatch"]
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, int, int]  # (edge, bd_seq, seq)
+PENDING_RUN = 256  # pending frames read from the store at once, when their predecessor decodes
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,9 @@ class ChainBatch:
 
     def run(self, messages: Sequence[tuple[str, bytes, int]]) -> dict[int, str]:
         """Position -> outcome of each message of `messages` handled here: the chained frames
-        decoded and stored ("stored", committed or inside the caller's batch), and those
-        refused as "flood". The rest are the caller's, one at a time (`flood_checked`: those
-        that passed the flood limit here already)."""
+        stored or kept pending (committed, or inside the caller's batch), and those refused
+        as "flood". The rest are the caller's, one at a time (`flood_checked`: those that
+        passed the flood limit here already)."""
         host, out = self.host, dict[int, str]()
         host._sweep()
         candidates = self._candidates(messages, out)
@@ -104,82 +105,133 @@ class ChainBatch:
         try:
             with host.store.batch():
                 host.store.lock_edges([c.edge for c in candidates])
-                done = self._decode(candidates)
-                self._store(done)
+                work = self._decode(candidates)
+                self._store(work)
         except Exception as exc:  # nothing of it was written: the slow path takes them all
             host._throttle.warning("chain_batch", "chained frames one at a time: %r", exc)
             host._known.clear()  # a model registered in it is registered again
             host.chains.forget()  # the rows it kept were rolled back
-            host._count_held()  # what its successors took off the pending frames came back
+            host._count_held()  # the pending frames it counted, or took off, were not
             return out
-        for item in done:
-            c = item.candidate
-            out[c.at] = "stored"
+        for c, outcome in work.outcomes:
+            out[c.at] = outcome
             host.receipts.note(c.group, c.edge, c.frame.bd_seq, c.frame.seq)
-        host.stats.add("frames_v3", len(done))
-        host.stats.add("frames_ok", len(done))
-        host.stats.add("records_stored", sum(item.candidate.frame.count for item in done))
+        stats = host.stats
+        stats.add("frames_v3", len(work.outcomes))
+        stats.add("pending", sum(outcome == "pending" for _, outcome in work.outcomes))
+        stats.add("pending_decoded", work.cascaded)
+        stats.add("frames_ok", len(work.done))
+        stats.add("records_stored", sum(item.candidate.frame.count for item in work.done))
         return out
 
     def _candidates(
         self, messages: Sequence[tuple[str, bytes, int]], out: dict[int, str]
     ) -> list[_Candidate]:
-        """The well-formed version 3 DATA frames without audits, in batch order; each
+        """The well-formed version 3 DATA frames without audits, in batch order, up to an
+        edge's first message left to the slow path (a heartbeat's dropped ranges, an audited
+        frame: what it does to the edge's chains comes before the edge's later frames). Each
         version 3 DATA frame passes the flood limit here (or is refused into `out`)."""
-        host, found = self.host, []
+        host, found, slow = self.host, [], set()
         self.flood_checked = set()
         for at, (topic, payload, received_ms) in enumerate(messages):
-            if not is_chain_frame(payload):
-                continue
             try:
                 parts = parse_topic(topic)
-                if str(parts.kind).upper() != "DATA":
-                    continue
-                frame = decode_chain_frame(bytes(payload))
             except WireError:
-                continue  # refused by the slow path, with its reason
+                continue  # it names no edge: refused by the slow path
+            frame = _chain_frame(str(parts.kind), payload)
+            if frame is None:
+                slow.add(parts.edge)
+                continue
             if host.flood is not None:
                 if not host.flood.allow(parts.edge):
                     why = "%s: more frames than the flood limit"
                     out[at] = host._reject("flood", why, topic)
                     continue
                 self.flood_checked.add(at)
-            if frame.audit is None:
-                found.append(_Candidate(at, topic, parts.group, parts.edge, bytes(payload),
-                                        received_ms, frame))  # fmt: skip
+            if frame.audit is not None or parts.edge in slow:
+                slow.add(parts.edge)
+                continue
+            found.append(_Candidate(at, topic, parts.group, parts.edge, bytes(payload),
+                                    received_ms, frame))  # fmt: skip
         return found
 
-    def _decode(self, candidates: Sequence[_Candidate]) -> list[_Done]:
-        """The candidates that decode, in order: a head alone, a chained frame from the tip
-        its predecessor left (stored, or in memory from earlier in the batch). An edge's
-        frames stop at its first that does not (it and the rest are the slow path's)."""
+    def _decode(self, candidates: Sequence[_Candidate]) -> _Pass:
+        """The candidates in order, as the one-at-a-time path would take them: a head decodes
+        alone; a chained frame decodes from the tip its predecessor left (stored, or in
+        memory from earlier in the batch) or, with no such tip, waits (pending); a frame kept
+        waiting earlier in the batch decodes right after its predecessor. An edge's frames
+        stop at its first that the slow path must decide (it and the rest are the slow
+        path's), and after a frame whose successor waits in the store (the successors are
+        decoded after the batch's writes, as the slow path does at once)."""
         store = self.host.store
         edges = [c.edge for c in candidates]
-        tips: dict[_Key, ChainTip | _Done] = dict(store.tips_of(edges))
-        self._stored = set(tips)
-        self._pending = pending = store.pending_of(edges)
-        heads = [_key(c) for c in candidates if c.frame.head is not None]
-        taken = store.frames_in(heads) if heads else set()  # (a head has no tip to tell)
+        work = _Pass(dict(store.tips_of(edges)), store.pending_of(edges))
+        work.stored = set(work.tips)
+        work.taken = store.frames_in([_key(c) for c in candidates])
         stopped: set[str] = set()
-        done: list[_Done] = []
         for c in candidates:
             if c.edge in stopped:
                 continue
             key = _key(c)
-            before = (c.edge, c.frame.bd_seq, c.frame.seq - 1)
-            tip = tips.get(before)
-            item = None
-            new = key not in pending and key not in tips and key not in taken
-            if new and (tip is not None or c.frame.head is not None):
-                item = self._decode_one(c, None if c.frame.head is not None else tip)
-            if item is None:
+            known = key in work.tips or key in work.pending or key in work.waiting
+            if known or key in work.taken or not self._take(work, c):
                 stopped.add(c.edge)
-                continue
-            tips.pop(before, None)  # as `set_chain_tip` forgets it
-            tips[key] = item
-            done.append(item)
-        self._tips = tips
-        return done
+        return work
+
+    def _take(self, work: _Pass, c: _Candidate) -> bool:
+        """Decode `c` (or keep it waiting) into `work`, then the frames waiting for it; False
+        where the slow path must decide `c`, or the frames after it."""
+        f, host = c.frame, self.host
+        before = (c.edge, f.bd_seq, f.seq - 1)
+        tip = work.tips.get(before)
+        if tip is None and f.head is None:
+            if host._pending.full(c.edge):
+                return False  # (refused there, with its reason)
+            work.waiting[_key(c)] = c
+            work.outcomes.append((c, "pending"))
+            host._pending.add(c.edge)
+            return True
+        item = self._decode_one(c, None if f.head is not None else tip)
+        if item is None:
+            return False
+        work.outcomes.append((c, "stored"))
+        while True:
+            key = _key(item.candidate)
+            work.tips.pop((c.edge, f.bd_seq, key[2] - 1), None)
+            work.tips[key] = item  # (as `set_chain_tip`)
+            work.taken.add(key)
+            work.done.append(item)
+            after = (c.edge, f.bd_seq, key[2] + 1)
+            if after in work.pending and after not in work.waiting:
+                self._load_pending(work, after)
+            waiting = work.waiting.get(after)
+            if waiting is None:
+                return after not in work.pending  # (one it could not load: the slow path's)
+            following = self._decode_one(waiting, item)
+            if following is None:
+                return False  # it stays pending: given up from the store, as the slow path would
+            del work.waiting[after]
+            if after in work.pending:
+                work.pending.discard(after)
+                work.unpended.append(after)
+            host._pending.remove(c.edge)
+            work.cascaded += 1
+            item = following
+
+    def _load_pending(self, work: _Pass, first: _Key) -> None:
+        """The frames pending in the store from `first` on, while their seqs follow each other
+        (up to PENDING_RUN), into `work.waiting`: decoded in the batch after their predecessor,
+        as the slow path's successors are. A malformed or audited one, and the ones after it,
+        stay the slow path's."""
+        edge, bd_seq, seq = first
+        for row in self.host.store.pending_run(edge, bd_seq, seq, PENDING_RUN):
+            frame = _chain_frame("DATA", row.payload)
+            if row.seq != seq or frame is None or frame.audit is not None:
+                return
+            group = parse_topic(row.topic).group
+            c = _Candidate(-1, row.topic, group, edge, row.payload, row.received_ms, frame)
+            work.waiting[(edge, bd_seq, seq)] = c
+            seq += 1
 
     def _decode_one(self, c: _Candidate, tip: ChainTip | _Done | None) -> _Done | None:
         """`c` decoded from `tip` (None: `c` is a head), or None where the slow path must
@@ -225,14 +277,12 @@ class ChainBatch:
         except ValueError:
             return None
 
-    def _store(self, done: Sequence[_Done]) -> None:
-        """Predict, write the frames, their measurements and the edges' tips, then decode the
-        pending frames that follow each edge's last one."""
-        host = self.host
-        chains, rows = host.chains, []
-        kpis = _raw(done)
+    def _store(self, work: _Pass) -> None:
+        """Predict, write the frames, their measurements, the frames left waiting and the
+        edges' tips, then decode the pending frames that follow each chain's new tip."""
+        host, chains, rows = self.host, self.host.chains, []
         predicted = 0
-        for item, values in zip(done, kpis, strict=True):
+        for item, values in zip(work.done, _raw(work.done), strict=True):
             c = item.candidate
             message = (c.topic, c.data, c.received_ms)
             predictions = chains._predict(c.edge, c.frame, item.model, item.decoded.recon)
@@ -241,16 +291,53 @@ class ChainBatch:
             rows.append(stored_rows(message, c.edge, c.frame, chain_digest(c.frame), item.model,
                                     item.times, item.period, item.decoded.codes, values,
                                     predictions))  # fmt: skip
-        if not done:
-            return
         store = host.store
-        store.store_frames(rows)
-        new = [(key[0], tip.tip()) for key, tip in self._tips.items() if isinstance(tip, _Done)]
-        store.move_tips(new, sorted(self._stored - set(self._tips)))
+        if rows:
+            store.store_frames(rows)
+        new_waiting = [(k[0], _pending_row(c)) for k, c in work.waiting.items() if c.at >= 0]
+        if new_waiting:
+            store.add_pendings(new_waiting)
+        if work.unpended:
+            store.drop_pendings(work.unpended)
+        new = [(key[0], tip.tip()) for key, tip in work.tips.items() if isinstance(tip, _Done)]
+        store.move_tips(new, sorted(work.stored - set(work.tips)))
         host.stats.add("predictions", predicted)
+        pending = work.pending | set(work.waiting)
         for edge, tip in new:  # (the batch holds the edges' locks: no frame came since)
-            if (edge, tip.bd_seq, tip.seq + 1) in self._pending:
+            if (edge, tip.bd_seq, tip.seq + 1) in pending:
                 chains._successors(edge, tip.bd_seq, tip.seq + 1)
+
+
+@dataclass
+class _Pass:
+    """One batch's work: the chains' tips as the batch leaves them (stored ones, and frames
+    decoded here), what it decodes and keeps waiting, and each candidate's outcome."""
+
+    tips: dict[_Key, ChainTip | _Done]
+    pending: set[_Key]  # the keys of the frames pending in the store
+    stored: set[_Key] = field(default_factory=set)  # the keys of the stored tips
+    taken: set[_Key] = field(default_factory=set)  # stored frames, and those decoded here
+    waiting: dict[_Key, _Candidate] = field(default_factory=dict)  # kept pending (at -1: stored)
+    unpended: list[_Key] = field(default_factory=list)  # pending in the store, decoded here
+    done: list[_Done] = field(default_factory=list)  # decoded, in order
+    outcomes: list[tuple[_Candidate, str]] = field(default_factory=list)
+    cascaded: int = 0  # frames kept waiting here, then decoded after their predecessor
+
+
+def _pending_row(c: _Candidate) -> PendingFrame:
+    f = c.frame
+    return PendingFrame(f.bd_seq, f.seq, f.count, chain_digest(f), c.topic, c.data, c.received_ms)
+
+
+def _chain_frame(kind: str, payload: bytes) -> ChainFrame | None:
+    """A version 3 DATA message's frame; None for any other message, or a malformed frame
+    (refused by the slow path, with its reason)."""
+    if kind.upper() != "DATA" or not is_chain_frame(payload):
+        return None
+    try:
+        return decode_chain_frame(bytes(payload))
+    except WireError:
+        return None
 
 
 def _key(c: _Candidate) -> _Key:

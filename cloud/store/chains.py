@@ -179,6 +179,18 @@ class StoreChains:
             )
         return added > 0
 
+    def add_pendings(self, frames: Sequence[tuple[str, PendingFrame]]) -> None:
+        """Keep (edge, frame) chained frames whose keys are not pending yet (a batch's, in
+        one statement)."""
+        rows = [(edge, f.bd_seq, f.seq, f.n_records, f.digest, f.topic, f.payload,
+                 f.received_ms) for edge, f in frames]  # fmt: skip
+        with self._lock:
+            self._execute_many(
+                "INSERT INTO pending_frames (edge, bd_seq, seq, n_records, digest, topic, "
+                "payload, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
     def pending_frame(self, edge: str, bd_seq: int, seq: int) -> PendingFrame | None:
         with self._lock:
             rows = self._query(
@@ -191,6 +203,25 @@ class StoreChains:
         n, digest, topic, payload, received_ms = rows[0]
         return PendingFrame(bd_seq, seq, int(n), str(digest), str(topic), bytes(payload),
                             int(received_ms))  # fmt: skip
+
+    def pending_run(self, edge: str, bd_seq: int, first: int, limit: int) -> list[PendingFrame]:
+        """Up to `limit` pending frames of session `bd_seq` of `edge` from seq `first` on,
+        in order (the caller keeps those whose seqs follow each other)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT seq, n_records, digest, topic, payload, received_ms FROM pending_frames "
+                "WHERE edge = ? AND bd_seq = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (edge, bd_seq, first, int(limit)),
+            )
+        return [PendingFrame(bd_seq, int(s), int(n), str(d), str(t), bytes(p), int(ms))
+                for s, n, d, t, p, ms in rows]  # fmt: skip
+
+    def drop_pendings(self, keys: Sequence[tuple[str, int, int]]) -> None:
+        """Forget the pending frames (edge, bd_seq, seq) a batch decoded."""
+        with self._lock:
+            self._execute_many(
+                "DELETE FROM pending_frames WHERE edge = ? AND bd_seq = ? AND seq = ?", keys
+            )
 
     def drop_pending(self, edge: str, bd_seq: int, seq: int) -> None:
         with self._lock:
