@@ -1,11 +1,12 @@
 """The temporal codec's part of the ingest benchmark (scripts/bench_ingest.py --temporal).
 
 Decode only, one core: per version 3 frame what `cloud.ingest.chains` does before storing
-(parse the frame, `decode_payload` from the chain state, `denormalise`), the same with the
-run's KPI predictor over its window, and `decode_payload` alone; measurements per second,
-median of interleaved rounds. End to end: ``serve --workers 2`` (or each count of
-``--e2e-workers``) storing frames published in order, on SQLite and (when it answers)
-PostgreSQL. At 1 and at 50 measurements per frame.
+(parse the frame, `decode_payload` from the chain state, `denormalise`), the same a batch of
+BATCH_MAX frames at a time with one `denormalise` per batch (as `cloud.ingest.chainbatch`
+does), the first with the run's KPI predictor over its window, and `decode_payload` alone;
+measurements per second, median of interleaved rounds. End to end: ``serve --workers 2``
+(or each count of ``--e2e-workers``) storing frames published in order, on SQLite and (when
+it answers) PostgreSQL. At 1 and at 50 measurements per frame.
 
 End to end, two layouts of the same number of measurements:
 
@@ -33,6 +34,7 @@ import numpy as np
 from bench_ingest import GOAL_DECODE, GOAL_E2E, TEMPORAL_PER_FRAME, _end_to_end, _postgres_db
 
 from sparsetel.cloud.codec.payloaddecoder import decode_payload
+from sparsetel.cloud.ingest.service import BATCH_MAX
 from sparsetel.cloud.ingest.temporal import TemporalModel
 from sparsetel.shared.chainframe import (
     ChainHead,
@@ -123,6 +125,18 @@ def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) ->
                 model.predict(stacked)
                 recent = stacked[max(len(stacked) - (W - 1), 0) :]
 
+    def batched() -> None:  # as a worker decodes (`ChainBatch`): raw units once per batch
+        state = None
+        for at in range(0, len(frames), BATCH_MAX):
+            recon = []
+            for data in frames[at : at + BATCH_MAX]:
+                frame = decode_chain_frame(data)
+                keys = [i in frame.keys for i in range(frame.count)]
+                decoded = decode_payload(codec, frame.payload, keys, None if frame.head else state)
+                state = decoded.state
+                recon.append(decoded.recon)
+            codec.to_raw(np.concatenate(recon))
+
     def payload_only() -> None:
         state = None
         for frame, keys in zip(parsed, flags, strict=True):
@@ -130,6 +144,7 @@ def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) ->
 
     ways = {
         "decode_per_s_one_core": lambda: ingest(False),
+        "decode_batch_per_s_one_core": batched,
         "decode_predict_per_s_one_core": lambda: ingest(True),
         "decode_payload_per_s_one_core": payload_only,
     }
@@ -199,6 +214,7 @@ def print_temporal(rows: list[dict[str, Any]]) -> None:
         print(f"temporal codec, {row['per_frame']} measurement(s) per frame:")
         print(f"  decode only, one core:         {row['decode_per_s_one_core']:,.0f} "
               f"measurements/s (goal {GOAL_DECODE:,})")  # fmt: skip
+        print(f"  the same, a batch at a time:   {row['decode_batch_per_s_one_core']:,.0f}")
         print(f"  decode and predict, one core:  {row['decode_predict_per_s_one_core']:,.0f}")
         print(f"  decode_payload alone:          {row['decode_payload_per_s_one_core']:,.0f}")
         for e2e in row["end_to_end"]:

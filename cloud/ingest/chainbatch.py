@@ -40,7 +40,7 @@ from ...shared.temporalpayload import Decoded
 from ...shared.topics import parse_topic
 from ..codec.payloaddecoder import decode_payload
 from ..store.rows import ChainTip, PendingFrame
-from .chains import stored_rows
+from .chains import predictions_of, stored_rows
 from .digest import chain_digest
 from .temporal import TemporalModel
 
@@ -282,10 +282,11 @@ class ChainBatch:
         edges' tips, then decode the pending frames that follow each chain's new tip."""
         host, chains, rows = self.host, self.host.chains, []
         predicted = 0
-        for item, values in zip(work.done, _raw(work.done), strict=True):
+        all_predictions = self._predict(work.done)
+        for item, values, predictions in zip(work.done, _raw(work.done), all_predictions,
+                                             strict=True):  # fmt: skip
             c = item.candidate
             message = (c.topic, c.data, c.received_ms)
-            predictions = chains._predict(c.edge, c.frame, item.model, item.decoded.recon)
             predicted += sum(p is not None for p in predictions)
             chains.known(item.model)
             rows.append(stored_rows(message, c.edge, c.frame, chain_digest(c.frame), item.model,
@@ -306,6 +307,37 @@ class ChainBatch:
         for edge, tip in new:  # (the batch holds the edges' locks: no frame came since)
             if (edge, tip.bd_seq, tip.seq + 1) in pending:
                 chains._successors(edge, tip.bd_seq, tip.seq + 1)
+
+    def _predict(self, done: Sequence[_Done]) -> list[list[float | None]]:
+        """Each decoded frame's predictions, as `ChainIngest._predict` gives them: the
+        windows taken in order (each edge's next frame goes on from the rows its last one
+        kept), then each model's predictor run once over all its windows."""
+        chains = self.host.chains
+        out: list[list[float | None]] = [[None] * item.candidate.frame.count for item in done]
+        by_model: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+        for i, item in enumerate(done):
+            c = item.candidate
+            try:
+                window = chains.window_of(c.edge, c.frame, item.model, item.decoded.recon)
+            except Exception as exc:  # (the store's history could not be read)
+                chains.prediction_failed(c.edge, exc)
+                continue
+            if window is not None:
+                by_model.setdefault(id(item.model), []).append((i, *window))
+        for group in by_model.values():
+            model = done[group[0][0]].model
+            values: list[np.ndarray | None]
+            try:
+                values = list(model.predict_many([stacked for _, stacked, _ in group]))
+            except Exception:  # each alone, to fail (and be counted) as the slow path would
+                values = [None] * len(group)
+            for (i, stacked, before), these in zip(group, values, strict=True):
+                try:
+                    found = model.predict(stacked) if these is None else these
+                    out[i] = predictions_of(found[before:])
+                except Exception as exc:
+                    chains.prediction_failed(done[i].candidate.edge, exc)
+        return out
 
 
 @dataclass

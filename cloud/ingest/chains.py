@@ -55,7 +55,7 @@ from .temporal import TemporalModel
 if TYPE_CHECKING:
     from .handler import FrameIngest
 
-__all__ = ["MAX_DROPPED_RANGES", "ChainIngest", "parse_dropped", "stored_rows"]
+__all__ = ["MAX_DROPPED_RANGES", "ChainIngest", "parse_dropped", "predictions_of", "stored_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -322,31 +322,41 @@ class ChainIngest:
         self, edge: str, frame: ChainFrame, model: TemporalModel, recon: np.ndarray
     ) -> list[float | None]:
         """The predictions of the frame's measurements (None where there is none)."""
-        n, w = frame.count, model.window
-        none: list[float | None] = [None] * n
-        if w < 1:
-            return none
-        sha = model.manifest.model_sha256
         try:
-            old = self._recent.get(edge)
-            if old is not None and (old.bd_seq, old.seq + 1, old.model_sha256) == (
-                frame.bd_seq, frame.seq, sha,
-            ):  # fmt: skip
-                prefix = old.rows
-            else:
-                prefix = self._history(edge, frame, model, w)
-            stacked = np.concatenate([prefix, recon])
-            keep = stacked[max(len(stacked) - (w - 1), 0) :] if w > 1 else stacked[:0]
-            now = self.host._clock()
-            self._recent[edge] = _Recent(frame.bd_seq, frame.seq, sha, keep, now)
-            if len(stacked) < w:
-                return none
-            values = model.predict(stacked)[len(prefix) :]
+            window = self.window_of(edge, frame, model, recon)
+            if window is None:
+                return [None] * frame.count
+            stacked, before = window
+            return predictions_of(model.predict(stacked)[before:])
         except Exception as exc:  # store the KPIs without predictions rather than lose them
-            self.host._throttle.warning("prediction", "prediction failed for %s: %r", edge, exc)
-            self.host.stats.add("prediction_errors")
-            return none
-        return [float(v) if math.isfinite(v) else None for v in values]
+            self.prediction_failed(edge, exc)
+            return [None] * frame.count
+
+    def window_of(
+        self, edge: str, frame: ChainFrame, model: TemporalModel, recon: np.ndarray
+    ) -> tuple[np.ndarray, int] | None:
+        """The rows the predictor reads for `frame` (normalised: the W - 1 decoded before it
+        in its session, then its own `recon`) and how many come before it; None when there
+        are fewer than W (or no predictor). Keeps the last W - 1 for the edge's next frame."""
+        w = model.window
+        if w < 1:
+            return None
+        sha = model.manifest.model_sha256
+        old = self._recent.get(edge)
+        if old is not None and (old.bd_seq, old.seq + 1, old.model_sha256) == (
+            frame.bd_seq, frame.seq, sha,
+        ):  # fmt: skip
+            prefix = old.rows
+        else:
+            prefix = self._history(edge, frame, model, w)
+        stacked = np.concatenate([prefix, recon])
+        keep = stacked[max(len(stacked) - (w - 1), 0) :] if w > 1 else stacked[:0]
+        self._recent[edge] = _Recent(frame.bd_seq, frame.seq, sha, keep, self.host._clock())
+        return None if len(stacked) < w else (stacked, len(prefix))
+
+    def prediction_failed(self, edge: str, exc: Exception) -> None:
+        self.host._throttle.warning("prediction", "prediction failed for %s: %r", edge, exc)
+        self.host.stats.add("prediction_errors")
 
     def _history(self, edge: str, frame: ChainFrame, model: TemporalModel, w: int) -> np.ndarray:
         """The last W - 1 decoded rows before `frame` (normalised) from the store: the frames
@@ -388,6 +398,11 @@ class ChainIngest:
             self.host._throttle.warning("accuracy", "audit of %s failed: %r", edge, exc)
             self.host.stats.add("accuracy_errors")
             return []
+
+
+def predictions_of(values: np.ndarray) -> list[float | None]:
+    """Predicted values as stored: None where not finite."""
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def stored_rows(

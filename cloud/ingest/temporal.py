@@ -10,6 +10,7 @@ starts no torch in the service. Its frames are version 3 chained frames
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,8 @@ class Predictor(Protocol):
     def horizon(self) -> int: ...
 
     def predict(self, zhat: np.ndarray) -> np.ndarray: ...
+
+    def predict_many(self, sessions: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
 def is_temporal_run(run_dir: Path) -> bool:
@@ -104,3 +107,9 @@ class TemporalModel:
         if self._predictor is None:
             return np.full(len(zhat), np.nan)
         return np.asarray(self._predictor.predict(zhat), dtype=np.float64)
+
+    def predict_many(self, sessions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` of each of several sessions, at once (the same values)."""
+        if self._predictor is None:
+            return [np.full(len(z), np.nan) for z in sessions]
+        return [np.asarray(v, dtype=np.float64) for v in self._predictor.predict_many(sessions)]

@@ -90,6 +90,33 @@ def _features(zhat: np.ndarray, spec: _Spec, to_raw: ToRaw | None) -> tuple[np.n
     return _window_features(z, seen, raw, W, float(spec.scale)), base
 
 
+def _features_many(
+    zs: Sequence[np.ndarray], spec: _Spec, to_raw: ToRaw | None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`_features` of several sessions (each at least W rows), the target converted and
+    forward-filled for all at once (the fill restarts at each session's first row)."""
+    if spec.target_index is None or to_raw is None:
+        pairs = [_features(z, spec, to_raw) for z in zs]
+        return [x for x, _ in pairs], [b for _, b in pairs]
+    W, lengths = spec.window, [len(z) for z in zs]
+    stacked = np.concatenate(zs)
+    values = np.asarray(to_raw(stacked[:, spec.target_index]), dtype=np.float64)
+    starts = np.cumsum([0, *lengths[:-1]])
+    last = np.where(np.isfinite(values), np.arange(len(values)), -1)
+    last[starts] = starts  # NaN at a session's start stays NaN: nothing before it counts
+    filled = values[np.maximum.accumulate(last)]
+    raw = np.where(np.isfinite(filled), filled, spec.mean)
+    seen = np.isfinite(stacked)
+    z = np.where(seen, stacked, 0.0)
+    xs, bases = [], []
+    for start, n in zip(starts.tolist(), lengths, strict=True):
+        end = start + n
+        r = raw[start:end]
+        xs.append(_window_features(z[start:end], seen[start:end], r, W, float(spec.scale)))
+        bases.append(r[W - 1 :])
+    return xs, bases
+
+
 @njit(cache=True, nogil=True)
 def _window_features(z, seen, raw, W, scale):  # type: ignore[no-untyped-def]
     """`_features`' matrix, compiled: at one frame's few rows numpy's calls cost more than the
@@ -350,6 +377,28 @@ class ChangePredictor:
             x, base = _features(z, self.spec, self.to_raw)
             change = self.spec.scale * self.model.predict(x) if self.shrink else 0.0
             out[self.spec.window - 1 :] = base + self.shrink * change
+        return out
+
+    def predict_many(self, sessions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` of each of several sessions (zhat: [T_i, D] each) with one call each of
+        the target's raw units, the forward fill and the trees for all their windows: at a
+        frame's few rows the calls, not the arithmetic, are the cost. The same values as
+        `predict` of each: the operations are elementwise, each window's trees are walked
+        alone (a network's matrix products may round by batch size: it predicts each)."""
+        zs = [_check_zhat(z, self.spec.dims) for z in sessions]
+        W = self.spec.window
+        whole = [i for i, z in enumerate(zs) if len(z) >= W]
+        if not isinstance(self.model, _Trees) or len(whole) < 2:
+            return [self.predict(z) for z in zs]
+        out = [np.full(len(z), np.nan) for z in zs]
+        xs, bases = _features_many([zs[i] for i in whole], self.spec, self.to_raw)
+        x = np.concatenate(xs)
+        change = self.spec.scale * self.model.predict(x) if self.shrink else np.zeros(len(x))
+        at = 0
+        for i, xi, base in zip(whole, xs, bases, strict=True):
+            part = change[at : at + len(xi)] if self.shrink else 0.0
+            out[i][W - 1 :] = base + self.shrink * part
+            at += len(xi)
         return out
 
     def save(self, path: str | Path) -> None:

@@ -163,3 +163,21 @@ def test_a_tree_that_could_walk_outside_its_nodes_is_refused(change, reason) -> 
 def test_a_tree_splitting_on_a_feature_not_given_is_refused() -> None:
     with pytest.raises(ValueError, match="feature past"):
         _Trees(**_tree(feature=np.array([3, 0, 0]))).predict(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("learner", ["linear", "trees"])
+def test_predicting_many_sessions_at_once_gives_each_ones_predictions(learner: str) -> None:
+    """What a worker predicts for a batch of frames: windows of a few rows, NaN among them
+    (at a session's start too, where the target's forward fill must not reach back into the
+    session before), shorter than the window, and one long session."""
+    train, val = _sessions(3, 0, True), _sessions(1, 1, True)
+    p = fit_change_predictor(train, val, 0, 1, 4, _to_raw, seed=0, learners=[learner])
+    z = val[0][0].copy()
+    z[[0, 7, 8, 40], 0] = np.nan
+    z[12, 1] = np.inf
+    sessions = [z[:4], z[7:11], z[5:7], z[12:16], z[3:9], z, z[38:44], z[:0]]
+    many = p.predict_many(sessions)
+    assert len(many) == len(sessions)
+    for one, got in zip(sessions, many, strict=True):
+        assert np.array_equal(p.predict(one), got, equal_nan=True)
+    assert np.isfinite(many[1]).any()  # a window starting at a missing target still predicts
