@@ -222,12 +222,14 @@ class FrameIngest:
     def _decode_ahead(
         self, messages: Sequence[tuple[str, bytes, int]]
     ) -> dict[int, tuple[Frame, np.ndarray | None]]:
-        """Position -> (frame, its KPIs or None) of each well-formed DATA message; KPIs for
-        the frames of registered models that match them, decoded model by model. What fails
-        here is left to `handle`, which then refuses it on its own."""
+        """Position -> (frame, its KPIs or None) of each well-formed version 1 or 2 DATA
+        message; KPIs for the frames of registered models that match them, decoded model by
+        model. What fails here is left to `handle`, which then refuses it on its own."""
         out: dict[int, tuple[Frame, np.ndarray | None]] = {}
         by_model: dict[bytes, list[int]] = {}
         for i, (topic, payload, _) in enumerate(messages):
+            if is_chain_frame(payload):
+                continue  # version 3: `ChainBatch` and `cloud.ingest.chains`
             try:
                 if parse_topic(topic).kind != "DATA":
                     continue

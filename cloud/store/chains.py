@@ -140,6 +140,8 @@ class StoreChains:
 
     def frames_in(self, keys: Sequence[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
         """Which of `keys` (edge, bd_seq, seq) are stored frames, in one query."""
+        if not keys:
+            return set()
         where = " OR ".join(["(edge = ? AND bd_seq = ? AND seq = ?)"] * len(keys))
         with self._lock:
             rows = self._query(

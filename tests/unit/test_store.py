@@ -275,3 +275,12 @@ def test_writers_of_one_database_take_turns_on_a_file_lock(tmp_path: Path) -> No
                 assert not done.wait(0.3)
             writer.join(10)
             assert done.is_set() and store.count_frames() == 2
+
+
+def test_the_batch_reads_of_chains_answer_for_no_keys_and_for_many(store: Store) -> None:
+    assert (
+        store.frames_in([]) == set() and store.tips_of([]) == {} and store.pending_of([]) == set()
+    )
+    assert store.store_frame(frame_row(0), measurement_rows())
+    keys = [("edge-1", 0, s) for s in range(100)]
+    assert store.frames_in(keys) == {("edge-1", 0, 0)}
