@@ -42,10 +42,10 @@ def interleave(*streams: Sequence[Message], seed: int = 0) -> list[Message]:
     return out
 
 
-def fleet(run: Path) -> list[Message]:
+def fleet(run: Path, seed: int = 0) -> list[Message]:
     """Nine edges, each doing something else: in order, reordered, repeated, cloned, broken,
     dropped, audited, of an unknown model, a new session, and a run of frames that waits for
-    the one before it, then repeats."""
+    the one before it, then repeats; `seed` picks how their messages interleave."""
     a, _ = temporal_frames(run, 14, per_frame=1, key_interval=5)
     b, _ = temporal_frames(run, 8, per_frame=2, key_interval=8, seed=1)
     c, _ = temporal_frames(run, 5, per_frame=1, key_interval=10, seed=2)
@@ -75,7 +75,7 @@ def fleet(run: Path) -> list[Message]:
         [data("h", x) for x in (h0[0], h0[1], h1[0], h0[2], h1[1], h0[3], h1[2], h1[3])],
         [data("p", p[i]) for i in (1, 2, 3, 0, 4, 2, 0, 5, 5)],  # a run waits for its start
     ]
-    return interleave(*streams)
+    return interleave(*streams, seed=seed)
 
 
 def table_rows(path_or_url: Path | str) -> dict[str, list[tuple[Any, ...]]]:

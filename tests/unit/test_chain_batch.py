@@ -54,11 +54,11 @@ def in_batches(messages: list[Message], size: int) -> Callable[[FrameIngest], li
     return how
 
 
-@pytest.mark.parametrize("size", [1, 7, 64])
+@pytest.mark.parametrize(("seed", "size"), [(0, 1), (0, 7), (0, 64), (1, 2), (2, 5), (3, 13)])
 def test_a_batch_stores_what_one_message_at_a_time_stores(
-    run: Path, tmp_path: Path, size: int
+    run: Path, tmp_path: Path, seed: int, size: int
 ) -> None:
-    messages = fleet(run)
+    messages = fleet(run, seed)
     slow, slow_stats = ingest_all(run, tmp_path / "slow.db", messages, one_at_a_time(messages))
     fast, fast_stats = ingest_all(run, tmp_path / "fast.db", messages, in_batches(messages, size))
     assert fast == slow
