@@ -34,6 +34,7 @@ import numpy as np
 from bench_ingest import GOAL_DECODE, GOAL_E2E, TEMPORAL_PER_FRAME, _end_to_end, _postgres_db
 
 from sparsetel.cloud.codec.payloaddecoder import decode_payload
+from sparsetel.cloud.ingest.chains import key_flags
 from sparsetel.cloud.ingest.service import BATCH_MAX
 from sparsetel.cloud.ingest.temporal import TemporalModel
 from sparsetel.shared.chainframe import (
@@ -43,7 +44,7 @@ from sparsetel.shared.chainframe import (
     encode_chain_frame,
 )
 from sparsetel.shared.temporalcodec import ChainState
-from sparsetel.shared.temporalpayload import encode_payload
+from sparsetel.shared.temporalpayload import Decoded, encode_payload
 from sparsetel.shared.wire import AGENT_KEY_INTERVAL
 
 __all__ = ["print_temporal", "temporal_rows"]
@@ -112,16 +113,20 @@ def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) ->
     flags = [[i in f.keys for i in range(f.count)] for f in parsed]
     n = sum(f.count for f in parsed)
 
+    def decoded(data: bytes, state: ChainState | None) -> Decoded:
+        """What `cloud.ingest` does with a frame before it stores it: parse and decode."""
+        frame = decode_chain_frame(data)
+        keys = key_flags(frame)
+        return decode_payload(codec, frame.payload, keys, None if frame.head else state)
+
     def ingest(predict: bool) -> None:
         state, recent = None, np.zeros((0, codec.D))
         for data in frames:
-            frame = decode_chain_frame(data)
-            keys = [i in frame.keys for i in range(frame.count)]
-            decoded = decode_payload(codec, frame.payload, keys, None if frame.head else state)
-            state = decoded.state
-            codec.to_raw(decoded.recon)
+            out = decoded(data, state)
+            state = out.state
+            codec.to_raw(out.recon)
             if predict:
-                stacked = np.concatenate([recent, decoded.recon])
+                stacked = np.concatenate([recent, out.recon])
                 model.predict(stacked)
                 recent = stacked[max(len(stacked) - (W - 1), 0) :]
 
@@ -130,11 +135,9 @@ def _decode_only(model: TemporalModel, frames: list[bytes], repeats: int = 7) ->
         for at in range(0, len(frames), BATCH_MAX):
             recon = []
             for data in frames[at : at + BATCH_MAX]:
-                frame = decode_chain_frame(data)
-                keys = [i in frame.keys for i in range(frame.count)]
-                decoded = decode_payload(codec, frame.payload, keys, None if frame.head else state)
-                state = decoded.state
-                recon.append(decoded.recon)
+                out = decoded(data, state)
+                state = out.state
+                recon.append(out.recon)
             codec.to_raw(np.concatenate(recon))
 
     def payload_only() -> None:

@@ -9,15 +9,17 @@ every frame decoded in the batch's order (an edge's later frames from the state 
 ones left, in memory), the KPIs of one model converted to raw units at once, and the frames,
 their measurements and the edges' new tips written by one statement each.
 
-A frame is decoded here only when the slow path would store it (outcome "stored"): no
-ChainHead, no audit samples, its predecessor's tip stored (or left by a frame earlier in the
-batch) with a state of a registered temporal model, no tip or pending frame of its own key,
-a payload that decodes and times inside the window. Any other frame of a batch -- and every
-later frame of its edge in that batch -- goes through `FrameIngest.handle` one at a time
-afterwards, exactly as before, so a frame that waits, is refused, given up, repeated or
-cloned gets the outcome, rows and counters it always got (tests/unit/test_chain_batch.py
-compares the two paths' stores row by row). A pending frame that follows the last frame
-decoded here is decoded after it, in the same transaction (`ChainIngest._successors`).
+A frame is taken here only where the one-at-a-time path would store it or keep it pending:
+no audit samples; a head of a registered temporal model whose L and K are the model's, or a
+chained frame whose predecessor's tip (stored, or left by a frame earlier in the batch)
+holds a state of such a model, or whose predecessor is not processed yet (it waits, pending);
+no frame, tip or pending frame of its own key; a payload that decodes and times inside the
+window. Frames waiting for a frame decoded here -- in the batch, or a run of them in the
+store -- are decoded right after it, as that path does. Any other frame of a batch, and
+every later frame of its edge in that batch (also after a heartbeat or an audited frame of
+the edge), goes through `FrameIngest.handle` one at a time afterwards, exactly as before, so a
+frame that is refused, given up, repeated or cloned gets the outcome, rows and counters it
+always got (tests/unit/test_chain_batch.py compares the two paths' stores row by row).
 
 Everything runs in one transaction (a savepoint inside a `batch_commits` batch), with the
 chain locks of the batch's edges held (PostgreSQL; SQLite's write transaction is exclusive).
@@ -26,7 +28,6 @@ If anything in it fails, nothing of it is written and every frame goes the slow 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,7 +41,7 @@ from ...shared.temporalpayload import Decoded
 from ...shared.topics import parse_topic
 from ..codec.payloaddecoder import decode_payload
 from ..store.rows import ChainTip, PendingFrame
-from .chains import predictions_of, stored_rows
+from .chains import key_flags, predictions_of, stored_rows
 from .digest import chain_digest
 from .temporal import TemporalModel
 
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
     from .handler import FrameIngest
 
 __all__ = ["ChainBatch"]
-
-log = logging.getLogger(__name__)
 
 _Key = tuple[str, int, int]  # (edge, bd_seq, seq)
 PENDING_RUN = 256  # pending frames read from the store at once, when their predecessor decodes
@@ -159,10 +158,10 @@ class ChainBatch:
         """The candidates in order, as the one-at-a-time path would take them: a head decodes
         alone; a chained frame decodes from the tip its predecessor left (stored, or in
         memory from earlier in the batch) or, with no such tip, waits (pending); a frame kept
-        waiting earlier in the batch decodes right after its predecessor. An edge's frames
-        stop at its first that the slow path must decide (it and the rest are the slow
-        path's), and after a frame whose successor waits in the store (the successors are
-        decoded after the batch's writes, as the slow path does at once)."""
+        waiting, earlier in the batch or in the store, decodes right after its predecessor.
+        An edge's frames stop at its first that the slow path must decide (it and the rest
+        are the slow path's), or after a frame whose waiting successor does not decode here
+        (`ChainIngest._successors` takes it after the batch's writes)."""
         store = self.host.store
         edges = [c.edge for c in candidates]
         work = _Pass(dict(store.tips_of(edges)), store.pending_of(edges))
@@ -241,12 +240,9 @@ class ChainBatch:
             return None
         model, state, last_ms, period = start
         f = c.frame
-        keys = [False] * f.count
-        for k in f.keys:
-            keys[k] = True
         try:
             times = f.times(None if f.head else period, last_ms)
-            decoded = decode_payload(model.codec, f.payload, keys, state)
+            decoded = decode_payload(model.codec, f.payload, key_flags(f), state)
         except (WireError, ValueError):
             return None
         if self.host.limits.times_error(times, c.received_ms) is not None:

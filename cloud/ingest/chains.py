@@ -55,7 +55,10 @@ from .temporal import TemporalModel
 if TYPE_CHECKING:
     from .handler import FrameIngest
 
-__all__ = ["MAX_DROPPED_RANGES", "ChainIngest", "parse_dropped", "predictions_of", "stored_rows"]
+__all__ = [
+    "MAX_DROPPED_RANGES", "ChainIngest", "key_flags", "parse_dropped", "predictions_of",
+    "stored_rows",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +215,7 @@ class ChainIngest:
             return self._refuse("model_mismatch", "model_mismatch", edge, frame, late, why)
         state, tip = context if context is not None else (None, None)
         period = head.period_ms if head is not None else tip.period_ms  # type: ignore[union-attr]
-        keys = [False] * frame.count
-        for k in frame.keys:
-            keys[k] = True
+        keys = key_flags(frame)
         try:
             times = frame.times(None if head else period, None if tip is None else tip.last_ms)
             decoded = decode_payload(codec, frame.payload, keys, state)
@@ -398,6 +399,14 @@ class ChainIngest:
             self.host._throttle.warning("accuracy", "audit of %s failed: %r", edge, exc)
             self.host.stats.add("accuracy_errors")
             return []
+
+
+def key_flags(frame: ChainFrame) -> list[bool]:
+    """Which of the frame's measurements are keys ([count]), as `decode_payload` takes them."""
+    flags = [False] * frame.count
+    for k in frame.keys:
+        flags[k] = True
+    return flags
 
 
 def predictions_of(values: np.ndarray) -> list[float | None]:

@@ -101,7 +101,7 @@ class Store(StoreReads, StoreChains):
         """Append rows to `table` (none of their keys is stored yet): on PostgreSQL one INSERT
         of them all up to COPY_FROM rows (one round trip), COPY above (the fastest bulk path it
         has, but two round trips); executemany on SQLite."""
-        values = f"({', '.join('?' * len(columns.split(',')))})"
+        values = _placeholders(columns)
         if self.dialect == "postgresql" and len(rows) < COPY_FROM:
             many = ", ".join([values] * len(rows))
             self._execute(f"INSERT INTO {table} ({columns}) VALUES {many}",
@@ -280,7 +280,7 @@ class Store(StoreReads, StoreChains):
         whole = self._edge_depth > 0 and self._edge_depth == self._depth
         with contextlib.nullcontext() if whole else self._transaction():
             inserted = self._execute(
-                f"INSERT INTO frames ({_FRAME_COLUMNS}) VALUES ({', '.join('?' * 9)}) "
+                f"INSERT INTO frames ({_FRAME_COLUMNS}) VALUES {_placeholders(_FRAME_COLUMNS)} "
                 "ON CONFLICT (edge, bd_seq, seq) DO NOTHING",
                 _frame_values(frame),
             )
@@ -454,6 +454,11 @@ def _open_postgresql(url: str) -> Store:
         reason = " ".join(str(exc).split())
         raise SparsetelError(f"cannot connect to PostgreSQL: {reason}") from exc
     return Store(conn, "postgresql")
+
+
+def _placeholders(columns: str) -> str:
+    """ "(?, ?, ...)": one parameter per column of `columns` ("a, b, ...")."""
+    return f"({', '.join('?' * len(columns.split(',')))})"
 
 
 def _frame_values(frame: FrameRow) -> tuple[Any, ...]:

@@ -396,8 +396,7 @@ class ChangePredictor:
         change = self.spec.scale * self.model.predict(x) if self.shrink else np.zeros(len(x))
         at = 0
         for i, xi, base in zip(whole, xs, bases, strict=True):
-            part = change[at : at + len(xi)] if self.shrink else 0.0
-            out[i][W - 1 :] = base + self.shrink * part
+            out[i][W - 1 :] = base + self.shrink * change[at : at + len(xi)]
             at += len(xi)
         return out
 
